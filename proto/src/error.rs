@@ -1,0 +1,94 @@
+//! Stable numeric error codes carried on the wire, so clients can tell cases apart.
+
+use crate::pb::common::ErrorInfo;
+
+/// A code's number never changes once released; add new codes at the end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum ErrorCode {
+    Unknown = 0,
+    IncompatibleVersion = 1,
+    FrameTooLarge = 2,
+    MalformedFrame = 3,
+    InvalidTopicName = 4,
+    TopicNotFound = 5,
+    NamespaceNotFound = 6,
+    TopicAlreadyExists = 7,
+    SubscriptionBusy = 8,
+    InvalidMessageId = 9,
+    ProtocolViolation = 10,
+    StorageError = 11,
+    MetadataError = 12,
+    ServiceNotReady = 13,
+    TooManyRequests = 14,
+    ProducerBusy = 15,
+}
+
+impl ErrorCode {
+    pub fn from_u32(code: u32) -> Self {
+        use ErrorCode::*;
+        const ALL: [ErrorCode; 16] = [
+            Unknown,
+            IncompatibleVersion,
+            FrameTooLarge,
+            MalformedFrame,
+            InvalidTopicName,
+            TopicNotFound,
+            NamespaceNotFound,
+            TopicAlreadyExists,
+            SubscriptionBusy,
+            InvalidMessageId,
+            ProtocolViolation,
+            StorageError,
+            MetadataError,
+            ServiceNotReady,
+            TooManyRequests,
+            ProducerBusy,
+        ];
+        ALL.get(code as usize).copied().unwrap_or(Unknown)
+    }
+
+    /// Whether retrying the same request later may succeed.
+    pub fn is_retryable(self) -> bool {
+        matches!(self, ErrorCode::StorageError | ErrorCode::MetadataError | ErrorCode::ServiceNotReady | ErrorCode::TooManyRequests)
+    }
+}
+
+/// An error as it travels on the wire: a code and a human message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message} ({code:?})")]
+pub struct WireError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl WireError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { code, message: message.into() }
+    }
+}
+
+impl From<ErrorInfo> for WireError {
+    fn from(e: ErrorInfo) -> Self {
+        Self { code: ErrorCode::from_u32(e.code), message: e.message }
+    }
+}
+
+impl From<WireError> for ErrorInfo {
+    fn from(e: WireError) -> Self {
+        Self { code: e.code as u32, message: e.message }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_round_trip_and_unknown_numbers_map_to_unknown() {
+        for n in 0..16 {
+            assert_eq!(ErrorCode::from_u32(n) as u32, n);
+        }
+        assert_eq!(ErrorCode::from_u32(9999), ErrorCode::Unknown);
+    }
+}
