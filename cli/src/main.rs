@@ -1,1 +1,232 @@
-fn main() {}
+//! `strata`: every server role and every client verb in one binary.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use strata_cli::commands::{self, ConnectArgs};
+use strata_cli::config::StandaloneConfig;
+use strata_cli::perf;
+use strata_cli::standalone::Standalone;
+use strata_client::InitialPosition;
+
+#[derive(Parser)]
+#[command(name = "strata", version, about = "Strata: a Pulsar-style message cluster")]
+struct Cli {
+    #[command(flatten)]
+    connect: ConnectArgs,
+    /// Log format.
+    #[arg(long, global = true, env = "STRATA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Plain,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run metastore, bookie and broker in one process.
+    Standalone(StandaloneArgs),
+    /// Send messages.
+    Produce {
+        topic: String,
+        /// Message text; repeat for several. Without it, each line of standard input is a message.
+        #[arg(short = 'm', long = "message")]
+        messages: Vec<String>,
+        /// Send each -m text this many times.
+        #[arg(short = 'n', long, default_value_t = 1)]
+        num: u64,
+    },
+    /// Receive messages, print each payload on its own line and acknowledge it.
+    Consume {
+        topic: String,
+        #[arg(short = 's', long)]
+        subscription: String,
+        /// Exit after this many messages (0 = never).
+        #[arg(short = 'n', long, default_value_t = 0)]
+        num: u64,
+        /// Where a new subscription starts.
+        #[arg(long, value_enum, default_value_t = Start::Earliest)]
+        initial_position: Start,
+    },
+    /// Manage topics.
+    #[command(subcommand)]
+    Topics(TopicsCommand),
+    /// Load generators.
+    #[command(subcommand)]
+    Perf(PerfCommand),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Start {
+    Earliest,
+    Latest,
+}
+
+#[derive(Subcommand)]
+enum TopicsCommand {
+    Create { topic: String },
+    Delete { topic: String },
+    /// List topics of a namespace (default public/default).
+    List {
+        #[arg(default_value = "public/default")]
+        namespace: String,
+    },
+    /// Entries, size and subscription backlog of a topic.
+    Stats { topic: String },
+}
+
+#[derive(Subcommand)]
+enum PerfCommand {
+    Produce(perf::PerfProduceArgs),
+    Consume(perf::PerfConsumeArgs),
+}
+
+#[derive(clap::Args)]
+struct StandaloneArgs {
+    /// TOML config file; flags and STRATA_* variables override it.
+    #[arg(long, env = "STRATA_CONFIG")]
+    config: Option<PathBuf>,
+    #[arg(long, env = "STRATA_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// QUIC address for clients (default 127.0.0.1:6650).
+    #[arg(long, env = "STRATA_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// HTTP address for /healthz, /readyz, /metrics (default 127.0.0.1:8080).
+    #[arg(long, env = "STRATA_HTTP")]
+    http: Option<SocketAddr>,
+    #[arg(long, env = "STRATA_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    #[arg(long, env = "STRATA_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    #[arg(long, env = "STRATA_MAX_FRAME_SIZE")]
+    max_frame_size: Option<usize>,
+    #[arg(long, env = "STRATA_MAX_ENTRIES_PER_LEDGER")]
+    max_entries_per_ledger: Option<u64>,
+}
+
+impl StandaloneArgs {
+    fn into_config(self) -> anyhow::Result<StandaloneConfig> {
+        let mut c = match &self.config {
+            Some(path) => StandaloneConfig::from_file(path)?,
+            None => StandaloneConfig::default(),
+        };
+        if let Some(v) = self.data_dir { c.data_dir = v }
+        if let Some(v) = self.listen { c.listen = v }
+        if let Some(v) = self.http { c.http = v }
+        if let Some(v) = self.tls_cert { c.tls_cert = Some(v) }
+        if let Some(v) = self.tls_key { c.tls_key = Some(v) }
+        if let Some(v) = self.max_frame_size { c.max_frame_size = v }
+        if let Some(v) = self.max_entries_per_ledger { c.max_entries_per_ledger = v }
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+fn init_logging(format: LogFormat, server: bool) {
+    let default = if server { "info" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("STRATA_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Plain => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Standalone(args) => {
+            let standalone = Standalone::start(args.into_config()?).await?;
+            eprintln!("strata standalone: QUIC on {}, HTTP on {}", standalone.quic_addr, standalone.http_addr);
+            if let Some(ca) = &standalone.ca_path {
+                eprintln!("clients on other hosts trust {}", ca.display());
+            }
+            wait_for_shutdown_signal().await?;
+            eprintln!("shutting down");
+            standalone.shutdown().await
+        }
+        Command::Produce { topic, messages, num } => {
+            let client = cli.connect.connect().await?;
+            let sent = commands::produce(&client, &topic, &messages, num).await?;
+            client.close().await;
+            eprintln!("sent {sent} message(s)");
+            Ok(())
+        }
+        Command::Consume { topic, subscription, num, initial_position } => {
+            let client = cli.connect.connect().await?;
+            let start = match initial_position {
+                Start::Earliest => InitialPosition::Earliest,
+                Start::Latest => InitialPosition::Latest,
+            };
+            commands::consume(&client, &topic, &subscription, num, start).await?;
+            client.close().await;
+            Ok(())
+        }
+        Command::Topics(cmd) => {
+            let client = cli.connect.connect().await?;
+            match cmd {
+                TopicsCommand::Create { topic } => client.create_topic(&topic).await?,
+                TopicsCommand::Delete { topic } => client.delete_topic(&topic).await?,
+                TopicsCommand::List { namespace } => {
+                    for t in client.list_topics(&namespace).await? {
+                        println!("{t}");
+                    }
+                }
+                TopicsCommand::Stats { topic } => {
+                    let s = client.topic_stats(&topic).await?;
+                    println!("{}: entries {} ledgers {} bytes {}", s.topic, s.entries, s.ledgers, s.size_bytes);
+                    for sub in s.subscriptions {
+                        println!("  subscription {}: backlog {} entries", sub.name, sub.backlog_entries);
+                    }
+                }
+            }
+            client.close().await;
+            Ok(())
+        }
+        Command::Perf(cmd) => {
+            let client = cli.connect.connect().await?;
+            match cmd {
+                PerfCommand::Produce(args) => perf::produce(&client, args).await?,
+                PerfCommand::Consume(args) => perf::consume(&client, args).await?,
+            }
+            client.close().await;
+            Ok(())
+        }
+    }
+}
+
+async fn wait_for_shutdown_signal() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    strata_transport::install_crypto_provider();
+    let cli = Cli::parse();
+    init_logging(cli.log_format, matches!(cli.command, Command::Standalone(_)));
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the error and its causes.
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,52 @@
+//! Broker errors and their wire codes.
+
+use strata_bookie::LedgerError;
+use strata_metastore::MetaError;
+use strata_proto::{ErrorCode, TopicNameError, WireError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error(transparent)]
+    InvalidTopicName(#[from] TopicNameError),
+    #[error("topic {0} does not exist")]
+    TopicNotFound(String),
+    #[error("topic {0} already exists")]
+    TopicAlreadyExists(String),
+    #[error("namespace {0} does not exist")]
+    NamespaceNotFound(String),
+    #[error("subscription {subscription} on {topic} already has an exclusive consumer")]
+    SubscriptionBusy { topic: String, subscription: String },
+    #[error("message id {0} does not exist on this subscription")]
+    InvalidMessageId(String),
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    #[error("ledger storage: {0}")]
+    Ledger(#[from] LedgerError),
+    #[error("metadata: {0}")]
+    Meta(#[from] MetaError),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("broker is shutting down")]
+    ShuttingDown,
+}
+
+impl BrokerError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::InvalidTopicName(_) => ErrorCode::InvalidTopicName,
+            Self::TopicNotFound(_) => ErrorCode::TopicNotFound,
+            Self::TopicAlreadyExists(_) => ErrorCode::TopicAlreadyExists,
+            Self::NamespaceNotFound(_) => ErrorCode::NamespaceNotFound,
+            Self::SubscriptionBusy { .. } => ErrorCode::SubscriptionBusy,
+            Self::InvalidMessageId(_) => ErrorCode::InvalidMessageId,
+            Self::Protocol(_) => ErrorCode::ProtocolViolation,
+            Self::Ledger(_) | Self::Corrupt(_) => ErrorCode::StorageError,
+            Self::Meta(_) => ErrorCode::MetadataError,
+            Self::ShuttingDown => ErrorCode::ServiceNotReady,
+        }
+    }
+
+    pub fn to_wire(&self) -> WireError {
+        WireError::new(self.code(), self.to_string())
+    }
+}

@@ -1,0 +1,382 @@
+//! A topic's log as a managed ledger: an ordered list of ledgers kept in the metastore, the
+//! last one open for writing, rolled over by entry count or size.
+//!
+//! Writes are pipelined: [`ManagedLedger::append`] assigns the entry's position under a lock
+//! and returns a future that resolves once the entry is durable, so one producer's entries
+//! keep their order without waiting for each other's fsync.
+//!
+//! On open, a last ledger left OPEN by a previous owner (a crash) is recovered: fenced and
+//! closed at its last durable entry, so nothing acknowledged is lost and a zombie writer
+//! cannot add more. Then a fresh ledger is opened for writing.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+use strata_bookie::{LedgerClient, LedgerConfig, LedgerReader, LedgerWriter};
+use strata_metastore::{Expect, MetaStore};
+use strata_proto::{EntryId, LedgerId, Position, TopicName};
+use tokio::sync::{Mutex, watch};
+use tracing::{info, instrument, warn};
+
+use crate::BrokerError;
+use crate::keys;
+use crate::records::{FORMAT_VERSION, LedgerInfo, ManagedLedgerRecord};
+
+/// When to roll over to a new ledger, and how ledgers are replicated.
+#[derive(Debug, Clone)]
+pub struct ManagedLedgerConfig {
+    pub max_entries_per_ledger: u64,
+    pub max_ledger_bytes: u64,
+    pub ledger: LedgerConfig,
+}
+
+impl Default for ManagedLedgerConfig {
+    fn default() -> Self {
+        Self {
+            max_entries_per_ledger: 50_000,
+            max_ledger_bytes: 512 * 1024 * 1024,
+            ledger: LedgerConfig { ensemble_size: 1, write_quorum: 1, ack_quorum: 1 },
+        }
+    }
+}
+
+/// What readers see: the ledger list and the ledger being written.
+struct LogView {
+    ledgers: Vec<LedgerInfo>,
+    current: Option<Arc<LedgerWriter>>,
+}
+
+/// Writer-side state, serialised by an async lock (rollover awaits the metastore).
+struct WriteState {
+    record_version: u64,
+    /// An add failed: the current ledger must be recovered and replaced before the next append.
+    current_failed: bool,
+}
+
+pub struct ManagedLedger {
+    topic: TopicName,
+    meta: MetaStore,
+    client: LedgerClient,
+    config: ManagedLedgerConfig,
+    write: Mutex<WriteState>,
+    view: RwLock<LogView>,
+    readers: Mutex<HashMap<LedgerId, Arc<LedgerReader>>>,
+    /// Bumped each time an entry becomes durable; dispatchers wait on it.
+    appended: watch::Sender<u64>,
+    failed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl ManagedLedger {
+    /// Opens the topic's log, recovering a ledger a previous owner left open.
+    #[instrument(skip_all, fields(topic = %topic))]
+    pub async fn open(topic: TopicName, meta: MetaStore, client: LedgerClient, config: ManagedLedgerConfig) -> Result<Arc<Self>, BrokerError> {
+        let key = keys::managed_ledger(&topic);
+        let (mut record, mut version) = match meta.get(&key).await? {
+            Some(kv) => (decode_record(&kv.value)?, kv.version),
+            None => (ManagedLedgerRecord { format_version: FORMAT_VERSION, ledgers: Vec::new() }, 0),
+        };
+        if let Some(last) = record.ledgers.last().cloned().filter(|l| l.entries.is_none()) {
+            let reader = client.open_ledger_with_recovery(last.id).await?;
+            let entries = reader.last_entry().map(|e| e.0 + 1).unwrap_or(0);
+            info!(ledger = %last.id, entries, "recovered ledger left open by the previous owner");
+            if entries == 0 {
+                record.ledgers.pop();
+                if let Err(e) = client.delete_ledger(last.id).await {
+                    warn!(ledger = %last.id, error = %e, "could not delete empty recovered ledger");
+                }
+            } else if let Some(info) = record.ledgers.last_mut() {
+                info.entries = Some(entries);
+            }
+        }
+        let writer = Arc::new(client.create_ledger(config.ledger).await?);
+        record.ledgers.push(LedgerInfo { id: writer.id(), entries: None, size_bytes: 0 });
+        let expect = if version == 0 { Expect::Absent } else { Expect::Version(version) };
+        version = meta.put(&key, encode_record(&record)?, expect).await?.version;
+        info!(ledger = %writer.id(), ledgers = record.ledgers.len(), "managed ledger open");
+        let (appended, _) = watch::channel(0);
+        Ok(Arc::new(Self {
+            topic,
+            meta,
+            client,
+            config,
+            write: Mutex::new(WriteState { record_version: version, current_failed: false }),
+            view: RwLock::new(LogView { ledgers: record.ledgers, current: Some(writer) }),
+            readers: Mutex::new(HashMap::new()),
+            appended,
+            failed: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        }))
+    }
+
+    pub fn topic(&self) -> &TopicName {
+        &self.topic
+    }
+
+    /// Starts appending one entry; the returned future resolves once it is durable.
+    pub async fn append(&self, data: Bytes) -> Result<impl Future<Output = Result<Position, BrokerError>> + Send + 'static, BrokerError> {
+        let mut write = self.write.lock().await;
+        if write.current_failed || self.failed.load(std::sync::atomic::Ordering::Acquire) {
+            self.replace_failed_ledger(&mut write).await?;
+        }
+        let writer = self.current_writer()?;
+        let writer = if writer.entries_added() >= self.config.max_entries_per_ledger || writer.length_bytes() >= self.config.max_ledger_bytes {
+            self.rollover(&mut write).await?
+        } else {
+            writer
+        };
+        let ledger = writer.id();
+        let add = writer.add(data);
+        drop(write);
+        let appended = self.appended.clone();
+        let failed = self.failed.clone();
+        Ok(async move {
+            match add.await {
+                Ok(entry) => {
+                    appended.send_modify(|n| *n += 1);
+                    Ok(Position { ledger, entry })
+                }
+                Err(e) => {
+                    failed.store(true, std::sync::atomic::Ordering::Release);
+                    Err(e.into())
+                }
+            }
+        })
+    }
+
+    fn current_writer(&self) -> Result<Arc<LedgerWriter>, BrokerError> {
+        self.view_read().current.clone().ok_or(BrokerError::ShuttingDown)
+    }
+
+    fn view_read(&self) -> std::sync::RwLockReadGuard<'_, LogView> {
+        // A panic while holding the lock cannot leave LogView half-updated (assignments only).
+        self.view.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn view_write(&self) -> std::sync::RwLockWriteGuard<'_, LogView> {
+        self.view.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Closes the current ledger and opens a new one.
+    #[instrument(skip_all, fields(topic = %self.topic))]
+    async fn rollover(&self, write: &mut WriteState) -> Result<Arc<LedgerWriter>, BrokerError> {
+        let old = self.current_writer()?;
+        let last = old.close().await?;
+        let closed = LedgerInfo { id: old.id(), entries: Some(last.map(|e| e.0 + 1).unwrap_or(0)), size_bytes: old.length_bytes() };
+        self.install_new_ledger(write, closed).await
+    }
+
+    /// After a failed add: recover the current ledger (fence, close at its last durable entry)
+    /// and continue on a new one.
+    async fn replace_failed_ledger(&self, write: &mut WriteState) -> Result<(), BrokerError> {
+        let old = self.current_writer()?;
+        let reader = self.client.open_ledger_with_recovery(old.id()).await?;
+        let entries = reader.last_entry().map(|e| e.0 + 1).unwrap_or(0);
+        warn!(topic = %self.topic, ledger = %old.id(), entries, "replacing ledger after a failed add");
+        self.install_new_ledger(write, LedgerInfo { id: old.id(), entries: Some(entries), size_bytes: old.length_bytes() }).await?;
+        write.current_failed = false;
+        self.failed.store(false, std::sync::atomic::Ordering::Release);
+        Ok(())
+    }
+
+    async fn install_new_ledger(&self, write: &mut WriteState, closed: LedgerInfo) -> Result<Arc<LedgerWriter>, BrokerError> {
+        let writer = Arc::new(self.client.create_ledger(self.config.ledger).await?);
+        let mut ledgers = self.view_read().ledgers.clone();
+        if let Some(last) = ledgers.last_mut() {
+            *last = closed;
+        }
+        ledgers.push(LedgerInfo { id: writer.id(), entries: None, size_bytes: 0 });
+        let record = ManagedLedgerRecord { format_version: FORMAT_VERSION, ledgers: ledgers.clone() };
+        let written = self
+            .meta
+            .put(&keys::managed_ledger(&self.topic), encode_record(&record)?, Expect::Version(write.record_version))
+            .await?;
+        write.record_version = written.version;
+        let mut view = self.view_write();
+        view.ledgers = ledgers;
+        view.current = Some(writer.clone());
+        Ok(writer)
+    }
+
+    /// A receiver that changes whenever an entry becomes durable.
+    pub fn subscribe_appends(&self) -> watch::Receiver<u64> {
+        self.appended.subscribe()
+    }
+
+    /// The last durable entry, if any.
+    pub fn last_confirmed(&self) -> Option<Position> {
+        let view = self.view_read();
+        if let Some(w) = &view.current {
+            if let Some(lac) = w.last_add_confirmed() {
+                return Some(Position { ledger: w.id(), entry: lac });
+            }
+        }
+        view.ledgers.iter().rev().find_map(|l| match l.entries {
+            Some(n) if n > 0 => Some(Position { ledger: l.id, entry: EntryId(n - 1) }),
+            _ => None,
+        })
+    }
+
+    /// The first position of the log (it may not be written yet).
+    pub fn first_position(&self) -> Option<Position> {
+        let view = self.view_read();
+        view.ledgers
+            .iter()
+            .find(|l| l.entries != Some(0))
+            .map(|l| Position { ledger: l.id, entry: EntryId(0) })
+    }
+
+    /// The position after `p` in the log (it may not be written yet).
+    pub fn next_position(&self, p: Position) -> Option<Position> {
+        let view = self.view_read();
+        let idx = view.ledgers.iter().position(|l| l.id == p.ledger)?;
+        match view.ledgers[idx].entries {
+            Some(n) if p.entry.0 + 1 >= n => view.ledgers[idx + 1..]
+                .iter()
+                .find(|l| l.entries != Some(0))
+                .map(|l| Position { ledger: l.id, entry: EntryId(0) }),
+            _ => Some(Position { ledger: p.ledger, entry: EntryId(p.entry.0 + 1) }),
+        }
+    }
+
+    /// The position before `p`, or None if `p` is the first.
+    pub fn prev_position(&self, p: Position) -> Option<Position> {
+        if p.entry.0 > 0 {
+            return Some(Position { ledger: p.ledger, entry: EntryId(p.entry.0 - 1) });
+        }
+        let view = self.view_read();
+        let idx = view.ledgers.iter().position(|l| l.id == p.ledger)?;
+        view.ledgers[..idx].iter().rev().find_map(|l| match l.entries {
+            Some(n) if n > 0 => Some(Position { ledger: l.id, entry: EntryId(n - 1) }),
+            _ => None,
+        })
+    }
+
+    /// Whether `p` names an entry that exists and is durable.
+    pub fn contains(&self, p: Position) -> bool {
+        let Some(last) = self.last_confirmed() else { return false };
+        if p > last {
+            return false;
+        }
+        let view = self.view_read();
+        view.ledgers.iter().any(|l| {
+            l.id == p.ledger
+                && match l.entries {
+                    Some(n) => p.entry.0 < n,
+                    None => true,
+                }
+        })
+    }
+
+    /// Reads up to `max` durable entries starting at `from`, within one ledger. Returns an
+    /// empty list when nothing at or after `from` is durable yet.
+    pub async fn read(&self, from: Position, max: usize) -> Result<Vec<(Position, Bytes)>, BrokerError> {
+        let Some(from) = self.normalise(from) else { return Ok(Vec::new()) };
+        let Some(last_confirmed) = self.last_confirmed() else { return Ok(Vec::new()) };
+        if from > last_confirmed {
+            return Ok(Vec::new());
+        }
+        let (writer, ledger_last) = {
+            let view = self.view_read();
+            let current = view.current.clone().filter(|w| w.id() == from.ledger);
+            let info = view.ledgers.iter().find(|l| l.id == from.ledger).cloned();
+            let last = match (&current, info.and_then(|i| i.entries)) {
+                (Some(w), _) => w.last_add_confirmed(),
+                (None, Some(n)) if n > 0 => Some(EntryId(n - 1)),
+                _ => None,
+            };
+            (current, last)
+        };
+        let Some(ledger_last) = ledger_last else { return Ok(Vec::new()) };
+        let last = EntryId(ledger_last.0.min(from.entry.0 + max.max(1) as u64 - 1));
+        let entries = match writer {
+            Some(w) => w.read(from.entry, last).await?,
+            None => self.reader(from.ledger).await?.read(from.entry, last).await?,
+        };
+        Ok(entries.into_iter().map(|(e, data)| (Position { ledger: from.ledger, entry: e }, data)).collect())
+    }
+
+    /// Moves a position past the end of a closed ledger to the start of the next one.
+    fn normalise(&self, p: Position) -> Option<Position> {
+        let view = self.view_read();
+        let idx = view.ledgers.iter().position(|l| l.id == p.ledger)?;
+        match view.ledgers[idx].entries {
+            Some(n) if p.entry.0 >= n => view.ledgers[idx + 1..]
+                .iter()
+                .find(|l| l.entries != Some(0))
+                .map(|l| Position { ledger: l.id, entry: EntryId(0) }),
+            _ => Some(p),
+        }
+    }
+
+    async fn reader(&self, id: LedgerId) -> Result<Arc<LedgerReader>, BrokerError> {
+        let mut readers = self.readers.lock().await;
+        if let Some(r) = readers.get(&id) {
+            return Ok(r.clone());
+        }
+        let r = Arc::new(self.client.open_ledger(id).await?);
+        readers.insert(id, r.clone());
+        Ok(r)
+    }
+
+    /// Entries and bytes in the log, and its ledger count.
+    pub fn stats(&self) -> (u64, u64, u64) {
+        let view = self.view_read();
+        let mut entries = 0;
+        let mut bytes = 0;
+        for l in &view.ledgers {
+            entries += l.entries.unwrap_or(0);
+            bytes += l.size_bytes;
+        }
+        if let Some(w) = &view.current {
+            entries += w.last_add_confirmed().map(|e| e.0 + 1).unwrap_or(0);
+            bytes += w.length_bytes();
+        }
+        (entries, bytes, view.ledgers.len() as u64)
+    }
+
+    /// Closes the ledger being written (on broker shutdown), so a restart need not recover it.
+    pub async fn close(&self) -> Result<(), BrokerError> {
+        let mut write = self.write.lock().await;
+        let Some(writer) = self.view_write().current.take() else { return Ok(()) };
+        let last = writer.close().await?;
+        let mut ledgers = self.view_read().ledgers.clone();
+        if let Some(l) = ledgers.last_mut() {
+            l.entries = Some(last.map(|e| e.0 + 1).unwrap_or(0));
+            l.size_bytes = writer.length_bytes();
+        }
+        let record = ManagedLedgerRecord { format_version: FORMAT_VERSION, ledgers: ledgers.clone() };
+        let written = self
+            .meta
+            .put(&keys::managed_ledger(&self.topic), encode_record(&record)?, Expect::Version(write.record_version))
+            .await?;
+        write.record_version = written.version;
+        self.view_write().ledgers = ledgers;
+        Ok(())
+    }
+
+    /// Deletes every ledger of the log and its record.
+    pub async fn delete(&self) -> Result<(), BrokerError> {
+        let _write = self.write.lock().await;
+        let (ledgers, current) = {
+            let mut view = self.view_write();
+            (std::mem::take(&mut view.ledgers), view.current.take())
+        };
+        if let Some(w) = current {
+            w.close().await?;
+        }
+        for l in ledgers {
+            self.client.delete_ledger(l.id).await?;
+        }
+        self.meta.delete(&keys::managed_ledger(&self.topic), Expect::Any).await?;
+        Ok(())
+    }
+}
+
+fn encode_record(r: &ManagedLedgerRecord) -> Result<Bytes, BrokerError> {
+    serde_json::to_vec(r).map(Bytes::from).map_err(|e| BrokerError::Corrupt(format!("encoding managed ledger record: {e}")))
+}
+
+fn decode_record(b: &[u8]) -> Result<ManagedLedgerRecord, BrokerError> {
+    serde_json::from_slice(b).map_err(|e| BrokerError::Corrupt(format!("managed ledger record: {e}")))
+}

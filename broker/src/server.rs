@@ -1,0 +1,377 @@
+//! The broker's QUIC server: connection handshake, then one task per stream.
+//!
+//! A stream's first frame says what it is: an admin request (answered, then the stream is
+//! finished), a producer session or a consumer session. An error in one stream ends that
+//! stream with an error frame; the connection and its other streams go on.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use quinn::{Connection, Endpoint, RecvStream, SendStream};
+use strata_proto::pb::client::{
+    AckReceipt, AdminRequest, AdminResponse, ClientFrame, ConsumerOpen, ConsumerReady, Done, InitialPosition, ProducerOpen, ProducerReady,
+    SendReceipt, ServerFrame, TopicList, TopicStatsReply, admin_request, admin_response, client_frame, server_frame,
+};
+use strata_proto::{ErrorCode, MessageId, NamespaceName, TopicName, WireError};
+use strata_transport::handshake::server_handshake;
+use strata_transport::{FrameReader, FrameWriter, ServerTls, TransportError, TransportTuning, close_code, server_endpoint};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::metrics::BrokerMetrics;
+use crate::service::BrokerService;
+use crate::{BrokerError, subscription::Subscription};
+
+/// Frames queued towards one consumer before the dispatcher waits.
+const CONSUMER_QUEUE: usize = 64;
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub max_frame_size: usize,
+    pub tuning: TransportTuning,
+}
+
+/// A running QUIC server.
+pub struct BrokerServer {
+    endpoint: Endpoint,
+    shutdown: CancellationToken,
+    accept_task: tokio::task::JoinHandle<()>,
+}
+
+impl BrokerServer {
+    pub fn start(service: Arc<BrokerService>, config: ServerConfig, tls: &ServerTls) -> Result<Self, TransportError> {
+        let endpoint = server_endpoint(config.listen, tls, strata_proto::ALPN_CLIENT, &config.tuning)?;
+        let shutdown = CancellationToken::new();
+        let accept_task = tokio::spawn(accept_loop(endpoint.clone(), service, config, shutdown.clone()));
+        Ok(Self { endpoint, shutdown, accept_task })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// Stops accepting, closes connections and waits for the endpoint to go idle.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        self.endpoint.close(quinn::VarInt::from_u32(close_code::SHUTDOWN), b"broker shutting down");
+        let _ = self.accept_task.await;
+        self.endpoint.wait_idle().await;
+    }
+}
+
+async fn accept_loop(endpoint: Endpoint, service: Arc<BrokerService>, config: ServerConfig, shutdown: CancellationToken) {
+    let next_conn = AtomicU64::new(1);
+    loop {
+        let incoming = tokio::select! {
+            i = endpoint.accept() => match i { Some(i) => i, None => return },
+            _ = shutdown.cancelled() => return,
+        };
+        let id = next_conn.fetch_add(1, Ordering::Relaxed);
+        let service = service.clone();
+        let max = config.max_frame_size;
+        let span = info_span!("conn", conn = id, peer = %incoming.remote_address());
+        tokio::spawn(
+            async move {
+                match incoming.await {
+                    Ok(conn) => serve_connection(conn, service, max).await,
+                    Err(e) => debug!(error = %e, "connection attempt failed"),
+                }
+            }
+            .instrument(span),
+        );
+    }
+}
+
+async fn serve_connection(conn: Connection, service: Arc<BrokerService>, max_frame_size: usize) {
+    match server_handshake(&conn, "strata-broker", max_frame_size).await {
+        Ok((hello, version)) => debug!(client = %hello.peer_name, version, "handshake done"),
+        Err(e) => {
+            info!(error = %e, "handshake refused");
+            return;
+        }
+    }
+    BrokerMetrics::add(&service.metrics.connections, 1);
+    let next_session = AtomicU64::new(1);
+    loop {
+        let (send, recv) = match conn.accept_bi().await {
+            Ok(s) => s,
+            Err(e) => {
+                debug!(reason = %e, "connection closed");
+                break;
+            }
+        };
+        let session = next_session.fetch_add(1, Ordering::Relaxed);
+        let service = service.clone();
+        tokio::spawn(serve_stream(send, recv, service, max_frame_size, session).in_current_span());
+    }
+    BrokerMetrics::sub(&service.metrics.connections, 1);
+}
+
+fn error_frame(e: &WireError) -> ServerFrame {
+    ServerFrame { frame: Some(server_frame::Frame::Error(e.clone().into())) }
+}
+
+async fn serve_stream(send: SendStream, recv: RecvStream, service: Arc<BrokerService>, max: usize, session: u64) {
+    let mut writer = FrameWriter::new(send, max);
+    let mut reader = FrameReader::new(recv, max);
+    let first = match reader.recv::<ClientFrame>().await {
+        Ok(Some(f)) => f.frame,
+        Ok(None) => return,
+        Err(e) => {
+            let _ = fail(&mut writer, &stream_error(e)).await;
+            return;
+        }
+    };
+    let result = match first {
+        Some(client_frame::Frame::Admin(req)) => {
+            let resp = handle_admin(&service, req).await;
+            writer.send(&ServerFrame { frame: Some(server_frame::Frame::Admin(resp)) }).await.map_err(|e| e.to_string())
+        }
+        Some(client_frame::Frame::ProducerOpen(open)) => producer_session(&service, open, &mut writer, &mut reader).await,
+        Some(client_frame::Frame::ConsumerOpen(open)) => consumer_session(&service, open, writer, reader, session).await,
+        other => {
+            let wire = WireError::new(ErrorCode::ProtocolViolation, format!("stream must start with an admin request or a session open, got {other:?}"));
+            fail(&mut writer, &wire).await
+        }
+    };
+    if let Err(e) = result {
+        debug!(session, error = %e, "stream ended with an error");
+    }
+}
+
+async fn handle_admin(service: &BrokerService, req: AdminRequest) -> AdminResponse {
+    let result: Result<admin_response::Response, BrokerError> = async {
+        match req.request {
+            Some(admin_request::Request::CreateTopic(c)) => {
+                service.create_topic(&TopicName::parse(&c.topic)?).await?;
+                Ok(admin_response::Response::Done(Done {}))
+            }
+            Some(admin_request::Request::DeleteTopic(d)) => {
+                service.delete_topic(&TopicName::parse(&d.topic)?).await?;
+                Ok(admin_response::Response::Done(Done {}))
+            }
+            Some(admin_request::Request::ListTopics(l)) => {
+                let ns: NamespaceName = if l.namespace.is_empty() { "public/default".parse()? } else { l.namespace.parse()? };
+                Ok(admin_response::Response::Topics(TopicList { topics: service.list_topics(&ns).await? }))
+            }
+            Some(admin_request::Request::TopicStats(s)) => {
+                let name = TopicName::parse(&s.topic)?;
+                let topic = service.topic(&name, false).await?;
+                let (entries, size_bytes, ledgers) = topic.managed_ledger().stats();
+                let mut subscriptions = Vec::new();
+                for sub_name in topic.subscription_names().await? {
+                    let sub = topic.subscription(&sub_name, InitialPosition::Earliest).await?;
+                    let (md, backlog) = sub.stats().await;
+                    subscriptions.push(strata_proto::pb::client::SubscriptionStats {
+                        name: sub_name,
+                        mark_delete: md.map(|p| MessageId { ledger: p.ledger, entry: p.entry, batch_index: 0 }.into()),
+                        backlog_entries: backlog,
+                    });
+                }
+                Ok(admin_response::Response::Stats(TopicStatsReply { topic: name.to_string(), entries, ledgers, size_bytes, subscriptions }))
+            }
+            None => Err(BrokerError::Protocol("empty admin request".into())),
+        }
+    }
+    .await;
+    AdminResponse { response: Some(result.unwrap_or_else(|e| admin_response::Response::Error(e.to_wire().into()))) }
+}
+
+async fn producer_session(service: &Arc<BrokerService>, open: ProducerOpen, writer: &mut FrameWriter, reader: &mut FrameReader) -> Result<(), String> {
+    let topic = match open_topic(service, &open.topic).await {
+        Ok(t) => t,
+        Err(e) => return fail(writer, &e.to_wire()).await,
+    };
+    static NEXT_PRODUCER: AtomicU64 = AtomicU64::new(1);
+    let name = if open.producer_name.is_empty() {
+        format!("strata-{}-{}", std::process::id(), NEXT_PRODUCER.fetch_add(1, Ordering::Relaxed))
+    } else {
+        open.producer_name
+    };
+    let ready = ProducerReady { producer_name: name.clone(), last_sequence_id: 0 };
+    writer.send(&ServerFrame { frame: Some(server_frame::Frame::ProducerReady(ready)) }).await.map_err(|e| e.to_string())?;
+    BrokerMetrics::add(&service.metrics.producers, 1);
+    let span = info_span!("producer", topic = %topic.name(), producer = %name);
+    // Receipts are written by their own task, in order, as entries become durable.
+    let (receipts_tx, mut receipts_rx) = mpsc::channel::<(u64, u32, u64, _)>(4096);
+    let receipt_writer = async {
+        while let Some((sequence_id, count, bytes, pending)) = receipts_rx.recv().await {
+            let receipt = match pending {
+                Ok(fut) => match fut.await {
+                    Ok(pos) => {
+                        BrokerMetrics::add(&service.metrics.entries_in, 1);
+                        BrokerMetrics::add(&service.metrics.messages_in, u64::from(count));
+                        BrokerMetrics::add(&service.metrics.bytes_in, bytes);
+                        let id = MessageId { ledger: pos.ledger, entry: pos.entry, batch_index: 0 };
+                        SendReceipt { sequence_id, message_id: Some(id.into()), count, error: None }
+                    }
+                    Err(e) => failed_receipt(service, sequence_id, &e),
+                },
+                Err(e) => failed_receipt(service, sequence_id, &e),
+            };
+            writer.send(&ServerFrame { frame: Some(server_frame::Frame::Receipt(receipt)) }).await.map_err(|e| e.to_string())?;
+        }
+        Ok::<(), String>(())
+    };
+    let frame_reader = async {
+        loop {
+            let frame = match reader.recv::<ClientFrame>().await {
+                Ok(Some(f)) => f,
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(stream_error(e)),
+            };
+            match frame.frame {
+                Some(client_frame::Frame::Send(batch)) => {
+                    let count = batch.messages.len() as u32;
+                    let bytes: u64 = batch.messages.iter().map(|m| m.payload.len() as u64).sum();
+                    let pending = topic.publish(&name, batch.sequence_id, batch.messages).await;
+                    if receipts_tx.send((batch.sequence_id, count, bytes, pending)).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                other => {
+                    return Err(WireError::new(ErrorCode::ProtocolViolation, format!("producer stream expects SendBatch frames, got {other:?}")));
+                }
+            }
+        }
+    };
+    let (read_result, write_result) = async {
+        tokio::join!(
+            async {
+                let r = frame_reader.await;
+                drop(receipts_tx);
+                r
+            },
+            receipt_writer
+        )
+    }
+    .instrument(span)
+    .await;
+    BrokerMetrics::sub(&service.metrics.producers, 1);
+    // Receipts for everything accepted before a bad frame were written; then say why we stop.
+    match read_result {
+        Err(wire) if write_result.is_ok() => fail(writer, &wire).await,
+        Err(wire) => Err(wire.to_string()),
+        Ok(()) => {
+            writer.finish();
+            write_result
+        }
+    }
+}
+
+/// The wire error for a stream that could not be read.
+fn stream_error(e: TransportError) -> WireError {
+    match &e {
+        TransportError::Frame(strata_proto::FrameError::TooLarge { .. }) => WireError::new(ErrorCode::FrameTooLarge, e.to_string()),
+        TransportError::Frame(_) => WireError::new(ErrorCode::MalformedFrame, e.to_string()),
+        _ => WireError::new(ErrorCode::Unknown, e.to_string()),
+    }
+}
+
+fn failed_receipt(service: &BrokerService, sequence_id: u64, e: &BrokerError) -> SendReceipt {
+    warn!(sequence_id, error = %e, "batch not stored");
+    BrokerMetrics::add(&service.metrics.publish_errors, 1);
+    SendReceipt { sequence_id, message_id: None, count: 0, error: Some(e.to_wire().into()) }
+}
+
+async fn open_topic(service: &BrokerService, name: &str) -> Result<Arc<crate::topic::Topic>, BrokerError> {
+    let name = TopicName::parse(name)?;
+    service.topic(&name, true).await
+}
+
+async fn fail(writer: &mut FrameWriter, e: &WireError) -> Result<(), String> {
+    let _ = writer.send(&error_frame(e)).await;
+    writer.finish();
+    Err(e.to_string())
+}
+
+async fn consumer_session(service: &Arc<BrokerService>, open: ConsumerOpen, mut writer: FrameWriter, mut reader: FrameReader, session: u64) -> Result<(), String> {
+    let initial = InitialPosition::try_from(open.initial_position).unwrap_or(InitialPosition::Latest);
+    let sub: Arc<Subscription> = match open_topic(service, &open.topic).await {
+        Ok(topic) => match topic.subscription(&open.subscription, initial).await {
+            Ok(s) => s,
+            Err(e) => return fail(&mut writer, &e.to_wire()).await,
+        },
+        Err(e) => return fail(&mut writer, &e.to_wire()).await,
+    };
+    if open.subscription.is_empty() {
+        return fail(&mut writer, &WireError::new(ErrorCode::ProtocolViolation, "subscription name is empty")).await;
+    }
+    static NEXT_CONSUMER: AtomicU64 = AtomicU64::new(1);
+    let consumer_id = NEXT_CONSUMER.fetch_add(1, Ordering::Relaxed);
+    let (tx, mut rx) = mpsc::channel::<ServerFrame>(CONSUMER_QUEUE);
+    if let Err(e) = sub.attach(consumer_id, tx.clone()).await {
+        return fail(&mut writer, &e.to_wire()).await;
+    }
+    BrokerMetrics::add(&service.metrics.consumers, 1);
+    let _ = tx.send(ServerFrame { frame: Some(server_frame::Frame::ConsumerReady(ConsumerReady {})) }).await;
+    let metrics = &service.metrics;
+    let frame_writer = async move {
+        while let Some(frame) = rx.recv().await {
+            if let Some(server_frame::Frame::Delivery(d)) = &frame.frame {
+                BrokerMetrics::add(&metrics.messages_out, d.messages.len() as u64);
+            }
+            let fatal = matches!(frame.frame, Some(server_frame::Frame::Error(_)));
+            if writer.send(&frame).await.is_err() || fatal {
+                break;
+            }
+        }
+        writer.finish();
+    };
+    let frame_reader = async {
+        loop {
+            let frame = match reader.recv::<ClientFrame>().await {
+                Ok(Some(f)) => f,
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    let wire = stream_error(e);
+                    let _ = tx.send(error_frame(&wire)).await;
+                    return Err(wire.to_string());
+                }
+            };
+            match frame.frame {
+                Some(client_frame::Frame::Flow(f)) => sub.add_permits(consumer_id, f.permits).await,
+                Some(client_frame::Frame::Ack(ack)) => {
+                    let ids = ack.message_ids.into_iter().map(MessageId::from).collect();
+                    let outcome = sub.apply_acks(consumer_id, ids, ack.cumulative).await;
+                    let request_id = ack.request_id;
+                    if request_id == 0 && outcome.is_ok() {
+                        continue;
+                    }
+                    let (sub, tx) = (sub.clone(), tx.clone());
+                    // Waiting for durability must not hold up reading the next frames.
+                    tokio::spawn(async move {
+                        let outcome = match outcome {
+                            Ok(seq) => sub.wait_durable(seq).await,
+                            Err(e) => Err(e),
+                        };
+                        let receipt = AckReceipt { request_id, error: outcome.err().map(|e| e.to_wire().into()) };
+                        let _ = tx.send(ServerFrame { frame: Some(server_frame::Frame::AckReceipt(receipt)) }).await;
+                    });
+                }
+                other => return Err(format!("consumer stream expects Flow or Ack frames, got {other:?}")),
+            }
+        }
+    };
+    let span = info_span!("consumer", subscription = %open.subscription, session);
+    tokio::pin!(frame_writer);
+    let (result, writer_done) = async {
+        tokio::select! {
+            r = frame_reader => (r, false),
+            _ = &mut frame_writer => (Ok(()), true),
+        }
+    }
+    .instrument(span)
+    .await;
+    sub.detach(consumer_id).await;
+    drop(tx);
+    if !writer_done {
+        // Let the writer flush what is queued (an error frame included) once every sender is gone.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), frame_writer).await;
+    }
+    BrokerMetrics::sub(&service.metrics.consumers, 1);
+    result
+}

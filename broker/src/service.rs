@@ -1,0 +1,129 @@
+//! The broker's topic registry: creating, loading, listing and deleting topics.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use strata_bookie::LedgerClient;
+use strata_metastore::{Expect, MetaStore};
+use strata_proto::{NamespaceName, TopicName};
+use tokio::sync::{Mutex, OnceCell};
+use tracing::{info, warn};
+
+use crate::BrokerError;
+use crate::keys;
+use crate::managed_ledger::{ManagedLedger, ManagedLedgerConfig};
+use crate::metrics::BrokerMetrics;
+use crate::records::{FORMAT_VERSION, NamespacePolicies, TopicRecord, now_ms};
+use crate::topic::Topic;
+
+#[derive(Debug, Clone, Default)]
+pub struct BrokerConfig {
+    pub managed_ledger: ManagedLedgerConfig,
+}
+
+pub struct BrokerService {
+    meta: MetaStore,
+    ledgers: LedgerClient,
+    config: BrokerConfig,
+    topics: Mutex<HashMap<TopicName, Arc<OnceCell<Arc<Topic>>>>>,
+    pub metrics: BrokerMetrics,
+}
+
+impl BrokerService {
+    pub fn new(meta: MetaStore, ledgers: LedgerClient, config: BrokerConfig) -> Arc<Self> {
+        Arc::new(Self { meta, ledgers, config, topics: Mutex::new(HashMap::new()), metrics: BrokerMetrics::default() })
+    }
+
+    /// Creates the namespace if it does not exist (the standalone's `public/default`).
+    pub async fn ensure_namespace(&self, ns: &NamespaceName, policies: &NamespacePolicies) -> Result<(), BrokerError> {
+        let value = serde_json::to_vec(policies).map_err(|e| BrokerError::Corrupt(e.to_string()))?;
+        match self.meta.put(&keys::namespace(ns), Bytes::from(value), Expect::Absent).await {
+            Ok(_) | Err(strata_metastore::MetaError::VersionMismatch { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn namespace_policies(&self, ns: &NamespaceName) -> Result<NamespacePolicies, BrokerError> {
+        let kv = self.meta.get(&keys::namespace(ns)).await?.ok_or_else(|| BrokerError::NamespaceNotFound(ns.to_string()))?;
+        serde_json::from_slice(&kv.value).map_err(|e| BrokerError::Corrupt(format!("namespace {ns} policies: {e}")))
+    }
+
+    /// Creates a topic explicitly.
+    pub async fn create_topic(&self, name: &TopicName) -> Result<(), BrokerError> {
+        self.namespace_policies(name.namespace()).await?;
+        match self.put_topic_record(name).await {
+            Err(BrokerError::Meta(strata_metastore::MetaError::VersionMismatch { .. })) => {
+                Err(BrokerError::TopicAlreadyExists(name.to_string()))
+            }
+            other => other,
+        }
+    }
+
+    async fn put_topic_record(&self, name: &TopicName) -> Result<(), BrokerError> {
+        let record = TopicRecord { format_version: FORMAT_VERSION, created_ms: now_ms() };
+        let value = serde_json::to_vec(&record).map_err(|e| BrokerError::Corrupt(e.to_string()))?;
+        self.meta.put(&keys::topic(name), Bytes::from(value), Expect::Absent).await?;
+        info!(topic = %name, "topic created");
+        Ok(())
+    }
+
+    /// Topics of a namespace, full names, sorted.
+    pub async fn list_topics(&self, ns: &NamespaceName) -> Result<Vec<String>, BrokerError> {
+        self.namespace_policies(ns).await?;
+        let prefix = keys::topics_of(ns);
+        let kvs = self.meta.scan(&prefix).await?;
+        Ok(kvs.into_iter().map(|kv| format!("persistent://{ns}/{}", &kv.key[prefix.len()..])).collect())
+    }
+
+    /// The loaded topic, loading it (and creating it when the namespace allows) if needed.
+    pub async fn topic(&self, name: &TopicName, create_if_missing: bool) -> Result<Arc<Topic>, BrokerError> {
+        let cell = self.topics.lock().await.entry(name.clone()).or_default().clone();
+        let loaded = cell
+            .get_or_try_init(|| async {
+                if self.meta.get(&keys::topic(name)).await?.is_none() {
+                    let policies = self.namespace_policies(name.namespace()).await?;
+                    if !(create_if_missing && policies.auto_create_topics) {
+                        return Err(BrokerError::TopicNotFound(name.to_string()));
+                    }
+                    match self.put_topic_record(name).await {
+                        Ok(()) | Err(BrokerError::Meta(strata_metastore::MetaError::VersionMismatch { .. })) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                let ml = ManagedLedger::open(name.clone(), self.meta.clone(), self.ledgers.clone(), self.config.managed_ledger.clone()).await?;
+                Ok(Arc::new(Topic::new(name.clone(), ml, self.meta.clone())))
+            })
+            .await;
+        match loaded {
+            Ok(t) => Ok(t.clone()),
+            Err(e) => {
+                // Do not cache the failure: the next request tries again.
+                self.topics.lock().await.remove(name);
+                Err(e)
+            }
+        }
+    }
+
+    /// Deletes a topic: its ledgers, cursors and record.
+    pub async fn delete_topic(&self, name: &TopicName) -> Result<(), BrokerError> {
+        let topic = self.topic(name, false).await?;
+        topic.delete().await?;
+        self.meta.delete(&keys::topic(name), Expect::Any).await?;
+        self.topics.lock().await.remove(name);
+        info!(topic = %name, "topic deleted");
+        Ok(())
+    }
+
+    /// Closes every loaded topic's open ledger (graceful shutdown).
+    pub async fn close_all(&self) {
+        let cells: Vec<_> = self.topics.lock().await.drain().map(|(_, c)| c).collect();
+        for cell in cells {
+            if let Some(topic) = cell.get() {
+                if let Err(e) = topic.managed_ledger().close().await {
+                    warn!(topic = %topic.name(), error = %e, "closing topic on shutdown failed; it will be recovered on restart");
+                }
+            }
+        }
+    }
+}

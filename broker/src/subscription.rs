@@ -1,0 +1,339 @@
+//! A subscription: its cursor, its (exclusive) consumer and the dispatcher that pushes
+//! messages to that consumer under flow-control permits.
+//!
+//! Acks change the in-memory cursor at once; a flusher task writes the cursor to the
+//! metastore, coalescing bursts of acks into one write. An ack that asks for a receipt is
+//! answered only once a cursor state that includes it is durable.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use prost::Message as _;
+use strata_metastore::{Expect, MetaStore};
+use strata_proto::pb::client::{DeliveredMessage, Delivery, InitialPosition, ServerFrame, StoredBatch, server_frame};
+use strata_proto::{MessageId, Position, TopicName};
+use tokio::sync::{Mutex, Notify, mpsc, watch};
+use tracing::{debug, instrument, warn};
+
+use crate::BrokerError;
+use crate::cursor::CursorState;
+use crate::keys;
+use crate::managed_ledger::ManagedLedger;
+
+/// Most entries read from storage in one go by a dispatcher.
+const MAX_READ_ENTRIES: usize = 256;
+
+/// Frames to one consumer's stream writer.
+pub type ConsumerTx = mpsc::Sender<ServerFrame>;
+
+struct Attached {
+    id: u64,
+    tx: ConsumerTx,
+    /// Messages the consumer can still take.
+    permits: i64,
+}
+
+struct SubState {
+    cursor: CursorState,
+    /// Next entry to read for delivery.
+    read_position: Option<Position>,
+    /// Delivered entries not yet fully acknowledged, with their batch sizes.
+    pending: BTreeMap<Position, u32>,
+    consumer: Option<Attached>,
+    /// Sequence number of the latest cursor change.
+    change_seq: u64,
+}
+
+pub struct Subscription {
+    topic: TopicName,
+    name: String,
+    ml: Arc<ManagedLedger>,
+    meta: MetaStore,
+    state: Mutex<SubState>,
+    wake_dispatcher: Notify,
+    wake_flusher: Notify,
+    /// Highest change sequence known durable.
+    persisted: watch::Sender<u64>,
+}
+
+impl Subscription {
+    /// Loads the subscription's cursor, creating it at `initial` if it does not exist.
+    #[instrument(skip_all, fields(topic = %ml.topic(), subscription = %name))]
+    pub async fn open(ml: Arc<ManagedLedger>, meta: MetaStore, name: &str, initial: InitialPosition) -> Result<Arc<Self>, BrokerError> {
+        let topic = ml.topic().clone();
+        let key = keys::cursor(&topic, name);
+        let (cursor, version) = match meta.get(&key).await? {
+            Some(kv) => (
+                serde_json::from_slice::<CursorState>(&kv.value).map_err(|e| BrokerError::Corrupt(format!("cursor {key}: {e}")))?,
+                kv.version,
+            ),
+            None => {
+                let mark_delete = match initial {
+                    InitialPosition::Earliest => None,
+                    InitialPosition::Latest => ml.last_confirmed(),
+                };
+                let cursor = CursorState::at(mark_delete);
+                let written = meta.put(&key, encode_cursor(&cursor)?, Expect::Absent).await?;
+                (cursor, written.version)
+            }
+        };
+        let read_position = next_unacked(&ml, &cursor);
+        let (persisted, _) = watch::channel(0);
+        let sub = Arc::new(Self {
+            topic,
+            name: name.to_owned(),
+            ml,
+            meta,
+            state: Mutex::new(SubState { cursor, read_position, pending: BTreeMap::new(), consumer: None, change_seq: 0 }),
+            wake_dispatcher: Notify::new(),
+            wake_flusher: Notify::new(),
+            persisted,
+        });
+        tokio::spawn(flusher(Arc::downgrade(&sub), key, version));
+        Ok(sub)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Attaches the exclusive consumer and starts dispatching to it.
+    pub async fn attach(self: &Arc<Self>, consumer_id: u64, tx: ConsumerTx) -> Result<(), BrokerError> {
+        let mut st = self.state.lock().await;
+        if st.consumer.is_some() {
+            return Err(BrokerError::SubscriptionBusy { topic: self.topic.to_string(), subscription: self.name.clone() });
+        }
+        st.consumer = Some(Attached { id: consumer_id, tx, permits: 0 });
+        drop(st);
+        tokio::spawn(dispatcher(self.clone(), consumer_id));
+        Ok(())
+    }
+
+    /// Detaches the consumer; its unacknowledged messages go to the next consumer.
+    pub async fn detach(&self, consumer_id: u64) {
+        let mut st = self.state.lock().await;
+        if st.consumer.as_ref().is_some_and(|c| c.id == consumer_id) {
+            st.consumer = None;
+            st.pending.clear();
+            st.read_position = next_unacked(&self.ml, &st.cursor);
+            drop(st);
+            self.wake_dispatcher.notify_waiters();
+        }
+    }
+
+    pub async fn add_permits(&self, consumer_id: u64, permits: u32) {
+        let mut st = self.state.lock().await;
+        if let Some(c) = st.consumer.as_mut().filter(|c| c.id == consumer_id) {
+            c.permits += i64::from(permits);
+            drop(st);
+            self.wake_dispatcher.notify_one();
+        }
+    }
+
+    /// Applies acks to the in-memory cursor, in the order given, and returns the change
+    /// sequence to wait on with [`Subscription::wait_durable`].
+    pub async fn apply_acks(&self, consumer_id: u64, ids: Vec<MessageId>, cumulative: bool) -> Result<u64, BrokerError> {
+        let seq = {
+            let mut st = self.state.lock().await;
+            let st = &mut *st;
+            if !st.consumer.as_ref().is_some_and(|c| c.id == consumer_id) {
+                return Err(BrokerError::Protocol("ack from a consumer that is not attached".into()));
+            }
+            let mut changed = false;
+            for id in ids {
+                changed |= self.apply_ack(st, id, cumulative)?;
+            }
+            if changed {
+                let ml = &self.ml;
+                st.cursor.compact(ml.first_position(), |p| ml.next_position(p));
+                st.change_seq += 1;
+            }
+            st.change_seq
+        };
+        self.wake_flusher.notify_one();
+        Ok(seq)
+    }
+
+    /// Waits until the cursor state with change sequence `seq` is durable in the metastore.
+    pub async fn wait_durable(&self, seq: u64) -> Result<(), BrokerError> {
+        let mut persisted = self.persisted.subscribe();
+        persisted.wait_for(|p| *p >= seq).await.map(drop).map_err(|_| BrokerError::ShuttingDown)
+    }
+
+    fn apply_ack(&self, st: &mut SubState, id: MessageId, cumulative: bool) -> Result<bool, BrokerError> {
+        let pos = id.position();
+        let Some(&batch_size) = st.pending.get(&pos) else {
+            if st.cursor.is_acked(id) {
+                return Ok(false);
+            }
+            return Err(BrokerError::InvalidMessageId(id.to_string()));
+        };
+        if id.batch_index >= batch_size {
+            return Err(BrokerError::InvalidMessageId(id.to_string()));
+        }
+        let changed = if cumulative {
+            let before = self.ml.prev_position(pos);
+            let changed = st.cursor.ack_cumulative(id, batch_size, before);
+            let whole = id.batch_index + 1 >= batch_size;
+            st.pending.retain(|p, _| *p > pos || (*p == pos && !whole));
+            changed
+        } else {
+            st.cursor.ack_individual(id, batch_size)
+        };
+        if st.cursor.is_entry_acked(pos) {
+            st.pending.remove(&pos);
+        }
+        Ok(changed)
+    }
+
+    /// Cursor summary for stats: mark-delete and unacknowledged entries behind the log end.
+    pub async fn stats(&self) -> (Option<Position>, u64) {
+        let st = self.state.lock().await;
+        let md = st.cursor.mark_delete;
+        let backlog = match (md, self.ml.last_confirmed()) {
+            (Some(m), Some(l)) if m.ledger == l.ledger => l.entry.0.saturating_sub(m.entry.0),
+            (_, Some(_)) => self.ml.stats().0.saturating_sub(md.map(|m| m.entry.0 + 1).unwrap_or(0)),
+            _ => 0,
+        };
+        (md, backlog)
+    }
+}
+
+fn next_unacked(ml: &ManagedLedger, cursor: &CursorState) -> Option<Position> {
+    match cursor.mark_delete {
+        Some(md) => ml.next_position(md),
+        None => ml.first_position(),
+    }
+}
+
+fn encode_cursor(c: &CursorState) -> Result<Bytes, BrokerError> {
+    serde_json::to_vec(c).map(Bytes::from).map_err(|e| BrokerError::Corrupt(format!("encoding cursor: {e}")))
+}
+
+/// Writes the cursor whenever it changed, one write for any number of acks in between.
+async fn flusher(sub: std::sync::Weak<Subscription>, key: String, mut version: u64) {
+    loop {
+        let Some(s) = sub.upgrade() else { return };
+        let notified = s.wake_flusher.notified();
+        let (cursor, seq) = {
+            let st = s.state.lock().await;
+            (st.cursor.clone(), st.change_seq)
+        };
+        if seq > *s.persisted.borrow() {
+            let result = match encode_cursor(&cursor) {
+                Ok(value) => s.meta.put(&key, value, Expect::Version(version)).await.map_err(BrokerError::from),
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(w) => {
+                    version = w.version;
+                    s.persisted.send_replace(seq);
+                }
+                Err(e) => {
+                    warn!(cursor = %key, error = %e, "persisting cursor failed; will retry on the next ack");
+                    if let Ok(Some(kv)) = s.meta.get(&key).await {
+                        version = kv.version;
+                    }
+                }
+            }
+            continue;
+        }
+        // Weak upgrade is dropped while waiting so an unloaded topic can go away.
+        drop(s);
+        notified.await;
+    }
+}
+
+/// Pushes messages to the attached consumer while it has permits.
+async fn dispatcher(sub: Arc<Subscription>, consumer_id: u64) {
+    let mut appends = sub.ml.subscribe_appends();
+    loop {
+        let wake = sub.wake_dispatcher.notified();
+        tokio::pin!(wake);
+        wake.as_mut().enable();
+        match dispatch_once(&sub, consumer_id).await {
+            Ok(DispatchOutcome::Delivered) => continue,
+            Ok(DispatchOutcome::Detached) => return,
+            Ok(DispatchOutcome::Idle) => {}
+            Err(e) => {
+                warn!(topic = %sub.topic, subscription = %sub.name, error = %e, "dispatch failed");
+                let frame = ServerFrame { frame: Some(server_frame::Frame::Error(e.to_wire().into())) };
+                let tx = sub.state.lock().await.consumer.as_ref().filter(|c| c.id == consumer_id).map(|c| c.tx.clone());
+                if let Some(tx) = tx {
+                    let _ = tx.send(frame).await;
+                }
+                sub.detach(consumer_id).await;
+                return;
+            }
+        }
+        tokio::select! {
+            _ = &mut wake => {}
+            changed = appends.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+enum DispatchOutcome {
+    Delivered,
+    Idle,
+    Detached,
+}
+
+async fn dispatch_once(sub: &Subscription, consumer_id: u64) -> Result<DispatchOutcome, BrokerError> {
+    let (from, permits) = {
+        let mut st = sub.state.lock().await;
+        let Some(c) = st.consumer.as_ref().filter(|c| c.id == consumer_id) else { return Ok(DispatchOutcome::Detached) };
+        let permits = c.permits;
+        if st.read_position.is_none() {
+            st.read_position = next_unacked(&sub.ml, &st.cursor);
+        }
+        match st.read_position {
+            Some(p) if permits > 0 => (p, permits),
+            _ => return Ok(DispatchOutcome::Idle),
+        }
+    };
+    let entries = sub.ml.read(from, MAX_READ_ENTRIES.min(permits as usize)).await?;
+    let Some(&(last_pos, _)) = entries.last() else { return Ok(DispatchOutcome::Idle) };
+    let mut st = sub.state.lock().await;
+    // The consumer may have left, or been replaced, while we read.
+    if st.read_position != Some(from) || !st.consumer.as_ref().is_some_and(|c| c.id == consumer_id) {
+        return Ok(DispatchOutcome::Delivered);
+    }
+    let mut delivery = Delivery { messages: Vec::new() };
+    for (pos, data) in entries {
+        let batch = StoredBatch::decode(data).map_err(|e| BrokerError::Corrupt(format!("entry {pos} of {}: {e}", sub.topic)))?;
+        let batch_size = batch.messages.len() as u32;
+        if st.cursor.is_entry_acked(pos) || batch_size == 0 {
+            continue;
+        }
+        for (index, message) in batch.messages.into_iter().enumerate() {
+            let id = MessageId { ledger: pos.ledger, entry: pos.entry, batch_index: index as u32 };
+            if st.cursor.is_acked(id) {
+                continue;
+            }
+            delivery.messages.push(DeliveredMessage {
+                id: Some(id.into()),
+                message: Some(message),
+                producer_name: batch.producer_name.clone(),
+                publish_time_ms: batch.publish_time_ms,
+                redelivery_count: 0,
+            });
+        }
+        st.pending.insert(pos, batch_size);
+    }
+    st.read_position = sub.ml.next_position(last_pos);
+    let count = delivery.messages.len() as i64;
+    let Some(c) = st.consumer.as_mut() else { return Ok(DispatchOutcome::Detached) };
+    c.permits -= count;
+    let tx = c.tx.clone();
+    drop(st);
+    if count > 0 {
+        debug!(topic = %sub.topic, count, "delivering");
+        let frame = ServerFrame { frame: Some(server_frame::Frame::Delivery(delivery)) };
+        if tx.send(frame).await.is_err() {
+            return Ok(DispatchOutcome::Detached);
+        }
+    }
+    Ok(DispatchOutcome::Delivered)
+}

@@ -1,0 +1,85 @@
+//! A loaded topic: its managed ledger and its subscriptions.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use prost::Message as _;
+use strata_metastore::{Expect, MetaStore};
+use strata_proto::pb::client::{InitialPosition, Message, StoredBatch};
+use strata_proto::{Position, TopicName};
+use tokio::sync::Mutex;
+
+use crate::BrokerError;
+use crate::keys;
+use crate::managed_ledger::ManagedLedger;
+use crate::records::now_ms;
+use crate::subscription::Subscription;
+
+/// Format version written into every stored batch.
+pub const STORED_BATCH_FORMAT: u32 = 1;
+
+pub struct Topic {
+    name: TopicName,
+    ml: Arc<ManagedLedger>,
+    meta: MetaStore,
+    subscriptions: Mutex<HashMap<String, Arc<Subscription>>>,
+}
+
+impl Topic {
+    pub fn new(name: TopicName, ml: Arc<ManagedLedger>, meta: MetaStore) -> Self {
+        Self { name, ml, meta, subscriptions: Mutex::new(HashMap::new()) }
+    }
+
+    pub fn name(&self) -> &TopicName {
+        &self.name
+    }
+
+    pub fn managed_ledger(&self) -> &Arc<ManagedLedger> {
+        &self.ml
+    }
+
+    /// Stores one producer batch as one entry; the future resolves once it is durable.
+    pub async fn publish(
+        &self,
+        producer_name: &str,
+        sequence_id: u64,
+        messages: Vec<Message>,
+    ) -> Result<impl Future<Output = Result<Position, BrokerError>> + Send + 'static, BrokerError> {
+        let batch = StoredBatch {
+            format_version: STORED_BATCH_FORMAT,
+            producer_name: producer_name.to_owned(),
+            sequence_id,
+            publish_time_ms: now_ms(),
+            messages,
+        };
+        self.ml.append(Bytes::from(batch.encode_to_vec())).await
+    }
+
+    /// The named subscription, created at `initial` if new.
+    pub async fn subscription(&self, name: &str, initial: InitialPosition) -> Result<Arc<Subscription>, BrokerError> {
+        let mut subs = self.subscriptions.lock().await;
+        if let Some(s) = subs.get(name) {
+            return Ok(s.clone());
+        }
+        let sub = Subscription::open(self.ml.clone(), self.meta.clone(), name, initial).await?;
+        subs.insert(name.to_owned(), sub.clone());
+        Ok(sub)
+    }
+
+    /// Names of the subscriptions persisted for this topic.
+    pub async fn subscription_names(&self) -> Result<Vec<String>, BrokerError> {
+        let prefix = keys::cursors_of(&self.name);
+        Ok(self.meta.scan(&prefix).await?.into_iter().map(|kv| kv.key[prefix.len()..].to_owned()).collect())
+    }
+
+    /// Deletes the log and every cursor.
+    pub async fn delete(&self) -> Result<(), BrokerError> {
+        self.ml.delete().await?;
+        for kv in self.meta.scan(&keys::cursors_of(&self.name)).await? {
+            self.meta.delete(&kv.key, Expect::Any).await?;
+        }
+        Ok(())
+    }
+}

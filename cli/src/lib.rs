@@ -1,0 +1,16 @@
+//! The `strata` binary's library: every server role and every client verb, so the one
+//! binary (and the integration tests) can run them.
+//!
+//! # Layout
+//!
+//! - [`config`]: the standalone's TOML config, `STRATA_*` overrides and validation.
+//! - [`standalone`]: metastore + bookie + broker in one process.
+//! - [`http`]: the HTTP side port (`/healthz`, `/readyz`, `/metrics`).
+//! - [`commands`]: `produce`, `consume`, `topics`.
+//! - [`perf`]: `perf produce` / `perf consume` load generators.
+
+pub mod commands;
+pub mod config;
+pub mod http;
+pub mod perf;
+pub mod standalone;
