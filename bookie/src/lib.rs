@@ -1,1 +1,24 @@
-//! placeholder
+//! The bookie: ledger storage in RocksDB, and the ledger client brokers write through.
+//!
+//! A ledger is an append-only sequence of entries with dense ids from 0, written by one
+//! writer, then sealed (CLOSED) at its last entry, as in Apache BookKeeper. This first cut has
+//! one bookie (ensemble = write quorum = ack quorum = 1); the client API is shaped as the
+//! future quorum client.
+//!
+//! # Layout
+//!
+//! - [`storage`]: [`BookieStorage`], entries and per-ledger records in RocksDB, group-committed
+//!   by one writer thread, CRC32C-verified on read; [`storage::format`] documents the
+//!   on-disk layout.
+//! - [`error`]: the storage errors, [`BookieError`].
+//! - [`ledger`]: [`LedgerClient`], [`LedgerWriter`], [`LedgerReader`]; ledger metadata in the
+//!   metastore; recovery (fence, find the last entry, close). The ordering and
+//!   last-add-confirmed logic is the I/O-free [`ledger::PendingAddQueue`].
+
+pub mod error;
+pub mod ledger;
+pub mod storage;
+
+pub use error::BookieError;
+pub use ledger::{LedgerClient, LedgerConfig, LedgerError, LedgerReader, LedgerWriter};
+pub use storage::{BookieStorage, StorageOptions, StorageStats};

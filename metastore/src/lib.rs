@@ -1,1 +1,60 @@
-//! placeholder
+//! Strata's metadata store: a versioned key space with compare-and-set and watches,
+//! replicated by an [`openraft`] group whose log and state machine live in RocksDB.
+//!
+//! Semantics are etcd's: a global `revision` grows by one per successful change; each key has
+//! a `version` (1 on creation, +1 per put; a deleted key is gone and re-creating it starts at 1
+//! again), a `create_revision` and a `mod_revision`. A failed compare-and-set changes nothing.
+//! Reads (`get`, `scan`) are linearizable. Watches replay history from a revision and then
+//! stream live changes, with no gap and no duplicate.
+//!
+//! This first cut runs as ONE voter ([`MetaStore::open_standalone`], used by
+//! `strata standalone`). Raft networking is a stub ([`network`]): the QUIC raft transport and
+//! the membership calls (`add_learner`, `change_membership`) for 3- and 5-voter groups are the
+//! next issue; they only need a new `network.rs` and a `MetaStore::open_cluster`. Leases
+//! (ephemeral keys with a TTL), history compaction and the typed tables come later too.
+//!
+//! # Layout
+//!
+//! - [`store`]: [`MetaStore`], the public handle — open, get/put/delete/scan, watch, next_id.
+//! - [`watch`]: [`Watcher`], history replay then live changes, gap- and duplicate-free.
+//! - `apply`: the key-space rules as plain logic over a read view (unit-tested without I/O).
+//! - [`state_machine`]: openraft `RaftStateMachine` on RocksDB: atomic apply, snapshots.
+//! - [`log_store`]: openraft `RaftLogStorage` on RocksDB: fsynced appends, truncate, purge.
+//! - `db`: the shared RocksDB handle, applied revision and change broadcast.
+//! - `keys`: column families, key encodings and the versioned, CRC32C-checked record
+//!   envelope.
+//! - [`types`]: the openraft [`TypeConfig`], the replicated [`Command`], [`Expect`], [`Written`].
+//! - [`network`]: the not-yet-networked `RaftNetworkFactory`.
+//! - [`config`]: [`MetaStoreConfig`] and its validation.
+//! - [`error`]: [`MetaError`], every error a call can return.
+//!
+//! # On disk
+//!
+//! One RocksDB database in the data directory, one column family per concern: `log` and
+//! `raft_meta` (the raft log, vote, committed and purged ids), `kv` (current values), `history`
+//! (every change by revision), `sm_meta` (applied log id, membership, revision, oldest kept
+//! revision, current snapshot). See `src/keys.rs` for the encodings.
+
+mod apply;
+pub mod config;
+mod db;
+pub mod error;
+mod keys;
+pub mod log_store;
+pub mod network;
+pub mod state_machine;
+pub mod store;
+pub mod types;
+pub mod watch;
+
+#[cfg(test)]
+mod tests;
+
+pub use config::{ConfigError, MetaStoreConfig};
+pub use error::MetaError;
+pub use log_store::LogStore;
+pub use state_machine::{SnapshotBuilder, StateMachine};
+pub use store::{MAX_KEY_LEN, MetaStore};
+pub use strata_proto::pb::metastore::{EventKind, KeyValue, WatchEvent};
+pub use types::{Command, CommandResult, Expect, NodeId, TypeConfig, Written};
+pub use watch::Watcher;

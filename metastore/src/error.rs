@@ -1,0 +1,134 @@
+//! The metastore's error type, [`MetaError`], and how openraft's errors map onto it.
+
+use openraft::BasicNode;
+use openraft::error::{CheckIsLeaderError, ClientWriteError, Fatal, InitializeError, RaftError};
+
+use crate::config::ConfigError;
+use crate::keys::CodecError;
+use crate::types::{Expect, NodeId};
+
+/// Everything a metastore call can fail with.
+///
+/// Only [`MetaError::NotLeader`] is worth retrying as-is (see [`MetaError::is_retryable`]);
+/// a [`MetaError::VersionMismatch`] asks the caller to re-read and decide again.
+#[derive(Debug, thiserror::Error)]
+pub enum MetaError {
+    /// The CAS condition did not hold; nothing was written. `actual` is `None` when the key is
+    /// absent.
+    #[error("version mismatch on key {key:?}: expected {expected:?}, actual {actual:?}")]
+    VersionMismatch {
+        key: String,
+        expected: Expect,
+        actual: Option<u64>,
+    },
+    /// The value is larger than `MetaStoreConfig::max_value_size`; nothing was proposed.
+    #[error("value of key {key:?} is {len} bytes, above the maximum of {max} bytes")]
+    ValueTooLarge { key: String, len: usize, max: usize },
+    /// The key is empty, too long, or (for counters) holds something that is not a counter.
+    #[error("invalid key {key:?}: {reason}")]
+    InvalidKey { key: String, reason: &'static str },
+    /// This node is not the leader (future: forward/redirect).
+    #[error("this metastore node is not the leader (leader: {leader:?})")]
+    NotLeader { leader: Option<u64> },
+    /// A watch asked for history that is no longer kept.
+    #[error("revision {requested} is compacted; the oldest kept revision is {oldest}")]
+    Compacted { requested: u64, oldest: u64 },
+    /// RocksDB or codec failure.
+    #[error("metastore storage error: {0}")]
+    Storage(String),
+    /// An openraft fatal or API error, rendered.
+    #[error("raft error: {0}")]
+    Raft(String),
+    /// The store has been shut down.
+    #[error("metastore is shut down")]
+    Closed,
+    /// The configuration failed validation.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
+
+impl MetaError {
+    /// Whether retrying the same call (possibly against the new leader) may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, MetaError::NotLeader { .. })
+    }
+}
+
+impl From<rocksdb::Error> for MetaError {
+    fn from(e: rocksdb::Error) -> Self {
+        MetaError::Storage(e.to_string())
+    }
+}
+
+impl From<CodecError> for MetaError {
+    fn from(e: CodecError) -> Self {
+        MetaError::Storage(e.to_string())
+    }
+}
+
+impl From<Fatal<NodeId>> for MetaError {
+    fn from(e: Fatal<NodeId>) -> Self {
+        match e {
+            Fatal::Stopped => MetaError::Closed,
+            other => MetaError::Raft(other.to_string()),
+        }
+    }
+}
+
+impl From<RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>> for MetaError {
+    fn from(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> Self {
+        match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => MetaError::NotLeader {
+                leader: f.leader_id,
+            },
+            RaftError::APIError(other) => MetaError::Raft(other.to_string()),
+            RaftError::Fatal(f) => f.into(),
+        }
+    }
+}
+
+impl From<RaftError<NodeId, CheckIsLeaderError<NodeId, BasicNode>>> for MetaError {
+    fn from(e: RaftError<NodeId, CheckIsLeaderError<NodeId, BasicNode>>) -> Self {
+        match e {
+            RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)) => MetaError::NotLeader {
+                leader: f.leader_id,
+            },
+            // The leader could not reach a quorum: leadership is in doubt, the caller should
+            // retry (against whichever node wins).
+            RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)) => {
+                MetaError::NotLeader { leader: None }
+            }
+            RaftError::Fatal(f) => f.into(),
+        }
+    }
+}
+
+impl From<RaftError<NodeId, InitializeError<NodeId, BasicNode>>> for MetaError {
+    fn from(e: RaftError<NodeId, InitializeError<NodeId, BasicNode>>) -> Self {
+        match e {
+            RaftError::APIError(api) => MetaError::Raft(api.to_string()),
+            RaftError::Fatal(f) => f.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Only "not leader" is retryable: a CAS mismatch or a closed store never is.
+    #[test]
+    fn only_not_leader_is_retryable() {
+        assert!(MetaError::NotLeader { leader: Some(2) }.is_retryable());
+        assert!(!MetaError::Closed.is_retryable());
+        assert!(
+            !MetaError::VersionMismatch {
+                key: "k".into(),
+                expected: Expect::Absent,
+                actual: Some(1)
+            }
+            .is_retryable()
+        );
+        assert!(!MetaError::Storage("x".into()).is_retryable());
+    }
+}

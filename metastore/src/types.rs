@@ -1,0 +1,188 @@
+//! The raft type configuration and the commands replicated through the log.
+
+use std::io::Cursor;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+/// Raft node id of a metastore voter.
+pub type NodeId = u64;
+
+/// The node id the standalone (one-voter) metastore runs as.
+pub const STANDALONE_NODE_ID: NodeId = 1;
+
+openraft::declare_raft_types!(
+    /// openraft type configuration of the metastore group.
+    pub TypeConfig:
+        D = Command,
+        R = CommandResult,
+        NodeId = NodeId,
+        Node = openraft::BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// Condition for a write (compare-and-set).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Expect {
+    /// Unconditional.
+    Any,
+    /// The key must not exist.
+    Absent,
+    /// The key must exist at exactly this version (so `Version(0)` never holds).
+    Version(u64),
+}
+
+impl Expect {
+    /// Maps the wire form (`optional uint64 expected_version`: absent = unconditional, 0 = must
+    /// not exist, n = must be at version n) onto an [`Expect`].
+    pub fn from_wire(expected_version: Option<u64>) -> Expect {
+        match expected_version {
+            None => Expect::Any,
+            Some(0) => Expect::Absent,
+            Some(v) => Expect::Version(v),
+        }
+    }
+
+    /// The wire form of this condition; inverse of [`Expect::from_wire`] (except `Version(0)`,
+    /// which has no wire form and maps to "must not exist").
+    pub fn to_wire(self) -> Option<u64> {
+        match self {
+            Expect::Any => None,
+            Expect::Absent => Some(0),
+            Expect::Version(v) => Some(v),
+        }
+    }
+
+    /// Whether the condition holds for a key currently at `actual` (`None` = absent).
+    pub fn holds(self, actual: Option<u64>) -> bool {
+        match self {
+            Expect::Any => true,
+            Expect::Absent => actual.is_none(),
+            Expect::Version(v) => actual == Some(v),
+        }
+    }
+}
+
+/// Result of a successful write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Written {
+    /// The global revision this write created.
+    pub revision: u64,
+    /// The key's version after the write (1 on creation).
+    pub version: u64,
+}
+
+/// A mutating command, as replicated in the raft log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Command {
+    /// Sets `key` to `value` if `expect` holds.
+    Put {
+        key: String,
+        #[serde(with = "hex_bytes")]
+        value: Bytes,
+        expect: Expect,
+    },
+    /// Removes `key` if `expect` holds.
+    Delete { key: String, expect: Expect },
+}
+
+/// What applying one log entry produced; one per entry, in log order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandResult {
+    /// A blank or membership entry: nothing to report.
+    None,
+    /// A put succeeded.
+    Written(Written),
+    /// A delete removed the key, creating `revision`.
+    Deleted { revision: u64 },
+    /// A delete found nothing to remove (and its condition allowed that); nothing changed.
+    Absent,
+    /// The CAS condition did not hold; nothing changed. `actual` is the key's version.
+    Mismatch { actual: Option<u64> },
+}
+
+/// serde for `Bytes` as a lowercase hex string: compact enough in the JSON log (2x, against
+/// ~3.5x for serde's default array of numbers) without another dependency.
+mod hex_bytes {
+    use bytes::Bytes;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+
+    pub(super) fn serialize<S: Serializer>(v: &Bytes, s: S) -> Result<S::Ok, S::Error> {
+        let mut out = String::with_capacity(v.len() * 2);
+        for b in v.iter() {
+            out.push(DIGITS[usize::from(b >> 4)] as char);
+            out.push(DIGITS[usize::from(b & 0xF)] as char);
+        }
+        s.serialize_str(&out)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Bytes, D::Error> {
+        let s = String::deserialize(d)?;
+        let raw = s.as_bytes();
+        if raw.len() % 2 != 0 {
+            return Err(serde::de::Error::custom("odd-length hex string"));
+        }
+        let nibble = |c: u8| -> Result<u8, D::Error> {
+            match c {
+                b'0'..=b'9' => Ok(c - b'0'),
+                b'a'..=b'f' => Ok(c - b'a' + 10),
+                b'A'..=b'F' => Ok(c - b'A' + 10),
+                _ => Err(serde::de::Error::custom(format!(
+                    "invalid hex digit {:?}",
+                    c as char
+                ))),
+            }
+        };
+        let mut out = Vec::with_capacity(raw.len() / 2);
+        for pair in raw.chunks_exact(2) {
+            out.push((nibble(pair[0])? << 4) | nibble(pair[1])?);
+        }
+        Ok(Bytes::from(out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A command survives the JSON log encoding unchanged, including arbitrary value bytes.
+    #[test]
+    fn command_json_round_trips() -> Result<(), serde_json::Error> {
+        let cmd = Command::Put {
+            key: "a/b".into(),
+            value: Bytes::from_static(&[0, 1, 0x7f, 0x80, 0xff]),
+            expect: Expect::Version(3),
+        };
+        let json = serde_json::to_string(&cmd)?;
+        assert!(json.contains("\"00017f80ff\""), "{json}");
+        assert_eq!(serde_json::from_str::<Command>(&json)?, cmd);
+        Ok(())
+    }
+
+    /// Malformed hex in the log is a decode error, not a panic.
+    #[test]
+    fn malformed_hex_is_rejected() {
+        let bad = r#"{"op":"put","key":"k","value":"0g","expect":"Any"}"#;
+        assert!(serde_json::from_str::<Command>(bad).is_err());
+        let odd = r#"{"op":"put","key":"k","value":"abc","expect":"Any"}"#;
+        assert!(serde_json::from_str::<Command>(odd).is_err());
+    }
+
+    /// The wire mapping of conditions round-trips and `holds` follows the documented rules.
+    #[test]
+    fn expect_wire_mapping_and_holds() {
+        for e in [Expect::Any, Expect::Absent, Expect::Version(7)] {
+            assert_eq!(Expect::from_wire(e.to_wire()), e);
+        }
+        assert!(Expect::Absent.holds(None));
+        assert!(!Expect::Absent.holds(Some(1)));
+        assert!(Expect::Version(2).holds(Some(2)));
+        assert!(!Expect::Version(2).holds(None));
+        assert!(!Expect::Version(0).holds(None));
+    }
+}
