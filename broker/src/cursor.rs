@@ -17,7 +17,10 @@ pub enum EntryAck {
     /// Every message of the entry is acknowledged.
     Full,
     /// Only these batch indexes are acknowledged (of `batch_size`).
-    Partial { batch_size: u32, indexes: BTreeSet<u32> },
+    Partial {
+        batch_size: u32,
+        indexes: BTreeSet<u32>,
+    },
 }
 
 /// Persisted form version of [`CursorState`].
@@ -27,13 +30,43 @@ pub const CURSOR_FORMAT_VERSION: u32 = 1;
 pub struct CursorState {
     pub format_version: u32,
     pub mark_delete: Option<Position>,
+    #[serde(with = "as_pairs")]
     pub acked: BTreeMap<Position, EntryAck>,
+}
+
+/// JSON objects need string keys, so the map is stored as a list of `[position, ack]` pairs.
+mod as_pairs {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+    use strata_proto::Position;
+
+    use super::EntryAck;
+
+    pub fn serialize<S: Serializer>(
+        map: &BTreeMap<Position, EntryAck>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_seq(map.iter())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<Position, EntryAck>, D::Error> {
+        Ok(Vec::<(Position, EntryAck)>::deserialize(d)?
+            .into_iter()
+            .collect())
+    }
 }
 
 impl CursorState {
     /// A cursor whose everything up to and including `mark_delete` is acknowledged.
     pub fn at(mark_delete: Option<Position>) -> Self {
-        Self { format_version: CURSOR_FORMAT_VERSION, mark_delete, acked: BTreeMap::new() }
+        Self {
+            format_version: CURSOR_FORMAT_VERSION,
+            mark_delete,
+            acked: BTreeMap::new(),
+        }
     }
 
     /// Whether the message is acknowledged.
@@ -51,7 +84,8 @@ impl CursorState {
 
     /// Whether every message of the entry at `pos` is acknowledged.
     pub fn is_entry_acked(&self, pos: Position) -> bool {
-        self.mark_delete.is_some_and(|md| pos <= md) || matches!(self.acked.get(&pos), Some(EntryAck::Full))
+        self.mark_delete.is_some_and(|md| pos <= md)
+            || matches!(self.acked.get(&pos), Some(EntryAck::Full))
     }
 
     /// Acknowledges one message of an entry holding `batch_size` messages.
@@ -61,8 +95,15 @@ impl CursorState {
             return false;
         }
         let pos = id.position();
-        let entry = self.acked.entry(pos).or_insert_with(|| EntryAck::Partial { batch_size, indexes: BTreeSet::new() });
-        if let EntryAck::Partial { batch_size, indexes } = entry {
+        let entry = self.acked.entry(pos).or_insert_with(|| EntryAck::Partial {
+            batch_size,
+            indexes: BTreeSet::new(),
+        });
+        if let EntryAck::Partial {
+            batch_size,
+            indexes,
+        } = entry
+        {
             indexes.insert(id.batch_index);
             if indexes.len() as u32 >= *batch_size {
                 *entry = EntryAck::Full;
@@ -74,8 +115,15 @@ impl CursorState {
     /// Acknowledges everything up to and including `id`. `entry_before` names the entry just
     /// before `id`'s (None if it is the first of the log), used when `id` is not the last of
     /// its batch. Returns false if nothing new was acknowledged.
-    pub fn ack_cumulative(&mut self, id: MessageId, batch_size: u32, entry_before: Option<Position>) -> bool {
-        if self.is_acked(id) && (id.batch_index + 1 >= batch_size || self.is_entry_acked(id.position())) {
+    pub fn ack_cumulative(
+        &mut self,
+        id: MessageId,
+        batch_size: u32,
+        entry_before: Option<Position>,
+    ) -> bool {
+        if self.is_acked(id)
+            && (id.batch_index + 1 >= batch_size || self.is_entry_acked(id.position()))
+        {
             return false;
         }
         let pos = id.position();
@@ -86,7 +134,13 @@ impl CursorState {
                 self.move_mark_delete(before);
             }
             for index in 0..=id.batch_index {
-                self.ack_individual(MessageId { batch_index: index, ..id }, batch_size);
+                self.ack_individual(
+                    MessageId {
+                        batch_index: index,
+                        ..id
+                    },
+                    batch_size,
+                );
             }
         }
         true
@@ -102,7 +156,11 @@ impl CursorState {
 
     /// Moves mark-delete over fully acknowledged entries that directly follow it.
     /// `next_of(p)` returns the entry that follows `p` in the log (None: unknown yet).
-    pub fn compact(&mut self, first_entry: Option<Position>, next_of: impl Fn(Position) -> Option<Position>) {
+    pub fn compact(
+        &mut self,
+        first_entry: Option<Position>,
+        next_of: impl Fn(Position) -> Option<Position>,
+    ) {
         loop {
             let next = match self.mark_delete {
                 Some(md) => next_of(md),
@@ -121,7 +179,10 @@ impl CursorState {
 
 /// The smallest position strictly greater than `p` (for range splits; it need not exist).
 fn next_after(p: Position) -> Position {
-    Position { ledger: p.ledger, entry: strata_proto::EntryId(p.entry.0.saturating_add(1)) }
+    Position {
+        ledger: p.ledger,
+        entry: strata_proto::EntryId(p.entry.0.saturating_add(1)),
+    }
 }
 
 #[cfg(test)]
@@ -143,7 +204,10 @@ mod tests {
         c.ack_individual(id(1, 0, 0), 3);
         assert!(!c.is_entry_acked(Position::new(1, 0)));
         c.ack_individual(id(1, 0, 2), 3);
-        assert!(c.is_entry_acked(Position::new(1, 0)), "all three indexes make the entry whole");
+        assert!(
+            c.is_entry_acked(Position::new(1, 0)),
+            "all three indexes make the entry whole"
+        );
     }
 
     /// Cumulative ack covers everything before it, including earlier ledgers.
@@ -154,9 +218,15 @@ mod tests {
         assert!(c.ack_cumulative(id(2, 3, 0), 1, Some(Position::new(2, 2))));
         assert_eq!(c.mark_delete, Some(Position::new(2, 3)));
         assert!(c.is_acked(id(1, 999, 5)));
-        assert!(c.acked.is_empty(), "entries below mark-delete are forgotten");
+        assert!(
+            c.acked.is_empty(),
+            "entries below mark-delete are forgotten"
+        );
         assert!(!c.is_acked(id(2, 4, 0)));
-        assert!(!c.ack_cumulative(id(2, 1, 0), 1, Some(Position::new(2, 0))), "going backwards changes nothing");
+        assert!(
+            !c.ack_cumulative(id(2, 1, 0), 1, Some(Position::new(2, 0))),
+            "going backwards changes nothing"
+        );
     }
 
     /// A cumulative ack in the middle of a batch acks the earlier indexes of that entry only.
@@ -182,7 +252,11 @@ mod tests {
         }
         c.compact(Some(Position::new(1, 0)), next_of);
         assert_eq!(c.mark_delete, Some(Position::new(3, 0)));
-        assert_eq!(c.acked.keys().copied().collect::<Vec<_>>(), vec![Position::new(3, 2)], "a gap at 3:1 stops it");
+        assert_eq!(
+            c.acked.keys().copied().collect::<Vec<_>>(),
+            vec![Position::new(3, 2)],
+            "a gap at 3:1 stops it"
+        );
     }
 
     #[test]
@@ -190,6 +264,9 @@ mod tests {
         let mut c = CursorState::at(Some(Position::new(4, 4)));
         c.ack_individual(id(4, 6, 1), 2);
         let json = serde_json::to_vec(&c).expect("encode");
-        assert_eq!(serde_json::from_slice::<CursorState>(&json).expect("decode"), c);
+        assert_eq!(
+            serde_json::from_slice::<CursorState>(&json).expect("decode"),
+            c
+        );
     }
 }

@@ -24,6 +24,10 @@ use crate::BrokerError;
 use crate::keys;
 use crate::records::{FORMAT_VERSION, LedgerInfo, ManagedLedgerRecord};
 
+/// Resolves to an appended entry's position once it is durable.
+pub type PendingAppend =
+    std::pin::Pin<Box<dyn Future<Output = Result<Position, BrokerError>> + Send + 'static>>;
+
 /// When to roll over to a new ledger, and how ledgers are replicated.
 #[derive(Debug, Clone)]
 pub struct ManagedLedgerConfig {
@@ -37,7 +41,11 @@ impl Default for ManagedLedgerConfig {
         Self {
             max_entries_per_ledger: 50_000,
             max_ledger_bytes: 512 * 1024 * 1024,
-            ledger: LedgerConfig { ensemble_size: 1, write_quorum: 1, ack_quorum: 1 },
+            ledger: LedgerConfig {
+                ensemble_size: 1,
+                write_quorum: 1,
+                ack_quorum: 1,
+            },
         }
     }
 }
@@ -71,13 +79,29 @@ pub struct ManagedLedger {
 impl ManagedLedger {
     /// Opens the topic's log, recovering a ledger a previous owner left open.
     #[instrument(skip_all, fields(topic = %topic))]
-    pub async fn open(topic: TopicName, meta: MetaStore, client: LedgerClient, config: ManagedLedgerConfig) -> Result<Arc<Self>, BrokerError> {
+    pub async fn open(
+        topic: TopicName,
+        meta: MetaStore,
+        client: LedgerClient,
+        config: ManagedLedgerConfig,
+    ) -> Result<Arc<Self>, BrokerError> {
         let key = keys::managed_ledger(&topic);
         let (mut record, mut version) = match meta.get(&key).await? {
             Some(kv) => (decode_record(&kv.value)?, kv.version),
-            None => (ManagedLedgerRecord { format_version: FORMAT_VERSION, ledgers: Vec::new() }, 0),
+            None => (
+                ManagedLedgerRecord {
+                    format_version: FORMAT_VERSION,
+                    ledgers: Vec::new(),
+                },
+                0,
+            ),
         };
-        if let Some(last) = record.ledgers.last().cloned().filter(|l| l.entries.is_none()) {
+        if let Some(last) = record
+            .ledgers
+            .last()
+            .cloned()
+            .filter(|l| l.entries.is_none())
+        {
             let reader = client.open_ledger_with_recovery(last.id).await?;
             let entries = reader.last_entry().map(|e| e.0 + 1).unwrap_or(0);
             info!(ledger = %last.id, entries, "recovered ledger left open by the previous owner");
@@ -91,9 +115,20 @@ impl ManagedLedger {
             }
         }
         let writer = Arc::new(client.create_ledger(config.ledger).await?);
-        record.ledgers.push(LedgerInfo { id: writer.id(), entries: None, size_bytes: 0 });
-        let expect = if version == 0 { Expect::Absent } else { Expect::Version(version) };
-        version = meta.put(&key, encode_record(&record)?, expect).await?.version;
+        record.ledgers.push(LedgerInfo {
+            id: writer.id(),
+            entries: None,
+            size_bytes: 0,
+        });
+        let expect = if version == 0 {
+            Expect::Absent
+        } else {
+            Expect::Version(version)
+        };
+        version = meta
+            .put(&key, encode_record(&record)?, expect)
+            .await?
+            .version;
         info!(ledger = %writer.id(), ledgers = record.ledgers.len(), "managed ledger open");
         let (appended, _) = watch::channel(0);
         Ok(Arc::new(Self {
@@ -101,8 +136,14 @@ impl ManagedLedger {
             meta,
             client,
             config,
-            write: Mutex::new(WriteState { record_version: version, current_failed: false }),
-            view: RwLock::new(LogView { ledgers: record.ledgers, current: Some(writer) }),
+            write: Mutex::new(WriteState {
+                record_version: version,
+                current_failed: false,
+            }),
+            view: RwLock::new(LogView {
+                ledgers: record.ledgers,
+                current: Some(writer),
+            }),
             readers: Mutex::new(HashMap::new()),
             appended,
             failed: Arc::new(std::sync::atomic::AtomicBool::new(false)),
@@ -114,13 +155,15 @@ impl ManagedLedger {
     }
 
     /// Starts appending one entry; the returned future resolves once it is durable.
-    pub async fn append(&self, data: Bytes) -> Result<impl Future<Output = Result<Position, BrokerError>> + Send + 'static, BrokerError> {
+    pub async fn append(&self, data: Bytes) -> Result<PendingAppend, BrokerError> {
         let mut write = self.write.lock().await;
         if write.current_failed || self.failed.load(std::sync::atomic::Ordering::Acquire) {
             self.replace_failed_ledger(&mut write).await?;
         }
         let writer = self.current_writer()?;
-        let writer = if writer.entries_added() >= self.config.max_entries_per_ledger || writer.length_bytes() >= self.config.max_ledger_bytes {
+        let writer = if writer.entries_added() >= self.config.max_entries_per_ledger
+            || writer.length_bytes() >= self.config.max_ledger_bytes
+        {
             self.rollover(&mut write).await?
         } else {
             writer
@@ -130,7 +173,7 @@ impl ManagedLedger {
         drop(write);
         let appended = self.appended.clone();
         let failed = self.failed.clone();
-        Ok(async move {
+        Ok(Box::pin(async move {
             match add.await {
                 Ok(entry) => {
                     appended.send_modify(|n| *n += 1);
@@ -141,11 +184,14 @@ impl ManagedLedger {
                     Err(e.into())
                 }
             }
-        })
+        }))
     }
 
     fn current_writer(&self) -> Result<Arc<LedgerWriter>, BrokerError> {
-        self.view_read().current.clone().ok_or(BrokerError::ShuttingDown)
+        self.view_read()
+            .current
+            .clone()
+            .ok_or(BrokerError::ShuttingDown)
     }
 
     fn view_read(&self) -> std::sync::RwLockReadGuard<'_, LogView> {
@@ -162,7 +208,11 @@ impl ManagedLedger {
     async fn rollover(&self, write: &mut WriteState) -> Result<Arc<LedgerWriter>, BrokerError> {
         let old = self.current_writer()?;
         let last = old.close().await?;
-        let closed = LedgerInfo { id: old.id(), entries: Some(last.map(|e| e.0 + 1).unwrap_or(0)), size_bytes: old.length_bytes() };
+        let closed = LedgerInfo {
+            id: old.id(),
+            entries: Some(last.map(|e| e.0 + 1).unwrap_or(0)),
+            size_bytes: old.length_bytes(),
+        };
         self.install_new_ledger(write, closed).await
     }
 
@@ -173,23 +223,47 @@ impl ManagedLedger {
         let reader = self.client.open_ledger_with_recovery(old.id()).await?;
         let entries = reader.last_entry().map(|e| e.0 + 1).unwrap_or(0);
         warn!(topic = %self.topic, ledger = %old.id(), entries, "replacing ledger after a failed add");
-        self.install_new_ledger(write, LedgerInfo { id: old.id(), entries: Some(entries), size_bytes: old.length_bytes() }).await?;
+        self.install_new_ledger(
+            write,
+            LedgerInfo {
+                id: old.id(),
+                entries: Some(entries),
+                size_bytes: old.length_bytes(),
+            },
+        )
+        .await?;
         write.current_failed = false;
-        self.failed.store(false, std::sync::atomic::Ordering::Release);
+        self.failed
+            .store(false, std::sync::atomic::Ordering::Release);
         Ok(())
     }
 
-    async fn install_new_ledger(&self, write: &mut WriteState, closed: LedgerInfo) -> Result<Arc<LedgerWriter>, BrokerError> {
+    async fn install_new_ledger(
+        &self,
+        write: &mut WriteState,
+        closed: LedgerInfo,
+    ) -> Result<Arc<LedgerWriter>, BrokerError> {
         let writer = Arc::new(self.client.create_ledger(self.config.ledger).await?);
         let mut ledgers = self.view_read().ledgers.clone();
         if let Some(last) = ledgers.last_mut() {
             *last = closed;
         }
-        ledgers.push(LedgerInfo { id: writer.id(), entries: None, size_bytes: 0 });
-        let record = ManagedLedgerRecord { format_version: FORMAT_VERSION, ledgers: ledgers.clone() };
+        ledgers.push(LedgerInfo {
+            id: writer.id(),
+            entries: None,
+            size_bytes: 0,
+        });
+        let record = ManagedLedgerRecord {
+            format_version: FORMAT_VERSION,
+            ledgers: ledgers.clone(),
+        };
         let written = self
             .meta
-            .put(&keys::managed_ledger(&self.topic), encode_record(&record)?, Expect::Version(write.record_version))
+            .put(
+                &keys::managed_ledger(&self.topic),
+                encode_record(&record)?,
+                Expect::Version(write.record_version),
+            )
             .await?;
         write.record_version = written.version;
         let mut view = self.view_write();
@@ -208,11 +282,17 @@ impl ManagedLedger {
         let view = self.view_read();
         if let Some(w) = &view.current {
             if let Some(lac) = w.last_add_confirmed() {
-                return Some(Position { ledger: w.id(), entry: lac });
+                return Some(Position {
+                    ledger: w.id(),
+                    entry: lac,
+                });
             }
         }
         view.ledgers.iter().rev().find_map(|l| match l.entries {
-            Some(n) if n > 0 => Some(Position { ledger: l.id, entry: EntryId(n - 1) }),
+            Some(n) if n > 0 => Some(Position {
+                ledger: l.id,
+                entry: EntryId(n - 1),
+            }),
             _ => None,
         })
     }
@@ -223,7 +303,10 @@ impl ManagedLedger {
         view.ledgers
             .iter()
             .find(|l| l.entries != Some(0))
-            .map(|l| Position { ledger: l.id, entry: EntryId(0) })
+            .map(|l| Position {
+                ledger: l.id,
+                entry: EntryId(0),
+            })
     }
 
     /// The position after `p` in the log (it may not be written yet).
@@ -234,27 +317,44 @@ impl ManagedLedger {
             Some(n) if p.entry.0 + 1 >= n => view.ledgers[idx + 1..]
                 .iter()
                 .find(|l| l.entries != Some(0))
-                .map(|l| Position { ledger: l.id, entry: EntryId(0) }),
-            _ => Some(Position { ledger: p.ledger, entry: EntryId(p.entry.0 + 1) }),
+                .map(|l| Position {
+                    ledger: l.id,
+                    entry: EntryId(0),
+                }),
+            _ => Some(Position {
+                ledger: p.ledger,
+                entry: EntryId(p.entry.0 + 1),
+            }),
         }
     }
 
     /// The position before `p`, or None if `p` is the first.
     pub fn prev_position(&self, p: Position) -> Option<Position> {
         if p.entry.0 > 0 {
-            return Some(Position { ledger: p.ledger, entry: EntryId(p.entry.0 - 1) });
+            return Some(Position {
+                ledger: p.ledger,
+                entry: EntryId(p.entry.0 - 1),
+            });
         }
         let view = self.view_read();
         let idx = view.ledgers.iter().position(|l| l.id == p.ledger)?;
-        view.ledgers[..idx].iter().rev().find_map(|l| match l.entries {
-            Some(n) if n > 0 => Some(Position { ledger: l.id, entry: EntryId(n - 1) }),
-            _ => None,
-        })
+        view.ledgers[..idx]
+            .iter()
+            .rev()
+            .find_map(|l| match l.entries {
+                Some(n) if n > 0 => Some(Position {
+                    ledger: l.id,
+                    entry: EntryId(n - 1),
+                }),
+                _ => None,
+            })
     }
 
     /// Whether `p` names an entry that exists and is durable.
     pub fn contains(&self, p: Position) -> bool {
-        let Some(last) = self.last_confirmed() else { return false };
+        let Some(last) = self.last_confirmed() else {
+            return false;
+        };
         if p > last {
             return false;
         }
@@ -270,9 +370,17 @@ impl ManagedLedger {
 
     /// Reads up to `max` durable entries starting at `from`, within one ledger. Returns an
     /// empty list when nothing at or after `from` is durable yet.
-    pub async fn read(&self, from: Position, max: usize) -> Result<Vec<(Position, Bytes)>, BrokerError> {
-        let Some(from) = self.normalise(from) else { return Ok(Vec::new()) };
-        let Some(last_confirmed) = self.last_confirmed() else { return Ok(Vec::new()) };
+    pub async fn read(
+        &self,
+        from: Position,
+        max: usize,
+    ) -> Result<Vec<(Position, Bytes)>, BrokerError> {
+        let Some(from) = self.normalise(from) else {
+            return Ok(Vec::new());
+        };
+        let Some(last_confirmed) = self.last_confirmed() else {
+            return Ok(Vec::new());
+        };
         if from > last_confirmed {
             return Ok(Vec::new());
         }
@@ -287,13 +395,31 @@ impl ManagedLedger {
             };
             (current, last)
         };
-        let Some(ledger_last) = ledger_last else { return Ok(Vec::new()) };
+        let Some(ledger_last) = ledger_last else {
+            return Ok(Vec::new());
+        };
         let last = EntryId(ledger_last.0.min(from.entry.0 + max.max(1) as u64 - 1));
         let entries = match writer {
             Some(w) => w.read(from.entry, last).await?,
-            None => self.reader(from.ledger).await?.read(from.entry, last).await?,
+            None => {
+                self.reader(from.ledger)
+                    .await?
+                    .read(from.entry, last)
+                    .await?
+            }
         };
-        Ok(entries.into_iter().map(|(e, data)| (Position { ledger: from.ledger, entry: e }, data)).collect())
+        Ok(entries
+            .into_iter()
+            .map(|(e, data)| {
+                (
+                    Position {
+                        ledger: from.ledger,
+                        entry: e,
+                    },
+                    data,
+                )
+            })
+            .collect())
     }
 
     /// Moves a position past the end of a closed ledger to the start of the next one.
@@ -304,7 +430,10 @@ impl ManagedLedger {
             Some(n) if p.entry.0 >= n => view.ledgers[idx + 1..]
                 .iter()
                 .find(|l| l.entries != Some(0))
-                .map(|l| Position { ledger: l.id, entry: EntryId(0) }),
+                .map(|l| Position {
+                    ledger: l.id,
+                    entry: EntryId(0),
+                }),
             _ => Some(p),
         }
     }
@@ -338,17 +467,26 @@ impl ManagedLedger {
     /// Closes the ledger being written (on broker shutdown), so a restart need not recover it.
     pub async fn close(&self) -> Result<(), BrokerError> {
         let mut write = self.write.lock().await;
-        let Some(writer) = self.view_write().current.take() else { return Ok(()) };
+        let Some(writer) = self.view_write().current.take() else {
+            return Ok(());
+        };
         let last = writer.close().await?;
         let mut ledgers = self.view_read().ledgers.clone();
         if let Some(l) = ledgers.last_mut() {
             l.entries = Some(last.map(|e| e.0 + 1).unwrap_or(0));
             l.size_bytes = writer.length_bytes();
         }
-        let record = ManagedLedgerRecord { format_version: FORMAT_VERSION, ledgers: ledgers.clone() };
+        let record = ManagedLedgerRecord {
+            format_version: FORMAT_VERSION,
+            ledgers: ledgers.clone(),
+        };
         let written = self
             .meta
-            .put(&keys::managed_ledger(&self.topic), encode_record(&record)?, Expect::Version(write.record_version))
+            .put(
+                &keys::managed_ledger(&self.topic),
+                encode_record(&record)?,
+                Expect::Version(write.record_version),
+            )
             .await?;
         write.record_version = written.version;
         self.view_write().ledgers = ledgers;
@@ -368,15 +506,20 @@ impl ManagedLedger {
         for l in ledgers {
             self.client.delete_ledger(l.id).await?;
         }
-        self.meta.delete(&keys::managed_ledger(&self.topic), Expect::Any).await?;
+        self.meta
+            .delete(&keys::managed_ledger(&self.topic), Expect::Any)
+            .await?;
         Ok(())
     }
 }
 
 fn encode_record(r: &ManagedLedgerRecord) -> Result<Bytes, BrokerError> {
-    serde_json::to_vec(r).map(Bytes::from).map_err(|e| BrokerError::Corrupt(format!("encoding managed ledger record: {e}")))
+    serde_json::to_vec(r)
+        .map(Bytes::from)
+        .map_err(|e| BrokerError::Corrupt(format!("encoding managed ledger record: {e}")))
 }
 
 fn decode_record(b: &[u8]) -> Result<ManagedLedgerRecord, BrokerError> {
-    serde_json::from_slice(b).map_err(|e| BrokerError::Corrupt(format!("managed ledger record: {e}")))
+    serde_json::from_slice(b)
+        .map_err(|e| BrokerError::Corrupt(format!("managed ledger record: {e}")))
 }

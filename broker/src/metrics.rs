@@ -26,18 +26,61 @@ impl BrokerMetrics {
     /// Prometheus text exposition format.
     pub fn render(&self) -> String {
         let rows: [(&str, &str, &str, &AtomicU64); 8] = [
-            ("strata_broker_messages_in_total", "counter", "Messages stored", &self.messages_in),
-            ("strata_broker_bytes_in_total", "counter", "Payload bytes stored", &self.bytes_in),
-            ("strata_broker_entries_in_total", "counter", "Entries (producer batches) stored", &self.entries_in),
-            ("strata_broker_messages_out_total", "counter", "Messages delivered", &self.messages_out),
-            ("strata_broker_publish_errors_total", "counter", "Batches that failed to store", &self.publish_errors),
-            ("strata_broker_connections", "gauge", "Open client connections", &self.connections),
-            ("strata_broker_producers", "gauge", "Open producer sessions", &self.producers),
-            ("strata_broker_consumers", "gauge", "Open consumer sessions", &self.consumers),
+            (
+                "strata_broker_messages_in_total",
+                "counter",
+                "Messages stored",
+                &self.messages_in,
+            ),
+            (
+                "strata_broker_bytes_in_total",
+                "counter",
+                "Payload bytes stored",
+                &self.bytes_in,
+            ),
+            (
+                "strata_broker_entries_in_total",
+                "counter",
+                "Entries (producer batches) stored",
+                &self.entries_in,
+            ),
+            (
+                "strata_broker_messages_out_total",
+                "counter",
+                "Messages delivered",
+                &self.messages_out,
+            ),
+            (
+                "strata_broker_publish_errors_total",
+                "counter",
+                "Batches that failed to store",
+                &self.publish_errors,
+            ),
+            (
+                "strata_broker_connections",
+                "gauge",
+                "Open client connections",
+                &self.connections,
+            ),
+            (
+                "strata_broker_producers",
+                "gauge",
+                "Open producer sessions",
+                &self.producers,
+            ),
+            (
+                "strata_broker_consumers",
+                "gauge",
+                "Open consumer sessions",
+                &self.consumers,
+            ),
         ];
         let mut out = String::new();
         for (name, kind, help, value) in rows {
-            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}\n", value.load(Relaxed)));
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}\n",
+                value.load(Relaxed)
+            ));
         }
         out
     }

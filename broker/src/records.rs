@@ -17,7 +17,10 @@ pub struct NamespacePolicies {
 
 impl Default for NamespacePolicies {
     fn default() -> Self {
-        Self { format_version: FORMAT_VERSION, auto_create_topics: true }
+        Self {
+            format_version: FORMAT_VERSION,
+            auto_create_topics: true,
+        }
     }
 }
 
@@ -44,5 +47,8 @@ pub struct ManagedLedgerRecord {
 }
 
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }

@@ -10,16 +10,21 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use quinn::{Connection, Endpoint, RecvStream, SendStream};
 use strata_proto::pb::client::{
-    AckReceipt, AdminRequest, AdminResponse, ClientFrame, ConsumerOpen, ConsumerReady, Done, InitialPosition, ProducerOpen, ProducerReady,
-    SendReceipt, ServerFrame, TopicList, TopicStatsReply, admin_request, admin_response, client_frame, server_frame,
+    AckReceipt, AdminRequest, AdminResponse, ClientFrame, ConsumerOpen, ConsumerReady, Done,
+    InitialPosition, ProducerOpen, ProducerReady, SendReceipt, ServerFrame, TopicList,
+    TopicStatsReply, admin_request, admin_response, client_frame, server_frame,
 };
 use strata_proto::{ErrorCode, MessageId, NamespaceName, TopicName, WireError};
 use strata_transport::handshake::server_handshake;
-use strata_transport::{FrameReader, FrameWriter, ServerTls, TransportError, TransportTuning, close_code, server_endpoint};
+use strata_transport::{
+    FrameReader, FrameWriter, ServerTls, TransportError, TransportTuning, close_code,
+    server_endpoint,
+};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::managed_ledger::PendingAppend;
 use crate::metrics::BrokerMetrics;
 use crate::service::BrokerService;
 use crate::{BrokerError, subscription::Subscription};
@@ -42,11 +47,29 @@ pub struct BrokerServer {
 }
 
 impl BrokerServer {
-    pub fn start(service: Arc<BrokerService>, config: ServerConfig, tls: &ServerTls) -> Result<Self, TransportError> {
-        let endpoint = server_endpoint(config.listen, tls, strata_proto::ALPN_CLIENT, &config.tuning)?;
+    pub fn start(
+        service: Arc<BrokerService>,
+        config: ServerConfig,
+        tls: &ServerTls,
+    ) -> Result<Self, TransportError> {
+        let endpoint = server_endpoint(
+            config.listen,
+            tls,
+            strata_proto::ALPN_CLIENT,
+            &config.tuning,
+        )?;
         let shutdown = CancellationToken::new();
-        let accept_task = tokio::spawn(accept_loop(endpoint.clone(), service, config, shutdown.clone()));
-        Ok(Self { endpoint, shutdown, accept_task })
+        let accept_task = tokio::spawn(accept_loop(
+            endpoint.clone(),
+            service,
+            config,
+            shutdown.clone(),
+        ));
+        Ok(Self {
+            endpoint,
+            shutdown,
+            accept_task,
+        })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -56,13 +79,21 @@ impl BrokerServer {
     /// Stops accepting, closes connections and waits for the endpoint to go idle.
     pub async fn shutdown(self) {
         self.shutdown.cancel();
-        self.endpoint.close(quinn::VarInt::from_u32(close_code::SHUTDOWN), b"broker shutting down");
+        self.endpoint.close(
+            quinn::VarInt::from_u32(close_code::SHUTDOWN),
+            b"broker shutting down",
+        );
         let _ = self.accept_task.await;
         self.endpoint.wait_idle().await;
     }
 }
 
-async fn accept_loop(endpoint: Endpoint, service: Arc<BrokerService>, config: ServerConfig, shutdown: CancellationToken) {
+async fn accept_loop(
+    endpoint: Endpoint,
+    service: Arc<BrokerService>,
+    config: ServerConfig,
+    shutdown: CancellationToken,
+) {
     let next_conn = AtomicU64::new(1);
     loop {
         let incoming = tokio::select! {
@@ -111,10 +142,18 @@ async fn serve_connection(conn: Connection, service: Arc<BrokerService>, max_fra
 }
 
 fn error_frame(e: &WireError) -> ServerFrame {
-    ServerFrame { frame: Some(server_frame::Frame::Error(e.clone().into())) }
+    ServerFrame {
+        frame: Some(server_frame::Frame::Error(e.clone().into())),
+    }
 }
 
-async fn serve_stream(send: SendStream, recv: RecvStream, service: Arc<BrokerService>, max: usize, session: u64) {
+async fn serve_stream(
+    send: SendStream,
+    recv: RecvStream,
+    service: Arc<BrokerService>,
+    max: usize,
+    session: u64,
+) {
     let mut writer = FrameWriter::new(send, max);
     let mut reader = FrameReader::new(recv, max);
     let first = match reader.recv::<ClientFrame>().await {
@@ -128,12 +167,24 @@ async fn serve_stream(send: SendStream, recv: RecvStream, service: Arc<BrokerSer
     let result = match first {
         Some(client_frame::Frame::Admin(req)) => {
             let resp = handle_admin(&service, req).await;
-            writer.send(&ServerFrame { frame: Some(server_frame::Frame::Admin(resp)) }).await.map_err(|e| e.to_string())
+            writer
+                .send(&ServerFrame {
+                    frame: Some(server_frame::Frame::Admin(resp)),
+                })
+                .await
+                .map_err(|e| e.to_string())
         }
-        Some(client_frame::Frame::ProducerOpen(open)) => producer_session(&service, open, &mut writer, &mut reader).await,
-        Some(client_frame::Frame::ConsumerOpen(open)) => consumer_session(&service, open, writer, reader, session).await,
+        Some(client_frame::Frame::ProducerOpen(open)) => {
+            producer_session(&service, open, &mut writer, &mut reader).await
+        }
+        Some(client_frame::Frame::ConsumerOpen(open)) => {
+            consumer_session(&service, open, writer, reader, session).await
+        }
         other => {
-            let wire = WireError::new(ErrorCode::ProtocolViolation, format!("stream must start with an admin request or a session open, got {other:?}"));
+            let wire = WireError::new(
+                ErrorCode::ProtocolViolation,
+                format!("stream must start with an admin request or a session open, got {other:?}"),
+            );
             fail(&mut writer, &wire).await
         }
     };
@@ -154,8 +205,14 @@ async fn handle_admin(service: &BrokerService, req: AdminRequest) -> AdminRespon
                 Ok(admin_response::Response::Done(Done {}))
             }
             Some(admin_request::Request::ListTopics(l)) => {
-                let ns: NamespaceName = if l.namespace.is_empty() { "public/default".parse()? } else { l.namespace.parse()? };
-                Ok(admin_response::Response::Topics(TopicList { topics: service.list_topics(&ns).await? }))
+                let ns: NamespaceName = if l.namespace.is_empty() {
+                    "public/default".parse()?
+                } else {
+                    l.namespace.parse()?
+                };
+                Ok(admin_response::Response::Topics(TopicList {
+                    topics: service.list_topics(&ns).await?,
+                }))
             }
             Some(admin_request::Request::TopicStats(s)) => {
                 let name = TopicName::parse(&s.topic)?;
@@ -163,40 +220,77 @@ async fn handle_admin(service: &BrokerService, req: AdminRequest) -> AdminRespon
                 let (entries, size_bytes, ledgers) = topic.managed_ledger().stats();
                 let mut subscriptions = Vec::new();
                 for sub_name in topic.subscription_names().await? {
-                    let sub = topic.subscription(&sub_name, InitialPosition::Earliest).await?;
+                    let sub = topic
+                        .subscription(&sub_name, InitialPosition::Earliest)
+                        .await?;
                     let (md, backlog) = sub.stats().await;
                     subscriptions.push(strata_proto::pb::client::SubscriptionStats {
                         name: sub_name,
-                        mark_delete: md.map(|p| MessageId { ledger: p.ledger, entry: p.entry, batch_index: 0 }.into()),
+                        mark_delete: md.map(|p| {
+                            MessageId {
+                                ledger: p.ledger,
+                                entry: p.entry,
+                                batch_index: 0,
+                            }
+                            .into()
+                        }),
                         backlog_entries: backlog,
                     });
                 }
-                Ok(admin_response::Response::Stats(TopicStatsReply { topic: name.to_string(), entries, ledgers, size_bytes, subscriptions }))
+                Ok(admin_response::Response::Stats(TopicStatsReply {
+                    topic: name.to_string(),
+                    entries,
+                    ledgers,
+                    size_bytes,
+                    subscriptions,
+                }))
             }
             None => Err(BrokerError::Protocol("empty admin request".into())),
         }
     }
     .await;
-    AdminResponse { response: Some(result.unwrap_or_else(|e| admin_response::Response::Error(e.to_wire().into()))) }
+    AdminResponse {
+        response: Some(
+            result.unwrap_or_else(|e| admin_response::Response::Error(e.to_wire().into())),
+        ),
+    }
 }
 
-async fn producer_session(service: &Arc<BrokerService>, open: ProducerOpen, writer: &mut FrameWriter, reader: &mut FrameReader) -> Result<(), String> {
+async fn producer_session(
+    service: &Arc<BrokerService>,
+    open: ProducerOpen,
+    writer: &mut FrameWriter,
+    reader: &mut FrameReader,
+) -> Result<(), String> {
     let topic = match open_topic(service, &open.topic).await {
         Ok(t) => t,
         Err(e) => return fail(writer, &e.to_wire()).await,
     };
     static NEXT_PRODUCER: AtomicU64 = AtomicU64::new(1);
     let name = if open.producer_name.is_empty() {
-        format!("strata-{}-{}", std::process::id(), NEXT_PRODUCER.fetch_add(1, Ordering::Relaxed))
+        format!(
+            "strata-{}-{}",
+            std::process::id(),
+            NEXT_PRODUCER.fetch_add(1, Ordering::Relaxed)
+        )
     } else {
         open.producer_name
     };
-    let ready = ProducerReady { producer_name: name.clone(), last_sequence_id: 0 };
-    writer.send(&ServerFrame { frame: Some(server_frame::Frame::ProducerReady(ready)) }).await.map_err(|e| e.to_string())?;
+    let ready = ProducerReady {
+        producer_name: name.clone(),
+        last_sequence_id: 0,
+    };
+    writer
+        .send(&ServerFrame {
+            frame: Some(server_frame::Frame::ProducerReady(ready)),
+        })
+        .await
+        .map_err(|e| e.to_string())?;
     BrokerMetrics::add(&service.metrics.producers, 1);
     let span = info_span!("producer", topic = %topic.name(), producer = %name);
     // Receipts are written by their own task, in order, as entries become durable.
-    let (receipts_tx, mut receipts_rx) = mpsc::channel::<(u64, u32, u64, _)>(4096);
+    let (receipts_tx, mut receipts_rx) =
+        mpsc::channel::<(u64, u32, u64, Result<PendingAppend, BrokerError>)>(4096);
     let receipt_writer = async {
         while let Some((sequence_id, count, bytes, pending)) = receipts_rx.recv().await {
             let receipt = match pending {
@@ -205,18 +299,33 @@ async fn producer_session(service: &Arc<BrokerService>, open: ProducerOpen, writ
                         BrokerMetrics::add(&service.metrics.entries_in, 1);
                         BrokerMetrics::add(&service.metrics.messages_in, u64::from(count));
                         BrokerMetrics::add(&service.metrics.bytes_in, bytes);
-                        let id = MessageId { ledger: pos.ledger, entry: pos.entry, batch_index: 0 };
-                        SendReceipt { sequence_id, message_id: Some(id.into()), count, error: None }
+                        let id = MessageId {
+                            ledger: pos.ledger,
+                            entry: pos.entry,
+                            batch_index: 0,
+                        };
+                        SendReceipt {
+                            sequence_id,
+                            message_id: Some(id.into()),
+                            count,
+                            error: None,
+                        }
                     }
                     Err(e) => failed_receipt(service, sequence_id, &e),
                 },
                 Err(e) => failed_receipt(service, sequence_id, &e),
             };
-            writer.send(&ServerFrame { frame: Some(server_frame::Frame::Receipt(receipt)) }).await.map_err(|e| e.to_string())?;
+            writer
+                .send(&ServerFrame {
+                    frame: Some(server_frame::Frame::Receipt(receipt)),
+                })
+                .await
+                .map_err(|e| e.to_string())?;
         }
         Ok::<(), String>(())
     };
-    let frame_reader = async {
+    // Owns the receipt sender: when reading ends, the receipt writer drains and ends too.
+    let frame_reader = async move {
         loop {
             let frame = match reader.recv::<ClientFrame>().await {
                 Ok(Some(f)) => f,
@@ -227,29 +336,29 @@ async fn producer_session(service: &Arc<BrokerService>, open: ProducerOpen, writ
                 Some(client_frame::Frame::Send(batch)) => {
                     let count = batch.messages.len() as u32;
                     let bytes: u64 = batch.messages.iter().map(|m| m.payload.len() as u64).sum();
-                    let pending = topic.publish(&name, batch.sequence_id, batch.messages).await;
-                    if receipts_tx.send((batch.sequence_id, count, bytes, pending)).await.is_err() {
+                    let pending = topic
+                        .publish(&name, batch.sequence_id, batch.messages)
+                        .await;
+                    if receipts_tx
+                        .send((batch.sequence_id, count, bytes, pending))
+                        .await
+                        .is_err()
+                    {
                         return Ok(());
                     }
                 }
                 other => {
-                    return Err(WireError::new(ErrorCode::ProtocolViolation, format!("producer stream expects SendBatch frames, got {other:?}")));
+                    return Err(WireError::new(
+                        ErrorCode::ProtocolViolation,
+                        format!("producer stream expects SendBatch frames, got {other:?}"),
+                    ));
                 }
             }
         }
     };
-    let (read_result, write_result) = async {
-        tokio::join!(
-            async {
-                let r = frame_reader.await;
-                drop(receipts_tx);
-                r
-            },
-            receipt_writer
-        )
-    }
-    .instrument(span)
-    .await;
+    let (read_result, write_result) = async { tokio::join!(frame_reader, receipt_writer) }
+        .instrument(span)
+        .await;
     BrokerMetrics::sub(&service.metrics.producers, 1);
     // Receipts for everything accepted before a bad frame were written; then say why we stop.
     match read_result {
@@ -265,7 +374,9 @@ async fn producer_session(service: &Arc<BrokerService>, open: ProducerOpen, writ
 /// The wire error for a stream that could not be read.
 fn stream_error(e: TransportError) -> WireError {
     match &e {
-        TransportError::Frame(strata_proto::FrameError::TooLarge { .. }) => WireError::new(ErrorCode::FrameTooLarge, e.to_string()),
+        TransportError::Frame(strata_proto::FrameError::TooLarge { .. }) => {
+            WireError::new(ErrorCode::FrameTooLarge, e.to_string())
+        }
         TransportError::Frame(_) => WireError::new(ErrorCode::MalformedFrame, e.to_string()),
         _ => WireError::new(ErrorCode::Unknown, e.to_string()),
     }
@@ -274,10 +385,18 @@ fn stream_error(e: TransportError) -> WireError {
 fn failed_receipt(service: &BrokerService, sequence_id: u64, e: &BrokerError) -> SendReceipt {
     warn!(sequence_id, error = %e, "batch not stored");
     BrokerMetrics::add(&service.metrics.publish_errors, 1);
-    SendReceipt { sequence_id, message_id: None, count: 0, error: Some(e.to_wire().into()) }
+    SendReceipt {
+        sequence_id,
+        message_id: None,
+        count: 0,
+        error: Some(e.to_wire().into()),
+    }
 }
 
-async fn open_topic(service: &BrokerService, name: &str) -> Result<Arc<crate::topic::Topic>, BrokerError> {
+async fn open_topic(
+    service: &BrokerService,
+    name: &str,
+) -> Result<Arc<crate::topic::Topic>, BrokerError> {
     let name = TopicName::parse(name)?;
     service.topic(&name, true).await
 }
@@ -288,8 +407,15 @@ async fn fail(writer: &mut FrameWriter, e: &WireError) -> Result<(), String> {
     Err(e.to_string())
 }
 
-async fn consumer_session(service: &Arc<BrokerService>, open: ConsumerOpen, mut writer: FrameWriter, mut reader: FrameReader, session: u64) -> Result<(), String> {
-    let initial = InitialPosition::try_from(open.initial_position).unwrap_or(InitialPosition::Latest);
+async fn consumer_session(
+    service: &Arc<BrokerService>,
+    open: ConsumerOpen,
+    mut writer: FrameWriter,
+    mut reader: FrameReader,
+    session: u64,
+) -> Result<(), String> {
+    let initial =
+        InitialPosition::try_from(open.initial_position).unwrap_or(InitialPosition::Latest);
     let sub: Arc<Subscription> = match open_topic(service, &open.topic).await {
         Ok(topic) => match topic.subscription(&open.subscription, initial).await {
             Ok(s) => s,
@@ -298,7 +424,11 @@ async fn consumer_session(service: &Arc<BrokerService>, open: ConsumerOpen, mut 
         Err(e) => return fail(&mut writer, &e.to_wire()).await,
     };
     if open.subscription.is_empty() {
-        return fail(&mut writer, &WireError::new(ErrorCode::ProtocolViolation, "subscription name is empty")).await;
+        return fail(
+            &mut writer,
+            &WireError::new(ErrorCode::ProtocolViolation, "subscription name is empty"),
+        )
+        .await;
     }
     static NEXT_CONSUMER: AtomicU64 = AtomicU64::new(1);
     let consumer_id = NEXT_CONSUMER.fetch_add(1, Ordering::Relaxed);
@@ -307,7 +437,11 @@ async fn consumer_session(service: &Arc<BrokerService>, open: ConsumerOpen, mut 
         return fail(&mut writer, &e.to_wire()).await;
     }
     BrokerMetrics::add(&service.metrics.consumers, 1);
-    let _ = tx.send(ServerFrame { frame: Some(server_frame::Frame::ConsumerReady(ConsumerReady {})) }).await;
+    let _ = tx
+        .send(ServerFrame {
+            frame: Some(server_frame::Frame::ConsumerReady(ConsumerReady {})),
+        })
+        .await;
     let metrics = &service.metrics;
     let frame_writer = async move {
         while let Some(frame) = rx.recv().await {
@@ -348,11 +482,22 @@ async fn consumer_session(service: &Arc<BrokerService>, open: ConsumerOpen, mut 
                             Ok(seq) => sub.wait_durable(seq).await,
                             Err(e) => Err(e),
                         };
-                        let receipt = AckReceipt { request_id, error: outcome.err().map(|e| e.to_wire().into()) };
-                        let _ = tx.send(ServerFrame { frame: Some(server_frame::Frame::AckReceipt(receipt)) }).await;
+                        let receipt = AckReceipt {
+                            request_id,
+                            error: outcome.err().map(|e| e.to_wire().into()),
+                        };
+                        let _ = tx
+                            .send(ServerFrame {
+                                frame: Some(server_frame::Frame::AckReceipt(receipt)),
+                            })
+                            .await;
                     });
                 }
-                other => return Err(format!("consumer stream expects Flow or Ack frames, got {other:?}")),
+                other => {
+                    return Err(format!(
+                        "consumer stream expects Flow or Ack frames, got {other:?}"
+                    ));
+                }
             }
         }
     };

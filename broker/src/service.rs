@@ -32,21 +32,44 @@ pub struct BrokerService {
 
 impl BrokerService {
     pub fn new(meta: MetaStore, ledgers: LedgerClient, config: BrokerConfig) -> Arc<Self> {
-        Arc::new(Self { meta, ledgers, config, topics: Mutex::new(HashMap::new()), metrics: BrokerMetrics::default() })
+        Arc::new(Self {
+            meta,
+            ledgers,
+            config,
+            topics: Mutex::new(HashMap::new()),
+            metrics: BrokerMetrics::default(),
+        })
     }
 
     /// Creates the namespace if it does not exist (the standalone's `public/default`).
-    pub async fn ensure_namespace(&self, ns: &NamespaceName, policies: &NamespacePolicies) -> Result<(), BrokerError> {
-        let value = serde_json::to_vec(policies).map_err(|e| BrokerError::Corrupt(e.to_string()))?;
-        match self.meta.put(&keys::namespace(ns), Bytes::from(value), Expect::Absent).await {
+    pub async fn ensure_namespace(
+        &self,
+        ns: &NamespaceName,
+        policies: &NamespacePolicies,
+    ) -> Result<(), BrokerError> {
+        let value =
+            serde_json::to_vec(policies).map_err(|e| BrokerError::Corrupt(e.to_string()))?;
+        match self
+            .meta
+            .put(&keys::namespace(ns), Bytes::from(value), Expect::Absent)
+            .await
+        {
             Ok(_) | Err(strata_metastore::MetaError::VersionMismatch { .. }) => Ok(()),
             Err(e) => Err(e.into()),
         }
     }
 
-    async fn namespace_policies(&self, ns: &NamespaceName) -> Result<NamespacePolicies, BrokerError> {
-        let kv = self.meta.get(&keys::namespace(ns)).await?.ok_or_else(|| BrokerError::NamespaceNotFound(ns.to_string()))?;
-        serde_json::from_slice(&kv.value).map_err(|e| BrokerError::Corrupt(format!("namespace {ns} policies: {e}")))
+    async fn namespace_policies(
+        &self,
+        ns: &NamespaceName,
+    ) -> Result<NamespacePolicies, BrokerError> {
+        let kv = self
+            .meta
+            .get(&keys::namespace(ns))
+            .await?
+            .ok_or_else(|| BrokerError::NamespaceNotFound(ns.to_string()))?;
+        serde_json::from_slice(&kv.value)
+            .map_err(|e| BrokerError::Corrupt(format!("namespace {ns} policies: {e}")))
     }
 
     /// Creates a topic explicitly.
@@ -61,9 +84,14 @@ impl BrokerService {
     }
 
     async fn put_topic_record(&self, name: &TopicName) -> Result<(), BrokerError> {
-        let record = TopicRecord { format_version: FORMAT_VERSION, created_ms: now_ms() };
+        let record = TopicRecord {
+            format_version: FORMAT_VERSION,
+            created_ms: now_ms(),
+        };
         let value = serde_json::to_vec(&record).map_err(|e| BrokerError::Corrupt(e.to_string()))?;
-        self.meta.put(&keys::topic(name), Bytes::from(value), Expect::Absent).await?;
+        self.meta
+            .put(&keys::topic(name), Bytes::from(value), Expect::Absent)
+            .await?;
         info!(topic = %name, "topic created");
         Ok(())
     }
@@ -73,12 +101,25 @@ impl BrokerService {
         self.namespace_policies(ns).await?;
         let prefix = keys::topics_of(ns);
         let kvs = self.meta.scan(&prefix).await?;
-        Ok(kvs.into_iter().map(|kv| format!("persistent://{ns}/{}", &kv.key[prefix.len()..])).collect())
+        Ok(kvs
+            .into_iter()
+            .map(|kv| format!("persistent://{ns}/{}", &kv.key[prefix.len()..]))
+            .collect())
     }
 
     /// The loaded topic, loading it (and creating it when the namespace allows) if needed.
-    pub async fn topic(&self, name: &TopicName, create_if_missing: bool) -> Result<Arc<Topic>, BrokerError> {
-        let cell = self.topics.lock().await.entry(name.clone()).or_default().clone();
+    pub async fn topic(
+        &self,
+        name: &TopicName,
+        create_if_missing: bool,
+    ) -> Result<Arc<Topic>, BrokerError> {
+        let cell = self
+            .topics
+            .lock()
+            .await
+            .entry(name.clone())
+            .or_default()
+            .clone();
         let loaded = cell
             .get_or_try_init(|| async {
                 if self.meta.get(&keys::topic(name)).await?.is_none() {
@@ -87,11 +128,20 @@ impl BrokerService {
                         return Err(BrokerError::TopicNotFound(name.to_string()));
                     }
                     match self.put_topic_record(name).await {
-                        Ok(()) | Err(BrokerError::Meta(strata_metastore::MetaError::VersionMismatch { .. })) => {}
+                        Ok(())
+                        | Err(BrokerError::Meta(strata_metastore::MetaError::VersionMismatch {
+                            ..
+                        })) => {}
                         Err(e) => return Err(e),
                     }
                 }
-                let ml = ManagedLedger::open(name.clone(), self.meta.clone(), self.ledgers.clone(), self.config.managed_ledger.clone()).await?;
+                let ml = ManagedLedger::open(
+                    name.clone(),
+                    self.meta.clone(),
+                    self.ledgers.clone(),
+                    self.config.managed_ledger.clone(),
+                )
+                .await?;
                 Ok(Arc::new(Topic::new(name.clone(), ml, self.meta.clone())))
             })
             .await;

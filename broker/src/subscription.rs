@@ -11,7 +11,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use prost::Message as _;
 use strata_metastore::{Expect, MetaStore};
-use strata_proto::pb::client::{DeliveredMessage, Delivery, InitialPosition, ServerFrame, StoredBatch, server_frame};
+use strata_proto::pb::client::{
+    DeliveredMessage, Delivery, InitialPosition, ServerFrame, StoredBatch, server_frame,
+};
 use strata_proto::{MessageId, Position, TopicName};
 use tokio::sync::{Mutex, Notify, mpsc, watch};
 use tracing::{debug, instrument, warn};
@@ -52,7 +54,8 @@ pub struct Subscription {
     meta: MetaStore,
     state: Mutex<SubState>,
     wake_dispatcher: Notify,
-    wake_flusher: Notify,
+    /// Shared with the flusher task, which holds only a weak reference to the subscription.
+    wake_flusher: Arc<Notify>,
     /// Highest change sequence known durable.
     persisted: watch::Sender<u64>,
 }
@@ -60,12 +63,18 @@ pub struct Subscription {
 impl Subscription {
     /// Loads the subscription's cursor, creating it at `initial` if it does not exist.
     #[instrument(skip_all, fields(topic = %ml.topic(), subscription = %name))]
-    pub async fn open(ml: Arc<ManagedLedger>, meta: MetaStore, name: &str, initial: InitialPosition) -> Result<Arc<Self>, BrokerError> {
+    pub async fn open(
+        ml: Arc<ManagedLedger>,
+        meta: MetaStore,
+        name: &str,
+        initial: InitialPosition,
+    ) -> Result<Arc<Self>, BrokerError> {
         let topic = ml.topic().clone();
         let key = keys::cursor(&topic, name);
         let (cursor, version) = match meta.get(&key).await? {
             Some(kv) => (
-                serde_json::from_slice::<CursorState>(&kv.value).map_err(|e| BrokerError::Corrupt(format!("cursor {key}: {e}")))?,
+                serde_json::from_slice::<CursorState>(&kv.value)
+                    .map_err(|e| BrokerError::Corrupt(format!("cursor {key}: {e}")))?,
                 kv.version,
             ),
             None => {
@@ -74,7 +83,9 @@ impl Subscription {
                     InitialPosition::Latest => ml.last_confirmed(),
                 };
                 let cursor = CursorState::at(mark_delete);
-                let written = meta.put(&key, encode_cursor(&cursor)?, Expect::Absent).await?;
+                let written = meta
+                    .put(&key, encode_cursor(&cursor)?, Expect::Absent)
+                    .await?;
                 (cursor, written.version)
             }
         };
@@ -85,12 +96,23 @@ impl Subscription {
             name: name.to_owned(),
             ml,
             meta,
-            state: Mutex::new(SubState { cursor, read_position, pending: BTreeMap::new(), consumer: None, change_seq: 0 }),
+            state: Mutex::new(SubState {
+                cursor,
+                read_position,
+                pending: BTreeMap::new(),
+                consumer: None,
+                change_seq: 0,
+            }),
             wake_dispatcher: Notify::new(),
-            wake_flusher: Notify::new(),
+            wake_flusher: Arc::new(Notify::new()),
             persisted,
         });
-        tokio::spawn(flusher(Arc::downgrade(&sub), key, version));
+        tokio::spawn(flusher(
+            Arc::downgrade(&sub),
+            sub.wake_flusher.clone(),
+            key,
+            version,
+        ));
         Ok(sub)
     }
 
@@ -99,12 +121,23 @@ impl Subscription {
     }
 
     /// Attaches the exclusive consumer and starts dispatching to it.
-    pub async fn attach(self: &Arc<Self>, consumer_id: u64, tx: ConsumerTx) -> Result<(), BrokerError> {
+    pub async fn attach(
+        self: &Arc<Self>,
+        consumer_id: u64,
+        tx: ConsumerTx,
+    ) -> Result<(), BrokerError> {
         let mut st = self.state.lock().await;
         if st.consumer.is_some() {
-            return Err(BrokerError::SubscriptionBusy { topic: self.topic.to_string(), subscription: self.name.clone() });
+            return Err(BrokerError::SubscriptionBusy {
+                topic: self.topic.to_string(),
+                subscription: self.name.clone(),
+            });
         }
-        st.consumer = Some(Attached { id: consumer_id, tx, permits: 0 });
+        st.consumer = Some(Attached {
+            id: consumer_id,
+            tx,
+            permits: 0,
+        });
         drop(st);
         tokio::spawn(dispatcher(self.clone(), consumer_id));
         Ok(())
@@ -133,23 +166,42 @@ impl Subscription {
 
     /// Applies acks to the in-memory cursor, in the order given, and returns the change
     /// sequence to wait on with [`Subscription::wait_durable`].
-    pub async fn apply_acks(&self, consumer_id: u64, ids: Vec<MessageId>, cumulative: bool) -> Result<u64, BrokerError> {
+    pub async fn apply_acks(
+        &self,
+        consumer_id: u64,
+        ids: Vec<MessageId>,
+        cumulative: bool,
+    ) -> Result<u64, BrokerError> {
         let seq = {
             let mut st = self.state.lock().await;
             let st = &mut *st;
             if !st.consumer.as_ref().is_some_and(|c| c.id == consumer_id) {
-                return Err(BrokerError::Protocol("ack from a consumer that is not attached".into()));
+                return Err(BrokerError::Protocol(
+                    "ack from a consumer that is not attached".into(),
+                ));
             }
             let mut changed = false;
+            let mut first_error = None;
             for id in ids {
-                changed |= self.apply_ack(st, id, cumulative)?;
+                // One bad id must not undo or skip the good ones in the same frame.
+                match self.apply_ack(st, id, cumulative) {
+                    Ok(c) => changed |= c,
+                    Err(e) => first_error = first_error.or(Some(e)),
+                }
             }
             if changed {
                 let ml = &self.ml;
-                st.cursor.compact(ml.first_position(), |p| ml.next_position(p));
+                st.cursor
+                    .compact(ml.first_position(), |p| ml.next_position(p));
                 st.change_seq += 1;
             }
-            st.change_seq
+            match first_error {
+                Some(e) => {
+                    self.wake_flusher.notify_one();
+                    return Err(e);
+                }
+                None => st.change_seq,
+            }
         };
         self.wake_flusher.notify_one();
         Ok(seq)
@@ -158,10 +210,19 @@ impl Subscription {
     /// Waits until the cursor state with change sequence `seq` is durable in the metastore.
     pub async fn wait_durable(&self, seq: u64) -> Result<(), BrokerError> {
         let mut persisted = self.persisted.subscribe();
-        persisted.wait_for(|p| *p >= seq).await.map(drop).map_err(|_| BrokerError::ShuttingDown)
+        persisted
+            .wait_for(|p| *p >= seq)
+            .await
+            .map(drop)
+            .map_err(|_| BrokerError::ShuttingDown)
     }
 
-    fn apply_ack(&self, st: &mut SubState, id: MessageId, cumulative: bool) -> Result<bool, BrokerError> {
+    fn apply_ack(
+        &self,
+        st: &mut SubState,
+        id: MessageId,
+        cumulative: bool,
+    ) -> Result<bool, BrokerError> {
         let pos = id.position();
         let Some(&batch_size) = st.pending.get(&pos) else {
             if st.cursor.is_acked(id) {
@@ -193,7 +254,11 @@ impl Subscription {
         let md = st.cursor.mark_delete;
         let backlog = match (md, self.ml.last_confirmed()) {
             (Some(m), Some(l)) if m.ledger == l.ledger => l.entry.0.saturating_sub(m.entry.0),
-            (_, Some(_)) => self.ml.stats().0.saturating_sub(md.map(|m| m.entry.0 + 1).unwrap_or(0)),
+            (_, Some(_)) => self
+                .ml
+                .stats()
+                .0
+                .saturating_sub(md.map(|m| m.entry.0 + 1).unwrap_or(0)),
             _ => 0,
         };
         (md, backlog)
@@ -208,21 +273,33 @@ fn next_unacked(ml: &ManagedLedger, cursor: &CursorState) -> Option<Position> {
 }
 
 fn encode_cursor(c: &CursorState) -> Result<Bytes, BrokerError> {
-    serde_json::to_vec(c).map(Bytes::from).map_err(|e| BrokerError::Corrupt(format!("encoding cursor: {e}")))
+    serde_json::to_vec(c)
+        .map(Bytes::from)
+        .map_err(|e| BrokerError::Corrupt(format!("encoding cursor: {e}")))
 }
 
 /// Writes the cursor whenever it changed, one write for any number of acks in between.
-async fn flusher(sub: std::sync::Weak<Subscription>, key: String, mut version: u64) {
+/// Ends when the subscription is dropped (its `Drop` wakes this task one last time).
+async fn flusher(
+    sub: std::sync::Weak<Subscription>,
+    wake: Arc<Notify>,
+    key: String,
+    mut version: u64,
+) {
     loop {
+        let notified = wake.notified();
         let Some(s) = sub.upgrade() else { return };
-        let notified = s.wake_flusher.notified();
         let (cursor, seq) = {
             let st = s.state.lock().await;
             (st.cursor.clone(), st.change_seq)
         };
         if seq > *s.persisted.borrow() {
             let result = match encode_cursor(&cursor) {
-                Ok(value) => s.meta.put(&key, value, Expect::Version(version)).await.map_err(BrokerError::from),
+                Ok(value) => s
+                    .meta
+                    .put(&key, value, Expect::Version(version))
+                    .await
+                    .map_err(BrokerError::from),
                 Err(e) => Err(e),
             };
             match result {
@@ -231,17 +308,25 @@ async fn flusher(sub: std::sync::Weak<Subscription>, key: String, mut version: u
                     s.persisted.send_replace(seq);
                 }
                 Err(e) => {
-                    warn!(cursor = %key, error = %e, "persisting cursor failed; will retry on the next ack");
+                    warn!(cursor = %key, error = %e, "persisting cursor failed; retrying");
                     if let Ok(Some(kv)) = s.meta.get(&key).await {
                         version = kv.version;
                     }
+                    drop(s);
+                    // Retry backoff, so a metastore outage is not a busy loop.
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
                 }
             }
             continue;
         }
-        // Weak upgrade is dropped while waiting so an unloaded topic can go away.
         drop(s);
         notified.await;
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.wake_flusher.notify_one();
     }
 }
 
@@ -258,8 +343,17 @@ async fn dispatcher(sub: Arc<Subscription>, consumer_id: u64) {
             Ok(DispatchOutcome::Idle) => {}
             Err(e) => {
                 warn!(topic = %sub.topic, subscription = %sub.name, error = %e, "dispatch failed");
-                let frame = ServerFrame { frame: Some(server_frame::Frame::Error(e.to_wire().into())) };
-                let tx = sub.state.lock().await.consumer.as_ref().filter(|c| c.id == consumer_id).map(|c| c.tx.clone());
+                let frame = ServerFrame {
+                    frame: Some(server_frame::Frame::Error(e.to_wire().into())),
+                };
+                let tx = sub
+                    .state
+                    .lock()
+                    .await
+                    .consumer
+                    .as_ref()
+                    .filter(|c| c.id == consumer_id)
+                    .map(|c| c.tx.clone());
                 if let Some(tx) = tx {
                     let _ = tx.send(frame).await;
                 }
@@ -280,10 +374,15 @@ enum DispatchOutcome {
     Detached,
 }
 
-async fn dispatch_once(sub: &Subscription, consumer_id: u64) -> Result<DispatchOutcome, BrokerError> {
+async fn dispatch_once(
+    sub: &Subscription,
+    consumer_id: u64,
+) -> Result<DispatchOutcome, BrokerError> {
     let (from, permits) = {
         let mut st = sub.state.lock().await;
-        let Some(c) = st.consumer.as_ref().filter(|c| c.id == consumer_id) else { return Ok(DispatchOutcome::Detached) };
+        let Some(c) = st.consumer.as_ref().filter(|c| c.id == consumer_id) else {
+            return Ok(DispatchOutcome::Detached);
+        };
         let permits = c.permits;
         if st.read_position.is_none() {
             st.read_position = next_unacked(&sub.ml, &st.cursor);
@@ -293,22 +392,35 @@ async fn dispatch_once(sub: &Subscription, consumer_id: u64) -> Result<DispatchO
             _ => return Ok(DispatchOutcome::Idle),
         }
     };
-    let entries = sub.ml.read(from, MAX_READ_ENTRIES.min(permits as usize)).await?;
-    let Some(&(last_pos, _)) = entries.last() else { return Ok(DispatchOutcome::Idle) };
+    let entries = sub
+        .ml
+        .read(from, MAX_READ_ENTRIES.min(permits as usize))
+        .await?;
+    let Some(&(last_pos, _)) = entries.last() else {
+        return Ok(DispatchOutcome::Idle);
+    };
     let mut st = sub.state.lock().await;
     // The consumer may have left, or been replaced, while we read.
-    if st.read_position != Some(from) || !st.consumer.as_ref().is_some_and(|c| c.id == consumer_id) {
+    if st.read_position != Some(from) || !st.consumer.as_ref().is_some_and(|c| c.id == consumer_id)
+    {
         return Ok(DispatchOutcome::Delivered);
     }
-    let mut delivery = Delivery { messages: Vec::new() };
+    let mut delivery = Delivery {
+        messages: Vec::new(),
+    };
     for (pos, data) in entries {
-        let batch = StoredBatch::decode(data).map_err(|e| BrokerError::Corrupt(format!("entry {pos} of {}: {e}", sub.topic)))?;
+        let batch = StoredBatch::decode(data)
+            .map_err(|e| BrokerError::Corrupt(format!("entry {pos} of {}: {e}", sub.topic)))?;
         let batch_size = batch.messages.len() as u32;
         if st.cursor.is_entry_acked(pos) || batch_size == 0 {
             continue;
         }
         for (index, message) in batch.messages.into_iter().enumerate() {
-            let id = MessageId { ledger: pos.ledger, entry: pos.entry, batch_index: index as u32 };
+            let id = MessageId {
+                ledger: pos.ledger,
+                entry: pos.entry,
+                batch_index: index as u32,
+            };
             if st.cursor.is_acked(id) {
                 continue;
             }
@@ -324,13 +436,17 @@ async fn dispatch_once(sub: &Subscription, consumer_id: u64) -> Result<DispatchO
     }
     st.read_position = sub.ml.next_position(last_pos);
     let count = delivery.messages.len() as i64;
-    let Some(c) = st.consumer.as_mut() else { return Ok(DispatchOutcome::Detached) };
+    let Some(c) = st.consumer.as_mut() else {
+        return Ok(DispatchOutcome::Detached);
+    };
     c.permits -= count;
     let tx = c.tx.clone();
     drop(st);
     if count > 0 {
         debug!(topic = %sub.topic, count, "delivering");
-        let frame = ServerFrame { frame: Some(server_frame::Frame::Delivery(delivery)) };
+        let frame = ServerFrame {
+            frame: Some(server_frame::Frame::Delivery(delivery)),
+        };
         if tx.send(frame).await.is_err() {
             return Ok(DispatchOutcome::Detached);
         }

@@ -1,19 +1,18 @@
 //! A loaded topic: its managed ledger and its subscriptions.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use prost::Message as _;
 use strata_metastore::{Expect, MetaStore};
+use strata_proto::TopicName;
 use strata_proto::pb::client::{InitialPosition, Message, StoredBatch};
-use strata_proto::{Position, TopicName};
 use tokio::sync::Mutex;
 
 use crate::BrokerError;
 use crate::keys;
-use crate::managed_ledger::ManagedLedger;
+use crate::managed_ledger::{ManagedLedger, PendingAppend};
 use crate::records::now_ms;
 use crate::subscription::Subscription;
 
@@ -29,7 +28,12 @@ pub struct Topic {
 
 impl Topic {
     pub fn new(name: TopicName, ml: Arc<ManagedLedger>, meta: MetaStore) -> Self {
-        Self { name, ml, meta, subscriptions: Mutex::new(HashMap::new()) }
+        Self {
+            name,
+            ml,
+            meta,
+            subscriptions: Mutex::new(HashMap::new()),
+        }
     }
 
     pub fn name(&self) -> &TopicName {
@@ -46,7 +50,7 @@ impl Topic {
         producer_name: &str,
         sequence_id: u64,
         messages: Vec<Message>,
-    ) -> Result<impl Future<Output = Result<Position, BrokerError>> + Send + 'static, BrokerError> {
+    ) -> Result<PendingAppend, BrokerError> {
         let batch = StoredBatch {
             format_version: STORED_BATCH_FORMAT,
             producer_name: producer_name.to_owned(),
@@ -58,7 +62,11 @@ impl Topic {
     }
 
     /// The named subscription, created at `initial` if new.
-    pub async fn subscription(&self, name: &str, initial: InitialPosition) -> Result<Arc<Subscription>, BrokerError> {
+    pub async fn subscription(
+        &self,
+        name: &str,
+        initial: InitialPosition,
+    ) -> Result<Arc<Subscription>, BrokerError> {
         let mut subs = self.subscriptions.lock().await;
         if let Some(s) = subs.get(name) {
             return Ok(s.clone());
@@ -71,7 +79,13 @@ impl Topic {
     /// Names of the subscriptions persisted for this topic.
     pub async fn subscription_names(&self) -> Result<Vec<String>, BrokerError> {
         let prefix = keys::cursors_of(&self.name);
-        Ok(self.meta.scan(&prefix).await?.into_iter().map(|kv| kv.key[prefix.len()..].to_owned()).collect())
+        Ok(self
+            .meta
+            .scan(&prefix)
+            .await?
+            .into_iter()
+            .map(|kv| kv.key[prefix.len()..].to_owned())
+            .collect())
     }
 
     /// Deletes the log and every cursor.

@@ -11,7 +11,12 @@ use strata_client::{Client, ClientOptions, InitialPosition};
 #[derive(Debug, Clone, clap::Args)]
 pub struct ConnectArgs {
     /// Broker URL.
-    #[arg(long, global = true, env = "STRATA_URL", default_value = "quic://127.0.0.1:6650")]
+    #[arg(
+        long,
+        global = true,
+        env = "STRATA_URL",
+        default_value = "quic://127.0.0.1:6650"
+    )]
     pub url: String,
     /// CA certificate (PEM) to verify the broker. Not needed for a loopback broker.
     #[arg(long, global = true, env = "STRATA_TLS_CA")]
@@ -35,7 +40,12 @@ impl ConnectArgs {
 }
 
 /// Sends each `-m` text `n` times, or each line of standard input once when no `-m` is given.
-pub async fn produce(client: &Client, topic: &str, messages: &[String], n: u64) -> anyhow::Result<u64> {
+pub async fn produce(
+    client: &Client,
+    topic: &str,
+    messages: &[String],
+    n: u64,
+) -> anyhow::Result<u64> {
     let producer = client.producer(topic).create().await?;
     let mut pending = Vec::new();
     let mut sent = 0u64;
@@ -62,8 +72,18 @@ pub async fn produce(client: &Client, topic: &str, messages: &[String], n: u64) 
 }
 
 /// Prints `n` payloads (0 = forever), one per line, acknowledging each; acks are durable on return.
-pub async fn consume(client: &Client, topic: &str, subscription: &str, n: u64, initial: InitialPosition) -> anyhow::Result<u64> {
-    let mut consumer = client.consumer(topic, subscription).initial_position(initial).subscribe().await?;
+pub async fn consume(
+    client: &Client,
+    topic: &str,
+    subscription: &str,
+    n: u64,
+    initial: InitialPosition,
+) -> anyhow::Result<u64> {
+    let mut consumer = client
+        .consumer(topic, subscription)
+        .initial_position(initial)
+        .subscribe()
+        .await?;
     let stdout = std::io::stdout();
     let mut received = 0u64;
     while n == 0 || received < n {

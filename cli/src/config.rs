@@ -52,30 +52,54 @@ pub struct ConfigError {
 impl StandaloneConfig {
     /// Reads a TOML file; unknown keys are errors so typos do not pass silently.
     pub fn from_file(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read config {}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read config {}: {e}", path.display()))?;
         toml::from_str(&text).map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let err = |field, value: String, allowed: &str| Err(ConfigError { field, value, allowed: allowed.to_owned() });
+        let err = |field, value: String, allowed: &str| {
+            Err(ConfigError {
+                field,
+                value,
+                allowed: allowed.to_owned(),
+            })
+        };
         if !(1024..=64 * 1024 * 1024).contains(&self.max_frame_size) {
-            return err("max_frame_size", self.max_frame_size.to_string(), "must be 1024..=67108864 bytes");
+            return err(
+                "max_frame_size",
+                self.max_frame_size.to_string(),
+                "must be 1024..=67108864 bytes",
+            );
         }
         if self.max_entries_per_ledger == 0 {
             return err("max_entries_per_ledger", "0".into(), "must be at least 1");
         }
         if self.max_ledger_bytes < 1024 {
-            return err("max_ledger_bytes", self.max_ledger_bytes.to_string(), "must be at least 1024");
+            return err(
+                "max_ledger_bytes",
+                self.max_ledger_bytes.to_string(),
+                "must be at least 1024",
+            );
         }
-        if self.stream_receive_window < 64 * 1024 || self.connection_receive_window < self.stream_receive_window {
+        if self.stream_receive_window < 64 * 1024
+            || self.connection_receive_window < self.stream_receive_window
+        {
             return err(
                 "stream_receive_window",
-                format!("{}/{}", self.stream_receive_window, self.connection_receive_window),
+                format!(
+                    "{}/{}",
+                    self.stream_receive_window, self.connection_receive_window
+                ),
                 "stream window must be >= 65536 and <= connection_receive_window",
             );
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
-            return err("tls_cert/tls_key", format!("{:?}/{:?}", self.tls_cert, self.tls_key), "give both or neither");
+            return err(
+                "tls_cert/tls_key",
+                format!("{:?}/{:?}", self.tls_cert, self.tls_key),
+                "give both or neither",
+            );
         }
         if self.data_dir.as_os_str().is_empty() {
             return err("data_dir", String::new(), "must not be empty");
@@ -90,7 +114,9 @@ mod tests {
 
     #[test]
     fn defaults_are_valid_and_a_partial_file_keeps_the_other_defaults() {
-        StandaloneConfig::default().validate().expect("defaults valid");
+        StandaloneConfig::default()
+            .validate()
+            .expect("defaults valid");
         let c: StandaloneConfig = toml::from_str("listen = \"127.0.0.1:7000\"").expect("parse");
         assert_eq!(c.listen.port(), 7000);
         assert_eq!(c.http, StandaloneConfig::default().http);
@@ -98,12 +124,24 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_field_and_the_allowed_range() {
-        let c = StandaloneConfig { max_frame_size: 10, ..Default::default() };
+        let c = StandaloneConfig {
+            max_frame_size: 10,
+            ..Default::default()
+        };
         let e = c.validate().expect_err("too small");
         assert_eq!(e.field, "max_frame_size");
         assert!(e.to_string().contains("1024..="));
-        let c = StandaloneConfig { tls_cert: Some("a.pem".into()), ..Default::default() };
-        assert_eq!(c.validate().expect_err("half TLS").field, "tls_cert/tls_key");
-        assert!(toml::from_str::<StandaloneConfig>("lisen = \"x\"").is_err(), "unknown keys are refused");
+        let c = StandaloneConfig {
+            tls_cert: Some("a.pem".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            c.validate().expect_err("half TLS").field,
+            "tls_cert/tls_key"
+        );
+        assert!(
+            toml::from_str::<StandaloneConfig>("lisen = \"x\"").is_err(),
+            "unknown keys are refused"
+        );
     }
 }

@@ -20,7 +20,11 @@ pub struct HttpServer {
 }
 
 impl HttpServer {
-    pub async fn start(addr: SocketAddr, ready: Arc<AtomicBool>, metrics: MetricsFn) -> anyhow::Result<Self> {
+    pub async fn start(
+        addr: SocketAddr,
+        ready: Arc<AtomicBool>,
+        metrics: MetricsFn,
+    ) -> anyhow::Result<Self> {
         let app = Router::new()
             .route("/healthz", get(|| async { "ok\n" }))
             .route(
@@ -28,7 +32,11 @@ impl HttpServer {
                 get(move || {
                     let ready = ready.load(Ordering::Acquire);
                     async move {
-                        if ready { (StatusCode::OK, "ready\n") } else { (StatusCode::SERVICE_UNAVAILABLE, "not ready\n") }
+                        if ready {
+                            (StatusCode::OK, "ready\n")
+                        } else {
+                            (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                        }
                     }
                 }),
             )
@@ -36,19 +44,36 @@ impl HttpServer {
                 "/metrics",
                 get(move || {
                     let text = metrics();
-                    async move { ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text) }
+                    async move {
+                        (
+                            [(
+                                axum::http::header::CONTENT_TYPE,
+                                "text/plain; version=0.0.4",
+                            )],
+                            text,
+                        )
+                    }
                 }),
             );
-        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot bind HTTP port {addr}: {e}"))?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot bind HTTP port {addr}: {e}"))?;
         let local_addr = listener.local_addr()?;
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
         let task = tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(token.cancelled_owned()).await {
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(token.cancelled_owned())
+                .await
+            {
                 tracing::error!(error = %e, "HTTP server failed");
             }
         });
-        Ok(Self { local_addr, shutdown, task })
+        Ok(Self {
+            local_addr,
+            shutdown,
+            task,
+        })
     }
 
     pub async fn shutdown(self) {

@@ -12,7 +12,11 @@ use strata_cli::standalone::Standalone;
 use strata_client::InitialPosition;
 
 #[derive(Parser)]
-#[command(name = "strata", version, about = "Strata: a Pulsar-style message cluster")]
+#[command(
+    name = "strata",
+    version,
+    about = "Strata: a Pulsar-style message cluster"
+)]
 struct Cli {
     #[command(flatten)]
     connect: ConnectArgs,
@@ -71,15 +75,21 @@ enum Start {
 
 #[derive(Subcommand)]
 enum TopicsCommand {
-    Create { topic: String },
-    Delete { topic: String },
+    Create {
+        topic: String,
+    },
+    Delete {
+        topic: String,
+    },
     /// List topics of a namespace (default public/default).
     List {
         #[arg(default_value = "public/default")]
         namespace: String,
     },
     /// Entries, size and subscription backlog of a topic.
-    Stats { topic: String },
+    Stats {
+        topic: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -117,13 +127,27 @@ impl StandaloneArgs {
             Some(path) => StandaloneConfig::from_file(path)?,
             None => StandaloneConfig::default(),
         };
-        if let Some(v) = self.data_dir { c.data_dir = v }
-        if let Some(v) = self.listen { c.listen = v }
-        if let Some(v) = self.http { c.http = v }
-        if let Some(v) = self.tls_cert { c.tls_cert = Some(v) }
-        if let Some(v) = self.tls_key { c.tls_key = Some(v) }
-        if let Some(v) = self.max_frame_size { c.max_frame_size = v }
-        if let Some(v) = self.max_entries_per_ledger { c.max_entries_per_ledger = v }
+        if let Some(v) = self.data_dir {
+            c.data_dir = v
+        }
+        if let Some(v) = self.listen {
+            c.listen = v
+        }
+        if let Some(v) = self.http {
+            c.http = v
+        }
+        if let Some(v) = self.tls_cert {
+            c.tls_cert = Some(v)
+        }
+        if let Some(v) = self.tls_key {
+            c.tls_key = Some(v)
+        }
+        if let Some(v) = self.max_frame_size {
+            c.max_frame_size = v
+        }
+        if let Some(v) = self.max_entries_per_ledger {
+            c.max_entries_per_ledger = v
+        }
         c.validate()?;
         Ok(c)
     }
@@ -131,8 +155,11 @@ impl StandaloneArgs {
 
 fn init_logging(format: LogFormat, server: bool) {
     let default = if server { "info" } else { "warn" };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("STRATA_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_from_env("STRATA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Plain => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -143,7 +170,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Standalone(args) => {
             let standalone = Standalone::start(args.into_config()?).await?;
-            eprintln!("strata standalone: QUIC on {}, HTTP on {}", standalone.quic_addr, standalone.http_addr);
+            eprintln!(
+                "strata standalone: QUIC on {}, HTTP on {}",
+                standalone.quic_addr, standalone.http_addr
+            );
             if let Some(ca) = &standalone.ca_path {
                 eprintln!("clients on other hosts trust {}", ca.display());
             }
@@ -151,14 +181,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             eprintln!("shutting down");
             standalone.shutdown().await
         }
-        Command::Produce { topic, messages, num } => {
+        Command::Produce {
+            topic,
+            messages,
+            num,
+        } => {
             let client = cli.connect.connect().await?;
             let sent = commands::produce(&client, &topic, &messages, num).await?;
             client.close().await;
             eprintln!("sent {sent} message(s)");
             Ok(())
         }
-        Command::Consume { topic, subscription, num, initial_position } => {
+        Command::Consume {
+            topic,
+            subscription,
+            num,
+            initial_position,
+        } => {
             let client = cli.connect.connect().await?;
             let start = match initial_position {
                 Start::Earliest => InitialPosition::Earliest,
@@ -180,9 +219,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 TopicsCommand::Stats { topic } => {
                     let s = client.topic_stats(&topic).await?;
-                    println!("{}: entries {} ledgers {} bytes {}", s.topic, s.entries, s.ledgers, s.size_bytes);
+                    println!(
+                        "{}: entries {} ledgers {} bytes {}",
+                        s.topic, s.entries, s.ledgers, s.size_bytes
+                    );
                     for sub in s.subscriptions {
-                        println!("  subscription {}: backlog {} entries", sub.name, sub.backlog_entries);
+                        println!(
+                            "  subscription {}: backlog {} entries",
+                            sub.name, sub.backlog_entries
+                        );
                     }
                 }
             }
@@ -213,8 +258,14 @@ async fn wait_for_shutdown_signal() -> anyhow::Result<()> {
 fn main() -> ExitCode {
     strata_transport::install_crypto_provider();
     let cli = Cli::parse();
-    init_logging(cli.log_format, matches!(cli.command, Command::Standalone(_)));
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    init_logging(
+        cli.log_format,
+        matches!(cli.command, Command::Standalone(_)),
+    );
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");

@@ -72,7 +72,13 @@ impl Stats {
     fn new() -> anyhow::Result<Self> {
         // Microseconds, up to 10 minutes, 3 significant digits.
         let h = Histogram::new_with_bounds(1, 600_000_000, 3)?;
-        Ok(Self { messages: 0, bytes: 0, errors: 0, interval: h.clone(), total: h })
+        Ok(Self {
+            messages: 0,
+            bytes: 0,
+            errors: 0,
+            interval: h.clone(),
+            total: h,
+        })
     }
 
     fn record(&mut self, latency_us: u64, bytes: usize) {
@@ -99,7 +105,12 @@ fn latency_line(h: &Histogram<u64>) -> String {
 }
 
 /// Prints a line each second until `done`; returns the final stats.
-async fn report(label: &str, stats: Arc<Mutex<Stats>>, mut done: tokio::sync::watch::Receiver<bool>, bar: Option<ProgressBar>) -> (u64, u64, Duration) {
+async fn report(
+    label: &str,
+    stats: Arc<Mutex<Stats>>,
+    mut done: tokio::sync::watch::Receiver<bool>,
+    bar: Option<ProgressBar>,
+) -> (u64, u64, Duration) {
     let start = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.tick().await;
@@ -139,7 +150,8 @@ async fn report(label: &str, stats: Arc<Mutex<Stats>>, mut done: tokio::sync::wa
 fn progress(n: u64) -> Option<ProgressBar> {
     (n > 0).then(|| {
         let bar = ProgressBar::new(n);
-        if let Ok(style) = ProgressStyle::with_template("{bar:40} {pos}/{len} {per_sec} eta {eta}") {
+        if let Ok(style) = ProgressStyle::with_template("{bar:40} {pos}/{len} {per_sec} eta {eta}")
+        {
             bar.set_style(style);
         }
         bar
@@ -161,7 +173,12 @@ fn summary(label: &str, stats: &Mutex<Stats>, msgs: u64, bytes: u64, elapsed: Du
 pub async fn produce(client: &Client, args: PerfProduceArgs) -> anyhow::Result<()> {
     let stats = Arc::new(Mutex::new(Stats::new()?));
     let (done_tx, done_rx) = tokio::sync::watch::channel(false);
-    let reporter = tokio::spawn(report("produce", stats.clone(), done_rx, progress(args.num_messages)));
+    let reporter = tokio::spawn(report(
+        "produce",
+        stats.clone(),
+        done_rx,
+        progress(args.num_messages),
+    ));
     let deadline = Instant::now() + Duration::from_secs(args.duration_secs);
     let producers = args.producers.max(1);
     let mut workers = Vec::new();
@@ -174,7 +191,12 @@ pub async fn produce(client: &Client, args: PerfProduceArgs) -> anyhow::Result<(
             .max_pending_messages(args.max_pending)
             .create()
             .await?;
-        let quota = if args.num_messages == 0 { u64::MAX } else { args.num_messages / producers as u64 + u64::from((p as u64) < args.num_messages % producers as u64) };
+        let quota = if args.num_messages == 0 {
+            u64::MAX
+        } else {
+            args.num_messages / producers as u64
+                + u64::from((p as u64) < args.num_messages % producers as u64)
+        };
         let per_producer_rate = args.rate as f64 / producers as f64;
         let payload = Bytes::from(vec![b'x'; args.size]);
         let stats = stats.clone();
@@ -187,7 +209,11 @@ pub async fn produce(client: &Client, args: PerfProduceArgs) -> anyhow::Result<(
                 while let Some((t0, fut)) = rx.recv().await {
                     let ok = fut.await.is_ok();
                     let mut s = waiter_stats.lock().unwrap_or_else(|p| p.into_inner());
-                    if ok { s.record(t0.elapsed().as_micros() as u64, size) } else { s.errors += 1 }
+                    if ok {
+                        s.record(t0.elapsed().as_micros() as u64, size)
+                    } else {
+                        s.errors += 1
+                    }
                 }
             });
             let start = Instant::now();
@@ -221,7 +247,11 @@ pub async fn produce(client: &Client, args: PerfProduceArgs) -> anyhow::Result<(
 }
 
 pub async fn consume(client: &Client, args: PerfConsumeArgs) -> anyhow::Result<()> {
-    let initial = if args.earliest { InitialPosition::Earliest } else { InitialPosition::Latest };
+    let initial = if args.earliest {
+        InitialPosition::Earliest
+    } else {
+        InitialPosition::Latest
+    };
     let mut consumer = client
         .consumer(&args.topic, &args.subscription)
         .initial_position(initial)
@@ -230,7 +260,12 @@ pub async fn consume(client: &Client, args: PerfConsumeArgs) -> anyhow::Result<(
         .await?;
     let stats = Arc::new(Mutex::new(Stats::new()?));
     let (done_tx, done_rx) = tokio::sync::watch::channel(false);
-    let reporter = tokio::spawn(report("consume", stats.clone(), done_rx, progress(args.num_messages)));
+    let reporter = tokio::spawn(report(
+        "consume",
+        stats.clone(),
+        done_rx,
+        progress(args.num_messages),
+    ));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(args.duration_secs);
     let mut received = 0u64;
     let mut last = None;
@@ -243,9 +278,15 @@ pub async fn consume(client: &Client, args: PerfConsumeArgs) -> anyhow::Result<(
         } else {
             consumer.receive().await?
         };
-        let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
         let latency_us = now_ms.saturating_sub(msg.publish_time_ms) * 1000;
-        stats.lock().unwrap_or_else(|p| p.into_inner()).record(latency_us, msg.payload.len());
+        stats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .record(latency_us, msg.payload.len());
         received += 1;
         last = Some(msg.id);
         if received % 1000 == 0 {

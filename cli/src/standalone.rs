@@ -42,23 +42,32 @@ impl Standalone {
         config.validate()?;
         strata_transport::install_crypto_provider();
         let dir = &config.data_dir;
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create data dir {}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create data dir {}", dir.display()))?;
 
         let meta = MetaStore::open_standalone(&dir.join("metastore"), MetaStoreConfig::default())
             .await
             .context("starting the metastore")?;
-        let bookie = BookieStorage::open(&dir.join("bookie"), StorageOptions::default()).context("starting the bookie")?;
-        let ledgers = LedgerClient::new(meta.clone(), bookie.clone(), "standalone-bookie".to_owned());
+        let bookie = BookieStorage::open(&dir.join("bookie"), StorageOptions::default())
+            .context("starting the bookie")?;
+        let ledgers =
+            LedgerClient::new(meta.clone(), bookie.clone(), "standalone-bookie".to_owned());
         let broker_config = BrokerConfig {
             managed_ledger: ManagedLedgerConfig {
                 max_entries_per_ledger: config.max_entries_per_ledger,
                 max_ledger_bytes: config.max_ledger_bytes,
-                ledger: LedgerConfig { ensemble_size: 1, write_quorum: 1, ack_quorum: 1 },
+                ledger: LedgerConfig {
+                    ensemble_size: 1,
+                    write_quorum: 1,
+                    ack_quorum: 1,
+                },
             },
         };
         let service = BrokerService::new(meta.clone(), ledgers, broker_config);
         let public_default = "public/default".parse().context("default namespace")?;
-        service.ensure_namespace(&public_default, &NamespacePolicies::default()).await?;
+        service
+            .ensure_namespace(&public_default, &NamespacePolicies::default())
+            .await?;
 
         let (tls, ca_path) = match (&config.tls_cert, &config.tls_key) {
             (Some(cert), Some(key)) => (ServerTls::from_pem_files(cert, key)?, None),
@@ -72,7 +81,11 @@ impl Standalone {
             connection_receive_window: config.connection_receive_window,
             ..TransportTuning::default()
         };
-        let server_config = ServerConfig { listen: config.listen, max_frame_size: config.max_frame_size, tuning };
+        let server_config = ServerConfig {
+            listen: config.listen,
+            max_frame_size: config.max_frame_size,
+            tuning,
+        };
         let server = BrokerServer::start(service.clone(), server_config, &tls)?;
         let quic_addr = server.local_addr()?;
 
@@ -91,7 +104,15 @@ impl Standalone {
         let http = HttpServer::start(config.http, ready.clone(), metrics).await?;
         ready.store(true, Ordering::Release);
         info!(quic = %quic_addr, http = %http.local_addr, data_dir = %dir.display(), "standalone ready");
-        Ok(Self { quic_addr, http_addr: http.local_addr, ca_path, server, http, service, meta })
+        Ok(Self {
+            quic_addr,
+            http_addr: http.local_addr,
+            ca_path,
+            server,
+            http,
+            service,
+            meta,
+        })
     }
 
     /// The broker service (tests use it to set up namespaces).

@@ -18,7 +18,14 @@ struct Server {
 /// Starts `strata standalone` on free ports and waits (with a deadline) for its ready line.
 fn start(data_dir: &Path) -> Server {
     let mut child = Command::new(STRATA)
-        .args(["standalone", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "standalone",
+            "--listen",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(data_dir)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -33,9 +40,15 @@ fn start(data_dir: &Path) -> Server {
             }
         }
     });
-    let line = rx.recv_timeout(Duration::from_secs(120)).expect("standalone printed its addresses within the deadline");
+    let line = rx
+        .recv_timeout(Duration::from_secs(120))
+        .expect("standalone printed its addresses within the deadline");
     let (quic, http) = line.split_once(", HTTP on ").expect("address line shape");
-    Server { child, quic: quic.to_owned(), http: http.to_owned() }
+    Server {
+        child,
+        quic: quic.to_owned(),
+        http: http.to_owned(),
+    }
 }
 
 fn strata(server: &Server, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
@@ -54,12 +67,17 @@ fn strata(server: &Server, args: &[&str], stdin: Option<&str>) -> (bool, String,
     }
     drop(input);
     let out = child.wait_with_output().expect("client exits");
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn http_get(addr: &str, path: &str) -> String {
     let mut s = TcpStream::connect(addr).expect("connect HTTP");
-    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
     write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").expect("send request");
     let mut body = String::new();
     let _ = s.read_to_string(&mut body);
@@ -76,7 +94,10 @@ fn lines(range: std::ops::Range<u32>) -> Vec<String> {
 fn nothing_acknowledged_is_lost_across_sigkill() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut server = start(dir.path());
-    assert!(http_get(&server.http, "/healthz").starts_with("HTTP/1.0 200") || http_get(&server.http, "/healthz").contains("200 OK"));
+    assert!(
+        http_get(&server.http, "/healthz").starts_with("HTTP/1.0 200")
+            || http_get(&server.http, "/healthz").contains("200 OK")
+    );
     assert!(http_get(&server.http, "/readyz").contains("ready"));
 
     let input = lines(0..100).join("\n") + "\n";
@@ -84,18 +105,32 @@ fn nothing_acknowledged_is_lost_across_sigkill() {
     assert!(ok, "produce failed: {err}");
     let (ok, out, err) = strata(&server, &["consume", "walk", "-s", "cli", "-n", "50"], None);
     assert!(ok, "consume failed: {err}");
-    assert_eq!(out.lines().map(str::to_owned).collect::<Vec<_>>(), lines(0..50));
+    assert_eq!(
+        out.lines().map(str::to_owned).collect::<Vec<_>>(),
+        lines(0..50)
+    );
     let metrics = http_get(&server.http, "/metrics");
-    assert!(metrics.contains("strata_broker_messages_in_total 100"), "{metrics}");
+    assert!(
+        metrics.contains("strata_broker_messages_in_total 100"),
+        "{metrics}"
+    );
 
     server.child.kill().expect("SIGKILL");
     let _ = server.child.wait();
     let mut server = start(dir.path());
     let (ok, out, err) = strata(&server, &["consume", "walk", "-s", "cli", "-n", "50"], None);
     assert!(ok, "consume after restart failed: {err}");
-    assert_eq!(out.lines().map(str::to_owned).collect::<Vec<_>>(), lines(50..100), "exactly the unacknowledged half");
+    assert_eq!(
+        out.lines().map(str::to_owned).collect::<Vec<_>>(),
+        lines(50..100),
+        "exactly the unacknowledged half"
+    );
 
-    let (ok, _, err) = strata(&server, &["produce", "walk", "-m", "last-words", "-n", "3"], None);
+    let (ok, _, err) = strata(
+        &server,
+        &["produce", "walk", "-m", "last-words", "-n", "3"],
+        None,
+    );
     assert!(ok, "produce failed: {err}");
     server.child.kill().expect("SIGKILL");
     let _ = server.child.wait();
@@ -104,7 +139,10 @@ fn nothing_acknowledged_is_lost_across_sigkill() {
     assert!(ok, "consume failed: {err}");
     assert_eq!(out, "last-words\nlast-words\nlast-words\n");
     let (ok, out, _) = strata(&server, &["topics", "list"], None);
-    assert!(ok && out.contains("persistent://public/default/walk"), "{out}");
+    assert!(
+        ok && out.contains("persistent://public/default/walk"),
+        "{out}"
+    );
     server.child.kill().expect("SIGKILL");
     let _ = server.child.wait();
 }
@@ -113,13 +151,23 @@ fn nothing_acknowledged_is_lost_across_sigkill() {
 #[test]
 fn unreachable_server_is_one_clear_line() {
     let out = Command::new(STRATA)
-        .args(["--url", "quic://127.0.0.1:9", "--connect-timeout-secs", "2", "topics", "list"])
+        .args([
+            "--url",
+            "quic://127.0.0.1:9",
+            "--connect-timeout-secs",
+            "2",
+            "topics",
+            "list",
+        ])
         .output()
         .expect("run strata");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
-    assert!(err.contains("no Strata server reachable") || err.contains("cannot connect"), "{err}");
+    assert!(
+        err.contains("no Strata server reachable") || err.contains("cannot connect"),
+        "{err}"
+    );
 }
 
 /// A bad topic name is one clear line naming the problem.

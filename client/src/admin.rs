@@ -1,17 +1,25 @@
 //! Topic administration: request/response exchanges, each on its own short-lived stream.
 
 use strata_proto::pb::client::{
-    AdminRequest, ClientFrame, CreateTopic, DeleteTopic, ListTopics, TopicStats, TopicStatsReply, admin_request, admin_response,
-    client_frame, server_frame,
+    AdminRequest, ClientFrame, CreateTopic, DeleteTopic, ListTopics, TopicStats, TopicStatsReply,
+    admin_request, admin_response, client_frame, server_frame,
 };
 
 use crate::connection::{next_frame, open_stream};
 use crate::{Client, ClientError};
 
 impl Client {
-    async fn admin(&self, request: admin_request::Request) -> Result<admin_response::Response, ClientError> {
-        let frame = ClientFrame { frame: Some(client_frame::Frame::Admin(AdminRequest { request: Some(request) })) };
-        let (mut writer, mut reader) = open_stream(self.connection(), &frame, self.max_frame_size()).await?;
+    async fn admin(
+        &self,
+        request: admin_request::Request,
+    ) -> Result<admin_response::Response, ClientError> {
+        let frame = ClientFrame {
+            frame: Some(client_frame::Frame::Admin(AdminRequest {
+                request: Some(request),
+            })),
+        };
+        let (mut writer, mut reader) =
+            open_stream(self.connection(), &frame, self.max_frame_size()).await?;
         writer.finish();
         match next_frame(&mut reader).await? {
             Some(f) => match f.frame {
@@ -20,35 +28,61 @@ impl Client {
                     Some(resp) => Ok(resp),
                     None => Err(ClientError::Protocol("empty admin response".into())),
                 },
-                other => Err(ClientError::Protocol(format!("expected an admin response, got {other:?}"))),
+                other => Err(ClientError::Protocol(format!(
+                    "expected an admin response, got {other:?}"
+                ))),
             },
-            None => Err(ClientError::Protocol("stream ended without an admin response".into())),
+            None => Err(ClientError::Protocol(
+                "stream ended without an admin response".into(),
+            )),
         }
     }
 
     /// Creates a topic; fails with `TopicAlreadyExists` if it exists.
     pub async fn create_topic(&self, topic: &str) -> Result<(), ClientError> {
-        self.admin(admin_request::Request::CreateTopic(CreateTopic { topic: topic.to_owned() })).await.map(drop)
+        self.admin(admin_request::Request::CreateTopic(CreateTopic {
+            topic: topic.to_owned(),
+        }))
+        .await
+        .map(drop)
     }
 
     /// Deletes a topic with its messages and subscriptions.
     pub async fn delete_topic(&self, topic: &str) -> Result<(), ClientError> {
-        self.admin(admin_request::Request::DeleteTopic(DeleteTopic { topic: topic.to_owned() })).await.map(drop)
+        self.admin(admin_request::Request::DeleteTopic(DeleteTopic {
+            topic: topic.to_owned(),
+        }))
+        .await
+        .map(drop)
     }
 
     /// Topics of `namespace` (`tenant/namespace`; empty means `public/default`).
     pub async fn list_topics(&self, namespace: &str) -> Result<Vec<String>, ClientError> {
-        match self.admin(admin_request::Request::ListTopics(ListTopics { namespace: namespace.to_owned() })).await? {
+        match self
+            .admin(admin_request::Request::ListTopics(ListTopics {
+                namespace: namespace.to_owned(),
+            }))
+            .await?
+        {
             admin_response::Response::Topics(t) => Ok(t.topics),
-            other => Err(ClientError::Protocol(format!("expected a topic list, got {other:?}"))),
+            other => Err(ClientError::Protocol(format!(
+                "expected a topic list, got {other:?}"
+            ))),
         }
     }
 
     /// Entries, size and subscription backlogs of a topic.
     pub async fn topic_stats(&self, topic: &str) -> Result<TopicStatsReply, ClientError> {
-        match self.admin(admin_request::Request::TopicStats(TopicStats { topic: topic.to_owned() })).await? {
+        match self
+            .admin(admin_request::Request::TopicStats(TopicStats {
+                topic: topic.to_owned(),
+            }))
+            .await?
+        {
             admin_response::Response::Stats(s) => Ok(s),
-            other => Err(ClientError::Protocol(format!("expected topic stats, got {other:?}"))),
+            other => Err(ClientError::Protocol(format!(
+                "expected topic stats, got {other:?}"
+            ))),
         }
     }
 }

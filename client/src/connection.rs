@@ -39,12 +39,24 @@ impl Default for ClientOptions {
 
 /// Splits `quic://host:port` into host and resolved address.
 pub(crate) fn parse_url(url: &str) -> Result<(String, SocketAddr), ClientError> {
-    let bad = |reason: &str| ClientError::InvalidUrl { url: url.to_owned(), reason: reason.to_owned() };
-    let rest = url.strip_prefix("quic://").ok_or_else(|| bad("must start with quic://"))?;
+    let bad = |reason: &str| ClientError::InvalidUrl {
+        url: url.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let rest = url
+        .strip_prefix("quic://")
+        .ok_or_else(|| bad("must start with quic://"))?;
     let authority = rest.trim_end_matches('/');
-    let (host, port) = authority.rsplit_once(':').ok_or_else(|| bad("missing :port"))?;
-    let port: u16 = port.parse().map_err(|_| bad("port is not a number 0-65535"))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+    let (host, port) = authority
+        .rsplit_once(':')
+        .ok_or_else(|| bad("missing :port"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| bad("port is not a number 0-65535"))?;
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
     if host.is_empty() {
         return Err(bad("missing host"));
     }
@@ -68,26 +80,51 @@ pub(crate) async fn connect(opts: &ClientOptions) -> Result<Connected, ClientErr
         tracing::info!(%host, "no CA given: trusting the loopback server's certificate (development mode)");
     }
     let endpoint = client_endpoint(addr, &trust, strata_proto::ALPN_CLIENT, &opts.tuning)?;
-    let server_name = if host.parse::<std::net::IpAddr>().is_ok() || host.contains('.') || host == "localhost" { host.clone() } else { "localhost".into() };
+    let server_name =
+        if host.parse::<std::net::IpAddr>().is_ok() || host.contains('.') || host == "localhost" {
+            host.clone()
+        } else {
+            "localhost".into()
+        };
     let attempt = async {
-        let connecting = endpoint
-            .connect(addr, &server_name)
-            .map_err(|e| strata_transport::TransportError::Connect { addr: addr.to_string(), reason: e.to_string() })?;
-        let connection = connecting
-            .await
-            .map_err(|e| strata_transport::TransportError::Connect { addr: addr.to_string(), reason: e.to_string() })?;
+        let connecting = endpoint.connect(addr, &server_name).map_err(|e| {
+            strata_transport::TransportError::Connect {
+                addr: addr.to_string(),
+                reason: e.to_string(),
+            }
+        })?;
+        let connection =
+            connecting
+                .await
+                .map_err(|e| strata_transport::TransportError::Connect {
+                    addr: addr.to_string(),
+                    reason: e.to_string(),
+                })?;
         client_handshake(&connection, &opts.name, opts.max_frame_size).await?;
         Ok::<_, ClientError>(connection)
     };
     let connection = tokio::time::timeout(opts.connect_timeout, attempt)
         .await
-        .map_err(|_| ClientError::ConnectTimeout { addr: addr.to_string(), timeout_ms: opts.connect_timeout.as_millis() as u64 })??;
-    Ok(Connected { endpoint, connection })
+        .map_err(|_| ClientError::ConnectTimeout {
+            addr: addr.to_string(),
+            timeout_ms: opts.connect_timeout.as_millis() as u64,
+        })??;
+    Ok(Connected {
+        endpoint,
+        connection,
+    })
 }
 
 /// Opens a stream and sends its first frame.
-pub(crate) async fn open_stream(conn: &quinn::Connection, first: &ClientFrame, max: usize) -> Result<(FrameWriter, FrameReader), ClientError> {
-    let (send, recv) = conn.open_bi().await.map_err(strata_transport::TransportError::from)?;
+pub(crate) async fn open_stream(
+    conn: &quinn::Connection,
+    first: &ClientFrame,
+    max: usize,
+) -> Result<(FrameWriter, FrameReader), ClientError> {
+    let (send, recv) = conn
+        .open_bi()
+        .await
+        .map_err(strata_transport::TransportError::from)?;
     let mut writer = FrameWriter::new(send, max);
     let reader = FrameReader::new(recv, max);
     writer.send(first).await?;
@@ -95,9 +132,13 @@ pub(crate) async fn open_stream(conn: &quinn::Connection, first: &ClientFrame, m
 }
 
 /// Reads the next server frame, turning an error frame into `ClientError::Server`.
-pub(crate) async fn next_frame(reader: &mut FrameReader) -> Result<Option<ServerFrame>, ClientError> {
+pub(crate) async fn next_frame(
+    reader: &mut FrameReader,
+) -> Result<Option<ServerFrame>, ClientError> {
     match reader.recv::<ServerFrame>().await? {
-        Some(ServerFrame { frame: Some(strata_proto::pb::client::server_frame::Frame::Error(e)) }) => Err(ClientError::Server(e.into())),
+        Some(ServerFrame {
+            frame: Some(strata_proto::pb::client::server_frame::Frame::Error(e)),
+        }) => Err(ClientError::Server(e.into())),
         other => Ok(other),
     }
 }
@@ -111,7 +152,12 @@ mod tests {
         let (host, addr) = parse_url("quic://127.0.0.1:6650").expect("valid");
         assert_eq!((host.as_str(), addr.port()), ("127.0.0.1", 6650));
         assert!(parse_url("quic://[::1]:1").is_ok());
-        for (bad, why) in [("http://x:1", "quic://"), ("quic://host", ":port"), ("quic://h:notaport", "port"), ("quic://:5", "host")] {
+        for (bad, why) in [
+            ("http://x:1", "quic://"),
+            ("quic://host", ":port"),
+            ("quic://h:notaport", "port"),
+            ("quic://:5", "host"),
+        ] {
             let err = parse_url(bad).expect_err(bad).to_string();
             assert!(err.contains(why), "{bad}: {err}");
         }

@@ -6,7 +6,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use strata_proto::pb::client::{Ack, ClientFrame, ConsumerOpen, Flow, InitialPosition, SubscriptionType, client_frame, server_frame};
+use strata_proto::pb::client::{
+    Ack, ClientFrame, ConsumerOpen, Flow, InitialPosition, SubscriptionType, client_frame,
+    server_frame,
+};
 use strata_proto::{MessageId, TopicName};
 use strata_transport::{FrameReader, FrameWriter};
 use tokio::sync::{Mutex, mpsc, oneshot};
@@ -77,11 +80,24 @@ impl ConsumerBuilder {
                 consumer_name: self.name.clone(),
             })),
         };
-        let (mut writer, mut reader) = open_stream(self.client.connection(), &open, self.client.max_frame_size()).await?;
+        let (mut writer, mut reader) = open_stream(
+            self.client.connection(),
+            &open,
+            self.client.max_frame_size(),
+        )
+        .await?;
         match next_frame(&mut reader).await? {
             Some(f) if matches!(f.frame, Some(server_frame::Frame::ConsumerReady(_))) => {}
-            Some(other) => return Err(ClientError::Protocol(format!("expected ConsumerReady, got {other:?}"))),
-            None => return Err(ClientError::Protocol("stream ended before ConsumerReady".into())),
+            Some(other) => {
+                return Err(ClientError::Protocol(format!(
+                    "expected ConsumerReady, got {other:?}"
+                )));
+            }
+            None => {
+                return Err(ClientError::Protocol(
+                    "stream ended before ConsumerReady".into(),
+                ));
+            }
         }
         writer.send(&flow(self.receiver_queue_size)).await?;
         let (tx, rx) = mpsc::unbounded_channel();
@@ -116,7 +132,9 @@ pub struct Consumer {
 }
 
 fn flow(permits: u32) -> ClientFrame {
-    ClientFrame { frame: Some(client_frame::Frame::Flow(Flow { permits })) }
+    ClientFrame {
+        frame: Some(client_frame::Frame::Flow(Flow { permits })),
+    }
 }
 
 impl Consumer {
@@ -130,7 +148,11 @@ impl Consumer {
 
     /// The next message, waiting for one to arrive.
     pub async fn receive(&mut self) -> Result<ReceivedMessage, ClientError> {
-        let msg = self.rx.recv().await.unwrap_or(Err(ClientError::Closed("consumer")))?;
+        let msg = self
+            .rx
+            .recv()
+            .await
+            .unwrap_or(Err(ClientError::Closed("consumer")))?;
         self.taken_since_flow += 1;
         // Re-grant permits in halves of the queue, as Pulsar's client does.
         if self.taken_since_flow >= (self.queue_size / 2).max(1) {
@@ -140,9 +162,24 @@ impl Consumer {
         Ok(msg)
     }
 
-    async fn send_ack(&self, ids: Vec<MessageId>, cumulative: bool, request_id: u64) -> Result<(), ClientError> {
-        let ack = Ack { message_ids: ids.into_iter().map(Into::into).collect(), cumulative, request_id };
-        self.writer.lock().await.send(&ClientFrame { frame: Some(client_frame::Frame::Ack(ack)) }).await?;
+    async fn send_ack(
+        &self,
+        ids: Vec<MessageId>,
+        cumulative: bool,
+        request_id: u64,
+    ) -> Result<(), ClientError> {
+        let ack = Ack {
+            message_ids: ids.into_iter().map(Into::into).collect(),
+            cumulative,
+            request_id,
+        };
+        self.writer
+            .lock()
+            .await
+            .send(&ClientFrame {
+                frame: Some(client_frame::Frame::Ack(ack)),
+            })
+            .await?;
         Ok(())
     }
 
@@ -176,7 +213,11 @@ impl Consumer {
     }
 }
 
-async fn read_deliveries(mut reader: FrameReader, tx: mpsc::UnboundedSender<Result<ReceivedMessage, ClientError>>, receipts: Receipts) {
+async fn read_deliveries(
+    mut reader: FrameReader,
+    tx: mpsc::UnboundedSender<Result<ReceivedMessage, ClientError>>,
+    receipts: Receipts,
+) {
     loop {
         let frame = match next_frame(&mut reader).await {
             Ok(Some(f)) => f,
@@ -189,7 +230,9 @@ async fn read_deliveries(mut reader: FrameReader, tx: mpsc::UnboundedSender<Resu
         match frame.frame {
             Some(server_frame::Frame::Delivery(d)) => {
                 for m in d.messages {
-                    let (Some(id), Some(msg)) = (m.id, m.message) else { continue };
+                    let (Some(id), Some(msg)) = (m.id, m.message) else {
+                        continue;
+                    };
                     let received = ReceivedMessage {
                         id: id.into(),
                         payload: msg.payload,
@@ -217,7 +260,9 @@ async fn read_deliveries(mut reader: FrameReader, tx: mpsc::UnboundedSender<Resu
                 }
             }
             other => {
-                let _ = tx.send(Err(ClientError::Protocol(format!("unexpected frame on consumer stream: {other:?}"))));
+                let _ = tx.send(Err(ClientError::Protocol(format!(
+                    "unexpected frame on consumer stream: {other:?}"
+                ))));
                 break;
             }
         }

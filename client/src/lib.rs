@@ -56,7 +56,13 @@ impl Client {
     pub async fn connect(options: ClientOptions) -> Result<Self, ClientError> {
         strata_transport::install_crypto_provider();
         let c = connection::connect(&options).await?;
-        Ok(Self { inner: Arc::new(Inner { options, endpoint: c.endpoint, connection: c.connection }) })
+        Ok(Self {
+            inner: Arc::new(Inner {
+                options,
+                endpoint: c.endpoint,
+                connection: c.connection,
+            }),
+        })
     }
 
     /// Starts building a producer for `topic`.
@@ -79,7 +85,9 @@ impl Client {
 
     /// Closes the connection after the peer has received what was sent.
     pub async fn close(&self) {
-        self.inner.connection.close(quinn::VarInt::from_u32(0), b"client closed");
+        self.inner
+            .connection
+            .close(quinn::VarInt::from_u32(0), b"client closed");
         self.inner.endpoint.wait_idle().await;
     }
 }

@@ -11,7 +11,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use strata_proto::pb::client::{ClientFrame, Message, ProducerOpen, SendBatch, client_frame, server_frame};
+use strata_proto::pb::client::{
+    ClientFrame, Message, ProducerOpen, SendBatch, client_frame, server_frame,
+};
 use strata_proto::{MessageId, TopicName, WireError};
 use strata_transport::{FrameReader, FrameWriter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
@@ -30,7 +32,10 @@ pub struct OutgoingMessage {
 
 impl<T: Into<Bytes>> From<T> for OutgoingMessage {
     fn from(payload: T) -> Self {
-        Self { payload: payload.into(), ..Default::default() }
+        Self {
+            payload: payload.into(),
+            ..Default::default()
+        }
     }
 }
 
@@ -91,16 +96,27 @@ impl ProducerBuilder {
     pub async fn create(self) -> Result<Producer, ClientError> {
         let topic = TopicName::parse(&self.topic)?;
         let open = ClientFrame {
-            frame: Some(client_frame::Frame::ProducerOpen(ProducerOpen { topic: topic.to_string(), producer_name: self.name.clone() })),
+            frame: Some(client_frame::Frame::ProducerOpen(ProducerOpen {
+                topic: topic.to_string(),
+                producer_name: self.name.clone(),
+            })),
         };
         let max = self.client.max_frame_size();
         let (writer, mut reader) = open_stream(self.client.connection(), &open, max).await?;
         let name = match next_frame(&mut reader).await? {
             Some(f) => match f.frame {
                 Some(server_frame::Frame::ProducerReady(r)) => r.producer_name,
-                other => return Err(ClientError::Protocol(format!("expected ProducerReady, got {other:?}"))),
+                other => {
+                    return Err(ClientError::Protocol(format!(
+                        "expected ProducerReady, got {other:?}"
+                    )));
+                }
             },
-            None => return Err(ClientError::Protocol("stream ended before ProducerReady".into())),
+            None => {
+                return Err(ClientError::Protocol(
+                    "stream ended before ProducerReady".into(),
+                ));
+            }
         };
         let (tx, rx) = mpsc::channel(self.max_pending_messages.min(65_536));
         let in_flight: InFlight = Arc::new(Mutex::new(VecDeque::new()));
@@ -115,7 +131,14 @@ impl ProducerBuilder {
         };
         let batch_task = tokio::spawn(batcher.run());
         let receipt_task = tokio::spawn(read_receipts(reader, in_flight));
-        Ok(Producer { tx, permits: Arc::new(Semaphore::new(self.max_pending_messages)), name, topic, batch_task, receipt_task })
+        Ok(Producer {
+            tx,
+            permits: Arc::new(Semaphore::new(self.max_pending_messages)),
+            name,
+            topic,
+            batch_task,
+            receipt_task,
+        })
     }
 }
 
@@ -145,7 +168,9 @@ pub struct SendFuture(oneshot::Receiver<Result<MessageId, ClientError>>);
 impl Future for SendFuture {
     type Output = Result<MessageId, ClientError>;
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.0).poll(cx).map(|r| r.unwrap_or(Err(ClientError::Closed("producer"))))
+        Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|r| r.unwrap_or(Err(ClientError::Closed("producer"))))
     }
 }
 
@@ -160,17 +185,40 @@ impl Producer {
 
     /// Queues a message, waiting only while the pending queue is full; the returned future
     /// resolves once the message is stored. Use it to keep many messages in flight.
-    pub async fn send_async(&self, message: impl Into<OutgoingMessage>) -> Result<SendFuture, ClientError> {
+    pub async fn send_async(
+        &self,
+        message: impl Into<OutgoingMessage>,
+    ) -> Result<SendFuture, ClientError> {
         let m = message.into();
-        let permit = self.permits.clone().acquire_owned().await.map_err(|_| ClientError::Closed("producer"))?;
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| ClientError::Closed("producer"))?;
         let (reply, rx) = oneshot::channel();
-        let message = Message { payload: m.payload, key: m.key.unwrap_or_default(), properties: m.properties, event_time_ms: m.event_time_ms };
-        self.tx.send(Queued { message, reply, _permit: permit }).await.map_err(|_| ClientError::Closed("producer"))?;
+        let message = Message {
+            payload: m.payload,
+            key: m.key.unwrap_or_default(),
+            properties: m.properties,
+            event_time_ms: m.event_time_ms,
+        };
+        self.tx
+            .send(Queued {
+                message,
+                reply,
+                _permit: permit,
+            })
+            .await
+            .map_err(|_| ClientError::Closed("producer"))?;
         Ok(SendFuture(rx))
     }
 
     /// Sends a message and waits until it is stored.
-    pub async fn send(&self, message: impl Into<OutgoingMessage>) -> Result<MessageId, ClientError> {
+    pub async fn send(
+        &self,
+        message: impl Into<OutgoingMessage>,
+    ) -> Result<MessageId, ClientError> {
         self.send_async(message).await?.await
     }
 
@@ -205,10 +253,12 @@ impl Batcher {
                 let next = match self.rx.try_recv() {
                     Ok(q) => Some(q),
                     Err(mpsc::error::TryRecvError::Disconnected) => None,
-                    Err(mpsc::error::TryRecvError::Empty) => match tokio::time::timeout_at(deadline, self.rx.recv()).await {
-                        Ok(q) => q,
-                        Err(_) => None,
-                    },
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                            Ok(q) => q,
+                            Err(_) => None,
+                        }
+                    }
                 };
                 match next {
                     Some(q) => {
@@ -233,7 +283,12 @@ impl Batcher {
 
     async fn write(&mut self, sequence_id: u64, batch: Vec<Queued>) -> Result<(), WireError> {
         let messages: Vec<Message> = batch.iter().map(|q| q.message.clone()).collect();
-        let frame = ClientFrame { frame: Some(client_frame::Frame::Send(SendBatch { sequence_id, messages })) };
+        let frame = ClientFrame {
+            frame: Some(client_frame::Frame::Send(SendBatch {
+                sequence_id,
+                messages,
+            })),
+        };
         let encoded = match strata_proto::encode_frame(&frame, self.max_frame_size) {
             Ok(e) => e,
             Err(e) => {
@@ -246,10 +301,12 @@ impl Batcher {
             }
         };
         lock(&self.in_flight).push_back((sequence_id, batch));
-        self.writer
-            .send_encoded(encoded)
-            .await
-            .map_err(|e| WireError::new(strata_proto::ErrorCode::Unknown, format!("producer stream: {e}")))
+        self.writer.send_encoded(encoded).await.map_err(|e| {
+            WireError::new(
+                strata_proto::ErrorCode::Unknown,
+                format!("producer stream: {e}"),
+            )
+        })
     }
 }
 
@@ -269,28 +326,50 @@ async fn read_receipts(mut reader: FrameReader, in_flight: InFlight) {
     let end = loop {
         let frame = match next_frame(&mut reader).await {
             Ok(Some(f)) => f,
-            Ok(None) => break WireError::new(strata_proto::ErrorCode::Unknown, "producer stream closed by the broker"),
+            Ok(None) => {
+                break WireError::new(
+                    strata_proto::ErrorCode::Unknown,
+                    "producer stream closed by the broker",
+                );
+            }
             Err(ClientError::Server(e)) => break e,
             Err(e) => break WireError::new(strata_proto::ErrorCode::Unknown, e.to_string()),
         };
         let Some(server_frame::Frame::Receipt(receipt)) = frame.frame else {
-            break WireError::new(strata_proto::ErrorCode::ProtocolViolation, "expected a SendReceipt");
+            break WireError::new(
+                strata_proto::ErrorCode::ProtocolViolation,
+                "expected a SendReceipt",
+            );
         };
         let Some((seq, batch)) = lock(&in_flight).pop_front() else {
-            break WireError::new(strata_proto::ErrorCode::ProtocolViolation, "receipt for no pending batch");
+            break WireError::new(
+                strata_proto::ErrorCode::ProtocolViolation,
+                "receipt for no pending batch",
+            );
         };
         if seq != receipt.sequence_id {
-            break WireError::new(strata_proto::ErrorCode::ProtocolViolation, format!("receipt for batch {} while {seq} is oldest", receipt.sequence_id));
+            break WireError::new(
+                strata_proto::ErrorCode::ProtocolViolation,
+                format!(
+                    "receipt for batch {} while {seq} is oldest",
+                    receipt.sequence_id
+                ),
+            );
         }
         match (receipt.message_id, receipt.error) {
             (Some(first), None) => {
                 let first = MessageId::from(first);
                 for (i, q) in batch.into_iter().enumerate() {
-                    let _ = q.reply.send(Ok(MessageId { batch_index: i as u32, ..first }));
+                    let _ = q.reply.send(Ok(MessageId {
+                        batch_index: i as u32,
+                        ..first
+                    }));
                 }
             }
             (_, error) => {
-                let e: WireError = error.map(Into::into).unwrap_or_else(|| WireError::new(strata_proto::ErrorCode::Unknown, "receipt without id"));
+                let e: WireError = error.map(Into::into).unwrap_or_else(|| {
+                    WireError::new(strata_proto::ErrorCode::Unknown, "receipt without id")
+                });
                 for q in batch {
                     let _ = q.reply.send(Err(ClientError::Server(e.clone())));
                 }

@@ -50,7 +50,13 @@ impl ErrorCode {
 
     /// Whether retrying the same request later may succeed.
     pub fn is_retryable(self) -> bool {
-        matches!(self, ErrorCode::StorageError | ErrorCode::MetadataError | ErrorCode::ServiceNotReady | ErrorCode::TooManyRequests)
+        matches!(
+            self,
+            ErrorCode::StorageError
+                | ErrorCode::MetadataError
+                | ErrorCode::ServiceNotReady
+                | ErrorCode::TooManyRequests
+        )
     }
 }
 
@@ -64,19 +70,28 @@ pub struct WireError {
 
 impl WireError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
+        Self {
+            code,
+            message: message.into(),
+        }
     }
 }
 
 impl From<ErrorInfo> for WireError {
     fn from(e: ErrorInfo) -> Self {
-        Self { code: ErrorCode::from_u32(e.code), message: e.message }
+        Self {
+            code: ErrorCode::from_u32(e.code),
+            message: e.message,
+        }
     }
 }
 
 impl From<WireError> for ErrorInfo {
     fn from(e: WireError) -> Self {
-        Self { code: e.code as u32, message: e.message }
+        Self {
+            code: e.code as u32,
+            message: e.message,
+        }
     }
 }
 

@@ -46,7 +46,10 @@ pub fn encode_frame<M: prost::Message>(msg: &M, max: usize) -> Result<Bytes, Fra
 
 /// Decodes a frame body into a message, naming the expected type in the error.
 pub fn decode_body<M: prost::Message + Default>(body: Bytes) -> Result<M, FrameError> {
-    M::decode(body).map_err(|source| FrameError::Malformed { what: std::any::type_name::<M>(), source })
+    M::decode(body).map_err(|source| FrameError::Malformed {
+        what: std::any::type_name::<M>(),
+        source,
+    })
 }
 
 /// Incremental decoder: feed it bytes as they arrive, take whole frame bodies out.
@@ -63,7 +66,9 @@ impl Default for FrameDecoder {
 
 impl FrameDecoder {
     pub fn new(max_frame_size: usize) -> Self {
-        Self { max_frame_size: max_frame_size.min(u32::MAX as usize) }
+        Self {
+            max_frame_size: max_frame_size.min(u32::MAX as usize),
+        }
     }
 
     pub fn max_frame_size(&self) -> usize {
@@ -74,7 +79,10 @@ impl FrameDecoder {
     pub fn check_length(&self, prefix: [u8; LENGTH_PREFIX]) -> Result<usize, FrameError> {
         let len = u32::from_be_bytes(prefix) as usize;
         if len > self.max_frame_size {
-            return Err(FrameError::TooLarge { len, max: self.max_frame_size });
+            return Err(FrameError::TooLarge {
+                len,
+                max: self.max_frame_size,
+            });
         }
         Ok(len)
     }
@@ -106,7 +114,10 @@ impl FrameDecoder {
             prefix.copy_from_slice(&buf[..LENGTH_PREFIX]);
             LENGTH_PREFIX + self.check_length(prefix)?
         };
-        Err(FrameError::Truncated { expected, got: buf.len() })
+        Err(FrameError::Truncated {
+            expected,
+            got: buf.len(),
+        })
     }
 }
 
@@ -116,7 +127,9 @@ mod tests {
     use crate::pb::client::{ClientFrame, Flow, client_frame};
 
     fn flow_frame(permits: u32) -> ClientFrame {
-        ClientFrame { frame: Some(client_frame::Frame::Flow(Flow { permits })) }
+        ClientFrame {
+            frame: Some(client_frame::Frame::Flow(Flow { permits })),
+        }
     }
 
     #[test]
@@ -124,7 +137,9 @@ mod tests {
         let dec = FrameDecoder::default();
         let mut wire = BytesMut::new();
         for p in 0..3 {
-            wire.extend_from_slice(&encode_frame(&flow_frame(p), DEFAULT_MAX_FRAME_SIZE).expect("encode"));
+            wire.extend_from_slice(
+                &encode_frame(&flow_frame(p), DEFAULT_MAX_FRAME_SIZE).expect("encode"),
+            );
         }
         let mut buf = BytesMut::new();
         let mut got = Vec::new();
@@ -143,14 +158,26 @@ mod tests {
     fn oversized_length_is_refused_before_the_body() {
         let dec = FrameDecoder::new(1024);
         let mut buf = BytesMut::from(&1025u32.to_be_bytes()[..]);
-        assert!(matches!(dec.decode(&mut buf), Err(FrameError::TooLarge { len: 1025, max: 1024 })));
+        assert!(matches!(
+            dec.decode(&mut buf),
+            Err(FrameError::TooLarge {
+                len: 1025,
+                max: 1024
+            })
+        ));
         let big = ClientFrame {
             frame: Some(client_frame::Frame::Send(crate::pb::client::SendBatch {
                 sequence_id: 1,
-                messages: vec![crate::pb::client::Message { payload: vec![0u8; 2048].into(), ..Default::default() }],
+                messages: vec![crate::pb::client::Message {
+                    payload: vec![0u8; 2048].into(),
+                    ..Default::default()
+                }],
             })),
         };
-        assert!(matches!(encode_frame(&big, 1024), Err(FrameError::TooLarge { max: 1024, .. })));
+        assert!(matches!(
+            encode_frame(&big, 1024),
+            Err(FrameError::TooLarge { max: 1024, .. })
+        ));
     }
 
     #[test]
@@ -166,7 +193,13 @@ mod tests {
             }
             other => panic!("expected Truncated, got {other:?}"),
         }
-        assert!(matches!(dec.finish(&BytesMut::from(&[0u8, 0][..])), Err(FrameError::Truncated { expected: 4, got: 2 })));
+        assert!(matches!(
+            dec.finish(&BytesMut::from(&[0u8, 0][..])),
+            Err(FrameError::Truncated {
+                expected: 4,
+                got: 2
+            })
+        ));
     }
 
     #[test]
@@ -175,7 +208,10 @@ mod tests {
         let mut buf = BytesMut::new();
         buf.put_u32(4);
         buf.put_slice(&[0xff, 0xff, 0xff, 0xff]);
-        let body = dec.decode(&mut buf).expect("length ok").expect("whole frame");
+        let body = dec
+            .decode(&mut buf)
+            .expect("length ok")
+            .expect("whole frame");
         let err = decode_body::<ClientFrame>(body).expect_err("garbage");
         assert!(err.to_string().contains("ClientFrame"), "{err}");
     }

@@ -12,7 +12,9 @@ pub const MIN_PROTOCOL_VERSION: u32 = 1;
 
 /// The peer's version range does not overlap ours.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("incompatible protocol: peer speaks versions {peer_min}..={peer_max}, this side {ours_min}..={ours_max}")]
+#[error(
+    "incompatible protocol: peer speaks versions {peer_min}..={peer_max}, this side {ours_min}..={ours_max}"
+)]
 pub struct IncompatibleVersion {
     pub peer_min: u32,
     pub peer_max: u32,
@@ -24,7 +26,11 @@ pub struct IncompatibleVersion {
 pub fn negotiate(hello: &Hello) -> Result<u32, IncompatibleVersion> {
     let peer_max = hello.protocol_version;
     // A peer that did not fill the minimum speaks exactly its version.
-    let peer_min = if hello.min_protocol_version == 0 { peer_max } else { hello.min_protocol_version };
+    let peer_min = if hello.min_protocol_version == 0 {
+        peer_max
+    } else {
+        hello.min_protocol_version
+    };
     let agreed = peer_max.min(PROTOCOL_VERSION);
     if agreed < MIN_PROTOCOL_VERSION || agreed < peer_min || peer_min > peer_max {
         return Err(IncompatibleVersion {
@@ -51,7 +57,11 @@ mod tests {
     use super::*;
 
     fn peer(min: u32, max: u32) -> Hello {
-        Hello { protocol_version: max, min_protocol_version: min, peer_name: "t".into() }
+        Hello {
+            protocol_version: max,
+            min_protocol_version: min,
+            peer_name: "t".into(),
+        }
     }
 
     #[test]
@@ -61,14 +71,21 @@ mod tests {
 
     #[test]
     fn newer_peer_that_still_speaks_ours_agrees_on_ours() {
-        assert_eq!(negotiate(&peer(1, PROTOCOL_VERSION + 5)), Ok(PROTOCOL_VERSION));
+        assert_eq!(
+            negotiate(&peer(1, PROTOCOL_VERSION + 5)),
+            Ok(PROTOCOL_VERSION)
+        );
     }
 
     #[test]
     fn peer_without_overlap_is_refused_with_both_ranges() {
-        let err = negotiate(&peer(PROTOCOL_VERSION + 1, PROTOCOL_VERSION + 2)).expect_err("too new");
+        let err =
+            negotiate(&peer(PROTOCOL_VERSION + 1, PROTOCOL_VERSION + 2)).expect_err("too new");
         assert_eq!(err.peer_min, PROTOCOL_VERSION + 1);
         assert!(err.to_string().contains("incompatible protocol"));
-        assert!(negotiate(&peer(0, 0)).is_err(), "version 0 was never released");
+        assert!(
+            negotiate(&peer(0, 0)).is_err(),
+            "version 0 was never released"
+        );
     }
 }

@@ -35,7 +35,10 @@ pub struct Position {
 
 impl Position {
     pub const fn new(ledger: u64, entry: u64) -> Self {
-        Self { ledger: LedgerId(ledger), entry: EntryId(entry) }
+        Self {
+            ledger: LedgerId(ledger),
+            entry: EntryId(entry),
+        }
     }
 }
 
@@ -55,11 +58,18 @@ pub struct MessageId {
 
 impl MessageId {
     pub const fn new(ledger: u64, entry: u64, batch_index: u32) -> Self {
-        Self { ledger: LedgerId(ledger), entry: EntryId(entry), batch_index }
+        Self {
+            ledger: LedgerId(ledger),
+            entry: EntryId(entry),
+            batch_index,
+        }
     }
 
     pub const fn position(&self) -> Position {
-        Position { ledger: self.ledger, entry: self.entry }
+        Position {
+            ledger: self.ledger,
+            entry: self.entry,
+        }
     }
 }
 
@@ -77,7 +87,11 @@ impl From<MessageIdData> for MessageId {
 
 impl From<MessageId> for MessageIdData {
     fn from(id: MessageId) -> Self {
-        Self { ledger_id: id.ledger.0, entry_id: id.entry.0, batch_index: id.batch_index }
+        Self {
+            ledger_id: id.ledger.0,
+            entry_id: id.entry.0,
+            batch_index: id.batch_index,
+        }
     }
 }
 

@@ -35,7 +35,10 @@ impl NamespaceName {
     pub fn new(tenant: &str, namespace: &str) -> Result<Self, TopicNameError> {
         validate_part("tenant", tenant)?;
         validate_part("namespace", namespace)?;
-        Ok(Self { tenant: tenant.to_owned(), namespace: namespace.to_owned() })
+        Ok(Self {
+            tenant: tenant.to_owned(),
+            namespace: namespace.to_owned(),
+        })
     }
 
     pub fn tenant(&self) -> &str {
@@ -88,7 +91,10 @@ impl TopicName {
             _ => return Err(TopicNameError::WrongShape(s.to_owned())),
         };
         validate_part("topic", local)?;
-        Ok(Self { namespace: NamespaceName::new(tenant, namespace)?, local: local.to_owned() })
+        Ok(Self {
+            namespace: NamespaceName::new(tenant, namespace)?,
+            local: local.to_owned(),
+        })
     }
 
     pub fn namespace(&self) -> &NamespaceName {
@@ -122,7 +128,10 @@ impl FromStr for TopicName {
 fn validate_part(part: &'static str, value: &str) -> Result<(), TopicNameError> {
     let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '=' | ':');
     if value.is_empty() || value.len() > MAX_PART_LEN || !value.chars().all(ok_char) {
-        return Err(TopicNameError::InvalidPart { part, value: value.to_owned() });
+        return Err(TopicNameError::InvalidPart {
+            part,
+            value: value.to_owned(),
+        });
     }
     Ok(())
 }
@@ -133,7 +142,11 @@ mod tests {
 
     #[test]
     fn full_short_and_bare_names_normalise_to_the_full_form() {
-        for input in ["persistent://public/default/orders", "public/default/orders", "orders"] {
+        for input in [
+            "persistent://public/default/orders",
+            "public/default/orders",
+            "orders",
+        ] {
             let t = TopicName::parse(input).expect(input);
             assert_eq!(t.to_string(), "persistent://public/default/orders");
             assert_eq!(t.path(), "public/default/orders");
@@ -147,9 +160,18 @@ mod tests {
             TopicName::parse("non-persistent://a/b/c"),
             Err(TopicNameError::UnsupportedDomain(d)) if d == "non-persistent"
         ));
-        assert!(matches!(TopicName::parse("a/b"), Err(TopicNameError::WrongShape(_))));
-        assert!(matches!(TopicName::parse("persistent://a/b/c/d"), Err(TopicNameError::WrongShape(_))));
-        assert!(matches!(TopicName::parse("persistent://orders"), Err(TopicNameError::WrongShape(_))));
+        assert!(matches!(
+            TopicName::parse("a/b"),
+            Err(TopicNameError::WrongShape(_))
+        ));
+        assert!(matches!(
+            TopicName::parse("persistent://a/b/c/d"),
+            Err(TopicNameError::WrongShape(_))
+        ));
+        assert!(matches!(
+            TopicName::parse("persistent://orders"),
+            Err(TopicNameError::WrongShape(_))
+        ));
         assert!(matches!(
             TopicName::parse("public/default/has space"),
             Err(TopicNameError::InvalidPart { part: "topic", .. })

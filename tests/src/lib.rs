@@ -33,7 +33,11 @@ impl TestStandalone {
         init_test_logging();
         let data_dir = config.data_dir.clone();
         let standalone = Standalone::start(config.clone()).await?;
-        Ok(Self { standalone, data_dir, config })
+        Ok(Self {
+            standalone,
+            data_dir,
+            config,
+        })
     }
 
     pub fn url(&self) -> String {
@@ -50,13 +54,20 @@ impl TestStandalone {
 
 /// A client of `server`, trusting its generated CA (as a remote client would).
 pub async fn client(server: &TestStandalone) -> anyhow::Result<Client> {
-    let options = ClientOptions { url: server.url(), tls_ca: server.standalone.ca_path.clone(), ..ClientOptions::default() };
+    let options = ClientOptions {
+        url: server.url(),
+        tls_ca: server.standalone.ca_path.clone(),
+        ..ClientOptions::default()
+    };
     Ok(Client::connect(options).await?)
 }
 
 /// Logs to the test output when `STRATA_LOG` is set (e.g. `STRATA_LOG=debug`).
 pub fn init_test_logging() {
     if let Ok(filter) = std::env::var("STRATA_LOG") {
-        let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new(filter)).with_test_writer().try_init();
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
     }
 }

@@ -15,15 +15,27 @@ const PER_PRODUCER: usize = 5_000;
 async fn restart_redelivers_exactly_the_unacknowledged_half() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     // Small ledgers so the run crosses several ledger rollovers.
-    let config = strata_cli::config::StandaloneConfig { max_entries_per_ledger: 50, ..test_config(dir.path()) };
+    let config = strata_cli::config::StandaloneConfig {
+        max_entries_per_ledger: 50,
+        ..test_config(dir.path())
+    };
     let server = TestStandalone::start(config).await?;
     let topic = "persistent://public/default/e2e";
     let c = client(&server).await?;
 
-    let mut consumer = c.consumer(topic, "sub").initial_position(InitialPosition::Earliest).subscribe().await?;
+    let mut consumer = c
+        .consumer(topic, "sub")
+        .initial_position(InitialPosition::Earliest)
+        .subscribe()
+        .await?;
     let mut senders = Vec::new();
     for p in 0..2 {
-        let producer = c.producer(topic).name(&format!("p{p}")).batch_max_messages(100).create().await?;
+        let producer = c
+            .producer(topic)
+            .name(&format!("p{p}"))
+            .batch_max_messages(100)
+            .create()
+            .await?;
         senders.push(tokio::spawn(async move {
             let mut pending = Vec::new();
             for i in 0..PER_PRODUCER {
@@ -42,10 +54,15 @@ async fn restart_redelivers_exactly_the_unacknowledged_half() -> anyhow::Result<
     for n in 0..2 * PER_PRODUCER {
         let msg = tokio::time::timeout(Duration::from_secs(30), consumer.receive()).await??;
         let text = String::from_utf8(msg.payload.to_vec())?;
-        let (producer, index) = text.split_once('-').ok_or_else(|| anyhow::anyhow!("bad payload {text}"))?;
+        let (producer, index) = text
+            .split_once('-')
+            .ok_or_else(|| anyhow::anyhow!("bad payload {text}"))?;
         let index: usize = index.parse()?;
         let expected = next_expected.entry(producer.to_owned()).or_default();
-        assert_eq!(index, *expected, "producer {producer}'s messages out of order at message {n}");
+        assert_eq!(
+            index, *expected,
+            "producer {producer}'s messages out of order at message {n}"
+        );
         *expected += 1;
         if index % 2 == 0 {
             consumer.ack(msg.id).await?;
@@ -66,7 +83,13 @@ async fn restart_redelivers_exactly_the_unacknowledged_half() -> anyhow::Result<
         let msg = tokio::time::timeout(Duration::from_secs(30), consumer.receive()).await??;
         redelivered.push(String::from_utf8(msg.payload.to_vec())?);
     }
-    let mut expected: Vec<String> = (0..2).flat_map(|p| (0..PER_PRODUCER).filter(|i| i % 2 == 1).map(move |i| format!("p{p}-{i}"))).collect();
+    let mut expected: Vec<String> = (0..2)
+        .flat_map(|p| {
+            (0..PER_PRODUCER)
+                .filter(|i| i % 2 == 1)
+                .map(move |i| format!("p{p}-{i}"))
+        })
+        .collect();
     let mut got = redelivered.clone();
     got.sort();
     expected.sort();
@@ -95,12 +118,18 @@ async fn cumulative_ack_survives_restart() -> anyhow::Result<()> {
     for f in pending {
         f.await?;
     }
-    let mut consumer = c.consumer(topic, "s").initial_position(InitialPosition::Earliest).subscribe().await?;
+    let mut consumer = c
+        .consumer(topic, "s")
+        .initial_position(InitialPosition::Earliest)
+        .subscribe()
+        .await?;
     let mut last = None;
     for _ in 0..60 {
         last = Some(consumer.receive().await?.id);
     }
-    consumer.ack_cumulative(last.ok_or_else(|| anyhow::anyhow!("no message"))?).await?;
+    consumer
+        .ack_cumulative(last.ok_or_else(|| anyhow::anyhow!("no message"))?)
+        .await?;
     consumer.close().await?;
     c.close().await;
 
@@ -128,7 +157,11 @@ async fn receipts_carry_increasing_message_ids() -> anyhow::Result<()> {
         ids.push(f.await?);
     }
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids increase: {ids:?}");
-    let mut consumer = c.consumer("ids", "s").initial_position(InitialPosition::Earliest).subscribe().await?;
+    let mut consumer = c
+        .consumer("ids", "s")
+        .initial_position(InitialPosition::Earliest)
+        .subscribe()
+        .await?;
     for expected in &ids {
         let m = consumer.receive().await?;
         assert_eq!(m.id, *expected);

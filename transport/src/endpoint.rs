@@ -46,14 +46,21 @@ impl TransportTuning {
             .max_concurrent_uni_streams(VarInt::from_u32(0))
             .keep_alive_interval(Some(self.keep_alive))
             .max_idle_timeout(Some(
-                self.idle_timeout.try_into().map_err(|_| TransportError::Tls("idle timeout too large".into()))?,
+                self.idle_timeout
+                    .try_into()
+                    .map_err(|_| TransportError::Tls("idle timeout too large".into()))?,
             ));
         Ok(t)
     }
 }
 
 /// A server endpoint bound to `addr` (port 0 picks a free port) speaking `alpn`.
-pub fn server_endpoint(addr: SocketAddr, tls: &ServerTls, alpn: &[u8], tuning: &TransportTuning) -> Result<Endpoint, TransportError> {
+pub fn server_endpoint(
+    addr: SocketAddr,
+    tls: &ServerTls,
+    alpn: &[u8],
+    tuning: &TransportTuning,
+) -> Result<Endpoint, TransportError> {
     let mut rustls_config = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TransportError::Tls(e.to_string()))?
@@ -62,21 +69,33 @@ pub fn server_endpoint(addr: SocketAddr, tls: &ServerTls, alpn: &[u8], tuning: &
         .map_err(|e| TransportError::Tls(format!("server certificate/key: {e}")))?;
     rustls_config.alpn_protocols = vec![alpn.to_vec()];
     rustls_config.max_early_data_size = 0;
-    let crypto = QuicServerConfig::try_from(rustls_config).map_err(|e| TransportError::Tls(e.to_string()))?;
+    let crypto = QuicServerConfig::try_from(rustls_config)
+        .map_err(|e| TransportError::Tls(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config.transport_config(Arc::new(tuning.quinn_config()?));
     Endpoint::server(config, addr).map_err(|source| TransportError::Bind { addr, source })
 }
 
 /// A client endpoint for servers of one address family, speaking `alpn`.
-pub fn client_endpoint(server: SocketAddr, trust: &ClientTrust, alpn: &[u8], tuning: &TransportTuning) -> Result<Endpoint, TransportError> {
-    let bind: SocketAddr = if server.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
-        .parse()
-        .map_err(|_| TransportError::Tls("bad bind address".into()))?;
-    let crypto = QuicClientConfig::try_from(trust.rustls_config(alpn)?).map_err(|e| TransportError::Tls(e.to_string()))?;
+pub fn client_endpoint(
+    server: SocketAddr,
+    trust: &ClientTrust,
+    alpn: &[u8],
+    tuning: &TransportTuning,
+) -> Result<Endpoint, TransportError> {
+    let bind: SocketAddr = if server.is_ipv6() {
+        "[::]:0"
+    } else {
+        "0.0.0.0:0"
+    }
+    .parse()
+    .map_err(|_| TransportError::Tls("bad bind address".into()))?;
+    let crypto = QuicClientConfig::try_from(trust.rustls_config(alpn)?)
+        .map_err(|e| TransportError::Tls(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     config.transport_config(Arc::new(tuning.quinn_config()?));
-    let mut endpoint = Endpoint::client(bind).map_err(|source| TransportError::Bind { addr: bind, source })?;
+    let mut endpoint =
+        Endpoint::client(bind).map_err(|source| TransportError::Bind { addr: bind, source })?;
     endpoint.set_default_client_config(config);
     Ok(endpoint)
 }

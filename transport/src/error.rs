@@ -37,6 +37,9 @@ pub enum TransportError {
 impl TransportError {
     /// Whether a new connection attempt may succeed.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::Connect { .. } | Self::Connection(_) | Self::Write(_) | Self::Read(_))
+        matches!(
+            self,
+            Self::Connect { .. } | Self::Connection(_) | Self::Write(_) | Self::Read(_)
+        )
     }
 }

@@ -16,7 +16,10 @@ pub struct FrameWriter {
 
 impl FrameWriter {
     pub fn new(send: SendStream, max_frame_size: usize) -> Self {
-        Self { send, max_frame_size }
+        Self {
+            send,
+            max_frame_size,
+        }
     }
 
     pub async fn send<M: prost::Message>(&mut self, msg: &M) -> Result<(), TransportError> {
@@ -26,7 +29,10 @@ impl FrameWriter {
 
     /// Writes an already encoded frame (lets a caller encode outside a lock).
     pub async fn send_encoded(&mut self, frame: Bytes) -> Result<(), TransportError> {
-        self.send.write_all(&frame).await.map_err(TransportError::Write)
+        self.send
+            .write_all(&frame)
+            .await
+            .map_err(TransportError::Write)
     }
 
     /// Gracefully ends the stream: the peer reads everything sent, then end-of-stream.
@@ -50,7 +56,10 @@ pub struct FrameReader {
 
 impl FrameReader {
     pub fn new(recv: RecvStream, max_frame_size: usize) -> Self {
-        Self { recv, decoder: FrameDecoder::new(max_frame_size) }
+        Self {
+            recv,
+            decoder: FrameDecoder::new(max_frame_size),
+        }
     }
 
     /// The next frame, or `None` at a clean end of stream (between frames).
@@ -68,13 +77,21 @@ impl FrameReader {
             return Ok(None);
         }
         if got < LENGTH_PREFIX {
-            return Err(FrameError::Truncated { expected: LENGTH_PREFIX, got }.into());
+            return Err(FrameError::Truncated {
+                expected: LENGTH_PREFIX,
+                got,
+            }
+            .into());
         }
         let len = self.decoder.check_length(prefix)?;
         let mut body = vec![0u8; len];
         let got = self.read_up_to(&mut body).await?;
         if got < len {
-            return Err(FrameError::Truncated { expected: LENGTH_PREFIX + len, got: LENGTH_PREFIX + got }.into());
+            return Err(FrameError::Truncated {
+                expected: LENGTH_PREFIX + len,
+                got: LENGTH_PREFIX + got,
+            }
+            .into());
         }
         Ok(Some(Bytes::from(body)))
     }

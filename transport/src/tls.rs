@@ -41,7 +41,10 @@ pub struct ServerTls {
 
 impl Clone for ServerTls {
     fn clone(&self) -> Self {
-        Self { cert_chain: self.cert_chain.clone(), key: self.key.clone_key() }
+        Self {
+            cert_chain: self.cert_chain.clone(),
+            key: self.key.clone_key(),
+        }
     }
 }
 
@@ -55,7 +58,11 @@ pub struct DevTlsPaths {
 
 impl DevTlsPaths {
     pub fn in_dir(dir: &Path) -> Self {
-        Self { ca_cert: dir.join("ca.pem"), server_cert: dir.join("server.pem"), server_key: dir.join("server.key") }
+        Self {
+            ca_cert: dir.join("ca.pem"),
+            server_cert: dir.join("server.pem"),
+            server_key: dir.join("server.key"),
+        }
     }
 }
 
@@ -63,34 +70,56 @@ impl ServerTls {
     /// Loads a PEM certificate chain and a PEM private key.
     pub fn from_pem_files(cert: &Path, key: &Path) -> Result<Self, TransportError> {
         let cert_chain = read_certs(cert)?;
-        let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TransportError::Tls(format!("{}: {e}", key.display())))?;
+        let key = PrivateKeyDer::from_pem_file(key)
+            .map_err(|e| TransportError::Tls(format!("{}: {e}", key.display())))?;
         Ok(Self { cert_chain, key })
     }
 
     /// Loads the development certificate from `dir`, generating a CA and a server certificate
     /// for `localhost`, `127.0.0.1`, `::1` and `extra_names` the first time.
-    pub fn dev_in_dir(dir: &Path, extra_names: &[String]) -> Result<(Self, DevTlsPaths), TransportError> {
+    pub fn dev_in_dir(
+        dir: &Path,
+        extra_names: &[String],
+    ) -> Result<(Self, DevTlsPaths), TransportError> {
         let paths = DevTlsPaths::in_dir(dir);
         if !(paths.ca_cert.exists() && paths.server_cert.exists() && paths.server_key.exists()) {
             generate_dev_material(&paths, extra_names)?;
         }
-        Ok((Self::from_pem_files(&paths.server_cert, &paths.server_key)?, paths))
+        Ok((
+            Self::from_pem_files(&paths.server_cert, &paths.server_key)?,
+            paths,
+        ))
     }
 }
 
-fn generate_dev_material(paths: &DevTlsPaths, extra_names: &[String]) -> Result<(), TransportError> {
-    let tls_err = |e: rcgen::Error| TransportError::Tls(format!("generating development certificate: {e}"));
+fn generate_dev_material(
+    paths: &DevTlsPaths,
+    extra_names: &[String],
+) -> Result<(), TransportError> {
+    let tls_err =
+        |e: rcgen::Error| TransportError::Tls(format!("generating development certificate: {e}"));
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(tls_err)?;
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "Strata development CA");
-    ca_params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "Strata development CA");
+    ca_params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
     let ca_key = rcgen::KeyPair::generate().map_err(tls_err)?;
     let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).map_err(tls_err)?;
 
-    let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
+    let mut names = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ];
     names.extend(extra_names.iter().cloned());
     let mut params = rcgen::CertificateParams::new(names).map_err(tls_err)?;
-    params.distinguished_name.push(rcgen::DnType::CommonName, "strata");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "strata");
     let key = rcgen::KeyPair::generate().map_err(tls_err)?;
     let cert = params.signed_by(&key, &ca).map_err(tls_err)?;
 
@@ -109,18 +138,27 @@ fn write_file(path: &Path, data: &[u8]) -> Result<(), TransportError> {
 }
 
 fn io_err(path: &Path, source: std::io::Error) -> TransportError {
-    TransportError::Io { path: path.display().to_string(), source }
+    TransportError::Io {
+        path: path.display().to_string(),
+        source,
+    }
 }
 
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TransportError> {
     if !path.exists() {
-        return Err(io_err(path, std::io::Error::new(std::io::ErrorKind::NotFound, "no such file")));
+        return Err(io_err(
+            path,
+            std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+        ));
     }
     let certs = CertificateDer::pem_file_iter(path)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
         .map_err(|e| TransportError::Tls(format!("{}: {e}", path.display())))?;
     if certs.is_empty() {
-        return Err(TransportError::Tls(format!("{}: no certificate in file", path.display())));
+        return Err(TransportError::Tls(format!(
+            "{}: no certificate in file",
+            path.display()
+        )));
     }
     Ok(certs)
 }
@@ -151,7 +189,10 @@ impl ClientTrust {
         }
     }
 
-    pub(crate) fn rustls_config(&self, alpn: &[u8]) -> Result<rustls::ClientConfig, TransportError> {
+    pub(crate) fn rustls_config(
+        &self,
+        alpn: &[u8],
+    ) -> Result<rustls::ClientConfig, TransportError> {
         let builder = rustls::ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| TransportError::Tls(e.to_string()))?;
@@ -159,13 +200,17 @@ impl ClientTrust {
             ClientTrust::Roots(roots) => {
                 let mut store = rustls::RootCertStore::empty();
                 for cert in roots {
-                    store.add(cert.clone()).map_err(|e| TransportError::Tls(format!("bad CA certificate: {e}")))?;
+                    store
+                        .add(cert.clone())
+                        .map_err(|e| TransportError::Tls(format!("bad CA certificate: {e}")))?;
                 }
                 builder.with_root_certificates(store).with_no_client_auth()
             }
             ClientTrust::LoopbackDev => builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(LoopbackDevVerifier { provider: provider() }))
+                .with_custom_certificate_verifier(Arc::new(LoopbackDevVerifier {
+                    provider: provider(),
+                }))
                 .with_no_client_auth(),
         };
         config.alpn_protocols = vec![alpn.to_vec()];
@@ -176,7 +221,8 @@ impl ClientTrust {
 /// True for `localhost` and loopback IP addresses.
 pub fn is_loopback(host: &str) -> bool {
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    host.eq_ignore_ascii_case("localhost") || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Accepts the server's certificate without a CA, but only for loopback server names, and
@@ -203,7 +249,9 @@ impl ServerCertVerifier for LoopbackDevVerifier {
         if loopback {
             Ok(ServerCertVerified::assertion())
         } else {
-            Err(rustls::Error::General("development trust is only for loopback servers; pass --tls-ca".into()))
+            Err(rustls::Error::General(
+                "development trust is only for loopback servers; pass --tls-ca".into(),
+            ))
         }
     }
 
@@ -213,7 +261,12 @@ impl ServerCertVerifier for LoopbackDevVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -222,11 +275,18 @@ impl ServerCertVerifier for LoopbackDevVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -249,7 +309,10 @@ mod tests {
     fn non_loopback_without_ca_is_an_error() {
         let err = ClientTrust::resolve(None, "10.1.2.3").expect_err("must refuse");
         assert!(err.to_string().contains("--tls-ca"), "{err}");
-        assert!(matches!(ClientTrust::resolve(None, "127.0.0.1"), Ok(ClientTrust::LoopbackDev)));
+        assert!(matches!(
+            ClientTrust::resolve(None, "127.0.0.1"),
+            Ok(ClientTrust::LoopbackDev)
+        ));
     }
 
     /// The development material is generated once and reused, so a trusted ca.pem stays valid.
