@@ -449,7 +449,11 @@ async fn consumer_session(
                 BrokerMetrics::add(&metrics.messages_out, d.messages.len() as u64);
             }
             let fatal = matches!(frame.frame, Some(server_frame::Frame::Error(_)));
-            if writer.send(&frame).await.is_err() || fatal {
+            if let Err(e) = writer.send(&frame).await {
+                warn!(error = %e, "consumer stream write failed");
+                break;
+            }
+            if fatal {
                 break;
             }
         }

@@ -26,6 +26,9 @@ use crate::managed_ledger::ManagedLedger;
 /// Most entries read from storage in one go by a dispatcher.
 const MAX_READ_ENTRIES: usize = 256;
 
+/// Payload bytes per `Delivery` frame, well under the default 5 MiB frame limit.
+const MAX_DELIVERY_FRAME_BYTES: usize = 1024 * 1024;
+
 /// Frames to one consumer's stream writer.
 pub type ConsumerTx = mpsc::Sender<ServerFrame>;
 
@@ -396,19 +399,28 @@ async fn dispatch_once(
         .ml
         .read(from, MAX_READ_ENTRIES.min(permits as usize))
         .await?;
-    let Some(&(last_pos, _)) = entries.last() else {
+    if entries.is_empty() {
         return Ok(DispatchOutcome::Idle);
-    };
+    }
     let mut st = sub.state.lock().await;
     // The consumer may have left, or been replaced, while we read.
     if st.read_position != Some(from) || !st.consumer.as_ref().is_some_and(|c| c.id == consumer_id)
     {
         return Ok(DispatchOutcome::Delivered);
     }
-    let mut delivery = Delivery {
+    // Permits count messages, as in Pulsar: stop before an entry that would start past them
+    // (an entry is delivered whole, so the last one may overshoot a little).
+    let mut frames = vec![Delivery {
         messages: Vec::new(),
-    };
+    }];
+    let mut frame_bytes = 0usize;
+    let mut count = 0i64;
+    let mut last_included = None;
     for (pos, data) in entries {
+        if count >= permits {
+            break;
+        }
+        last_included = Some(pos);
         let batch = StoredBatch::decode(data)
             .map_err(|e| BrokerError::Corrupt(format!("entry {pos} of {}: {e}", sub.topic)))?;
         let batch_size = batch.messages.len() as u32;
@@ -424,18 +436,31 @@ async fn dispatch_once(
             if st.cursor.is_acked(id) {
                 continue;
             }
-            delivery.messages.push(DeliveredMessage {
-                id: Some(id.into()),
-                message: Some(message),
-                producer_name: batch.producer_name.clone(),
-                publish_time_ms: batch.publish_time_ms,
-                redelivery_count: 0,
-            });
+            // Keep every Delivery frame far below the frame size limit.
+            if frame_bytes >= MAX_DELIVERY_FRAME_BYTES {
+                frames.push(Delivery {
+                    messages: Vec::new(),
+                });
+                frame_bytes = 0;
+            }
+            frame_bytes += message.payload.len() + message.key.len() + 64;
+            count += 1;
+            if let Some(frame) = frames.last_mut() {
+                frame.messages.push(DeliveredMessage {
+                    id: Some(id.into()),
+                    message: Some(message),
+                    producer_name: batch.producer_name.clone(),
+                    publish_time_ms: batch.publish_time_ms,
+                    redelivery_count: 0,
+                });
+            }
         }
         st.pending.insert(pos, batch_size);
     }
+    let Some(last_pos) = last_included else {
+        return Ok(DispatchOutcome::Idle);
+    };
     st.read_position = sub.ml.next_position(last_pos);
-    let count = delivery.messages.len() as i64;
     let Some(c) = st.consumer.as_mut() else {
         return Ok(DispatchOutcome::Detached);
     };
@@ -444,11 +469,13 @@ async fn dispatch_once(
     drop(st);
     if count > 0 {
         debug!(topic = %sub.topic, count, "delivering");
-        let frame = ServerFrame {
-            frame: Some(server_frame::Frame::Delivery(delivery)),
-        };
-        if tx.send(frame).await.is_err() {
-            return Ok(DispatchOutcome::Detached);
+        for delivery in frames.into_iter().filter(|d| !d.messages.is_empty()) {
+            let frame = ServerFrame {
+                frame: Some(server_frame::Frame::Delivery(delivery)),
+            };
+            if tx.send(frame).await.is_err() {
+                return Ok(DispatchOutcome::Detached);
+            }
         }
     }
     Ok(DispatchOutcome::Delivered)

@@ -168,3 +168,44 @@ async fn receipts_carry_increasing_message_ids() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Permits count messages, not entries, and deliveries stay within the frame limit: a
+/// consumer with a small receive queue gets every message of large batches (here 64 entries
+/// of 1,000 × 1 KiB messages, 64 MiB in all, far more than one frame can carry).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_batches_are_delivered_within_permits_and_frame_limits() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = TestStandalone::start(test_config(dir.path())).await?;
+    let c = client(&server).await?;
+    let producer = c
+        .producer("big")
+        .batch_max_messages(1000)
+        .batch_max_bytes(4 * 1024 * 1024)
+        .create()
+        .await?;
+    let payload = bytes::Bytes::from(vec![7u8; 1024]);
+    let mut pending = Vec::new();
+    for _ in 0..64_000 {
+        pending.push(producer.send_async(payload.clone()).await?);
+    }
+    let mut entries = std::collections::BTreeSet::new();
+    for f in pending {
+        entries.insert(f.await?.position());
+    }
+    assert!(
+        entries.len() < 1000,
+        "messages were batched ({} entries)",
+        entries.len()
+    );
+    let mut consumer = c
+        .consumer("big", "s")
+        .initial_position(InitialPosition::Earliest)
+        .receiver_queue_size(100)
+        .subscribe()
+        .await?;
+    for _ in 0..64_000 {
+        let m = tokio::time::timeout(Duration::from_secs(30), consumer.receive()).await??;
+        assert_eq!(m.payload.len(), 1024);
+    }
+    Ok(())
+}
