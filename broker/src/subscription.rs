@@ -48,6 +48,8 @@ struct SubState {
     consumer: Option<Attached>,
     /// Sequence number of the latest cursor change.
     change_seq: u64,
+    /// Messages per entry seen last, to read about as many entries as the permits cover.
+    messages_per_entry: u32,
 }
 
 pub struct Subscription {
@@ -105,6 +107,7 @@ impl Subscription {
                 pending: BTreeMap::new(),
                 consumer: None,
                 change_seq: 0,
+                messages_per_entry: 1,
             }),
             wake_dispatcher: Notify::new(),
             wake_flusher: Arc::new(Notify::new()),
@@ -381,7 +384,7 @@ async fn dispatch_once(
     sub: &Subscription,
     consumer_id: u64,
 ) -> Result<DispatchOutcome, BrokerError> {
-    let (from, permits) = {
+    let (from, permits, messages_per_entry) = {
         let mut st = sub.state.lock().await;
         let Some(c) = st.consumer.as_ref().filter(|c| c.id == consumer_id) else {
             return Ok(DispatchOutcome::Detached);
@@ -391,14 +394,15 @@ async fn dispatch_once(
             st.read_position = next_unacked(&sub.ml, &st.cursor);
         }
         match st.read_position {
-            Some(p) if permits > 0 => (p, permits),
+            Some(p) if permits > 0 => (p, permits, st.messages_per_entry.max(1)),
             _ => return Ok(DispatchOutcome::Idle),
         }
     };
-    let entries = sub
-        .ml
-        .read(from, MAX_READ_ENTRIES.min(permits as usize))
-        .await?;
+    // Enough entries to cover the permits, judging by the last batch size seen.
+    let want = (permits as usize)
+        .div_ceil(messages_per_entry as usize)
+        .clamp(1, MAX_READ_ENTRIES);
+    let entries = sub.ml.read(from, want).await?;
     if entries.is_empty() {
         return Ok(DispatchOutcome::Idle);
     }
@@ -424,6 +428,7 @@ async fn dispatch_once(
         let batch = StoredBatch::decode(data)
             .map_err(|e| BrokerError::Corrupt(format!("entry {pos} of {}: {e}", sub.topic)))?;
         let batch_size = batch.messages.len() as u32;
+        st.messages_per_entry = batch_size.max(1);
         if st.cursor.is_entry_acked(pos) || batch_size == 0 {
             continue;
         }
