@@ -35,7 +35,7 @@ pub struct PerfProduceArgs {
     /// Most unconfirmed messages per producer.
     #[arg(long, default_value_t = 10_000)]
     pub max_pending: usize,
-    /// Messages to send in total (0 = run for --duration-secs).
+    /// Messages to send in total (0 = run for --duration-secs instead).
     #[arg(short = 'n', long, default_value_t = 0)]
     pub num_messages: u64,
     #[arg(long, default_value_t = 10)]
@@ -179,7 +179,8 @@ pub async fn produce(client: &Client, args: PerfProduceArgs) -> anyhow::Result<(
         done_rx,
         progress(args.num_messages),
     ));
-    let deadline = Instant::now() + Duration::from_secs(args.duration_secs);
+    // A fixed-count run sends every message; otherwise the run lasts --duration-secs.
+    let deadline = (args.num_messages == 0).then(|| Instant::now() + Duration::from_secs(args.duration_secs));
     let producers = args.producers.max(1);
     let mut workers = Vec::new();
     for p in 0..producers {
@@ -218,7 +219,7 @@ pub async fn produce(client: &Client, args: PerfProduceArgs) -> anyhow::Result<(
             });
             let start = Instant::now();
             let mut sent = 0u64;
-            while sent < quota && Instant::now() < deadline {
+            while sent < quota && deadline.is_none_or(|d| Instant::now() < d) {
                 if per_producer_rate > 0.0 {
                     let due = start + Duration::from_secs_f64(sent as f64 / per_producer_rate);
                     tokio::time::sleep_until(due.into()).await;
