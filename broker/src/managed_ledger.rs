@@ -253,23 +253,34 @@ impl ManagedLedger {
             entries: None,
             size_bytes: 0,
         });
+        self.persist_ledgers(write, &ledgers).await?;
+        let mut view = self.view_write();
+        view.ledgers = ledgers;
+        view.current = Some(writer.clone());
+        Ok(writer)
+    }
+
+    /// Writes the ledger list by compare-and-set on the record version this writer holds.
+    async fn persist_ledgers(
+        &self,
+        write: &mut WriteState,
+        ledgers: &[LedgerInfo],
+    ) -> Result<(), BrokerError> {
         let record = ManagedLedgerRecord {
             format_version: FORMAT_VERSION,
-            ledgers: ledgers.clone(),
+            ledgers: ledgers.to_vec(),
         };
+        let key = keys::managed_ledger(&self.topic);
         let written = self
             .meta
             .put(
-                &keys::managed_ledger(&self.topic),
+                &key,
                 encode_record(&record)?,
                 Expect::Version(write.record_version),
             )
             .await?;
         write.record_version = written.version;
-        let mut view = self.view_write();
-        view.ledgers = ledgers;
-        view.current = Some(writer.clone());
-        Ok(writer)
+        Ok(())
     }
 
     /// A receiver that changes whenever an entry becomes durable.
@@ -476,19 +487,7 @@ impl ManagedLedger {
             l.entries = Some(last.map(|e| e.0 + 1).unwrap_or(0));
             l.size_bytes = writer.length_bytes();
         }
-        let record = ManagedLedgerRecord {
-            format_version: FORMAT_VERSION,
-            ledgers: ledgers.clone(),
-        };
-        let written = self
-            .meta
-            .put(
-                &keys::managed_ledger(&self.topic),
-                encode_record(&record)?,
-                Expect::Version(write.record_version),
-            )
-            .await?;
-        write.record_version = written.version;
+        self.persist_ledgers(&mut write, &ledgers).await?;
         self.view_write().ledgers = ledgers;
         Ok(())
     }

@@ -180,7 +180,8 @@ pub async fn produce(client: &Client, args: PerfProduceArgs) -> anyhow::Result<(
         progress(args.num_messages),
     ));
     // A fixed-count run sends every message; otherwise the run lasts --duration-secs.
-    let deadline = (args.num_messages == 0).then(|| Instant::now() + Duration::from_secs(args.duration_secs));
+    let deadline =
+        (args.num_messages == 0).then(|| Instant::now() + Duration::from_secs(args.duration_secs));
     let producers = args.producers.max(1);
     let mut workers = Vec::new();
     for p in 0..producers {
