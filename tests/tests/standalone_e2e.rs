@@ -209,3 +209,36 @@ async fn large_batches_are_delivered_within_permits_and_frame_limits() -> anyhow
     }
     Ok(())
 }
+
+/// Deleting a topic removes its messages and subscriptions: it leaves the topic list, and a
+/// topic re-created under the same name starts empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_topic_starts_empty_when_recreated() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = TestStandalone::start(test_config(dir.path())).await?;
+    let c = client(&server).await?;
+    let topic = "persistent://public/default/short-lived";
+    c.create_topic(topic).await?;
+    let producer = c.producer(topic).create().await?;
+    for i in 0..10 {
+        producer.send(format!("old-{i}")).await?;
+    }
+    producer.close().await?;
+    let mut consumer = c.consumer(topic, "s").initial_position(InitialPosition::Earliest).subscribe().await?;
+    consumer.receive().await?;
+    consumer.close().await?;
+
+    c.delete_topic(topic).await?;
+    assert!(!c.list_topics("public/default").await?.contains(&topic.to_owned()));
+    let err = c.topic_stats(topic).await.expect_err("gone");
+    assert_eq!(err.code(), Some(strata_client::ErrorCode::TopicNotFound));
+
+    c.create_topic(topic).await?;
+    c.producer(topic).create().await?.send("new").await?;
+    let mut consumer = c.consumer(topic, "s").initial_position(InitialPosition::Earliest).subscribe().await?;
+    let first = tokio::time::timeout(Duration::from_secs(30), consumer.receive()).await??;
+    assert_eq!(&first.payload[..], b"new", "no old message and no old cursor survive the delete");
+    let stats = c.topic_stats(topic).await?;
+    assert_eq!(stats.entries, 1);
+    Ok(())
+}
