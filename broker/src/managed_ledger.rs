@@ -291,13 +291,13 @@ impl ManagedLedger {
     /// The last durable entry, if any.
     pub fn last_confirmed(&self) -> Option<Position> {
         let view = self.view_read();
-        if let Some(w) = &view.current {
-            if let Some(lac) = w.last_add_confirmed() {
-                return Some(Position {
-                    ledger: w.id(),
-                    entry: lac,
-                });
-            }
+        if let Some(w) = &view.current
+            && let Some(lac) = w.last_add_confirmed()
+        {
+            return Some(Position {
+                ledger: w.id(),
+                entry: lac,
+            });
         }
         view.ledgers.iter().rev().find_map(|l| match l.entries {
             Some(n) if n > 0 => Some(Position {

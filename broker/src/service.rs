@@ -169,10 +169,10 @@ impl BrokerService {
     pub async fn close_all(&self) {
         let cells: Vec<_> = self.topics.lock().await.drain().map(|(_, c)| c).collect();
         for cell in cells {
-            if let Some(topic) = cell.get() {
-                if let Err(e) = topic.managed_ledger().close().await {
-                    warn!(topic = %topic.name(), error = %e, "closing topic on shutdown failed; it will be recovered on restart");
-                }
+            if let Some(topic) = cell.get()
+                && let Err(e) = topic.managed_ledger().close().await
+            {
+                warn!(topic = %topic.name(), error = %e, "closing topic on shutdown failed; it will be recovered on restart");
             }
         }
     }

@@ -181,7 +181,7 @@ impl Subscription {
         let seq = {
             let mut st = self.state.lock().await;
             let st = &mut *st;
-            if !st.consumer.as_ref().is_some_and(|c| c.id == consumer_id) {
+            if st.consumer.as_ref().is_none_or(|c| c.id != consumer_id) {
                 return Err(BrokerError::Protocol(
                     "ack from a consumer that is not attached".into(),
                 ));
@@ -408,8 +408,7 @@ async fn dispatch_once(
     }
     let mut st = sub.state.lock().await;
     // The consumer may have left, or been replaced, while we read.
-    if st.read_position != Some(from) || !st.consumer.as_ref().is_some_and(|c| c.id == consumer_id)
-    {
+    if st.read_position != Some(from) || st.consumer.as_ref().is_none_or(|c| c.id != consumer_id) {
         return Ok(DispatchOutcome::Delivered);
     }
     // Permits count messages, as in Pulsar: stop before an entry that would start past them

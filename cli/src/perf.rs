@@ -291,7 +291,7 @@ pub async fn consume(client: &Client, args: PerfConsumeArgs) -> anyhow::Result<(
             .record(latency_us, msg.payload.len());
         received += 1;
         last = Some(msg.id);
-        if received % 1000 == 0 {
+        if received.is_multiple_of(1000) {
             consumer.ack_cumulative(msg.id).await?;
         }
     }

@@ -254,10 +254,9 @@ impl Batcher {
                     Ok(q) => Some(q),
                     Err(mpsc::error::TryRecvError::Disconnected) => None,
                     Err(mpsc::error::TryRecvError::Empty) => {
-                        match tokio::time::timeout_at(deadline, self.rx.recv()).await {
-                            Ok(q) => q,
-                            Err(_) => None,
-                        }
+                        tokio::time::timeout_at(deadline, self.rx.recv())
+                            .await
+                            .unwrap_or_default()
                     }
                 };
                 match next {

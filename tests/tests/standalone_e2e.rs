@@ -64,7 +64,7 @@ async fn restart_redelivers_exactly_the_unacknowledged_half() -> anyhow::Result<
             "producer {producer}'s messages out of order at message {n}"
         );
         *expected += 1;
-        if index % 2 == 0 {
+        if index.is_multiple_of(2) {
             consumer.ack(msg.id).await?;
             acked.insert(text);
         }
@@ -224,20 +224,36 @@ async fn deleted_topic_starts_empty_when_recreated() -> anyhow::Result<()> {
         producer.send(format!("old-{i}")).await?;
     }
     producer.close().await?;
-    let mut consumer = c.consumer(topic, "s").initial_position(InitialPosition::Earliest).subscribe().await?;
+    let mut consumer = c
+        .consumer(topic, "s")
+        .initial_position(InitialPosition::Earliest)
+        .subscribe()
+        .await?;
     consumer.receive().await?;
     consumer.close().await?;
 
     c.delete_topic(topic).await?;
-    assert!(!c.list_topics("public/default").await?.contains(&topic.to_owned()));
+    assert!(
+        !c.list_topics("public/default")
+            .await?
+            .contains(&topic.to_owned())
+    );
     let err = c.topic_stats(topic).await.expect_err("gone");
     assert_eq!(err.code(), Some(strata_client::ErrorCode::TopicNotFound));
 
     c.create_topic(topic).await?;
     c.producer(topic).create().await?.send("new").await?;
-    let mut consumer = c.consumer(topic, "s").initial_position(InitialPosition::Earliest).subscribe().await?;
+    let mut consumer = c
+        .consumer(topic, "s")
+        .initial_position(InitialPosition::Earliest)
+        .subscribe()
+        .await?;
     let first = tokio::time::timeout(Duration::from_secs(30), consumer.receive()).await??;
-    assert_eq!(&first.payload[..], b"new", "no old message and no old cursor survive the delete");
+    assert_eq!(
+        &first.payload[..],
+        b"new",
+        "no old message and no old cursor survive the delete"
+    );
     let stats = c.topic_stats(topic).await?;
     assert_eq!(stats.entries, 1);
     Ok(())
