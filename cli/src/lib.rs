@@ -6,11 +6,13 @@
 //! - [`config`]: the standalone's TOML config, `STRATA_*` overrides and validation.
 //! - [`standalone`]: metastore + bookie + broker in one process.
 //! - [`http`]: the HTTP side port (`/healthz`, `/readyz`, `/metrics`).
+//! - [`metastore_node`]: `strata metastore` (one raft voter) and `strata meta` (its client).
 //! - [`commands`]: `produce`, `consume`, `topics`.
 //! - [`perf`]: `perf produce` / `perf consume` load generators.
 
 pub mod commands;
 pub mod config;
 pub mod http;
+pub mod metastore_node;
 pub mod perf;
 pub mod standalone;

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use strata_cli::commands::{self, ConnectArgs};
 use strata_cli::config::StandaloneConfig;
+use strata_cli::metastore_node;
 use strata_cli::perf;
 use strata_cli::standalone::Standalone;
 use strata_client::InitialPosition;
@@ -37,6 +38,16 @@ enum LogFormat {
 enum Command {
     /// Run metastore, bookie and broker in one process.
     Standalone(StandaloneArgs),
+    /// Run one voter of a replicated metastore.
+    Metastore(metastore_node::MetastoreArgs),
+    /// Read and write a metastore cluster's keys.
+    Meta {
+        /// Metastore nodes, `host:port[,host:port...]`.
+        #[arg(long, env = "STRATA_METASTORE", default_value = "127.0.0.1:6670")]
+        metastore: String,
+        #[command(subcommand)]
+        command: metastore_node::MetaCommand,
+    },
     /// Send messages.
     Produce {
         topic: String,
@@ -180,6 +191,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             wait_for_shutdown_signal().await?;
             eprintln!("shutting down");
             standalone.shutdown().await
+        }
+        Command::Metastore(args) => {
+            metastore_node::run(args, cli.connect.tls_ca.clone(), wait_for_shutdown_signal()).await
+        }
+        Command::Meta { metastore, command } => {
+            let timeout = std::time::Duration::from_secs(cli.connect.connect_timeout_secs);
+            metastore_node::meta(&metastore, cli.connect.tls_ca.clone(), timeout, command).await
         }
         Command::Produce {
             topic,

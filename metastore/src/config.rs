@@ -38,6 +38,8 @@ pub struct MetaStoreConfig {
     /// Capacity (in applied batches) of the live watch channel. A watcher that falls further
     /// behind re-reads the history column family instead of losing events. Default 1 024.
     pub watch_channel_capacity: usize,
+    /// How long a request may wait for a leader (elections, forwarding) before it fails.
+    pub request_timeout_ms: u64,
 }
 
 impl Default for MetaStoreConfig {
@@ -51,6 +53,7 @@ impl Default for MetaStoreConfig {
             election_timeout_max_ms: 2_000,
             startup_timeout_ms: 30_000,
             watch_channel_capacity: 1_024,
+            request_timeout_ms: 10_000,
         }
     }
 }

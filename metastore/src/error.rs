@@ -48,6 +48,16 @@ pub enum MetaError {
 }
 
 impl MetaError {
+    /// Adds how long was waited to a timeout-like error.
+    pub(crate) fn with_context(self, waited: std::time::Duration) -> Self {
+        match self {
+            MetaError::NotLeader { leader: None } => {
+                MetaError::Raft(format!("no leader known after waiting {waited:?}"))
+            }
+            other => other,
+        }
+    }
+
     /// Whether retrying the same call (possibly against the new leader) may succeed.
     pub fn is_retryable(&self) -> bool {
         matches!(self, MetaError::NotLeader { .. })

@@ -36,12 +36,15 @@
 //! revision, current snapshot). See `src/keys.rs` for the encodings.
 
 mod apply;
+pub mod client;
 pub mod config;
 mod db;
 pub mod error;
 mod keys;
 pub mod log_store;
 pub mod network;
+pub mod node_server;
+pub mod rpc;
 pub mod state_machine;
 pub mod store;
 pub mod types;
@@ -50,11 +53,12 @@ pub mod watch;
 #[cfg(test)]
 mod tests;
 
+pub use client::MetaClient;
 pub use config::{ConfigError, MetaStoreConfig};
 pub use error::MetaError;
 pub use log_store::LogStore;
 pub use state_machine::{SnapshotBuilder, StateMachine};
-pub use store::{MAX_KEY_LEN, MetaStore};
+pub use store::{MAX_KEY_LEN, MetaStore, NodeOptions};
 pub use strata_proto::pb::metastore::{EventKind, KeyValue, WatchEvent};
 pub use types::{Command, CommandResult, Expect, NodeId, TypeConfig, Written};
 pub use watch::Watcher;

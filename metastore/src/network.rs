@@ -1,108 +1,126 @@
-//! Raft networking. For now: none.
+//! The raft network over QUIC: each openraft RPC is one [`NodeRequest`] on a short-lived
+//! stream to the target node's RPC server (see [`crate::rpc`] and [`crate::node_server`]).
 //!
-//! A one-voter group never sends a raft RPC, so [`NoNetworkFactory`] hands openraft clients
-//! whose every call fails with `Unreachable` ("multi-node networking is not configured"). The
-//! multi-voter issue replaces this file with the QUIC raft transport (ALPN
-//! `strata-meta-raft/1`); nothing else in the crate depends on how RPCs travel.
+//! A peer that cannot be reached yields `Unreachable`, so openraft backs off and retries; an
+//! error the peer's raft returned comes back as `RemoteError`.
 
 use openraft::BasicNode;
-use openraft::error::{InstallSnapshotError, RPCError, RaftError, Unreachable};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
 
+use crate::rpc::{NodeRequest, NodeResponse, PeerClient, RpcError};
 use crate::types::{NodeId, TypeConfig};
 
-/// Why every RPC of [`NoNetwork`] fails.
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "metastore node {target}: multi-node raft networking is not configured (standalone metastore)"
-)]
-pub struct NetworkNotConfigured {
-    /// The node openraft tried to reach.
-    pub target: NodeId,
+/// Creates [`QuicNetwork`] clients that share one connection cache.
+#[derive(Clone)]
+pub struct QuicNetworkFactory {
+    peers: PeerClient,
 }
 
-/// Creates [`NoNetwork`] clients.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct NoNetworkFactory;
+impl QuicNetworkFactory {
+    pub fn new(peers: PeerClient) -> Self {
+        Self { peers }
+    }
+}
 
-/// A raft client that reaches nobody.
-#[derive(Debug, Clone, Copy)]
-pub struct NoNetwork {
+/// Raft RPCs to one target node.
+pub struct QuicNetwork {
+    peers: PeerClient,
     target: NodeId,
+    addr: String,
 }
 
-impl NoNetwork {
-    fn unreachable<E: std::error::Error>(&self) -> RPCError<NodeId, BasicNode, E> {
-        RPCError::Unreachable(Unreachable::new(&NetworkNotConfigured {
+/// The peer answered with a response of another RPC's type.
+#[derive(Debug, thiserror::Error)]
+#[error("node {target} answered {what} with a response of another kind")]
+struct MismatchedResponse {
+    target: NodeId,
+    what: &'static str,
+}
+
+impl RaftNetworkFactory<TypeConfig> for QuicNetworkFactory {
+    type Network = QuicNetwork;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> QuicNetwork {
+        QuicNetwork {
+            peers: self.peers.clone(),
+            target,
+            addr: node.addr.clone(),
+        }
+    }
+}
+
+impl QuicNetwork {
+    async fn call<E: std::error::Error>(
+        &self,
+        req: NodeRequest,
+    ) -> Result<NodeResponse, RPCError<NodeId, BasicNode, E>> {
+        self.peers
+            .call(&self.addr, &req)
+            .await
+            .map_err(|e| match e {
+                RpcError::Unreachable { .. } => RPCError::Unreachable(Unreachable::new(&e)),
+                RpcError::Malformed { .. } => RPCError::Network(NetworkError::new(&e)),
+            })
+    }
+
+    fn mismatch<E: std::error::Error>(&self, what: &'static str) -> RPCError<NodeId, BasicNode, E> {
+        RPCError::Network(NetworkError::new(&MismatchedResponse {
             target: self.target,
+            what,
         }))
     }
 }
 
-impl RaftNetworkFactory<TypeConfig> for NoNetworkFactory {
-    type Network = NoNetwork;
-
-    async fn new_client(&mut self, target: NodeId, _node: &BasicNode) -> NoNetwork {
-        NoNetwork { target }
-    }
-}
-
-impl RaftNetwork<TypeConfig> for NoNetwork {
+impl RaftNetwork<TypeConfig> for QuicNetwork {
     async fn append_entries(
         &mut self,
-        _rpc: AppendEntriesRequest<TypeConfig>,
+        rpc: AppendEntriesRequest<TypeConfig>,
         _option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        Err(self.unreachable())
+        match self.call(NodeRequest::AppendEntries(rpc)).await? {
+            NodeResponse::AppendEntries(Ok(r)) => Ok(r),
+            NodeResponse::AppendEntries(Err(e)) => {
+                Err(RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
+            _ => Err(self.mismatch("AppendEntries")),
+        }
     }
 
     async fn install_snapshot(
         &mut self,
-        _rpc: InstallSnapshotRequest<TypeConfig>,
+        rpc: InstallSnapshotRequest<TypeConfig>,
         _option: RPCOption,
     ) -> Result<
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        Err(self.unreachable())
+        match self.call(NodeRequest::InstallSnapshot(rpc)).await? {
+            NodeResponse::InstallSnapshot(Ok(r)) => Ok(r),
+            NodeResponse::InstallSnapshot(Err(e)) => {
+                Err(RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
+            _ => Err(self.mismatch("InstallSnapshot")),
+        }
     }
 
     async fn vote(
         &mut self,
-        _rpc: VoteRequest<NodeId>,
+        rpc: VoteRequest<NodeId>,
         _option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        Err(self.unreachable())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use openraft::Vote;
-
-    use super::*;
-
-    /// Every RPC of the standalone network fails as Unreachable, naming the missing transport.
-    #[tokio::test]
-    async fn every_rpc_is_unreachable() {
-        let mut client = NoNetworkFactory
-            .new_client(2, &BasicNode::new("10.0.0.2:1"))
-            .await;
-        let option = RPCOption::new(Duration::from_secs(1));
-        let res = client
-            .vote(VoteRequest::new(Vote::new(1, 1), None), option)
-            .await;
-        match res {
-            Err(RPCError::Unreachable(e)) => {
-                assert!(e.to_string().contains("not configured"), "{e}")
+        match self.call(NodeRequest::Vote(rpc)).await? {
+            NodeResponse::Vote(Ok(r)) => Ok(r),
+            NodeResponse::Vote(Err(e)) => {
+                Err(RPCError::RemoteError(RemoteError::new(self.target, e)))
             }
-            other => panic!("expected Unreachable, got {other:?}"),
+            _ => Err(self.mismatch("Vote")),
         }
     }
 }

@@ -22,9 +22,13 @@ use crate::config::MetaStoreConfig;
 use crate::db::{self, Core, GuardWaiter};
 use crate::keys;
 use crate::log_store::LogStore;
-use crate::network::NoNetworkFactory;
+use crate::network::QuicNetworkFactory;
+use crate::node_server::NodeServer;
+use crate::rpc::{NodeRequest, NodeResponse, PeerClient, RemoteError, WireKv};
 use crate::state_machine::StateMachine;
-use crate::types::{Command, CommandResult, Expect, STANDALONE_NODE_ID, TypeConfig, Written};
+use crate::types::{
+    Command, CommandResult, Expect, NodeId, STANDALONE_NODE_ID, TypeConfig, Written,
+};
 use crate::watch::Watcher;
 
 /// Longest key accepted, in bytes.
@@ -40,10 +44,29 @@ pub struct MetaStore {
 }
 
 struct Inner {
+    node_id: NodeId,
     raft: Raft<TypeConfig>,
     core: Arc<Core>,
     config: MetaStoreConfig,
     raft_released: Mutex<GuardWaiter>,
+    /// Connections to the other nodes (raft traffic and forwarding).
+    peers: PeerClient,
+    /// This node's RPC server, when clustered.
+    server: std::sync::Mutex<Option<NodeServer>>,
+}
+
+/// How a clustered node identifies itself and finds its peers.
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    pub node_id: NodeId,
+    /// Where the node RPC server listens (port 0 picks one).
+    pub listen: std::net::SocketAddr,
+    /// The voters of a new cluster, id → `host:port`, this node included. Used once, when
+    /// this node's log is empty; restarting with the same list is a no-op.
+    pub initial_members: BTreeMap<NodeId, String>,
+    pub tls: strata_transport::ServerTls,
+    /// CA of the peers' certificates (none: loopback peers only, development trust).
+    pub ca: Option<std::path::PathBuf>,
 }
 
 fn validate_key(key: &str) -> Result<(), MetaError> {
@@ -71,6 +94,75 @@ impl MetaStore {
         dir: &Path,
         config: MetaStoreConfig,
     ) -> Result<MetaStore, MetaError> {
+        let store = Self::build(dir, config, STANDALONE_NODE_ID, None).await?;
+        match store.bootstrap().await {
+            Ok(()) => {
+                info!(revision = store.current_revision(), "metastore ready");
+                Ok(store)
+            }
+            Err(e) => {
+                // Stop raft so it releases the database before we report the failure.
+                if let Err(shutdown_err) = store.shutdown().await {
+                    debug!(error = %shutdown_err, "shutdown after a failed open");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Opens or creates one voter of a replicated metastore and starts its RPC server.
+    ///
+    /// On first start (empty log) the cluster is initialised with `initial_members`; every
+    /// member may do so, with the same list, and restarts skip it, so bootstrapping is
+    /// idempotent. Returns without waiting for a leader: see [`MetaStore::wait_for_leader`].
+    #[instrument(skip_all, fields(dir = %dir.display(), node = node.node_id))]
+    pub async fn open_node(
+        dir: &Path,
+        config: MetaStoreConfig,
+        node: NodeOptions,
+    ) -> Result<MetaStore, MetaError> {
+        if !node.initial_members.contains_key(&node.node_id) {
+            return Err(MetaError::Raft(format!(
+                "node {} is not among the initial members {:?}",
+                node.node_id,
+                node.initial_members.keys().collect::<Vec<_>>()
+            )));
+        }
+        let store = Self::build(dir, config, node.node_id, node.ca.clone()).await?;
+        let server = match NodeServer::start(node.listen, &node.tls, store.clone()) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = store.shutdown().await;
+                return Err(e);
+            }
+        };
+        info!(listen = ?server.local_addr().ok(), "metastore node RPC server up");
+        *store.inner.server.lock().unwrap_or_else(|p| p.into_inner()) = Some(server);
+        let raft = &store.inner.raft;
+        if !raft.is_initialized().await? {
+            let members: BTreeMap<NodeId, BasicNode> = node
+                .initial_members
+                .iter()
+                .map(|(id, addr)| (*id, BasicNode { addr: addr.clone() }))
+                .collect();
+            match raft.initialize(members).await {
+                Ok(()) => info!("initialised a new metastore cluster"),
+                Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+                Err(e) => {
+                    let _ = store.shutdown().await;
+                    return Err(e.into());
+                }
+            }
+        }
+        Ok(store)
+    }
+
+    async fn build(
+        dir: &Path,
+        config: MetaStoreConfig,
+        node_id: NodeId,
+        ca: Option<std::path::PathBuf>,
+    ) -> Result<MetaStore, MetaError> {
         let raft_config = config.raft_config()?;
         let path = dir.to_path_buf();
         let capacity = config.watch_channel_capacity;
@@ -85,35 +177,55 @@ impl MetaStore {
         let (guard, raft_released) = db::raft_guard();
         let log_store = LogStore::new(core.clone(), guard.clone());
         let state_machine = StateMachine::open(core.clone(), guard)?;
+        let peers = PeerClient::new(format!("strata-metastore-{node_id}"), ca);
         let raft = Raft::new(
-            STANDALONE_NODE_ID,
+            node_id,
             raft_config,
-            NoNetworkFactory,
+            QuicNetworkFactory::new(peers.clone()),
             log_store,
             state_machine,
         )
         .await?;
-        let store = MetaStore {
+        Ok(MetaStore {
             inner: Arc::new(Inner {
+                node_id,
                 raft,
                 core,
                 config,
                 raft_released: Mutex::new(raft_released),
+                peers,
+                server: std::sync::Mutex::new(None),
             }),
-        };
-        match store.bootstrap().await {
-            Ok(()) => {
-                info!(revision = store.current_revision(), "metastore ready");
-                Ok(store)
-            }
-            Err(e) => {
-                // Stop raft so it releases the database before we report the failure.
-                if let Err(shutdown_err) = store.shutdown().await {
-                    debug!(error = %shutdown_err, "shutdown after a failed open");
+        })
+    }
+
+    /// Waits until some node is known as leader; returns its id.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Result<NodeId, MetaError> {
+        let metrics = self
+            .inner
+            .raft
+            .wait(Some(timeout))
+            .metrics(|m| m.current_leader.is_some(), "a known leader")
+            .await
+            .map_err(|e| match e {
+                WaitError::ShuttingDown => MetaError::Closed,
+                WaitError::Timeout(after, _) => {
+                    MetaError::NotLeader { leader: None }.with_context(after)
                 }
-                Err(e)
-            }
-        }
+            })?;
+        metrics
+            .current_leader
+            .ok_or(MetaError::NotLeader { leader: None })
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.inner.node_id
+    }
+
+    /// Raft's view from this node: leader, term, log indexes, membership, replication.
+    pub fn raft_metrics(&self) -> openraft::RaftMetrics<NodeId, BasicNode> {
+        self.inner.raft.metrics().borrow().clone()
     }
 
     /// Initialises the one-voter group if needed, then waits for leadership and for every
@@ -153,6 +265,10 @@ impl MetaStore {
         &self.inner.raft
     }
 
+    pub(crate) fn raft(&self) -> &Raft<TypeConfig> {
+        &self.inner.raft
+    }
+
     fn check_open(&self) -> Result<(), MetaError> {
         if self.inner.core.is_closed() {
             Err(MetaError::Closed)
@@ -167,17 +283,126 @@ impl MetaStore {
         Ok(())
     }
 
-    async fn propose(&self, cmd: Command) -> Result<CommandResult, MetaError> {
+    /// Proposes on this node, which must be leader (forwarded requests land here).
+    pub(crate) async fn propose_here(&self, cmd: Command) -> Result<CommandResult, MetaError> {
         self.check_open()?;
         let resp = self.inner.raft.client_write(cmd).await?;
         Ok(resp.data)
     }
 
-    /// The current value of `key` (linearizable).
-    pub async fn get(&self, key: &str) -> Result<Option<KeyValue>, MetaError> {
-        validate_key(key)?;
+    /// Proposes here if this node leads, else on the leader; follows leader changes until
+    /// `request_timeout_ms`.
+    pub(crate) async fn propose(&self, cmd: Command) -> Result<CommandResult, MetaError> {
+        let deadline = tokio::time::Instant::now() + self.request_timeout();
+        loop {
+            let hint = match self.propose_here(cmd.clone()).await {
+                Err(MetaError::NotLeader { leader }) => leader,
+                other => return other,
+            };
+            match self
+                .forward(
+                    hint,
+                    &NodeRequest::Write {
+                        cmd: cmd.clone(),
+                        forwarded: true,
+                    },
+                    deadline,
+                )
+                .await?
+            {
+                Some(NodeResponse::Write(Ok(result))) => return Ok(result),
+                Some(NodeResponse::Write(Err(e))) => remote_error(e)?,
+                Some(other) => return Err(mismatched("Write", &other)),
+                None => {}
+            }
+        }
+    }
+
+    /// Sends `req` to the leader (waiting for one to be known). `Ok(None)`: leadership moved
+    /// (or came here) meanwhile, so the caller should route again.
+    async fn forward(
+        &self,
+        hint: Option<NodeId>,
+        req: &NodeRequest,
+        deadline: tokio::time::Instant,
+    ) -> Result<Option<NodeResponse>, MetaError> {
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if remaining.is_zero() {
+            return Err(MetaError::NotLeader { leader: hint });
+        }
+        let leader = match hint {
+            Some(id) => id,
+            None => self.wait_for_leader(remaining).await?,
+        };
+        if leader == self.inner.node_id {
+            // Elected here since the attempt: route again (after a moment to settle).
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            return Ok(None);
+        }
+        let addr = {
+            let metrics = self.inner.raft.metrics();
+            let m = metrics.borrow();
+            m.membership_config
+                .membership()
+                .get_node(&leader)
+                .map(|n| n.addr.clone())
+        };
+        let Some(addr) = addr else {
+            return Err(MetaError::Raft(format!(
+                "leader {leader} has no address in the membership"
+            )));
+        };
+        match self.inner.peers.call(&addr, req).await {
+            Ok(resp) => Ok(Some(resp)),
+            // The request may or may not have been applied: say so instead of retrying blindly.
+            Err(e) => Err(MetaError::Raft(format!(
+                "forwarding to leader {leader} failed, outcome unknown: {e}"
+            ))),
+        }
+    }
+
+    fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.inner.config.request_timeout_ms)
+    }
+
+    /// Linearizable read of one key on this node, which must be leader.
+    pub(crate) async fn get_here(&self, key: &str) -> Result<Option<KeyValue>, MetaError> {
         self.linearize().await?;
         Ok(self.inner.core.get_kv(key)?)
+    }
+
+    /// Linearizable scan on this node, which must be leader.
+    pub(crate) async fn scan_here(&self, prefix: &str) -> Result<Vec<KeyValue>, MetaError> {
+        self.linearize().await?;
+        Ok(self.inner.core.scan(prefix)?)
+    }
+
+    /// The current value of `key` (linearizable; read on the leader).
+    pub async fn get(&self, key: &str) -> Result<Option<KeyValue>, MetaError> {
+        validate_key(key)?;
+        let deadline = tokio::time::Instant::now() + self.request_timeout();
+        loop {
+            let hint = match self.get_here(key).await {
+                Err(MetaError::NotLeader { leader }) => leader,
+                other => return other,
+            };
+            match self
+                .forward(
+                    hint,
+                    &NodeRequest::Get {
+                        key: key.to_owned(),
+                        forwarded: true,
+                    },
+                    deadline,
+                )
+                .await?
+            {
+                Some(NodeResponse::Get(Ok(kv))) => return Ok(kv.map(from_wire)),
+                Some(NodeResponse::Get(Err(e))) => remote_error(e)?,
+                Some(other) => return Err(mismatched("Get", &other)),
+                None => {}
+            }
+        }
     }
 
     /// Sets `key` to `value` if `expect` holds.
@@ -229,8 +454,31 @@ impl MetaStore {
 
     /// All keys starting with `prefix`, in key order (linearizable).
     pub async fn scan(&self, prefix: &str) -> Result<Vec<KeyValue>, MetaError> {
-        self.linearize().await?;
-        Ok(self.inner.core.scan(prefix)?)
+        let deadline = tokio::time::Instant::now() + self.request_timeout();
+        loop {
+            let hint = match self.scan_here(prefix).await {
+                Err(MetaError::NotLeader { leader }) => leader,
+                other => return other,
+            };
+            match self
+                .forward(
+                    hint,
+                    &NodeRequest::Scan {
+                        prefix: prefix.to_owned(),
+                        forwarded: true,
+                    },
+                    deadline,
+                )
+                .await?
+            {
+                Some(NodeResponse::Scan(Ok(kvs))) => {
+                    return Ok(kvs.into_iter().map(from_wire).collect());
+                }
+                Some(NodeResponse::Scan(Err(e))) => remote_error(e)?,
+                Some(other) => return Err(mismatched("Scan", &other)),
+                None => {}
+            }
+        }
     }
 
     /// Streams every change under `prefix` with revision >= `from_revision`, history first,
@@ -284,6 +532,15 @@ impl MetaStore {
     /// Stops raft and waits until it no longer uses the database. Idempotent. Calls made
     /// afterwards fail with [`MetaError::Closed`]; watchers end with `Err(Closed)`.
     pub async fn shutdown(&self) -> Result<(), MetaError> {
+        if let Some(server) = self
+            .inner
+            .server
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            server.stop();
+        }
         self.inner.core.close();
         self.inner
             .raft
@@ -292,6 +549,29 @@ impl MetaStore {
             .map_err(|e| MetaError::Raft(format!("raft task failed: {e}")))?;
         self.inner.raft_released.lock().await.released().await;
         Ok(())
+    }
+}
+
+/// A forwarded request's failure: `NotLeader` means route again (returns Ok), anything else
+/// is the answer.
+fn remote_error(e: RemoteError) -> Result<(), MetaError> {
+    match e {
+        RemoteError::NotLeader { .. } => Ok(()),
+        RemoteError::Failed(message) => Err(MetaError::Raft(message)),
+    }
+}
+
+fn mismatched(what: &str, got: &NodeResponse) -> MetaError {
+    MetaError::Raft(format!("leader answered {what} with {got:?}"))
+}
+
+fn from_wire(kv: WireKv) -> KeyValue {
+    KeyValue {
+        key: kv.key,
+        value: Bytes::from(kv.value),
+        version: kv.version,
+        create_revision: kv.create_revision,
+        mod_revision: kv.mod_revision,
     }
 }
 

@@ -27,6 +27,26 @@ impl FrameWriter {
         self.send_encoded(frame).await
     }
 
+    /// Writes `body` as one frame (for bodies that are not prost messages).
+    pub async fn send_raw(&mut self, body: &[u8]) -> Result<(), TransportError> {
+        if body.len() > self.max_frame_size {
+            return Err(strata_proto::FrameError::TooLarge {
+                len: body.len(),
+                max: self.max_frame_size,
+            }
+            .into());
+        }
+        let len = u32::try_from(body.len()).map_err(|_| strata_proto::FrameError::TooLarge {
+            len: body.len(),
+            max: self.max_frame_size,
+        })?;
+        self.send.write_all(&len.to_be_bytes()).await?;
+        self.send
+            .write_all(body)
+            .await
+            .map_err(TransportError::Write)
+    }
+
     /// Writes an already encoded frame (lets a caller encode outside a lock).
     pub async fn send_encoded(&mut self, frame: Bytes) -> Result<(), TransportError> {
         self.send
@@ -68,6 +88,11 @@ impl FrameReader {
             Some(body) => Ok(Some(decode_body(body)?)),
             None => Ok(None),
         }
+    }
+
+    /// The next frame's body, undecoded, or `None` at a clean end of stream.
+    pub async fn recv_raw(&mut self) -> Result<Option<Bytes>, TransportError> {
+        self.recv_body().await
     }
 
     async fn recv_body(&mut self) -> Result<Option<Bytes>, TransportError> {

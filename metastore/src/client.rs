@@ -1,0 +1,157 @@
+//! [`MetaClient`]: reads and writes against a metastore cluster from another process.
+//!
+//! It speaks the node RPC protocol ([`crate::rpc`]) to the addresses it was given and moves
+//! on to the next address when a node is unreachable or is not the leader, until the request
+//! timeout.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use strata_proto::pb::metastore::KeyValue;
+
+use crate::MetaError;
+use crate::rpc::{NodeRequest, NodeResponse, PeerClient, RemoteError, RpcError, WireKv};
+use crate::types::{Command, CommandResult, Expect, Written};
+
+#[derive(Clone)]
+pub struct MetaClient {
+    inner: Arc<ClientInner>,
+}
+
+struct ClientInner {
+    peers: PeerClient,
+    addrs: Vec<String>,
+    next: AtomicUsize,
+    timeout: Duration,
+}
+
+impl MetaClient {
+    /// `addrs`: `host:port` of some or all nodes. `ca`: the CA of their certificates (none:
+    /// loopback nodes only).
+    pub fn new(
+        addrs: Vec<String>,
+        ca: Option<std::path::PathBuf>,
+        timeout: Duration,
+    ) -> Result<Self, MetaError> {
+        if addrs.is_empty() {
+            return Err(MetaError::Raft("no metastore address given".into()));
+        }
+        Ok(Self {
+            inner: Arc::new(ClientInner {
+                peers: PeerClient::new("strata-meta-client".into(), ca),
+                addrs,
+                next: AtomicUsize::new(0),
+                timeout,
+            }),
+        })
+    }
+
+    /// Sends `req` to the leader, trying the nodes in turn.
+    async fn call(&self, req: NodeRequest) -> Result<NodeResponse, MetaError> {
+        let deadline = tokio::time::Instant::now() + self.inner.timeout;
+        loop {
+            let i = self.inner.next.load(Ordering::Relaxed) % self.inner.addrs.len();
+            let addr = &self.inner.addrs[i];
+            let why = match self.inner.peers.call(addr, &req).await {
+                Ok(NodeResponse::Write(Err(RemoteError::NotLeader { .. })))
+                | Ok(NodeResponse::Get(Err(RemoteError::NotLeader { .. })))
+                | Ok(NodeResponse::Scan(Err(RemoteError::NotLeader { .. }))) => {
+                    format!("{addr} is not the leader")
+                }
+                Ok(resp) => return Ok(resp),
+                Err(e @ RpcError::Unreachable { .. })
+                    if !matches!(req, NodeRequest::Write { .. }) =>
+                {
+                    e.to_string()
+                }
+                Err(e) => {
+                    // A write may have been applied before the connection failed: outcome unknown.
+                    self.inner.next.fetch_add(1, Ordering::Relaxed);
+                    return Err(MetaError::Raft(format!("outcome unknown: {e}")));
+                }
+            };
+            self.inner.next.fetch_add(1, Ordering::Relaxed);
+            if tokio::time::Instant::now() >= deadline {
+                return Err(MetaError::Raft(format!(
+                    "no metastore leader reachable within {:?}: {why}",
+                    self.inner.timeout
+                )));
+            }
+            // Backoff between rounds while an election settles.
+            if (i + 1) % self.inner.addrs.len() == 0 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+
+    pub async fn put(&self, key: &str, value: Bytes, expect: Expect) -> Result<Written, MetaError> {
+        match self
+            .call(NodeRequest::Write {
+                cmd: Command::Put {
+                    key: key.to_owned(),
+                    value,
+                    expect,
+                },
+                forwarded: false,
+            })
+            .await?
+        {
+            NodeResponse::Write(Ok(CommandResult::Written(w))) => Ok(w),
+            NodeResponse::Write(Ok(CommandResult::Mismatch { actual })) => {
+                Err(MetaError::VersionMismatch {
+                    key: key.to_owned(),
+                    expected: expect,
+                    actual,
+                })
+            }
+            NodeResponse::Write(Err(e)) => Err(MetaError::Raft(e.to_string())),
+            other => Err(MetaError::Raft(format!(
+                "unexpected answer to a put: {other:?}"
+            ))),
+        }
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Option<KeyValue>, MetaError> {
+        match self
+            .call(NodeRequest::Get {
+                key: key.to_owned(),
+                forwarded: false,
+            })
+            .await?
+        {
+            NodeResponse::Get(Ok(kv)) => Ok(kv.map(from_wire)),
+            NodeResponse::Get(Err(e)) => Err(MetaError::Raft(e.to_string())),
+            other => Err(MetaError::Raft(format!(
+                "unexpected answer to a get: {other:?}"
+            ))),
+        }
+    }
+
+    pub async fn scan(&self, prefix: &str) -> Result<Vec<KeyValue>, MetaError> {
+        match self
+            .call(NodeRequest::Scan {
+                prefix: prefix.to_owned(),
+                forwarded: false,
+            })
+            .await?
+        {
+            NodeResponse::Scan(Ok(kvs)) => Ok(kvs.into_iter().map(from_wire).collect()),
+            NodeResponse::Scan(Err(e)) => Err(MetaError::Raft(e.to_string())),
+            other => Err(MetaError::Raft(format!(
+                "unexpected answer to a scan: {other:?}"
+            ))),
+        }
+    }
+}
+
+fn from_wire(kv: WireKv) -> KeyValue {
+    KeyValue {
+        key: kv.key,
+        value: Bytes::from(kv.value),
+        version: kv.version,
+        create_revision: kv.create_revision,
+        mod_revision: kv.mod_revision,
+    }
+}

@@ -1,0 +1,149 @@
+//! The RPC server every clustered metastore node runs: raft traffic from peers, and reads and
+//! writes forwarded to it as leader (see [`crate::rpc`]).
+
+use std::net::SocketAddr;
+
+use quinn::{Connection, Endpoint, RecvStream, SendStream};
+use strata_transport::handshake::server_handshake;
+use strata_transport::{FrameReader, FrameWriter, ServerTls, TransportTuning, server_endpoint};
+use tracing::{debug, warn};
+
+use crate::rpc::{ALPN_RAFT, MAX_RPC_FRAME, NodeRequest, NodeResponse, RemoteError, WireKv};
+use crate::{MetaError, MetaStore};
+
+/// A running node RPC server.
+pub struct NodeServer {
+    endpoint: Endpoint,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl NodeServer {
+    pub fn start(listen: SocketAddr, tls: &ServerTls, store: MetaStore) -> Result<Self, MetaError> {
+        let endpoint = server_endpoint(listen, tls, ALPN_RAFT, &TransportTuning::default())
+            .map_err(|e| MetaError::Storage(format!("starting the node RPC server: {e}")))?;
+        let accept = endpoint.clone();
+        let task = tokio::spawn(async move {
+            while let Some(incoming) = accept.accept().await {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    match incoming.await {
+                        Ok(conn) => serve_connection(conn, store).await,
+                        Err(e) => debug!(error = %e, "peer connection failed"),
+                    }
+                });
+            }
+        });
+        Ok(Self { endpoint, task })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// Stops accepting and closes every peer connection.
+    pub fn stop(self) {
+        self.endpoint.close(
+            quinn::VarInt::from_u32(strata_transport::close_code::SHUTDOWN),
+            b"metastore node stopping",
+        );
+        self.task.abort();
+    }
+}
+
+async fn serve_connection(conn: Connection, store: MetaStore) {
+    if let Err(e) = server_handshake(&conn, "strata-metastore", MAX_RPC_FRAME).await {
+        debug!(error = %e, "peer handshake failed");
+        return;
+    }
+    while let Ok((send, recv)) = conn.accept_bi().await {
+        tokio::spawn(serve_stream(send, recv, store.clone()));
+    }
+}
+
+async fn serve_stream(send: SendStream, recv: RecvStream, store: MetaStore) {
+    let mut writer = FrameWriter::new(send, MAX_RPC_FRAME);
+    let mut reader = FrameReader::new(recv, MAX_RPC_FRAME);
+    let request: NodeRequest = match reader.recv_raw().await {
+        Ok(Some(body)) => match serde_json::from_slice(&body) {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(error = %e, "undecodable node request");
+                writer.reset(strata_transport::close_code::PROTOCOL_VIOLATION);
+                return;
+            }
+        },
+        Ok(None) => return,
+        Err(e) => {
+            debug!(error = %e, "reading node request");
+            return;
+        }
+    };
+    let response = handle(&store, request).await;
+    match serde_json::to_vec(&response) {
+        Ok(body) => {
+            if let Err(e) = writer.send_raw(&body).await {
+                debug!(error = %e, "writing node response");
+            }
+            writer.finish();
+        }
+        Err(e) => warn!(error = %e, "encoding node response"),
+    }
+}
+
+fn remote(e: MetaError) -> RemoteError {
+    match e {
+        MetaError::NotLeader { leader } => RemoteError::NotLeader { leader },
+        other => RemoteError::Failed(other.to_string()),
+    }
+}
+
+fn wire(kv: crate::KeyValue) -> WireKv {
+    WireKv {
+        key: kv.key,
+        value: kv.value.to_vec(),
+        version: kv.version,
+        create_revision: kv.create_revision,
+        mod_revision: kv.mod_revision,
+    }
+}
+
+async fn handle(store: &MetaStore, request: NodeRequest) -> NodeResponse {
+    let raft = store.raft();
+    match request {
+        NodeRequest::AppendEntries(r) => NodeResponse::AppendEntries(raft.append_entries(r).await),
+        NodeRequest::Vote(r) => NodeResponse::Vote(raft.vote(r).await),
+        NodeRequest::InstallSnapshot(r) => {
+            NodeResponse::InstallSnapshot(raft.install_snapshot(r).await)
+        }
+        // Forwarded requests run here only: a node that is not leader says so rather than
+        // forwarding again, so a request never travels in circles. Client requests are routed.
+        NodeRequest::Write {
+            cmd,
+            forwarded: true,
+        } => NodeResponse::Write(store.propose_here(cmd).await.map_err(remote)),
+        NodeRequest::Write {
+            cmd,
+            forwarded: false,
+        } => NodeResponse::Write(store.propose(cmd).await.map_err(remote)),
+        NodeRequest::Get { key, forwarded } => {
+            let result = if forwarded {
+                store.get_here(&key).await
+            } else {
+                store.get(&key).await
+            };
+            NodeResponse::Get(result.map(|kv| kv.map(wire)).map_err(remote))
+        }
+        NodeRequest::Scan { prefix, forwarded } => {
+            let result = if forwarded {
+                store.scan_here(&prefix).await
+            } else {
+                store.scan(&prefix).await
+            };
+            NodeResponse::Scan(
+                result
+                    .map(|kvs| kvs.into_iter().map(wire).collect())
+                    .map_err(remote),
+            )
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! Node-to-node RPC: raft traffic and requests forwarded to the leader, over QUIC (ALPN
+//! `strata-meta-raft/1`).
+//!
+//! Every RPC is one short-lived bidirectional stream carrying one [`NodeRequest`] frame and
+//! one [`NodeResponse`] frame, JSON-encoded (openraft's types are serde; raft traffic of a
+//! metadata store is small). [`PeerClient`] keeps one connection per peer address and opens a
+//! fresh one after a failure.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use openraft::BasicNode;
+use openraft::error::{InstallSnapshotError, RaftError};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::{Deserialize, Serialize};
+use strata_transport::handshake::client_handshake;
+use strata_transport::{ClientTrust, FrameReader, FrameWriter, TransportTuning, client_endpoint};
+use tokio::sync::Mutex;
+
+use crate::types::{Command, CommandResult, NodeId, TypeConfig};
+
+/// ALPN of metastore node-to-node traffic.
+pub const ALPN_RAFT: &[u8] = b"strata-meta-raft/1";
+/// Largest RPC frame (a snapshot chunk or a batch of log entries).
+pub const MAX_RPC_FRAME: usize = 64 * 1024 * 1024;
+
+/// A request from one metastore node to another.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum NodeRequest {
+    AppendEntries(AppendEntriesRequest<TypeConfig>),
+    Vote(VoteRequest<NodeId>),
+    InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
+    /// A write. `forwarded`: sent by another node to the leader, so it must run here or fail
+    /// with `NotLeader` (never forwarded twice); otherwise a client's, which the node routes.
+    Write {
+        cmd: Command,
+        forwarded: bool,
+    },
+    /// A linearizable read of one key (`forwarded` as for `Write`).
+    Get {
+        key: String,
+        forwarded: bool,
+    },
+    /// A linearizable read of every key under a prefix (`forwarded` as for `Write`).
+    Scan {
+        prefix: String,
+        forwarded: bool,
+    },
+}
+
+/// A key-value pair as it travels between nodes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WireKv {
+    pub key: String,
+    pub value: Vec<u8>,
+    pub version: u64,
+    pub create_revision: u64,
+    pub mod_revision: u64,
+}
+
+/// Why a forwarded request failed on the node that received it.
+#[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]
+pub enum RemoteError {
+    /// That node is not the leader either; `leader` is who it believes is.
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader { leader: Option<NodeId> },
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// The answer to a [`NodeRequest`], variant for variant.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum NodeResponse {
+    AppendEntries(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
+    Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
+    InstallSnapshot(
+        Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>,
+    ),
+    Write(Result<CommandResult, RemoteError>),
+    Get(Result<Option<WireKv>, RemoteError>),
+    Scan(Result<Vec<WireKv>, RemoteError>),
+}
+
+/// Why an RPC did not get an answer.
+#[derive(Debug, thiserror::Error)]
+pub enum RpcError {
+    #[error("peer {addr}: {reason}")]
+    Unreachable { addr: String, reason: String },
+    #[error("peer {addr} sent an undecodable answer: {reason}")]
+    Malformed { addr: String, reason: String },
+}
+
+/// Client side of node-to-node RPC: one cached QUIC connection per peer address.
+#[derive(Clone)]
+pub struct PeerClient {
+    inner: Arc<PeerInner>,
+}
+
+struct PeerInner {
+    name: String,
+    ca: Option<PathBuf>,
+    tuning: TransportTuning,
+    connections: Mutex<HashMap<String, quinn::Connection>>,
+}
+
+impl PeerClient {
+    /// `ca`: the CA that signed the peers' certificates; without one only loopback peers
+    /// are reachable (development trust, see `strata_transport::tls`).
+    pub fn new(name: String, ca: Option<PathBuf>) -> Self {
+        Self {
+            inner: Arc::new(PeerInner {
+                name,
+                ca,
+                tuning: TransportTuning::default(),
+                connections: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// Sends `req` to the node at `addr` (`host:port`) and waits for its answer.
+    pub async fn call(&self, addr: &str, req: &NodeRequest) -> Result<NodeResponse, RpcError> {
+        let unreachable = |reason: String| RpcError::Unreachable {
+            addr: addr.to_owned(),
+            reason,
+        };
+        let body =
+            serde_json::to_vec(req).map_err(|e| unreachable(format!("encoding request: {e}")))?;
+        let conn = self.connection(addr).await?;
+        let result = async {
+            let (send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+            let mut writer = FrameWriter::new(send, MAX_RPC_FRAME);
+            let mut reader = FrameReader::new(recv, MAX_RPC_FRAME);
+            writer.send_raw(&body).await.map_err(|e| e.to_string())?;
+            writer.finish();
+            reader
+                .recv_raw()
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| "stream ended without an answer".to_owned())
+        }
+        .await;
+        match result {
+            Ok(answer) => serde_json::from_slice(&answer).map_err(|e| RpcError::Malformed {
+                addr: addr.to_owned(),
+                reason: e.to_string(),
+            }),
+            Err(reason) => {
+                // Forget the connection so the next call dials afresh.
+                self.inner.connections.lock().await.remove(addr);
+                Err(unreachable(reason))
+            }
+        }
+    }
+
+    async fn connection(&self, addr: &str) -> Result<quinn::Connection, RpcError> {
+        let unreachable = |reason: String| RpcError::Unreachable {
+            addr: addr.to_owned(),
+            reason,
+        };
+        if let Some(c) = self.inner.connections.lock().await.get(addr) {
+            if c.close_reason().is_none() {
+                return Ok(c.clone());
+            }
+        }
+        let (host, port) = addr
+            .rsplit_once(':')
+            .ok_or_else(|| unreachable("address has no :port".into()))?;
+        let sock: SocketAddr = tokio::net::lookup_host((
+            host.trim_matches(['[', ']']),
+            port.parse::<u16>()
+                .map_err(|e| unreachable(e.to_string()))?,
+        ))
+        .await
+        .map_err(|e| unreachable(e.to_string()))?
+        .next()
+        .ok_or_else(|| unreachable("resolves to no address".into()))?;
+        let trust = ClientTrust::resolve(self.inner.ca.as_deref(), host)
+            .map_err(|e| unreachable(e.to_string()))?;
+        let endpoint = client_endpoint(sock, &trust, ALPN_RAFT, &self.inner.tuning)
+            .map_err(|e| unreachable(e.to_string()))?;
+        let server_name = if host.parse::<std::net::IpAddr>().is_ok() {
+            host.to_owned()
+        } else {
+            "localhost".to_owned()
+        };
+        let conn = endpoint
+            .connect(sock, &server_name)
+            .map_err(|e| unreachable(e.to_string()))?
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        client_handshake(&conn, &self.inner.name, MAX_RPC_FRAME)
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        self.inner
+            .connections
+            .lock()
+            .await
+            .insert(addr.to_owned(), conn.clone());
+        Ok(conn)
+    }
+}
+
+/// The address a raft member is reached at.
+pub fn node_addr(node: &BasicNode) -> &str {
+    &node.addr
+}
