@@ -28,6 +28,12 @@ pub enum BrokerError {
     Corrupt(String),
     #[error("broker is shutting down")]
     ShuttingDown,
+    #[error(
+        "subscription {subscription}'s cursor was changed elsewhere (topic deleted or re-created); reconnect"
+    )]
+    CursorFenced { subscription: String },
+    #[error("topic {0} was deleted")]
+    TopicDeleted(String),
 }
 
 impl BrokerError {
@@ -43,6 +49,8 @@ impl BrokerError {
             Self::Ledger(_) | Self::Corrupt(_) => ErrorCode::StorageError,
             Self::Meta(_) => ErrorCode::MetadataError,
             Self::ShuttingDown => ErrorCode::ServiceNotReady,
+            Self::CursorFenced { .. } => ErrorCode::MetadataError,
+            Self::TopicDeleted(_) => ErrorCode::TopicNotFound,
         }
     }
 

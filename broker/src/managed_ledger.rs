@@ -74,6 +74,8 @@ pub struct ManagedLedger {
     /// Bumped each time an entry becomes durable; dispatchers wait on it.
     appended: watch::Sender<u64>,
     failed: Arc<std::sync::atomic::AtomicBool>,
+    /// Set by `delete`: appends fail with `TopicDeleted`.
+    deleted: std::sync::atomic::AtomicBool,
 }
 
 impl ManagedLedger {
@@ -96,20 +98,24 @@ impl ManagedLedger {
                 0,
             ),
         };
+        let mut empty_tail = None;
         if let Some(last) = record
             .ledgers
             .last()
             .cloned()
             .filter(|l| l.entries.is_none())
         {
-            let reader = client.open_ledger_with_recovery(last.id).await?;
-            let entries = reader.last_entry().map(|e| e.0 + 1).unwrap_or(0);
+            // A tail ledger whose metadata is gone was deleted empty by an earlier open that
+            // failed before rewriting this record: it held nothing.
+            let entries = match client.open_ledger_with_recovery(last.id).await {
+                Ok(reader) => reader.last_entry().map(|e| e.0 + 1).unwrap_or(0),
+                Err(strata_bookie::LedgerError::NoSuchLedger(_)) => 0,
+                Err(e) => return Err(e.into()),
+            };
             info!(ledger = %last.id, entries, "recovered ledger left open by the previous owner");
             if entries == 0 {
                 record.ledgers.pop();
-                if let Err(e) = client.delete_ledger(last.id).await {
-                    warn!(ledger = %last.id, error = %e, "could not delete empty recovered ledger");
-                }
+                empty_tail = Some(last.id);
             } else if let Some(info) = record.ledgers.last_mut() {
                 info.entries = Some(entries);
             }
@@ -129,6 +135,12 @@ impl ManagedLedger {
             .put(&key, encode_record(&record)?, expect)
             .await?
             .version;
+        // Only now that the record no longer names it may the empty tail ledger go.
+        if let Some(id) = empty_tail {
+            if let Err(e) = client.delete_ledger(id).await {
+                warn!(ledger = %id, error = %e, "could not delete empty recovered ledger");
+            }
+        }
         info!(ledger = %writer.id(), ledgers = record.ledgers.len(), "managed ledger open");
         let (appended, _) = watch::channel(0);
         Ok(Arc::new(Self {
@@ -147,6 +159,7 @@ impl ManagedLedger {
             readers: Mutex::new(HashMap::new()),
             appended,
             failed: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            deleted: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
@@ -171,23 +184,34 @@ impl ManagedLedger {
         let ledger = writer.id();
         let add = writer.add(data);
         drop(write);
+        // The completion runs as its own task, so the wake-up of dispatchers and the failure
+        // flag never depend on somebody polling the returned future (a producer that went
+        // away drops it, but its entry still becomes durable).
         let appended = self.appended.clone();
         let failed = self.failed.clone();
-        Ok(Box::pin(async move {
-            match add.await {
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let outcome = match add.await {
                 Ok(entry) => {
                     appended.send_modify(|n| *n += 1);
                     Ok(Position { ledger, entry })
                 }
                 Err(e) => {
                     failed.store(true, std::sync::atomic::Ordering::Release);
-                    Err(e.into())
+                    Err(BrokerError::from(e))
                 }
-            }
+            };
+            let _ = done_tx.send(outcome);
+        });
+        Ok(Box::pin(async move {
+            done_rx.await.unwrap_or(Err(BrokerError::ShuttingDown))
         }))
     }
 
     fn current_writer(&self) -> Result<Arc<LedgerWriter>, BrokerError> {
+        if self.deleted.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(BrokerError::TopicDeleted(self.topic.to_string()));
+        }
         self.view_read()
             .current
             .clone()
@@ -495,16 +519,24 @@ impl ManagedLedger {
     /// Deletes every ledger of the log and its record.
     pub async fn delete(&self) -> Result<(), BrokerError> {
         let _write = self.write.lock().await;
-        let (ledgers, current) = {
-            let mut view = self.view_write();
-            (std::mem::take(&mut view.ledgers), view.current.take())
-        };
+        self.deleted
+            .store(true, std::sync::atomic::Ordering::Release);
+        let current = self.view_write().current.take();
         if let Some(w) = current {
-            w.close().await?;
+            if let Err(e) = w.close().await {
+                warn!(topic = %self.topic, error = %e, "closing the ledger of a deleted topic");
+            }
         }
-        for l in ledgers {
-            self.client.delete_ledger(l.id).await?;
+        // Idempotent: a ledger already gone counts as deleted, and the list is cleared only
+        // once every ledger is, so a retry after a failure deletes the rest.
+        let ledgers = self.view_read().ledgers.clone();
+        for l in &ledgers {
+            match self.client.delete_ledger(l.id).await {
+                Ok(()) | Err(strata_bookie::LedgerError::NoSuchLedger(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
+        self.view_write().ledgers.clear();
         self.meta
             .delete(&keys::managed_ledger(&self.topic), Expect::Any)
             .await?;

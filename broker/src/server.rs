@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use prost::Message as _;
 use quinn::{Connection, Endpoint, RecvStream, SendStream};
 use strata_proto::pb::client::{
     AckReceipt, AdminRequest, AdminResponse, ClientFrame, ConsumerOpen, ConsumerReady, Done,
@@ -28,6 +29,9 @@ use crate::managed_ledger::PendingAppend;
 use crate::metrics::BrokerMetrics;
 use crate::service::BrokerService;
 use crate::{BrokerError, subscription::Subscription};
+
+/// Ack receipts a consumer session may have outstanding before it stops reading acks.
+const MAX_PENDING_ACK_RECEIPTS: usize = 1024;
 
 /// Frames queued towards one consumer before the dispatcher waits.
 const CONSUMER_QUEUE: usize = 64;
@@ -175,10 +179,10 @@ async fn serve_stream(
                 .map_err(|e| e.to_string())
         }
         Some(client_frame::Frame::ProducerOpen(open)) => {
-            producer_session(&service, open, &mut writer, &mut reader).await
+            producer_session(&service, open, max, &mut writer, &mut reader).await
         }
         Some(client_frame::Frame::ConsumerOpen(open)) => {
-            consumer_session(&service, open, writer, reader, session).await
+            consumer_session(&service, open, max, writer, reader, session).await
         }
         other => {
             let wire = WireError::new(
@@ -259,6 +263,7 @@ async fn handle_admin(service: &BrokerService, req: AdminRequest) -> AdminRespon
 async fn producer_session(
     service: &Arc<BrokerService>,
     open: ProducerOpen,
+    max_frame_size: usize,
     writer: &mut FrameWriter,
     reader: &mut FrameReader,
 ) -> Result<(), String> {
@@ -315,12 +320,18 @@ async fn producer_session(
                 },
                 Err(e) => failed_receipt(service, sequence_id, &e),
             };
+            let failed = receipt.error.is_some();
             writer
                 .send(&ServerFrame {
                     frame: Some(server_frame::Frame::Receipt(receipt)),
                 })
                 .await
                 .map_err(|e| e.to_string())?;
+            if failed {
+                // Stop at the first batch not stored, so what this producer stored is an
+                // in-order prefix of what it sent; the client fails its later sends.
+                return Err("a batch could not be stored; producer session ended".to_owned());
+            }
         }
         Ok::<(), String>(())
     };
@@ -334,6 +345,22 @@ async fn producer_session(
             };
             match frame.frame {
                 Some(client_frame::Frame::Send(batch)) => {
+                    // Every message must fit in a Delivery frame later, with its id and
+                    // producer name added: refuse what could never be delivered.
+                    let overhead = name.len() + 128;
+                    if let Some(m) = batch
+                        .messages
+                        .iter()
+                        .find(|m| m.encoded_len() + overhead > max_frame_size)
+                    {
+                        return Err(WireError::new(
+                            ErrorCode::FrameTooLarge,
+                            format!(
+                                "message of {} bytes cannot be delivered within the {max_frame_size}-byte frame limit",
+                                m.encoded_len()
+                            ),
+                        ));
+                    }
                     let count = batch.messages.len() as u32;
                     let bytes: u64 = batch.messages.iter().map(|m| m.payload.len() as u64).sum();
                     let pending = topic
@@ -410,12 +437,24 @@ async fn fail(writer: &mut FrameWriter, e: &WireError) -> Result<(), String> {
 async fn consumer_session(
     service: &Arc<BrokerService>,
     open: ConsumerOpen,
+    max_frame_size: usize,
     mut writer: FrameWriter,
     mut reader: FrameReader,
     session: u64,
 ) -> Result<(), String> {
     let initial =
         InitialPosition::try_from(open.initial_position).unwrap_or(InitialPosition::Latest);
+    // Checked before anything is created for it.
+    if open.subscription.is_empty() || open.subscription.contains('/') {
+        return fail(
+            &mut writer,
+            &WireError::new(
+                ErrorCode::ProtocolViolation,
+                "subscription name must be non-empty and contain no '/'",
+            ),
+        )
+        .await;
+    }
     let sub: Arc<Subscription> = match open_topic(service, &open.topic).await {
         Ok(topic) => match topic.subscription(&open.subscription, initial).await {
             Ok(s) => s,
@@ -423,17 +462,10 @@ async fn consumer_session(
         },
         Err(e) => return fail(&mut writer, &e.to_wire()).await,
     };
-    if open.subscription.is_empty() {
-        return fail(
-            &mut writer,
-            &WireError::new(ErrorCode::ProtocolViolation, "subscription name is empty"),
-        )
-        .await;
-    }
     static NEXT_CONSUMER: AtomicU64 = AtomicU64::new(1);
     let consumer_id = NEXT_CONSUMER.fetch_add(1, Ordering::Relaxed);
     let (tx, mut rx) = mpsc::channel::<ServerFrame>(CONSUMER_QUEUE);
-    if let Err(e) = sub.attach(consumer_id, tx.clone()).await {
+    if let Err(e) = sub.attach(consumer_id, tx.clone(), max_frame_size).await {
         return fail(&mut writer, &e.to_wire()).await;
     }
     BrokerMetrics::add(&service.metrics.consumers, 1);
@@ -459,6 +491,7 @@ async fn consumer_session(
         }
         writer.finish();
     };
+    let receipt_slots = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_ACK_RECEIPTS));
     let frame_reader = async {
         loop {
             let frame = match reader.recv::<ClientFrame>().await {
@@ -480,8 +513,14 @@ async fn consumer_session(
                         continue;
                     }
                     let (sub, tx) = (sub.clone(), tx.clone());
+                    // Bounded: a client that sends acks but never reads its answers is slowed
+                    // down here instead of piling up tasks.
+                    let Ok(permit) = receipt_slots.clone().acquire_owned().await else {
+                        return Ok(());
+                    };
                     // Waiting for durability must not hold up reading the next frames.
                     tokio::spawn(async move {
+                        let _permit = permit;
                         let outcome = match outcome {
                             Ok(seq) => sub.wait_durable(seq).await,
                             Err(e) => Err(e),

@@ -148,8 +148,16 @@ impl BrokerService {
         match loaded {
             Ok(t) => Ok(t.clone()),
             Err(e) => {
-                // Do not cache the failure: the next request tries again.
-                self.topics.lock().await.remove(name);
+                // The empty cell makes the next request try again. Drop it from the map only
+                // if nobody else holds it (map + us): a caller still initialising it must not
+                // end up with a topic the map no longer knows (two live copies of one topic).
+                let mut topics = self.topics.lock().await;
+                if topics
+                    .get(name)
+                    .is_some_and(|c| Arc::ptr_eq(c, &cell) && Arc::strong_count(&cell) == 2)
+                {
+                    topics.remove(name);
+                }
                 Err(e)
             }
         }
@@ -169,9 +177,10 @@ impl BrokerService {
     pub async fn close_all(&self) {
         let cells: Vec<_> = self.topics.lock().await.drain().map(|(_, c)| c).collect();
         for cell in cells {
-            if let Some(topic) = cell.get()
-                && let Err(e) = topic.managed_ledger().close().await
-            {
+            let Some(topic) = cell.get() else { continue };
+            // Acks already applied in memory become durable before the broker goes.
+            topic.flush_cursors().await;
+            if let Err(e) = topic.managed_ledger().close().await {
                 warn!(topic = %topic.name(), error = %e, "closing topic on shutdown failed; it will be recovered on restart");
             }
         }

@@ -26,7 +26,7 @@ use crate::managed_ledger::ManagedLedger;
 /// Most entries read from storage in one go by a dispatcher.
 const MAX_READ_ENTRIES: usize = 256;
 
-/// Payload bytes per `Delivery` frame, well under the default 5 MiB frame limit.
+/// Most bytes per `Delivery` frame (less when the configured frame limit is smaller).
 const MAX_DELIVERY_FRAME_BYTES: usize = 1024 * 1024;
 
 /// Frames to one consumer's stream writer.
@@ -35,6 +35,8 @@ pub type ConsumerTx = mpsc::Sender<ServerFrame>;
 struct Attached {
     id: u64,
     tx: ConsumerTx,
+    /// Largest Delivery frame this consumer's stream may carry.
+    max_frame_bytes: usize,
     /// Messages the consumer can still take.
     permits: i64,
 }
@@ -63,6 +65,9 @@ pub struct Subscription {
     wake_flusher: Arc<Notify>,
     /// Highest change sequence known durable.
     persisted: watch::Sender<u64>,
+    /// The cursor record was changed by someone else (the topic was deleted or re-created):
+    /// this subscription object no longer owns it and persists nothing more.
+    flusher_stopped: std::sync::atomic::AtomicBool,
 }
 
 impl Subscription {
@@ -112,6 +117,7 @@ impl Subscription {
             wake_dispatcher: Notify::new(),
             wake_flusher: Arc::new(Notify::new()),
             persisted,
+            flusher_stopped: std::sync::atomic::AtomicBool::new(false),
         });
         tokio::spawn(flusher(
             Arc::downgrade(&sub),
@@ -131,6 +137,7 @@ impl Subscription {
         self: &Arc<Self>,
         consumer_id: u64,
         tx: ConsumerTx,
+        max_frame_size: usize,
     ) -> Result<(), BrokerError> {
         let mut st = self.state.lock().await;
         if st.consumer.is_some() {
@@ -139,9 +146,14 @@ impl Subscription {
                 subscription: self.name.clone(),
             });
         }
+        // Headroom for the frame's own fields; a lone message always fits (checked at publish).
+        let max_frame_bytes = max_frame_size
+            .saturating_sub(1024)
+            .min(MAX_DELIVERY_FRAME_BYTES);
         st.consumer = Some(Attached {
             id: consumer_id,
             tx,
+            max_frame_bytes,
             permits: 0,
         });
         drop(st);
@@ -161,10 +173,22 @@ impl Subscription {
         }
     }
 
+    /// Ends the attached consumer's session with `error` (e.g. the topic was deleted).
+    pub async fn terminate(&self, error: &BrokerError) {
+        let consumer = self.state.lock().await.consumer.take();
+        if let Some(c) = consumer {
+            let frame = ServerFrame {
+                frame: Some(server_frame::Frame::Error(error.to_wire().into())),
+            };
+            let _ = c.tx.send(frame).await;
+        }
+        self.wake_dispatcher.notify_waiters();
+    }
+
     pub async fn add_permits(&self, consumer_id: u64, permits: u32) {
         let mut st = self.state.lock().await;
         if let Some(c) = st.consumer.as_mut().filter(|c| c.id == consumer_id) {
-            c.permits += i64::from(permits);
+            c.permits = c.permits.saturating_add(i64::from(permits));
             drop(st);
             self.wake_dispatcher.notify_one();
         }
@@ -216,11 +240,25 @@ impl Subscription {
     /// Waits until the cursor state with change sequence `seq` is durable in the metastore.
     pub async fn wait_durable(&self, seq: u64) -> Result<(), BrokerError> {
         let mut persisted = self.persisted.subscribe();
+        let stopped = &self.flusher_stopped;
         persisted
-            .wait_for(|p| *p >= seq)
+            .wait_for(|p| *p >= seq || stopped.load(std::sync::atomic::Ordering::Acquire))
             .await
-            .map(drop)
-            .map_err(|_| BrokerError::ShuttingDown)
+            .map_err(|_| BrokerError::ShuttingDown)?;
+        if *persisted.borrow() >= seq {
+            Ok(())
+        } else {
+            Err(BrokerError::CursorFenced {
+                subscription: self.name.clone(),
+            })
+        }
+    }
+
+    /// Makes the current cursor state durable (graceful shutdown).
+    pub async fn flush(&self) -> Result<(), BrokerError> {
+        let seq = self.state.lock().await.change_seq;
+        self.wake_flusher.notify_one();
+        self.wait_durable(seq).await
     }
 
     fn apply_ack(
@@ -313,11 +351,20 @@ async fn flusher(
                     version = w.version;
                     s.persisted.send_replace(seq);
                 }
+                Err(BrokerError::Meta(strata_metastore::MetaError::VersionMismatch {
+                    actual,
+                    ..
+                })) => {
+                    // Never adopt the other writer's version: that would overwrite a cursor
+                    // this object does not own (e.g. of a re-created topic).
+                    warn!(cursor = %key, ?actual, "cursor changed by someone else; no longer persisting it");
+                    s.flusher_stopped
+                        .store(true, std::sync::atomic::Ordering::Release);
+                    s.persisted.send_modify(|_| {});
+                    return;
+                }
                 Err(e) => {
                     warn!(cursor = %key, error = %e, "persisting cursor failed; retrying");
-                    if let Ok(Some(kv)) = s.meta.get(&key).await {
-                        version = kv.version;
-                    }
                     drop(s);
                     // Retry backoff, so a metastore outage is not a busy loop.
                     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
@@ -384,17 +431,18 @@ async fn dispatch_once(
     sub: &Subscription,
     consumer_id: u64,
 ) -> Result<DispatchOutcome, BrokerError> {
-    let (from, permits, messages_per_entry) = {
+    let (from, permits, messages_per_entry, max_frame_bytes) = {
         let mut st = sub.state.lock().await;
         let Some(c) = st.consumer.as_ref().filter(|c| c.id == consumer_id) else {
             return Ok(DispatchOutcome::Detached);
         };
         let permits = c.permits;
+        let c_max_frame = c.max_frame_bytes;
         if st.read_position.is_none() {
             st.read_position = next_unacked(&sub.ml, &st.cursor);
         }
         match st.read_position {
-            Some(p) if permits > 0 => (p, permits, st.messages_per_entry.max(1)),
+            Some(p) if permits > 0 => (p, permits, st.messages_per_entry.max(1), c_max_frame),
             _ => return Ok(DispatchOutcome::Idle),
         }
     };
@@ -440,23 +488,26 @@ async fn dispatch_once(
             if st.cursor.is_acked(id) {
                 continue;
             }
-            // Keep every Delivery frame far below the frame size limit.
-            if frame_bytes >= MAX_DELIVERY_FRAME_BYTES {
+            let delivered = DeliveredMessage {
+                id: Some(id.into()),
+                message: Some(message),
+                producer_name: batch.producer_name.clone(),
+                publish_time_ms: batch.publish_time_ms,
+                redelivery_count: 0,
+            };
+            // Start a new frame before this message would take the current one past the
+            // limit (a message alone always fits: the broker refuses larger ones at publish).
+            let size = delivered.encoded_len() + 8;
+            if frame_bytes > 0 && frame_bytes + size > max_frame_bytes {
                 frames.push(Delivery {
                     messages: Vec::new(),
                 });
                 frame_bytes = 0;
             }
-            frame_bytes += message.payload.len() + message.key.len() + 64;
+            frame_bytes += size;
             count += 1;
             if let Some(frame) = frames.last_mut() {
-                frame.messages.push(DeliveredMessage {
-                    id: Some(id.into()),
-                    message: Some(message),
-                    producer_name: batch.producer_name.clone(),
-                    publish_time_ms: batch.publish_time_ms,
-                    redelivery_count: 0,
-                });
+                frame.messages.push(delivered);
             }
         }
         st.pending.insert(pos, batch_size);

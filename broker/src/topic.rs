@@ -76,6 +76,15 @@ impl Topic {
         Ok(sub)
     }
 
+    /// Makes every loaded subscription's cursor durable (graceful shutdown).
+    pub async fn flush_cursors(&self) {
+        for sub in self.subscriptions.lock().await.values() {
+            if let Err(e) = sub.flush().await {
+                tracing::warn!(topic = %self.name, subscription = %sub.name(), error = %e, "cursor not flushed on shutdown");
+            }
+        }
+    }
+
     /// Names of the subscriptions persisted for this topic.
     pub async fn subscription_names(&self) -> Result<Vec<String>, BrokerError> {
         let prefix = keys::cursors_of(&self.name);
@@ -91,6 +100,10 @@ impl Topic {
     /// Deletes the log and every cursor.
     pub async fn delete(&self) -> Result<(), BrokerError> {
         self.ml.delete().await?;
+        let gone = BrokerError::TopicDeleted(self.name.to_string());
+        for sub in self.subscriptions.lock().await.values() {
+            sub.terminate(&gone).await;
+        }
         for kv in self.meta.scan(&keys::cursors_of(&self.name)).await? {
             self.meta.delete(&kv.key, Expect::Any).await?;
         }

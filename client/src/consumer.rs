@@ -101,7 +101,7 @@ impl ConsumerBuilder {
         }
         writer.send(&flow(self.receiver_queue_size)).await?;
         let (tx, rx) = mpsc::unbounded_channel();
-        let receipts: Receipts = Arc::new(Mutex::new(HashMap::new()));
+        let receipts: Receipts = Arc::new(Mutex::new(Some(HashMap::new())));
         let reader_task = tokio::spawn(read_deliveries(reader, tx, receipts.clone()));
         Ok(Consumer {
             rx,
@@ -117,7 +117,8 @@ impl ConsumerBuilder {
     }
 }
 
-type Receipts = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<(), ClientError>>>>>;
+/// Waiters for ack receipts by request id; `None` once the stream has ended.
+type Receipts = Arc<Mutex<Option<HashMap<u64, oneshot::Sender<Result<(), ClientError>>>>>>;
 
 pub struct Consumer {
     rx: mpsc::UnboundedReceiver<Result<ReceivedMessage, ClientError>>,
@@ -199,7 +200,11 @@ impl Consumer {
         let request_id = self.next_request;
         self.next_request += 1;
         let (tx, rx) = oneshot::channel();
-        self.receipts.lock().await.insert(request_id, tx);
+        match self.receipts.lock().await.as_mut() {
+            Some(waiters) => waiters.insert(request_id, tx),
+            // The stream already ended: nobody would ever answer.
+            None => return Err(ClientError::Closed("consumer")),
+        };
         self.send_ack(Vec::new(), false, request_id).await?;
         rx.await.unwrap_or(Err(ClientError::Closed("consumer")))
     }
@@ -249,7 +254,12 @@ async fn read_deliveries(
                 }
             }
             Some(server_frame::Frame::AckReceipt(r)) => {
-                if let Some(waiter) = receipts.lock().await.remove(&r.request_id) {
+                let waiter = receipts
+                    .lock()
+                    .await
+                    .as_mut()
+                    .and_then(|w| w.remove(&r.request_id));
+                if let Some(waiter) = waiter {
                     let _ = waiter.send(match r.error {
                         Some(e) => Err(ClientError::Server(e.into())),
                         None => Ok(()),
@@ -267,7 +277,8 @@ async fn read_deliveries(
             }
         }
     }
-    for (_, waiter) in receipts.lock().await.drain() {
+    let waiters = receipts.lock().await.take().unwrap_or_default();
+    for (_, waiter) in waiters {
         let _ = waiter.send(Err(ClientError::Closed("consumer")));
     }
 }

@@ -211,3 +211,68 @@ async fn ack_of_unknown_message_is_invalid_message_id() -> anyhow::Result<()> {
     consumer.flush_acks().await?;
     Ok(())
 }
+
+/// Deliveries stay within the server's configured frame limit whatever the messages carry
+/// (properties included): with a 64 KiB limit, batches of ~50 KiB with large properties are
+/// all delivered, none of them stalls the subscription.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_respect_a_small_frame_limit_with_large_properties() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = strata_cli::config::StandaloneConfig {
+        max_frame_size: 64 * 1024,
+        ..test_config(dir.path())
+    };
+    let server = TestStandalone::start(config).await?;
+    let c = client(&server).await?;
+    let producer = c
+        .producer("props")
+        .batch_max_messages(20)
+        .batch_max_bytes(1 << 20)
+        .create()
+        .await?;
+    let mut pending = Vec::new();
+    for i in 0..400 {
+        let mut m = strata_client::OutgoingMessage::from(vec![1u8; 1024]);
+        m.properties.insert("blob".into(), "p".repeat(1024));
+        m.properties.insert("i".into(), i.to_string());
+        pending.push(producer.send_async(m).await?);
+    }
+    for f in pending {
+        f.await?;
+    }
+    let mut consumer = c
+        .consumer("props", "s")
+        .initial_position(InitialPosition::Earliest)
+        .subscribe()
+        .await?;
+    for i in 0..400 {
+        let m = tokio::time::timeout(Duration::from_secs(30), consumer.receive()).await??;
+        assert_eq!(m.properties.get("i"), Some(&i.to_string()));
+    }
+    Ok(())
+}
+
+/// Deleting a topic ends its attached consumers with TopicNotFound instead of leaving them
+/// waiting, and its producers' sends fail with TopicNotFound too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_topic_ends_its_sessions_with_topic_not_found() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = TestStandalone::start(test_config(dir.path())).await?;
+    let c = client(&server).await?;
+    let producer = c.producer("doomed").create().await?;
+    producer.send("one").await?;
+    let mut consumer = c
+        .consumer("doomed", "s")
+        .initial_position(InitialPosition::Earliest)
+        .subscribe()
+        .await?;
+    consumer.receive().await?;
+    c.delete_topic("doomed").await?;
+    let err = tokio::time::timeout(Duration::from_secs(30), consumer.receive())
+        .await?
+        .expect_err("session ended");
+    assert_eq!(err.code(), Some(ErrorCode::TopicNotFound), "{err}");
+    let err = producer.send("two").await.expect_err("topic is gone");
+    assert_eq!(err.code(), Some(ErrorCode::TopicNotFound), "{err}");
+    Ok(())
+}
