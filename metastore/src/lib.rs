@@ -7,11 +7,11 @@
 //! Reads (`get`, `scan`) are linearizable. Watches replay history from a revision and then
 //! stream live changes, with no gap and no duplicate.
 //!
-//! This first cut runs as ONE voter ([`MetaStore::open_standalone`], used by
-//! `strata standalone`). Raft networking is a stub ([`network`]): the QUIC raft transport and
-//! the membership calls (`add_learner`, `change_membership`) for 3- and 5-voter groups are the
-//! next issue; they only need a new `network.rs` and a `MetaStore::open_cluster`. Leases
-//! (ephemeral keys with a TTL), history compaction and the typed tables come later too.
+//! It runs as one voter in `strata standalone` ([`MetaStore::open_standalone`]) or as one of
+//! 3 or 5 voters talking QUIC ([`MetaStore::open_node`], `strata metastore`). A node that is
+//! not leader forwards reads and writes to the leader; [`MetaClient`] reaches a cluster from
+//! another process. Leases, multi-key transactions, history compaction, membership changes
+//! and the typed tables come next.
 //!
 //! # Layout
 //!
@@ -24,7 +24,10 @@
 //! - `keys`: column families, key encodings and the versioned, CRC32C-checked record
 //!   envelope.
 //! - [`types`]: the openraft [`TypeConfig`], the replicated [`Command`], [`Expect`], [`Written`].
-//! - [`network`]: the not-yet-networked `RaftNetworkFactory`.
+//! - [`network`]: openraft's `RaftNetwork` over QUIC.
+//! - [`rpc`]: node-to-node RPC messages and the peer connection cache.
+//! - [`node_server`]: the RPC server of a clustered node (raft traffic, forwarded requests).
+//! - [`client`]: [`MetaClient`], reads and writes from another process.
 //! - [`config`]: [`MetaStoreConfig`] and its validation.
 //! - [`error`]: [`MetaError`], every error a call can return.
 //!
