@@ -136,10 +136,10 @@ impl ManagedLedger {
             .await?
             .version;
         // Only now that the record no longer names it may the empty tail ledger go.
-        if let Some(id) = empty_tail {
-            if let Err(e) = client.delete_ledger(id).await {
-                warn!(ledger = %id, error = %e, "could not delete empty recovered ledger");
-            }
+        if let Some(id) = empty_tail
+            && let Err(e) = client.delete_ledger(id).await
+        {
+            warn!(ledger = %id, error = %e, "could not delete empty recovered ledger");
         }
         info!(ledger = %writer.id(), ledgers = record.ledgers.len(), "managed ledger open");
         let (appended, _) = watch::channel(0);
@@ -522,10 +522,10 @@ impl ManagedLedger {
         self.deleted
             .store(true, std::sync::atomic::Ordering::Release);
         let current = self.view_write().current.take();
-        if let Some(w) = current {
-            if let Err(e) = w.close().await {
-                warn!(topic = %self.topic, error = %e, "closing the ledger of a deleted topic");
-            }
+        if let Some(w) = current
+            && let Err(e) = w.close().await
+        {
+            warn!(topic = %self.topic, error = %e, "closing the ledger of a deleted topic");
         }
         // Idempotent: a ledger already gone counts as deleted, and the list is cleared only
         // once every ledger is, so a retry after a failure deletes the rest.

@@ -80,7 +80,7 @@ impl MetaClient {
                 )));
             }
             // Backoff between rounds while an election settles.
-            if (i + 1) % self.inner.addrs.len() == 0 {
+            if (i + 1).is_multiple_of(self.inner.addrs.len()) {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }

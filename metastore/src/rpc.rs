@@ -162,10 +162,10 @@ impl PeerClient {
             addr: addr.to_owned(),
             reason,
         };
-        if let Some(c) = self.inner.connections.lock().await.get(addr) {
-            if c.close_reason().is_none() {
-                return Ok(c.clone());
-            }
+        if let Some(c) = self.inner.connections.lock().await.get(addr)
+            && c.close_reason().is_none()
+        {
+            return Ok(c.clone());
         }
         let (host, port) = addr
             .rsplit_once(':')
