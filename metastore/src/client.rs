@@ -121,7 +121,7 @@ impl MetaClient {
             })
             .await?
         {
-            NodeResponse::Get(Ok(kv)) => Ok(kv.map(from_wire)),
+            NodeResponse::Get(Ok(kv)) => Ok(kv.map(WireKv::into_key_value)),
             NodeResponse::Get(Err(e)) => Err(MetaError::Raft(e.to_string())),
             other => Err(MetaError::Raft(format!(
                 "unexpected answer to a get: {other:?}"
@@ -137,21 +137,13 @@ impl MetaClient {
             })
             .await?
         {
-            NodeResponse::Scan(Ok(kvs)) => Ok(kvs.into_iter().map(from_wire).collect()),
+            NodeResponse::Scan(Ok(kvs)) => {
+                Ok(kvs.into_iter().map(WireKv::into_key_value).collect())
+            }
             NodeResponse::Scan(Err(e)) => Err(MetaError::Raft(e.to_string())),
             other => Err(MetaError::Raft(format!(
                 "unexpected answer to a scan: {other:?}"
             ))),
         }
-    }
-}
-
-fn from_wire(kv: WireKv) -> KeyValue {
-    KeyValue {
-        key: kv.key,
-        value: Bytes::from(kv.value),
-        version: kv.version,
-        create_revision: kv.create_revision,
-        mod_revision: kv.mod_revision,
     }
 }

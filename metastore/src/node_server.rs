@@ -97,16 +97,6 @@ fn remote(e: MetaError) -> RemoteError {
     }
 }
 
-fn wire(kv: crate::KeyValue) -> WireKv {
-    WireKv {
-        key: kv.key,
-        value: kv.value.to_vec(),
-        version: kv.version,
-        create_revision: kv.create_revision,
-        mod_revision: kv.mod_revision,
-    }
-}
-
 async fn handle(store: &MetaStore, request: NodeRequest) -> NodeResponse {
     let raft = store.raft();
     match request {
@@ -131,7 +121,11 @@ async fn handle(store: &MetaStore, request: NodeRequest) -> NodeResponse {
             } else {
                 store.get(&key).await
             };
-            NodeResponse::Get(result.map(|kv| kv.map(wire)).map_err(remote))
+            NodeResponse::Get(
+                result
+                    .map(|kv| kv.map(WireKv::from_key_value))
+                    .map_err(remote),
+            )
         }
         NodeRequest::Scan { prefix, forwarded } => {
             let result = if forwarded {
@@ -141,7 +135,7 @@ async fn handle(store: &MetaStore, request: NodeRequest) -> NodeResponse {
             };
             NodeResponse::Scan(
                 result
-                    .map(|kvs| kvs.into_iter().map(wire).collect())
+                    .map(|kvs| kvs.into_iter().map(WireKv::from_key_value).collect())
                     .map_err(remote),
             )
         }

@@ -63,6 +63,28 @@ pub struct WireKv {
     pub mod_revision: u64,
 }
 
+impl WireKv {
+    pub fn from_key_value(kv: strata_proto::pb::metastore::KeyValue) -> Self {
+        Self {
+            key: kv.key,
+            value: kv.value.to_vec(),
+            version: kv.version,
+            create_revision: kv.create_revision,
+            mod_revision: kv.mod_revision,
+        }
+    }
+
+    pub fn into_key_value(self) -> strata_proto::pb::metastore::KeyValue {
+        strata_proto::pb::metastore::KeyValue {
+            key: self.key,
+            value: bytes::Bytes::from(self.value),
+            version: self.version,
+            create_revision: self.create_revision,
+            mod_revision: self.mod_revision,
+        }
+    }
+}
+
 /// Why a forwarded request failed on the node that received it.
 #[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]
 pub enum RemoteError {

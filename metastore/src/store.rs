@@ -397,7 +397,7 @@ impl MetaStore {
                 )
                 .await?
             {
-                Some(NodeResponse::Get(Ok(kv))) => return Ok(kv.map(from_wire)),
+                Some(NodeResponse::Get(Ok(kv))) => return Ok(kv.map(WireKv::into_key_value)),
                 Some(NodeResponse::Get(Err(e))) => remote_error(e)?,
                 Some(other) => return Err(mismatched("Get", &other)),
                 None => {}
@@ -472,7 +472,7 @@ impl MetaStore {
                 .await?
             {
                 Some(NodeResponse::Scan(Ok(kvs))) => {
-                    return Ok(kvs.into_iter().map(from_wire).collect());
+                    return Ok(kvs.into_iter().map(WireKv::into_key_value).collect());
                 }
                 Some(NodeResponse::Scan(Err(e))) => remote_error(e)?,
                 Some(other) => return Err(mismatched("Scan", &other)),
@@ -563,16 +563,6 @@ fn remote_error(e: RemoteError) -> Result<(), MetaError> {
 
 fn mismatched(what: &str, got: &NodeResponse) -> MetaError {
     MetaError::Raft(format!("leader answered {what} with {got:?}"))
-}
-
-fn from_wire(kv: WireKv) -> KeyValue {
-    KeyValue {
-        key: kv.key,
-        value: Bytes::from(kv.value),
-        version: kv.version,
-        create_revision: kv.create_revision,
-        mod_revision: kv.mod_revision,
-    }
 }
 
 fn unexpected(op: &str, result: &CommandResult) -> MetaError {
