@@ -13,7 +13,9 @@ use std::collections::BTreeMap;
 
 use strata_proto::pb::metastore::{EventKind, KeyValue, WatchEvent};
 
-use crate::types::{Command, CommandResult, Written};
+use crate::types::{
+    Command, CommandResult, Compare, Expect, Txn, TxnOp, TxnOpResult, TxnResponse, Written,
+};
 
 /// Where [`ApplyBatch`] reads the current value of a key.
 pub(crate) trait KvSource {
@@ -100,7 +102,54 @@ impl<'a, S: KvSource> ApplyBatch<'a, S> {
                 self.out.changes.insert(key.clone(), None);
                 Ok(CommandResult::Deleted { revision })
             }
+            Command::Txn(txn) => self.apply_txn(txn).map(CommandResult::Txn),
         }
+    }
+
+    /// Evaluates every comparison, then applies one branch. Each operation takes its own
+    /// revision (so the history keeps one event per revision); all land in this one entry.
+    fn apply_txn(&mut self, txn: &Txn) -> Result<TxnResponse, S::Error> {
+        let mut succeeded = true;
+        for compare in &txn.compares {
+            let holds = match compare {
+                Compare::Version { key, expect } => {
+                    expect.holds(self.current(key)?.map(|kv| kv.version))
+                }
+                Compare::Value { key, value } => {
+                    self.current(key)?.is_some_and(|kv| kv.value == *value)
+                }
+            };
+            if !holds {
+                succeeded = false;
+                break;
+            }
+        }
+        let ops = if succeeded {
+            &txn.success
+        } else {
+            &txn.failure
+        };
+        let mut results = Vec::with_capacity(ops.len());
+        for op in ops {
+            let cmd = match op {
+                TxnOp::Put { key, value } => Command::Put {
+                    key: key.clone(),
+                    value: value.clone(),
+                    expect: Expect::Any,
+                },
+                TxnOp::Delete { key } => Command::Delete {
+                    key: key.clone(),
+                    expect: Expect::Any,
+                },
+            };
+            results.push(match self.apply(&cmd)? {
+                CommandResult::Written(w) => TxnOpResult::Written(w),
+                CommandResult::Deleted { revision } => TxnOpResult::Deleted { revision },
+                // Unconditional puts and deletes can only write, delete or find nothing.
+                _ => TxnOpResult::Absent,
+            });
+        }
+        Ok(TxnResponse { succeeded, results })
     }
 
     fn record(&mut self, kind: EventKind, kv: KeyValue) {
@@ -273,6 +322,89 @@ mod tests {
                 EventKind::Delete as i32,
                 EventKind::Put as i32
             ]
+        );
+    }
+
+    fn txn(compares: Vec<Compare>, success: Vec<TxnOp>, failure: Vec<TxnOp>) -> Command {
+        Command::Txn(Txn {
+            compares,
+            success,
+            failure,
+        })
+    }
+
+    fn tput(key: &str, value: &'static [u8]) -> TxnOp {
+        TxnOp::Put {
+            key: key.into(),
+            value: Bytes::from_static(value),
+        }
+    }
+
+    /// When every comparison holds, all success operations apply, in order, each with its own
+    /// revision; otherwise only the failure branch applies and the success ops leave no trace.
+    #[test]
+    fn txn_applies_exactly_one_branch() {
+        let source = MapSource(BTreeMap::new());
+        let mut batch = ApplyBatch::new(&source, 10);
+        let create = txn(
+            vec![
+                Compare::Version {
+                    key: "/a".into(),
+                    expect: Expect::Absent,
+                },
+                Compare::Version {
+                    key: "/b".into(),
+                    expect: Expect::Absent,
+                },
+            ],
+            vec![tput("/a", b"1"), tput("/b", b"2")],
+            vec![tput("/lost", b"x")],
+        );
+        match batch.apply(&create).expect("infallible") {
+            CommandResult::Txn(r) => {
+                assert!(r.succeeded);
+                assert_eq!(
+                    r.results,
+                    vec![
+                        TxnOpResult::Written(Written {
+                            revision: 11,
+                            version: 1
+                        }),
+                        TxnOpResult::Written(Written {
+                            revision: 12,
+                            version: 1
+                        })
+                    ]
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // Same transaction again: /a exists now, so the failure branch runs instead.
+        match batch.apply(&create).expect("infallible") {
+            CommandResult::Txn(r) => assert!(!r.succeeded && r.results.len() == 1),
+            other => panic!("{other:?}"),
+        }
+        let value_mismatch = txn(
+            vec![Compare::Value {
+                key: "/a".into(),
+                value: Bytes::from_static(b"other"),
+            }],
+            vec![TxnOp::Delete { key: "/a".into() }],
+            vec![],
+        );
+        assert!(matches!(
+            batch.apply(&value_mismatch),
+            Ok(CommandResult::Txn(TxnResponse {
+                succeeded: false,
+                ..
+            }))
+        ));
+        let out = batch.finish();
+        assert_eq!(out.revision, 13);
+        assert!(out.changes.contains_key("/lost"), "failure branch applied");
+        assert!(
+            out.changes.get("/a").is_some_and(|kv| kv.is_some()),
+            "value mismatch deleted nothing"
         );
     }
 }

@@ -63,5 +63,8 @@ pub use log_store::LogStore;
 pub use state_machine::{SnapshotBuilder, StateMachine};
 pub use store::{MAX_KEY_LEN, MetaStore, NodeOptions};
 pub use strata_proto::pb::metastore::{EventKind, KeyValue, WatchEvent};
-pub use types::{Command, CommandResult, Expect, NodeId, TypeConfig, Written};
+pub use types::{
+    Command, CommandResult, Compare, Expect, NodeId, Txn, TxnOp, TxnOpResult, TxnResponse,
+    TypeConfig, Written,
+};
 pub use watch::Watcher;

@@ -27,7 +27,8 @@ use crate::node_server::NodeServer;
 use crate::rpc::{NodeRequest, NodeResponse, PeerClient, RemoteError, WireKv};
 use crate::state_machine::StateMachine;
 use crate::types::{
-    Command, CommandResult, Expect, NodeId, STANDALONE_NODE_ID, TypeConfig, Written,
+    Command, CommandResult, Compare, Expect, NodeId, STANDALONE_NODE_ID, Txn, TxnOp, TxnResponse,
+    TypeConfig, Written,
 };
 use crate::watch::Watcher;
 
@@ -449,6 +450,33 @@ impl MetaStore {
                 actual,
             }),
             other => Err(unexpected("delete", &other)),
+        }
+    }
+
+    /// Runs a multi-key transaction atomically (see [`Txn`]): the comparisons and the chosen
+    /// branch's operations are one raft entry.
+    pub async fn txn(&self, txn: Txn) -> Result<TxnResponse, MetaError> {
+        let keys = txn.compares.iter().map(|c| match c {
+            Compare::Version { key, .. } | Compare::Value { key, .. } => key.as_str(),
+        });
+        for key in keys.chain(txn.success.iter().chain(&txn.failure).map(TxnOp::key)) {
+            validate_key(key)?;
+        }
+        let max = self.inner.config.max_value_size;
+        for op in txn.success.iter().chain(&txn.failure) {
+            if let TxnOp::Put { key, value } = op {
+                if value.len() > max {
+                    return Err(MetaError::ValueTooLarge {
+                        key: key.clone(),
+                        len: value.len(),
+                        max,
+                    });
+                }
+            }
+        }
+        match self.propose(Command::Txn(txn)).await? {
+            CommandResult::Txn(r) => Ok(r),
+            other => Err(unexpected("txn", &other)),
         }
     }
 

@@ -87,6 +87,66 @@ pub enum Command {
     },
     /// Removes `key` if `expect` holds.
     Delete { key: String, expect: Expect },
+    /// A multi-key transaction, as etcd's Txn: if every comparison holds, the `success`
+    /// operations are applied, else the `failure` ones; all in this one log entry, atomically.
+    Txn(Txn),
+}
+
+/// A multi-key transaction (see [`Command::Txn`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Txn {
+    pub compares: Vec<Compare>,
+    pub success: Vec<TxnOp>,
+    pub failure: Vec<TxnOp>,
+}
+
+/// One comparison of a transaction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Compare {
+    /// The key's version satisfies `expect` (`Absent`: the key does not exist).
+    Version { key: String, expect: Expect },
+    /// The key exists and its value equals `value`.
+    Value {
+        key: String,
+        #[serde(with = "hex_bytes")]
+        value: Bytes,
+    },
+}
+
+/// One operation of a transaction branch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TxnOp {
+    Put {
+        key: String,
+        #[serde(with = "hex_bytes")]
+        value: Bytes,
+    },
+    Delete {
+        key: String,
+    },
+}
+
+impl TxnOp {
+    pub fn key(&self) -> &str {
+        match self {
+            TxnOp::Put { key, .. } | TxnOp::Delete { key } => key,
+        }
+    }
+}
+
+/// What one transaction operation did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TxnOpResult {
+    Written(Written),
+    Deleted { revision: u64 },
+    Absent,
+}
+
+/// The outcome of a transaction: which branch ran, and each of its operations' results.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxnResponse {
+    pub succeeded: bool,
+    pub results: Vec<TxnOpResult>,
 }
 
 /// What applying one log entry produced; one per entry, in log order.
@@ -102,6 +162,8 @@ pub enum CommandResult {
     Absent,
     /// The CAS condition did not hold; nothing changed. `actual` is the key's version.
     Mismatch { actual: Option<u64> },
+    /// A transaction ran.
+    Txn(TxnResponse),
 }
 
 /// serde for `Bytes` as a lowercase hex string: compact enough in the JSON log (2x, against
