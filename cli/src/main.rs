@@ -107,6 +107,8 @@ enum TopicsCommand {
 enum PerfCommand {
     Produce(perf::PerfProduceArgs),
     Consume(perf::PerfConsumeArgs),
+    /// Compare-and-set puts against a metastore cluster.
+    Meta(perf::PerfMetaArgs),
 }
 
 #[derive(clap::Args)]
@@ -253,10 +255,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Perf(cmd) => {
+            if let PerfCommand::Meta(args) = cmd {
+                return perf::meta(args).await;
+            }
             let client = cli.connect.connect().await?;
             match cmd {
                 PerfCommand::Produce(args) => perf::produce(&client, args).await?,
                 PerfCommand::Consume(args) => perf::consume(&client, args).await?,
+                PerfCommand::Meta(_) => {}
             }
             client.close().await;
             Ok(())

@@ -305,3 +305,66 @@ pub async fn consume(client: &Client, args: PerfConsumeArgs) -> anyhow::Result<(
     println!("(consume latency is publish time to receive, millisecond resolution)");
     Ok(())
 }
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct PerfMetaArgs {
+    /// Metastore nodes, `host:port[,host:port...]`.
+    #[arg(long, env = "STRATA_METASTORE", default_value = "127.0.0.1:6670")]
+    pub metastore: String,
+    /// Concurrent clients, each doing compare-and-set puts on its own key.
+    #[arg(long, default_value_t = 16)]
+    pub clients: usize,
+    #[arg(long, default_value_t = 10)]
+    pub duration_secs: u64,
+    /// Value bytes per put.
+    #[arg(long, default_value_t = 128)]
+    pub size: usize,
+}
+
+/// Compare-and-set puts against a metastore cluster: every client reads nothing and writes
+/// its own key with `Expect::Version` of its previous write, so every put is a real CAS.
+pub async fn meta(args: PerfMetaArgs) -> anyhow::Result<()> {
+    use strata_metastore::{Expect, MetaClient};
+    let addrs: Vec<String> = args
+        .metastore
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let client = MetaClient::new(addrs, None, Duration::from_secs(10))?;
+    let stats = Arc::new(Mutex::new(Stats::new()?));
+    let (done_tx, done_rx) = tokio::sync::watch::channel(false);
+    let reporter = tokio::spawn(report("cas-put", stats.clone(), done_rx, None));
+    let deadline = Instant::now() + Duration::from_secs(args.duration_secs);
+    let value = Bytes::from(vec![b'v'; args.size]);
+    let run = format!("{}", std::process::id());
+    let mut workers = Vec::new();
+    for c in 0..args.clients.max(1) {
+        let (client, stats, value) = (client.clone(), stats.clone(), value.clone());
+        let key = format!("/perf/{run}/{c}");
+        workers.push(tokio::spawn(async move {
+            let mut expect = Expect::Absent;
+            while Instant::now() < deadline {
+                let t0 = Instant::now();
+                match client.put(&key, value.clone(), expect).await {
+                    Ok(w) => {
+                        expect = Expect::Version(w.version);
+                        stats
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .record(t0.elapsed().as_micros() as u64, value.len());
+                    }
+                    Err(_) => stats.lock().unwrap_or_else(|p| p.into_inner()).errors += 1,
+                }
+            }
+        }));
+    }
+    for w in workers {
+        w.await?;
+    }
+    let _ = done_tx.send(true);
+    let (msgs, bytes, elapsed) = reporter.await?;
+    summary("cas-put", &stats, msgs, bytes, elapsed);
+    Ok(())
+}

@@ -54,13 +54,20 @@ impl MetaClient {
         loop {
             let i = self.inner.next.load(Ordering::Relaxed) % self.inner.addrs.len();
             let addr = &self.inner.addrs[i];
-            let why = match self.inner.peers.call(addr, &req).await {
+            let why = match self
+                .inner
+                .peers
+                .call(addr, &req, crate::rpc::FORWARD_TIMEOUT)
+                .await
+            {
                 Ok(NodeResponse::Write(Err(RemoteError::NotLeader { .. })))
                 | Ok(NodeResponse::Get(Err(RemoteError::NotLeader { .. })))
                 | Ok(NodeResponse::Scan(Err(RemoteError::NotLeader { .. }))) => {
                     format!("{addr} is not the leader")
                 }
                 Ok(resp) => return Ok(resp),
+                // Never sent: safe to try the next node, writes included.
+                Err(e @ RpcError::NotSent { .. }) => e.to_string(),
                 Err(e @ RpcError::Unreachable { .. })
                     if !matches!(req, NodeRequest::Write { .. }) =>
                 {

@@ -60,12 +60,15 @@ impl QuicNetwork {
     async fn call<E: std::error::Error>(
         &self,
         req: NodeRequest,
+        option: &RPCOption,
     ) -> Result<NodeResponse, RPCError<NodeId, BasicNode, E>> {
         self.peers
-            .call(&self.addr, &req)
+            .call(&self.addr, &req, option.hard_ttl())
             .await
             .map_err(|e| match e {
-                RpcError::Unreachable { .. } => RPCError::Unreachable(Unreachable::new(&e)),
+                RpcError::Unreachable { .. } | RpcError::NotSent { .. } => {
+                    RPCError::Unreachable(Unreachable::new(&e))
+                }
                 RpcError::Malformed { .. } => RPCError::Network(NetworkError::new(&e)),
             })
     }
@@ -82,9 +85,9 @@ impl RaftNetwork<TypeConfig> for QuicNetwork {
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
-        _option: RPCOption,
+        option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        match self.call(NodeRequest::AppendEntries(rpc)).await? {
+        match self.call(NodeRequest::AppendEntries(rpc), &option).await? {
             NodeResponse::AppendEntries(Ok(r)) => Ok(r),
             NodeResponse::AppendEntries(Err(e)) => {
                 Err(RPCError::RemoteError(RemoteError::new(self.target, e)))
@@ -96,12 +99,15 @@ impl RaftNetwork<TypeConfig> for QuicNetwork {
     async fn install_snapshot(
         &mut self,
         rpc: InstallSnapshotRequest<TypeConfig>,
-        _option: RPCOption,
+        option: RPCOption,
     ) -> Result<
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        match self.call(NodeRequest::InstallSnapshot(rpc)).await? {
+        match self
+            .call(NodeRequest::InstallSnapshot(rpc), &option)
+            .await?
+        {
             NodeResponse::InstallSnapshot(Ok(r)) => Ok(r),
             NodeResponse::InstallSnapshot(Err(e)) => {
                 Err(RPCError::RemoteError(RemoteError::new(self.target, e)))
@@ -113,9 +119,9 @@ impl RaftNetwork<TypeConfig> for QuicNetwork {
     async fn vote(
         &mut self,
         rpc: VoteRequest<NodeId>,
-        _option: RPCOption,
+        option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        match self.call(NodeRequest::Vote(rpc)).await? {
+        match self.call(NodeRequest::Vote(rpc), &option).await? {
             NodeResponse::Vote(Ok(r)) => Ok(r),
             NodeResponse::Vote(Err(e)) => {
                 Err(RPCError::RemoteError(RemoteError::new(self.target, e)))

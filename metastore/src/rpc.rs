@@ -26,6 +26,10 @@ use crate::types::{Command, CommandResult, NodeId, TypeConfig};
 
 /// ALPN of metastore node-to-node traffic.
 pub const ALPN_RAFT: &[u8] = b"strata-meta-raft/1";
+/// How long establishing a connection to a peer may take.
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
+/// How long a forwarded read or write may take before the caller gives up on that node.
+pub const FORWARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 /// Largest RPC frame (a snapshot chunk or a batch of log entries).
 pub const MAX_RPC_FRAME: usize = 64 * 1024 * 1024;
 
@@ -111,6 +115,10 @@ pub enum NodeResponse {
 /// Why an RPC did not get an answer.
 #[derive(Debug, thiserror::Error)]
 pub enum RpcError {
+    /// No connection could be made: the request was not sent.
+    #[error("peer {addr} not reachable, request not sent: {reason}")]
+    NotSent { addr: String, reason: String },
+    /// The request may have been sent, but no answer came.
     #[error("peer {addr}: {reason}")]
     Unreachable { addr: String, reason: String },
     #[error("peer {addr} sent an undecodable answer: {reason}")]
@@ -144,15 +152,38 @@ impl PeerClient {
         }
     }
 
-    /// Sends `req` to the node at `addr` (`host:port`) and waits for its answer.
-    pub async fn call(&self, addr: &str, req: &NodeRequest) -> Result<NodeResponse, RpcError> {
+    /// Sends `req` to the node at `addr` (`host:port`) and waits at most `timeout` for its
+    /// answer. A dead peer is only noticed by QUIC's idle timeout, far too late for raft, so
+    /// every call has its own deadline and a call that times out drops the connection.
+    pub async fn call(
+        &self,
+        addr: &str,
+        req: &NodeRequest,
+        timeout: std::time::Duration,
+    ) -> Result<NodeResponse, RpcError> {
+        match tokio::time::timeout(timeout, self.call_inner(addr, req)).await {
+            Ok(result) => result,
+            Err(_) => {
+                self.inner.connections.lock().await.remove(addr);
+                Err(RpcError::Unreachable {
+                    addr: addr.to_owned(),
+                    reason: format!("no answer within {timeout:?}"),
+                })
+            }
+        }
+    }
+
+    async fn call_inner(&self, addr: &str, req: &NodeRequest) -> Result<NodeResponse, RpcError> {
         let unreachable = |reason: String| RpcError::Unreachable {
             addr: addr.to_owned(),
             reason,
         };
         let body =
             serde_json::to_vec(req).map_err(|e| unreachable(format!("encoding request: {e}")))?;
-        let conn = self.connection(addr).await?;
+        let conn = self.connection(addr).await.map_err(|e| match e {
+            RpcError::Unreachable { addr, reason } => RpcError::NotSent { addr, reason },
+            other => other,
+        })?;
         let result = async {
             let (send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
             let mut writer = FrameWriter::new(send, MAX_RPC_FRAME);
@@ -210,10 +241,13 @@ impl PeerClient {
         } else {
             "localhost".to_owned()
         };
-        let conn = endpoint
+        let connecting = endpoint
             .connect(sock, &server_name)
-            .map_err(|e| unreachable(e.to_string()))?
+            .map_err(|e| unreachable(e.to_string()))?;
+        // A live peer answers a handshake in about a millisecond here; a dead one never does.
+        let conn = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
             .await
+            .map_err(|_| unreachable(format!("no handshake within {CONNECT_TIMEOUT:?}")))?
             .map_err(|e| unreachable(e.to_string()))?;
         client_handshake(&conn, &self.inner.name, MAX_RPC_FRAME)
             .await

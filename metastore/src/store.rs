@@ -353,8 +353,18 @@ impl MetaStore {
                 "leader {leader} has no address in the membership"
             )));
         };
-        match self.inner.peers.call(&addr, req).await {
+        match self
+            .inner
+            .peers
+            .call(&addr, req, crate::rpc::FORWARD_TIMEOUT)
+            .await
+        {
             Ok(resp) => Ok(Some(resp)),
+            // Not sent: the leader we knew is gone; wait for the next one and route again.
+            Err(crate::rpc::RpcError::NotSent { .. }) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                Ok(None)
+            }
             // The request may or may not have been applied: say so instead of retrying blindly.
             Err(e) => Err(MetaError::Raft(format!(
                 "forwarding to leader {leader} failed, outcome unknown: {e}"
