@@ -59,8 +59,6 @@ struct LogView {
 /// Writer-side state, serialised by an async lock (rollover awaits the metastore).
 struct WriteState {
     record_version: u64,
-    /// An add failed: the current ledger must be recovered and replaced before the next append.
-    current_failed: bool,
 }
 
 pub struct ManagedLedger {
@@ -150,7 +148,6 @@ impl ManagedLedger {
             config,
             write: Mutex::new(WriteState {
                 record_version: version,
-                current_failed: false,
             }),
             view: RwLock::new(LogView {
                 ledgers: record.ledgers,
@@ -170,7 +167,7 @@ impl ManagedLedger {
     /// Starts appending one entry; the returned future resolves once it is durable.
     pub async fn append(&self, data: Bytes) -> Result<PendingAppend, BrokerError> {
         let mut write = self.write.lock().await;
-        if write.current_failed || self.failed.load(std::sync::atomic::Ordering::Acquire) {
+        if self.failed.load(std::sync::atomic::Ordering::Acquire) {
             self.replace_failed_ledger(&mut write).await?;
         }
         let writer = self.current_writer()?;
@@ -256,7 +253,6 @@ impl ManagedLedger {
             },
         )
         .await?;
-        write.current_failed = false;
         self.failed
             .store(false, std::sync::atomic::Ordering::Release);
         Ok(())

@@ -474,14 +474,14 @@ impl MetaStore {
         }
         let max = self.inner.config.max_value_size;
         for op in txn.success.iter().chain(&txn.failure) {
-            if let TxnOp::Put { key, value } = op {
-                if value.len() > max {
-                    return Err(MetaError::ValueTooLarge {
-                        key: key.clone(),
-                        len: value.len(),
-                        max,
-                    });
-                }
+            if let TxnOp::Put { key, value } = op
+                && value.len() > max
+            {
+                return Err(MetaError::ValueTooLarge {
+                    key: key.clone(),
+                    len: value.len(),
+                    max,
+                });
             }
         }
         match self.propose(Command::Txn(txn)).await? {
