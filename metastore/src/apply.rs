@@ -11,25 +11,50 @@
 
 use std::collections::BTreeMap;
 
-use strata_proto::pb::metastore::{EventKind, KeyValue, WatchEvent};
+use strata_proto::pb::metastore::{EventKind, KeyValue, Lease, WatchEvent};
 
 use crate::types::{
-    Command, CommandResult, Compare, Expect, Txn, TxnOp, TxnOpResult, TxnResponse, Written,
+    Command, CommandResult, Compare, LeaseId, Txn, TxnOp, TxnOpResult, TxnResponse, Written,
 };
 
-/// Where [`ApplyBatch`] reads the current value of a key.
+/// Where [`ApplyBatch`] reads the current state of a key or a lease.
 pub(crate) trait KvSource {
     type Error;
     fn load(&self, key: &str) -> Result<Option<KeyValue>, Self::Error>;
+    fn load_lease(&self, id: LeaseId) -> Result<Option<Lease>, Self::Error>;
 }
 
-/// The outcome of a batch: the final state of every touched key (`None` = deleted), the
-/// events in revision order and the revision after the batch.
+/// The state machine's counters, before or after a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Counters {
+    /// Revision of the last change.
+    pub(crate) revision: u64,
+    /// Oldest revision still in the history.
+    pub(crate) oldest_revision: u64,
+    /// The id the next granted lease gets.
+    pub(crate) next_lease_id: LeaseId,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters {
+            revision: 0,
+            oldest_revision: 1,
+            next_lease_id: 1,
+        }
+    }
+}
+
+/// The outcome of a batch: the final state of every touched key and lease (`None` =
+/// deleted), the events in revision order and the counters after the batch.
 #[derive(Debug, Default)]
 pub(crate) struct Applied {
     pub(crate) changes: BTreeMap<String, Option<KeyValue>>,
+    pub(crate) leases: BTreeMap<LeaseId, Option<Lease>>,
     pub(crate) events: Vec<WatchEvent>,
-    pub(crate) revision: u64,
+    pub(crate) counters: Counters,
+    /// The history below `counters.oldest_revision` is to be dropped.
+    pub(crate) compacted: bool,
 }
 
 /// Applies commands on top of a [`KvSource`], accumulating their effects.
@@ -39,12 +64,12 @@ pub(crate) struct ApplyBatch<'a, S: KvSource> {
 }
 
 impl<'a, S: KvSource> ApplyBatch<'a, S> {
-    /// Starts a batch over `source` whose last applied revision is `revision`.
-    pub(crate) fn new(source: &'a S, revision: u64) -> Self {
+    /// Starts a batch over `source`, whose counters are `counters`.
+    pub(crate) fn new(source: &'a S, counters: Counters) -> Self {
         ApplyBatch {
             source,
             out: Applied {
-                revision,
+                counters,
                 ..Applied::default()
             },
         }
@@ -57,30 +82,36 @@ impl<'a, S: KvSource> ApplyBatch<'a, S> {
         }
     }
 
+    fn lease(&self, id: LeaseId) -> Result<Option<Lease>, S::Error> {
+        if id == 0 {
+            return Ok(None);
+        }
+        match self.out.leases.get(&id) {
+            Some(state) => Ok(state.clone()),
+            None => self.source.load_lease(id),
+        }
+    }
+
     /// Applies one command and returns its result for the proposer.
     pub(crate) fn apply(&mut self, cmd: &Command) -> Result<CommandResult, S::Error> {
         match cmd {
-            Command::Put { key, value, expect } => {
+            Command::Put {
+                key,
+                value,
+                expect,
+                lease,
+            } => {
                 let current = self.current(key)?;
                 let actual = current.as_ref().map(|kv| kv.version);
                 if !expect.holds(actual) {
                     return Ok(CommandResult::Mismatch { actual });
                 }
-                let revision = self.out.revision + 1;
-                let kv = KeyValue {
-                    key: key.clone(),
-                    value: value.clone(),
-                    version: actual.map_or(1, |v| v + 1),
-                    create_revision: current.map_or(revision, |kv| kv.create_revision),
-                    mod_revision: revision,
-                };
-                let written = Written {
-                    revision,
-                    version: kv.version,
-                };
-                self.record(EventKind::Put, kv.clone());
-                self.out.changes.insert(key.clone(), Some(kv));
-                Ok(CommandResult::Written(written))
+                if *lease != 0 && self.lease(*lease)?.is_none() {
+                    return Ok(CommandResult::LeaseNotFound { id: *lease });
+                }
+                Ok(CommandResult::Written(
+                    self.put(key, value, *lease, current)?,
+                ))
             }
             Command::Delete { key, expect } => {
                 let current = self.current(key)?;
@@ -88,27 +119,134 @@ impl<'a, S: KvSource> ApplyBatch<'a, S> {
                 if !expect.holds(actual) {
                     return Ok(CommandResult::Mismatch { actual });
                 }
-                if current.is_none() {
-                    return Ok(CommandResult::Absent);
+                match current {
+                    None => Ok(CommandResult::Absent),
+                    Some(kv) => Ok(CommandResult::Deleted {
+                        revision: self.delete(kv)?,
+                    }),
                 }
-                let revision = self.out.revision + 1;
-                // As etcd: a delete event carries the key and the deleting revision only.
-                let tombstone = KeyValue {
-                    key: key.clone(),
-                    mod_revision: revision,
-                    ..KeyValue::default()
-                };
-                self.record(EventKind::Delete, tombstone);
-                self.out.changes.insert(key.clone(), None);
-                Ok(CommandResult::Deleted { revision })
             }
-            Command::Txn(txn) => self.apply_txn(txn).map(CommandResult::Txn),
+            Command::Txn(txn) => self.apply_txn(txn),
+            Command::LeaseGrant { ttl_ms } => {
+                let id = self.out.counters.next_lease_id;
+                self.out.counters.next_lease_id += 1;
+                let lease = Lease {
+                    id,
+                    ttl_ms: *ttl_ms,
+                    keys: Vec::new(),
+                };
+                self.out.leases.insert(id, Some(lease));
+                Ok(CommandResult::LeaseGranted {
+                    id,
+                    ttl_ms: *ttl_ms,
+                })
+            }
+            Command::LeaseRevoke { id, .. } => {
+                let Some(lease) = self.lease(*id)? else {
+                    return Ok(CommandResult::LeaseNotFound { id: *id });
+                };
+                let mut deleted_keys = 0;
+                for key in &lease.keys {
+                    if let Some(kv) = self.current(key)? {
+                        self.delete(kv)?;
+                        deleted_keys += 1;
+                    }
+                }
+                self.out.leases.insert(*id, None);
+                Ok(CommandResult::LeaseRevoked {
+                    id: *id,
+                    deleted_keys,
+                })
+            }
+            Command::Compact { revision } => {
+                let counters = &mut self.out.counters;
+                if *revision > counters.revision {
+                    return Ok(CommandResult::CompactBeyondRevision {
+                        requested: *revision,
+                        current: counters.revision,
+                    });
+                }
+                if *revision > counters.oldest_revision {
+                    counters.oldest_revision = *revision;
+                    self.out.compacted = true;
+                }
+                Ok(CommandResult::Compacted {
+                    oldest: counters.oldest_revision,
+                })
+            }
         }
+    }
+
+    /// Writes `key` (whose current state is `current`), moving it to `lease`.
+    fn put(
+        &mut self,
+        key: &str,
+        value: &bytes::Bytes,
+        lease: LeaseId,
+        current: Option<KeyValue>,
+    ) -> Result<Written, S::Error> {
+        let old_lease = current.as_ref().map_or(0, |kv| kv.lease);
+        if old_lease != lease {
+            self.unbind(old_lease, key)?;
+            self.bind(lease, key)?;
+        }
+        let revision = self.out.counters.revision + 1;
+        let kv = KeyValue {
+            key: key.to_owned(),
+            value: value.clone(),
+            version: current.as_ref().map_or(1, |kv| kv.version + 1),
+            create_revision: current.map_or(revision, |kv| kv.create_revision),
+            mod_revision: revision,
+            lease,
+        };
+        let written = Written {
+            revision,
+            version: kv.version,
+        };
+        self.record(EventKind::Put, kv.clone());
+        self.out.changes.insert(key.to_owned(), Some(kv));
+        Ok(written)
+    }
+
+    /// Removes an existing key; returns the deleting revision.
+    fn delete(&mut self, current: KeyValue) -> Result<u64, S::Error> {
+        self.unbind(current.lease, &current.key)?;
+        let revision = self.out.counters.revision + 1;
+        // As etcd: a delete event carries the key and the deleting revision only.
+        let tombstone = KeyValue {
+            key: current.key.clone(),
+            mod_revision: revision,
+            ..KeyValue::default()
+        };
+        self.record(EventKind::Delete, tombstone);
+        self.out.changes.insert(current.key, None);
+        Ok(revision)
+    }
+
+    fn bind(&mut self, lease: LeaseId, key: &str) -> Result<(), S::Error> {
+        if let Some(mut record) = self.lease(lease)? {
+            if let Err(at) = record.keys.binary_search_by(|k| k.as_str().cmp(key)) {
+                record.keys.insert(at, key.to_owned());
+            }
+            self.out.leases.insert(lease, Some(record));
+        }
+        Ok(())
+    }
+
+    fn unbind(&mut self, lease: LeaseId, key: &str) -> Result<(), S::Error> {
+        if let Some(mut record) = self.lease(lease)? {
+            if let Ok(at) = record.keys.binary_search_by(|k| k.as_str().cmp(key)) {
+                record.keys.remove(at);
+            }
+            self.out.leases.insert(lease, Some(record));
+        }
+        Ok(())
     }
 
     /// Evaluates every comparison, then applies one branch. Each operation takes its own
     /// revision (so the history keeps one event per revision); all land in this one entry.
-    fn apply_txn(&mut self, txn: &Txn) -> Result<TxnResponse, S::Error> {
+    /// A branch naming a lease that does not exist applies nothing.
+    fn apply_txn(&mut self, txn: &Txn) -> Result<CommandResult, S::Error> {
         let mut succeeded = true;
         for compare in &txn.compares {
             let holds = match compare {
@@ -129,33 +267,34 @@ impl<'a, S: KvSource> ApplyBatch<'a, S> {
         } else {
             &txn.failure
         };
+        for op in ops {
+            if let TxnOp::Put { lease, .. } = op
+                && *lease != 0
+                && self.lease(*lease)?.is_none()
+            {
+                return Ok(CommandResult::LeaseNotFound { id: *lease });
+            }
+        }
         let mut results = Vec::with_capacity(ops.len());
         for op in ops {
-            let cmd = match op {
-                TxnOp::Put { key, value } => Command::Put {
-                    key: key.clone(),
-                    value: value.clone(),
-                    expect: Expect::Any,
+            let current = self.current(op.key())?;
+            results.push(match (op, current) {
+                (TxnOp::Put { key, value, lease }, current) => {
+                    TxnOpResult::Written(self.put(key, value, *lease, current)?)
+                }
+                (TxnOp::Delete { .. }, Some(kv)) => TxnOpResult::Deleted {
+                    revision: self.delete(kv)?,
                 },
-                TxnOp::Delete { key } => Command::Delete {
-                    key: key.clone(),
-                    expect: Expect::Any,
-                },
-            };
-            results.push(match self.apply(&cmd)? {
-                CommandResult::Written(w) => TxnOpResult::Written(w),
-                CommandResult::Deleted { revision } => TxnOpResult::Deleted { revision },
-                // Unconditional puts and deletes can only write, delete or find nothing.
-                _ => TxnOpResult::Absent,
+                (TxnOp::Delete { .. }, None) => TxnOpResult::Absent,
             });
         }
-        Ok(TxnResponse { succeeded, results })
+        Ok(CommandResult::Txn(TxnResponse { succeeded, results }))
     }
 
     fn record(&mut self, kind: EventKind, kv: KeyValue) {
-        self.out.revision += 1;
+        self.out.counters.revision += 1;
         self.out.events.push(WatchEvent {
-            revision: self.out.revision,
+            revision: self.out.counters.revision,
             kind: kind as i32,
             kv: Some(kv),
         });
@@ -183,6 +322,16 @@ mod tests {
         fn load(&self, key: &str) -> Result<Option<KeyValue>, Infallible> {
             Ok(self.0.get(key).cloned())
         }
+        fn load_lease(&self, _: LeaseId) -> Result<Option<Lease>, Infallible> {
+            Ok(None)
+        }
+    }
+
+    fn at(revision: u64) -> Counters {
+        Counters {
+            revision,
+            ..Counters::default()
+        }
     }
 
     fn put(key: &str, value: &'static [u8], expect: Expect) -> Command {
@@ -190,6 +339,7 @@ mod tests {
             key: key.into(),
             value: Bytes::from_static(value),
             expect,
+            lease: 0,
         }
     }
 
@@ -201,7 +351,7 @@ mod tests {
     }
 
     fn run(source: &MapSource, revision: u64, cmds: &[Command]) -> (Vec<CommandResult>, Applied) {
-        let mut batch = ApplyBatch::new(source, revision);
+        let mut batch = ApplyBatch::new(source, at(revision));
         let results = cmds
             .iter()
             .map(|c| match batch.apply(c) {
@@ -240,7 +390,7 @@ mod tests {
                 CommandResult::Mismatch { actual: Some(2) },
             ]
         );
-        assert_eq!(applied.revision, 12);
+        assert_eq!(applied.counters.revision, 12);
         let kv = applied.changes.get("a").cloned().flatten();
         assert_eq!(kv.as_ref().map(|kv| kv.create_revision), Some(11));
         assert_eq!(kv.as_ref().map(|kv| kv.mod_revision), Some(12));
@@ -259,6 +409,7 @@ mod tests {
                 version: 3,
                 create_revision: 1,
                 mod_revision: 5,
+                lease: 0,
             },
         );
         let src = MapSource(map);
@@ -281,7 +432,7 @@ mod tests {
                 CommandResult::Mismatch { actual: None },
             ]
         );
-        assert_eq!(applied.revision, 5);
+        assert_eq!(applied.counters.revision, 5);
         assert!(applied.changes.is_empty());
         assert!(applied.events.is_empty());
     }
@@ -337,6 +488,7 @@ mod tests {
         TxnOp::Put {
             key: key.into(),
             value: Bytes::from_static(value),
+            lease: 0,
         }
     }
 
@@ -345,7 +497,7 @@ mod tests {
     #[test]
     fn txn_applies_exactly_one_branch() {
         let source = MapSource(BTreeMap::new());
-        let mut batch = ApplyBatch::new(&source, 10);
+        let mut batch = ApplyBatch::new(&source, at(10));
         let create = txn(
             vec![
                 Compare::Version {
@@ -400,11 +552,153 @@ mod tests {
             }))
         ));
         let out = batch.finish();
-        assert_eq!(out.revision, 13);
+        assert_eq!(out.counters.revision, 13);
         assert!(out.changes.contains_key("/lost"), "failure branch applied");
         assert!(
             out.changes.get("/a").is_some_and(|kv| kv.is_some()),
             "value mismatch deleted nothing"
         );
+    }
+
+    fn ok<T>(r: Result<T, Infallible>) -> T {
+        match r {
+            Ok(v) => v,
+            Err(never) => match never {},
+        }
+    }
+
+    fn leased(key: &str, lease: LeaseId) -> Command {
+        Command::Put {
+            key: key.into(),
+            value: Bytes::from_static(b"v"),
+            expect: Expect::Any,
+            lease,
+        }
+    }
+
+    /// Granting assigns increasing ids; keys bind to their lease; revoking deletes exactly the
+    /// bound keys (a key moved to no lease, or deleted, is no longer bound) and ends the lease;
+    /// a second revoke, or a put on the ended lease, finds no lease and changes nothing.
+    #[test]
+    fn lease_binds_and_revoke_deletes_bound_keys() {
+        let src = MapSource(BTreeMap::new());
+        let mut batch = ApplyBatch::new(&src, at(0));
+        assert_eq!(
+            ok(batch.apply(&Command::LeaseGrant { ttl_ms: 5000 })),
+            CommandResult::LeaseGranted {
+                id: 1,
+                ttl_ms: 5000
+            }
+        );
+        assert_eq!(
+            ok(batch.apply(&Command::LeaseGrant { ttl_ms: 9000 })),
+            CommandResult::LeaseGranted {
+                id: 2,
+                ttl_ms: 9000
+            }
+        );
+        for key in ["/a", "/b", "/c", "/d"] {
+            ok(batch.apply(&leased(key, 1)));
+        }
+        ok(batch.apply(&leased("/b", 0))); // moved off the lease
+        ok(batch.apply(&leased("/d", 2))); // moved to another lease
+        ok(batch.apply(&del("/c", Expect::Any))); // gone already
+        assert_eq!(
+            ok(batch.apply(&leased("/x", 7))),
+            CommandResult::LeaseNotFound { id: 7 }
+        );
+        let before = batch.out.counters.revision;
+        assert_eq!(
+            ok(batch.apply(&Command::LeaseRevoke {
+                id: 1,
+                expired: true
+            })),
+            CommandResult::LeaseRevoked {
+                id: 1,
+                deleted_keys: 1
+            }
+        );
+        assert_eq!(batch.out.counters.revision, before + 1, "one delete: /a");
+        assert_eq!(
+            ok(batch.apply(&Command::LeaseRevoke {
+                id: 1,
+                expired: true
+            })),
+            CommandResult::LeaseNotFound { id: 1 }
+        );
+        assert_eq!(
+            ok(batch.apply(&leased("/y", 1))),
+            CommandResult::LeaseNotFound { id: 1 }
+        );
+        let out = batch.finish();
+        assert_eq!(out.counters.next_lease_id, 3);
+        assert_eq!(out.changes.get("/a"), Some(&None));
+        assert!(
+            out.changes
+                .get("/b")
+                .is_some_and(|kv| kv.as_ref().is_some_and(|kv| kv.lease == 0))
+        );
+        assert!(
+            out.changes
+                .get("/d")
+                .is_some_and(|kv| kv.as_ref().is_some_and(|kv| kv.lease == 2))
+        );
+        assert_eq!(out.leases.get(&1), Some(&None));
+        assert_eq!(
+            out.leases.get(&2).cloned().flatten().map(|l| l.keys),
+            Some(vec!["/d".to_string()])
+        );
+        assert!(!out.changes.contains_key("/x") && !out.changes.contains_key("/y"));
+    }
+
+    /// A transaction whose chosen branch names a missing lease applies none of its operations.
+    #[test]
+    fn txn_with_missing_lease_applies_nothing() {
+        let src = MapSource(BTreeMap::new());
+        let mut batch = ApplyBatch::new(&src, at(4));
+        let result = ok(batch.apply(&txn(
+            vec![],
+            vec![
+                tput("/ok", b"1"),
+                TxnOp::Put {
+                    key: "/leased".into(),
+                    value: Bytes::from_static(b"2"),
+                    lease: 99,
+                },
+            ],
+            vec![],
+        )));
+        assert_eq!(result, CommandResult::LeaseNotFound { id: 99 });
+        let out = batch.finish();
+        assert!(out.changes.is_empty() && out.events.is_empty());
+        assert_eq!(out.counters.revision, 4);
+    }
+
+    /// Compaction moves the oldest kept revision forward only, never past the current
+    /// revision, and says where history now starts.
+    #[test]
+    fn compaction_only_moves_forward_and_not_beyond_now() {
+        let src = MapSource(BTreeMap::new());
+        let mut batch = ApplyBatch::new(&src, at(10));
+        assert_eq!(
+            ok(batch.apply(&Command::Compact { revision: 11 })),
+            CommandResult::CompactBeyondRevision {
+                requested: 11,
+                current: 10
+            }
+        );
+        assert!(!batch.out.compacted);
+        assert_eq!(
+            ok(batch.apply(&Command::Compact { revision: 8 })),
+            CommandResult::Compacted { oldest: 8 }
+        );
+        assert_eq!(
+            ok(batch.apply(&Command::Compact { revision: 5 })),
+            CommandResult::Compacted { oldest: 8 }
+        );
+        let out = batch.finish();
+        assert!(out.compacted);
+        assert_eq!(out.counters.oldest_revision, 8);
+        assert_eq!(out.counters.revision, 10, "compaction is not a change");
     }
 }

@@ -13,7 +13,8 @@ use strata_proto::pb::metastore::KeyValue;
 
 use crate::MetaError;
 use crate::rpc::{NodeRequest, NodeResponse, PeerClient, RemoteError, RpcError, WireKv};
-use crate::types::{Command, CommandResult, Expect, Written};
+use crate::store::{Lease, ScanPage};
+use crate::types::{Command, CommandResult, Expect, LeaseId, Txn, TxnResponse, Written};
 
 #[derive(Clone)]
 pub struct MetaClient {
@@ -62,7 +63,9 @@ impl MetaClient {
             {
                 Ok(NodeResponse::Write(Err(RemoteError::NotLeader { .. })))
                 | Ok(NodeResponse::Get(Err(RemoteError::NotLeader { .. })))
-                | Ok(NodeResponse::Scan(Err(RemoteError::NotLeader { .. }))) => {
+                | Ok(NodeResponse::Scan(Err(RemoteError::NotLeader { .. })))
+                | Ok(NodeResponse::ScanPage(Err(RemoteError::NotLeader { .. })))
+                | Ok(NodeResponse::LeaseKeepAlive(Err(RemoteError::NotLeader { .. }))) => {
                     format!("{addr} is not the leader")
                 }
                 Ok(resp) => return Ok(resp),
@@ -100,6 +103,7 @@ impl MetaClient {
                     key: key.to_owned(),
                     value,
                     expect,
+                    lease: 0,
                 },
                 forwarded: false,
             })
@@ -113,10 +117,160 @@ impl MetaClient {
                     actual,
                 })
             }
-            NodeResponse::Write(Err(e)) => Err(MetaError::Raft(e.to_string())),
+            NodeResponse::Write(Err(e)) => Err(e.into()),
             other => Err(MetaError::Raft(format!(
                 "unexpected answer to a put: {other:?}"
             ))),
+        }
+    }
+
+    /// Proposes `cmd` on the leader and returns what applying it produced.
+    async fn write(&self, cmd: Command) -> Result<CommandResult, MetaError> {
+        match self
+            .call(NodeRequest::Write {
+                cmd,
+                forwarded: false,
+            })
+            .await?
+        {
+            NodeResponse::Write(result) => result.map_err(MetaError::from),
+            other => Err(MetaError::Raft(format!(
+                "unexpected answer to a write: {other:?}"
+            ))),
+        }
+    }
+
+    /// As [`crate::MetaStore::put_leased`].
+    pub async fn put_leased(
+        &self,
+        key: &str,
+        value: Bytes,
+        expect: Expect,
+        lease: LeaseId,
+    ) -> Result<Written, MetaError> {
+        let cmd = Command::Put {
+            key: key.to_owned(),
+            value,
+            expect,
+            lease,
+        };
+        match self.write(cmd).await? {
+            CommandResult::Written(w) => Ok(w),
+            CommandResult::Mismatch { actual } => Err(MetaError::VersionMismatch {
+                key: key.to_owned(),
+                expected: expect,
+                actual,
+            }),
+            CommandResult::LeaseNotFound { id } => Err(MetaError::LeaseNotFound { id }),
+            other => Err(unexpected("put", &other)),
+        }
+    }
+
+    /// As [`crate::MetaStore::delete`].
+    pub async fn delete(&self, key: &str, expect: Expect) -> Result<bool, MetaError> {
+        let cmd = Command::Delete {
+            key: key.to_owned(),
+            expect,
+        };
+        match self.write(cmd).await? {
+            CommandResult::Deleted { .. } => Ok(true),
+            CommandResult::Absent => Ok(false),
+            CommandResult::Mismatch { actual } => Err(MetaError::VersionMismatch {
+                key: key.to_owned(),
+                expected: expect,
+                actual,
+            }),
+            other => Err(unexpected("delete", &other)),
+        }
+    }
+
+    /// As [`crate::MetaStore::txn`].
+    pub async fn txn(&self, txn: Txn) -> Result<TxnResponse, MetaError> {
+        match self.write(Command::Txn(txn)).await? {
+            CommandResult::Txn(r) => Ok(r),
+            CommandResult::LeaseNotFound { id } => Err(MetaError::LeaseNotFound { id }),
+            other => Err(unexpected("txn", &other)),
+        }
+    }
+
+    /// As [`crate::MetaStore::lease_grant`] (the TTL range is checked by the cluster).
+    pub async fn lease_grant(&self, ttl: Duration) -> Result<Lease, MetaError> {
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        match self.write(Command::LeaseGrant { ttl_ms }).await? {
+            CommandResult::LeaseGranted { id, ttl_ms } => Ok(Lease {
+                id,
+                ttl: Duration::from_millis(ttl_ms),
+            }),
+            other => Err(unexpected("lease grant", &other)),
+        }
+    }
+
+    /// As [`crate::MetaStore::lease_revoke`].
+    pub async fn lease_revoke(&self, id: LeaseId) -> Result<u64, MetaError> {
+        match self
+            .write(Command::LeaseRevoke { id, expired: false })
+            .await?
+        {
+            CommandResult::LeaseRevoked { deleted_keys, .. } => Ok(deleted_keys),
+            CommandResult::LeaseNotFound { id } => Err(MetaError::LeaseNotFound { id }),
+            other => Err(unexpected("lease revoke", &other)),
+        }
+    }
+
+    /// As [`crate::MetaStore::lease_keep_alive`].
+    pub async fn lease_keep_alive(&self, id: LeaseId) -> Result<Duration, MetaError> {
+        match self
+            .call(NodeRequest::LeaseKeepAlive {
+                id,
+                forwarded: false,
+            })
+            .await?
+        {
+            NodeResponse::LeaseKeepAlive(r) => {
+                r.map(Duration::from_millis).map_err(MetaError::from)
+            }
+            other => Err(MetaError::Raft(format!(
+                "unexpected answer to a keep-alive: {other:?}"
+            ))),
+        }
+    }
+
+    /// As [`crate::MetaStore::scan_page`].
+    pub async fn scan_page(
+        &self,
+        prefix: &str,
+        start_after: &str,
+        limit: u32,
+    ) -> Result<ScanPage, MetaError> {
+        match self
+            .call(NodeRequest::ScanPage {
+                prefix: prefix.to_owned(),
+                start_after: start_after.to_owned(),
+                limit,
+                forwarded: false,
+            })
+            .await?
+        {
+            NodeResponse::ScanPage(r) => r
+                .map(|page| ScanPage {
+                    kvs: page.kvs.into_iter().map(WireKv::into_key_value).collect(),
+                    more: page.more,
+                })
+                .map_err(MetaError::from),
+            other => Err(MetaError::Raft(format!(
+                "unexpected answer to a scan page: {other:?}"
+            ))),
+        }
+    }
+
+    /// As [`crate::MetaStore::compact`].
+    pub async fn compact(&self, revision: u64) -> Result<u64, MetaError> {
+        match self.write(Command::Compact { revision }).await? {
+            CommandResult::Compacted { oldest } => Ok(oldest),
+            CommandResult::CompactBeyondRevision { requested, current } => {
+                Err(MetaError::FutureRevision { requested, current })
+            }
+            other => Err(unexpected("compact", &other)),
         }
     }
 
@@ -129,7 +283,7 @@ impl MetaClient {
             .await?
         {
             NodeResponse::Get(Ok(kv)) => Ok(kv.map(WireKv::into_key_value)),
-            NodeResponse::Get(Err(e)) => Err(MetaError::Raft(e.to_string())),
+            NodeResponse::Get(Err(e)) => Err(e.into()),
             other => Err(MetaError::Raft(format!(
                 "unexpected answer to a get: {other:?}"
             ))),
@@ -147,10 +301,14 @@ impl MetaClient {
             NodeResponse::Scan(Ok(kvs)) => {
                 Ok(kvs.into_iter().map(WireKv::into_key_value).collect())
             }
-            NodeResponse::Scan(Err(e)) => Err(MetaError::Raft(e.to_string())),
+            NodeResponse::Scan(Err(e)) => Err(e.into()),
             other => Err(MetaError::Raft(format!(
                 "unexpected answer to a scan: {other:?}"
             ))),
         }
     }
+}
+
+fn unexpected(op: &str, result: &CommandResult) -> MetaError {
+    MetaError::Raft(format!("{op} produced an unexpected result: {result:?}"))
 }

@@ -40,6 +40,18 @@ pub struct MetaStoreConfig {
     pub watch_channel_capacity: usize,
     /// How long a request may wait for a leader (elections, forwarding) before it fails.
     pub request_timeout_ms: u64,
+    /// Shortest lease TTL granted, ms. Default 1 000; at least 2 × `heartbeat_interval_ms`.
+    pub lease_min_ttl_ms: u64,
+    /// Longest lease TTL granted, ms. Default 3 600 000 (an hour).
+    pub lease_max_ttl_ms: u64,
+    /// Extra time a new leader gives every lease (on top of its TTL) before expiring it, so
+    /// clients can find the new leader and keep their leases alive. Default 2 000 ms.
+    pub lease_grace_ms: u64,
+    /// How often the leader checks lease deadlines and the history size, ms. Default 100.
+    pub housekeeping_interval_ms: u64,
+    /// The leader compacts history older than this many revisions (0: never compact
+    /// automatically; `MetaStore::compact` still works). Default 100 000.
+    pub history_keep_revisions: u64,
 }
 
 impl Default for MetaStoreConfig {
@@ -54,6 +66,11 @@ impl Default for MetaStoreConfig {
             startup_timeout_ms: 30_000,
             watch_channel_capacity: 1_024,
             request_timeout_ms: 10_000,
+            lease_min_ttl_ms: 1_000,
+            lease_max_ttl_ms: 3_600_000,
+            lease_grace_ms: 2_000,
+            housekeeping_interval_ms: 100,
+            history_keep_revisions: 100_000,
         }
     }
 }
@@ -103,6 +120,27 @@ impl MetaStoreConfig {
         }
         if self.watch_channel_capacity == 0 {
             return bad("watch_channel_capacity", "must be at least 1".into());
+        }
+        if self.lease_min_ttl_ms < 2 * self.heartbeat_interval_ms {
+            return bad(
+                "lease_min_ttl_ms",
+                format!(
+                    "{} must be at least twice heartbeat_interval_ms ({})",
+                    self.lease_min_ttl_ms, self.heartbeat_interval_ms
+                ),
+            );
+        }
+        if self.lease_max_ttl_ms < self.lease_min_ttl_ms {
+            return bad(
+                "lease_max_ttl_ms",
+                format!(
+                    "{} must be at least lease_min_ttl_ms ({})",
+                    self.lease_max_ttl_ms, self.lease_min_ttl_ms
+                ),
+            );
+        }
+        if self.housekeeping_interval_ms == 0 {
+            return bad("housekeeping_interval_ms", "must be at least 1".into());
         }
         Ok(())
     }

@@ -5,18 +5,21 @@
 //! history) go straight to RocksDB; only the state machine writes `kv`, `history` and
 //! `sm_meta`, and only the log store writes `log` and `raft_meta`.
 
+use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
 use rocksdb::{
     BoundColumnFamily, ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch,
     WriteOptions,
 };
-use strata_proto::pb::metastore::{KeyValue, WatchEvent};
+use strata_proto::pb::metastore::{KeyValue, Lease, WatchEvent};
 use tokio::sync::{broadcast, mpsc, watch};
 
+use crate::apply::Counters;
 use crate::keys::{self, CodecError};
+use crate::types::LeaseId;
 
 /// A failure of the storage layer, before it is mapped to [`crate::MetaError`] (read path)
 /// or `openraft::StorageError` (raft path).
@@ -47,6 +50,10 @@ pub(crate) struct Core {
     revision: AtomicU64,
     /// Oldest revision still present in `history`.
     oldest_revision: AtomicU64,
+    /// The id the next granted lease gets.
+    next_lease_id: AtomicU64,
+    /// Every live lease's TTL, mirrored from the `leases` CF for the leader's expiry clock.
+    lease_ttls: RwLock<BTreeMap<LeaseId, u64>>,
     events: broadcast::Sender<EventBatch>,
     closed: watch::Sender<bool>,
 }
@@ -68,6 +75,8 @@ impl Core {
             db,
             revision: AtomicU64::new(0),
             oldest_revision: AtomicU64::new(1),
+            next_lease_id: AtomicU64::new(1),
+            lease_ttls: RwLock::new(BTreeMap::new()),
             events,
             closed,
         };
@@ -81,8 +90,20 @@ impl Core {
             .map(|raw| keys::unseal_u64("sm_meta.oldest_revision", &raw))
             .transpose()?
             .unwrap_or(1);
+        let next_lease_id = core
+            .get_meta(keys::SM_NEXT_LEASE_ID)?
+            .map(|raw| keys::unseal_u64("sm_meta.next_lease_id", &raw))
+            .transpose()?
+            .unwrap_or(1);
         core.revision.store(revision, Ordering::Release);
         core.oldest_revision.store(oldest, Ordering::Release);
+        core.next_lease_id.store(next_lease_id, Ordering::Release);
+        let ttls = core
+            .all_leases()?
+            .into_iter()
+            .map(|l| (l.id, l.ttl_ms))
+            .collect();
+        core.replace_lease_ttls(ttls);
         Ok(Arc::new(core))
     }
 
@@ -131,6 +152,40 @@ impl Core {
         Ok(out)
     }
 
+    /// At most `limit` keys starting with `prefix` and sorting after `start_after`, in key
+    /// order, and whether more follow.
+    pub(crate) fn scan_page(
+        &self,
+        prefix: &str,
+        start_after: &str,
+        limit: usize,
+    ) -> Result<(Vec<KeyValue>, bool), DbError> {
+        let cf = self.cf(keys::CF_KV)?;
+        let start = if start_after.is_empty() || start_after < prefix {
+            prefix.as_bytes().to_vec()
+        } else {
+            // The smallest key after `start_after`.
+            let mut k = start_after.as_bytes().to_vec();
+            k.push(0);
+            k
+        };
+        let mut out = Vec::new();
+        let iter = self
+            .db
+            .iterator_cf(&cf, IteratorMode::From(&start, Direction::Forward));
+        for item in iter {
+            let (k, v) = item?;
+            if !k.starts_with(prefix.as_bytes()) {
+                return Ok((out, false));
+            }
+            if out.len() == limit {
+                return Ok((out, true));
+            }
+            out.push(keys::unseal_prost("kv", &v)?);
+        }
+        Ok((out, false))
+    }
+
     /// Up to `max_rows` history events with revision >= `from`, in revision order.
     pub(crate) fn read_history(
         &self,
@@ -148,6 +203,66 @@ impl Core {
             out.push(keys::unseal_prost("history", &v)?);
         }
         Ok(out)
+    }
+
+    /// One lease, if it is live.
+    pub(crate) fn get_lease(&self, id: LeaseId) -> Result<Option<Lease>, DbError> {
+        let cf = self.cf(keys::CF_LEASES)?;
+        match self.db.get_pinned_cf(&cf, keys::u64_key(id))? {
+            None => Ok(None),
+            Some(raw) => Ok(Some(keys::unseal_prost("lease", &raw)?)),
+        }
+    }
+
+    /// Every live lease, by id.
+    pub(crate) fn all_leases(&self) -> Result<Vec<Lease>, DbError> {
+        let cf = self.cf(keys::CF_LEASES)?;
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(&cf, IteratorMode::Start) {
+            let (_, v) = item?;
+            out.push(keys::unseal_prost("lease", &v)?);
+        }
+        Ok(out)
+    }
+
+    /// Every live lease's TTL in ms, by id (from memory).
+    pub(crate) fn lease_ttls(&self) -> BTreeMap<LeaseId, u64> {
+        self.lease_ttls
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Applies granted (`Some`) and ended (`None`) leases to the in-memory mirror.
+    pub(crate) fn update_lease_ttls(&self, changes: &BTreeMap<LeaseId, Option<Lease>>) {
+        let mut ttls = self.lease_ttls.write().unwrap_or_else(|p| p.into_inner());
+        for (id, lease) in changes {
+            match lease {
+                Some(l) => ttls.insert(*id, l.ttl_ms),
+                None => ttls.remove(id),
+            };
+        }
+    }
+
+    /// Replaces the in-memory lease mirror (open, snapshot install).
+    pub(crate) fn replace_lease_ttls(&self, ttls: BTreeMap<LeaseId, u64>) {
+        *self.lease_ttls.write().unwrap_or_else(|p| p.into_inner()) = ttls;
+    }
+
+    /// The state machine's counters as last applied.
+    pub(crate) fn counters(&self) -> Counters {
+        Counters {
+            revision: self.revision(),
+            oldest_revision: self.oldest_revision(),
+            next_lease_id: self.next_lease_id.load(Ordering::Acquire),
+        }
+    }
+
+    /// Records counters made durable by the state machine (call after the write, before
+    /// publishing its events).
+    pub(crate) fn set_counters(&self, c: Counters) {
+        self.next_lease_id.store(c.next_lease_id, Ordering::Release);
+        self.set_revisions(c.revision, c.oldest_revision);
     }
 
     /// Revision of the last applied change.

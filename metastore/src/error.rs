@@ -33,6 +33,22 @@ pub enum MetaError {
     /// A watch asked for history that is no longer kept.
     #[error("revision {requested} is compacted; the oldest kept revision is {oldest}")]
     Compacted { requested: u64, oldest: u64 },
+    /// A request another node rejected as malformed (an invalid key, a bad page size).
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// The lease does not exist: never granted, revoked, or expired. Nothing was written.
+    #[error("lease {id} not found (never granted, revoked or expired)")]
+    LeaseNotFound { id: u64 },
+    /// A lease TTL outside the configured range; nothing was proposed.
+    #[error("lease TTL {ttl_ms} ms is outside the allowed {min_ms}..={max_ms} ms")]
+    InvalidLeaseTtl {
+        ttl_ms: u64,
+        min_ms: u64,
+        max_ms: u64,
+    },
+    /// A compaction asked for a revision that does not exist yet; nothing changed.
+    #[error("revision {requested} is in the future; the current revision is {current}")]
+    FutureRevision { requested: u64, current: u64 },
     /// RocksDB or codec failure.
     #[error("metastore storage error: {0}")]
     Storage(String),

@@ -8,6 +8,7 @@
 //! | `raft_meta` | `vote`, `committed`, `purged`    | envelope(serde_json)                    |
 //! | `kv`        | the key's UTF-8 bytes            | envelope(prost `KeyValue`)              |
 //! | `history`   | revision, u64 big-endian         | envelope(prost `WatchEvent`)            |
+//! | `leases`    | lease id, u64 big-endian         | envelope(prost `Lease`)                 |
 //! | `sm_meta`   | see the `SM_*` constants         | envelope(serde_json / u64 BE / prost)   |
 //!
 //! Big-endian integer keys make RocksDB's byte-wise order the numeric order, so iteration
@@ -37,8 +38,18 @@ pub(crate) const CF_HISTORY: &str = "history";
 /// CF holding the state machine's own metadata.
 pub(crate) const CF_SM_META: &str = "sm_meta";
 
+/// CF holding every live lease, by id.
+pub(crate) const CF_LEASES: &str = "leases";
+
 /// Every column family this crate opens.
-pub(crate) const ALL_CFS: [&str; 5] = [CF_LOG, CF_RAFT_META, CF_KV, CF_HISTORY, CF_SM_META];
+pub(crate) const ALL_CFS: [&str; 6] = [
+    CF_LOG,
+    CF_RAFT_META,
+    CF_KV,
+    CF_HISTORY,
+    CF_SM_META,
+    CF_LEASES,
+];
 
 /// `raft_meta`: the persisted vote (serde_json `Vote`).
 pub(crate) const META_VOTE: &[u8] = b"vote";
@@ -55,6 +66,8 @@ pub(crate) const SM_MEMBERSHIP: &[u8] = b"membership";
 pub(crate) const SM_REVISION: &[u8] = b"revision";
 /// `sm_meta`: the oldest revision still in `history` (u64 BE).
 pub(crate) const SM_OLDEST_REVISION: &[u8] = b"oldest_revision";
+/// `sm_meta`: the id the next granted lease gets (u64 BE; absent: 1).
+pub(crate) const SM_NEXT_LEASE_ID: &[u8] = b"next_lease_id";
 /// `sm_meta`: the current snapshot's metadata (serde_json `SnapshotMeta`).
 pub(crate) const SM_SNAPSHOT_META: &[u8] = b"snapshot_meta";
 /// `sm_meta`: the current snapshot's data (prost `SnapshotData`).

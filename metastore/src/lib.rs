@@ -44,10 +44,12 @@ pub mod config;
 mod db;
 pub mod error;
 mod keys;
+mod lease;
 pub mod log_store;
 pub mod network;
 pub mod node_server;
 pub mod rpc;
+pub mod session;
 pub mod state_machine;
 pub mod store;
 pub mod types;
@@ -60,11 +62,12 @@ pub use client::MetaClient;
 pub use config::{ConfigError, MetaStoreConfig};
 pub use error::MetaError;
 pub use log_store::LogStore;
+pub use session::{LeaseApi, Session, SessionState};
 pub use state_machine::{SnapshotBuilder, StateMachine};
-pub use store::{MAX_KEY_LEN, MetaStore, NodeOptions};
+pub use store::{Lease, MAX_KEY_LEN, MAX_SCAN_PAGE, MetaStore, NodeOptions, ScanPage};
 pub use strata_proto::pb::metastore::{EventKind, KeyValue, WatchEvent};
 pub use types::{
-    Command, CommandResult, Compare, Expect, NodeId, Txn, TxnOp, TxnOpResult, TxnResponse,
+    Command, CommandResult, Compare, Expect, LeaseId, NodeId, Txn, TxnOp, TxnOpResult, TxnResponse,
     TypeConfig, Written,
 };
 pub use watch::Watcher;

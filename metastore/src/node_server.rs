@@ -8,7 +8,9 @@ use strata_transport::handshake::server_handshake;
 use strata_transport::{FrameReader, FrameWriter, ServerTls, TransportTuning, server_endpoint};
 use tracing::{debug, warn};
 
-use crate::rpc::{ALPN_RAFT, MAX_RPC_FRAME, NodeRequest, NodeResponse, RemoteError, WireKv};
+use crate::rpc::{
+    ALPN_RAFT, MAX_RPC_FRAME, NodeRequest, NodeResponse, RemoteError, WireKv, WirePage,
+};
 use crate::{MetaError, MetaStore};
 
 /// A running node RPC server.
@@ -91,10 +93,7 @@ async fn serve_stream(send: SendStream, recv: RecvStream, store: MetaStore) {
 }
 
 fn remote(e: MetaError) -> RemoteError {
-    match e {
-        MetaError::NotLeader { leader } => RemoteError::NotLeader { leader },
-        other => RemoteError::Failed(other.to_string()),
-    }
+    RemoteError::from(e)
 }
 
 async fn handle(store: &MetaStore, request: NodeRequest) -> NodeResponse {
@@ -136,6 +135,34 @@ async fn handle(store: &MetaStore, request: NodeRequest) -> NodeResponse {
             NodeResponse::Scan(
                 result
                     .map(|kvs| kvs.into_iter().map(WireKv::from_key_value).collect())
+                    .map_err(remote),
+            )
+        }
+        NodeRequest::LeaseKeepAlive { id, forwarded } => {
+            let result = if forwarded {
+                store.lease_keep_alive_here(id).await
+            } else {
+                store.lease_keep_alive(id).await
+            };
+            NodeResponse::LeaseKeepAlive(result.map(|ttl| ttl.as_millis() as u64).map_err(remote))
+        }
+        NodeRequest::ScanPage {
+            prefix,
+            start_after,
+            limit,
+            forwarded,
+        } => {
+            let result = if forwarded {
+                store.scan_page_here(&prefix, &start_after, limit).await
+            } else {
+                store.scan_page(&prefix, &start_after, limit).await
+            };
+            NodeResponse::ScanPage(
+                result
+                    .map(|page| WirePage {
+                        kvs: page.kvs.into_iter().map(WireKv::from_key_value).collect(),
+                        more: page.more,
+                    })
                     .map_err(remote),
             )
         }

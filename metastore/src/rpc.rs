@@ -55,6 +55,19 @@ pub enum NodeRequest {
         prefix: String,
         forwarded: bool,
     },
+    /// A keep-alive of a lease; only the leader keeps lease time (`forwarded` as for `Write`).
+    LeaseKeepAlive {
+        id: u64,
+        forwarded: bool,
+    },
+    /// One page of a prefix scan: at most `limit` keys after `start_after` (`forwarded` as
+    /// for `Write`).
+    ScanPage {
+        prefix: String,
+        start_after: String,
+        limit: u32,
+        forwarded: bool,
+    },
 }
 
 /// A key-value pair as it travels between nodes.
@@ -65,6 +78,8 @@ pub struct WireKv {
     pub version: u64,
     pub create_revision: u64,
     pub mod_revision: u64,
+    #[serde(default)]
+    pub lease: u64,
 }
 
 impl WireKv {
@@ -75,6 +90,7 @@ impl WireKv {
             version: kv.version,
             create_revision: kv.create_revision,
             mod_revision: kv.mod_revision,
+            lease: kv.lease,
         }
     }
 
@@ -85,6 +101,7 @@ impl WireKv {
             version: self.version,
             create_revision: self.create_revision,
             mod_revision: self.mod_revision,
+            lease: self.lease,
         }
     }
 }
@@ -95,8 +112,76 @@ pub enum RemoteError {
     /// That node is not the leader either; `leader` is who it believes is.
     #[error("not the leader (leader: {leader:?})")]
     NotLeader { leader: Option<NodeId> },
+    #[error("lease {id} not found")]
+    LeaseNotFound { id: u64 },
+    #[error("value of key {key:?} is {len} bytes, above the maximum of {max} bytes")]
+    ValueTooLarge { key: String, len: usize, max: usize },
+    #[error("lease TTL {ttl_ms} ms is outside the allowed {min_ms}..={max_ms} ms")]
+    InvalidLeaseTtl {
+        ttl_ms: u64,
+        min_ms: u64,
+        max_ms: u64,
+    },
+    /// The request is malformed (an invalid key, a bad page size).
+    #[error("{0}")]
+    Invalid(String),
     #[error("{0}")]
     Failed(String),
+}
+
+impl From<crate::MetaError> for RemoteError {
+    fn from(e: crate::MetaError) -> Self {
+        match e {
+            crate::MetaError::NotLeader { leader } => RemoteError::NotLeader { leader },
+            crate::MetaError::LeaseNotFound { id } => RemoteError::LeaseNotFound { id },
+            crate::MetaError::ValueTooLarge { key, len, max } => {
+                RemoteError::ValueTooLarge { key, len, max }
+            }
+            crate::MetaError::InvalidLeaseTtl {
+                ttl_ms,
+                min_ms,
+                max_ms,
+            } => RemoteError::InvalidLeaseTtl {
+                ttl_ms,
+                min_ms,
+                max_ms,
+            },
+            e @ (crate::MetaError::InvalidKey { .. } | crate::MetaError::InvalidRequest(_)) => {
+                RemoteError::Invalid(e.to_string())
+            }
+            other => RemoteError::Failed(other.to_string()),
+        }
+    }
+}
+
+impl From<RemoteError> for crate::MetaError {
+    fn from(e: RemoteError) -> Self {
+        match e {
+            RemoteError::NotLeader { leader } => crate::MetaError::NotLeader { leader },
+            RemoteError::LeaseNotFound { id } => crate::MetaError::LeaseNotFound { id },
+            RemoteError::ValueTooLarge { key, len, max } => {
+                crate::MetaError::ValueTooLarge { key, len, max }
+            }
+            RemoteError::InvalidLeaseTtl {
+                ttl_ms,
+                min_ms,
+                max_ms,
+            } => crate::MetaError::InvalidLeaseTtl {
+                ttl_ms,
+                min_ms,
+                max_ms,
+            },
+            RemoteError::Invalid(message) => crate::MetaError::InvalidRequest(message),
+            RemoteError::Failed(message) => crate::MetaError::Raft(message),
+        }
+    }
+}
+
+/// One page of a prefix scan.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WirePage {
+    pub kvs: Vec<WireKv>,
+    pub more: bool,
 }
 
 /// The answer to a [`NodeRequest`], variant for variant.
@@ -110,6 +195,9 @@ pub enum NodeResponse {
     Write(Result<CommandResult, RemoteError>),
     Get(Result<Option<WireKv>, RemoteError>),
     Scan(Result<Vec<WireKv>, RemoteError>),
+    /// The lease's TTL in ms.
+    LeaseKeepAlive(Result<u64, RemoteError>),
+    ScanPage(Result<WirePage, RemoteError>),
 }
 
 /// Why an RPC did not get an answer.

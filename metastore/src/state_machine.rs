@@ -22,12 +22,12 @@ use openraft::{
     SnapshotMeta, StorageError, StorageIOError, StoredMembership,
 };
 use rocksdb::{IteratorMode, WriteBatch};
-use strata_proto::pb::metastore::{KeyValue, SnapshotData};
+use strata_proto::pb::metastore::{KeyValue, Lease, SnapshotData};
 
-use crate::apply::{Applied, ApplyBatch, KvSource};
+use crate::apply::{Applied, ApplyBatch, Counters, KvSource};
 use crate::db::{Core, DbError, RaftGuard};
 use crate::keys::{self, CodecError};
-use crate::types::{CommandResult, NodeId, TypeConfig};
+use crate::types::{CommandResult, LeaseId, NodeId, TypeConfig};
 
 type StorageResult<T> = Result<T, StorageError<NodeId>>;
 type Membership = StoredMembership<NodeId, BasicNode>;
@@ -47,6 +47,9 @@ impl KvSource for Core {
     type Error = DbError;
     fn load(&self, key: &str) -> Result<Option<KeyValue>, DbError> {
         self.get_kv(key)
+    }
+    fn load_lease(&self, id: LeaseId) -> Result<Option<Lease>, DbError> {
+        self.get_lease(id)
     }
 }
 
@@ -115,7 +118,32 @@ impl StateMachine {
         let kv = self.core.cf(keys::CF_KV)?;
         let history = self.core.cf(keys::CF_HISTORY)?;
         let meta = self.core.cf(keys::CF_SM_META)?;
+        let leases = self.core.cf(keys::CF_LEASES)?;
         let mut batch = WriteBatch::default();
+        for (id, state) in &applied.leases {
+            match state {
+                Some(lease) => batch.put_cf(&leases, keys::u64_key(*id), keys::seal_prost(lease)),
+                None => batch.delete_cf(&leases, keys::u64_key(*id)),
+            }
+        }
+        let counters = &applied.counters;
+        if applied.compacted {
+            batch.delete_range_cf(
+                &history,
+                keys::u64_key(0),
+                keys::u64_key(counters.oldest_revision),
+            );
+        }
+        batch.put_cf(
+            &meta,
+            keys::SM_OLDEST_REVISION,
+            keys::seal_u64(counters.oldest_revision),
+        );
+        batch.put_cf(
+            &meta,
+            keys::SM_NEXT_LEASE_ID,
+            keys::seal_u64(counters.next_lease_id),
+        );
         for (key, state) in &applied.changes {
             match state {
                 Some(value) => batch.put_cf(&kv, key.as_bytes(), keys::seal_prost(value)),
@@ -139,7 +167,7 @@ impl StateMachine {
             keys::SM_MEMBERSHIP,
             keys::seal_json("sm_meta.membership", membership)?,
         );
-        batch.put_cf(&meta, keys::SM_REVISION, keys::seal_u64(applied.revision));
+        batch.put_cf(&meta, keys::SM_REVISION, keys::seal_u64(counters.revision));
         self.core.write(batch, false)
     }
 
@@ -153,11 +181,22 @@ impl StateMachine {
         let kv = self.core.cf(keys::CF_KV)?;
         let history = self.core.cf(keys::CF_HISTORY)?;
         let sm_meta = self.core.cf(keys::CF_SM_META)?;
+        let leases = self.core.cf(keys::CF_LEASES)?;
         let mut batch = WriteBatch::default();
         batch.delete_range_cf(&kv, &b""[..], keys::KV_END);
         for entry in &snap.kvs {
             batch.put_cf(&kv, entry.key.as_bytes(), keys::seal_prost(entry));
         }
+        batch.delete_range_cf(&leases, keys::u64_key(0), keys::u64_key(u64::MAX));
+        batch.delete_cf(&leases, keys::u64_key(u64::MAX));
+        for lease in &snap.leases {
+            batch.put_cf(&leases, keys::u64_key(lease.id), keys::seal_prost(lease));
+        }
+        batch.put_cf(
+            &sm_meta,
+            keys::SM_NEXT_LEASE_ID,
+            keys::seal_u64(snap.next_lease_id.max(1)),
+        );
         // History before the snapshot is not part of it: forget ours rather than keep a
         // history inconsistent with the new state.
         batch.delete_range_cf(&history, keys::u64_key(0), keys::u64_key(u64::MAX));
@@ -215,7 +254,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = openraft::Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut batch = ApplyBatch::new(&*self.core, self.core.revision());
+        let mut batch = ApplyBatch::new(&*self.core, self.core.counters());
         let mut last_applied = self.last_applied;
         let mut membership = self.membership.clone();
         let mut results = Vec::new();
@@ -241,8 +280,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .map_err(sm_write_err)?;
         self.last_applied = last_applied;
         self.membership = membership;
-        self.core
-            .set_revisions(applied.revision, self.core.oldest_revision());
+        self.core.set_counters(applied.counters);
+        self.core.update_lease_ttls(&applied.leases);
         self.core.publish(applied.events);
         Ok(results)
     }
@@ -277,8 +316,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         })?;
         self.last_applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
+        self.core.set_counters(Counters {
+            revision: snap.revision,
+            oldest_revision: snap.revision.saturating_add(1),
+            next_lease_id: snap.next_lease_id.max(1),
+        });
         self.core
-            .set_revisions(snap.revision, snap.revision.saturating_add(1));
+            .replace_lease_ttls(snap.leases.iter().map(|l| (l.id, l.ttl_ms)).collect());
         *lock(&self.snapshot) = Some(StoredSnapshot {
             meta: meta.clone(),
             data,
@@ -321,10 +365,20 @@ impl SnapshotBuilder {
             None => 0,
             Some(raw) => keys::unseal_u64("sm_meta.revision", &raw)?,
         };
+        let next_lease_id = match read_meta(keys::SM_NEXT_LEASE_ID)? {
+            None => 1,
+            Some(raw) => keys::unseal_u64("sm_meta.next_lease_id", &raw)?,
+        };
         let mut kvs = Vec::new();
         for item in view.iterator_cf(&kv_cf, IteratorMode::Start) {
             let (_, v) = item?;
             kvs.push(keys::unseal_prost::<KeyValue>("kv", &v)?);
+        }
+        let leases_cf = self.core.cf(keys::CF_LEASES)?;
+        let mut leases = Vec::new();
+        for item in view.iterator_cf(&leases_cf, IteratorMode::Start) {
+            let (_, v) = item?;
+            leases.push(keys::unseal_prost::<Lease>("lease", &v)?);
         }
         let codec = |what: &'static str, e: serde_json::Error| CodecError::Payload {
             what,
@@ -340,6 +394,8 @@ impl SnapshotBuilder {
             last_applied_json: serde_json::to_vec(&last_applied)
                 .map_err(|e| codec("snapshot.last_applied", e))?
                 .into(),
+            leases,
+            next_lease_id,
         };
         let snapshot_id = match &last_applied {
             Some(id) => format!("{}-{}-{}", id.leader_id.term, id.index, revision),

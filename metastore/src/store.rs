@@ -21,14 +21,15 @@ use crate::MetaError;
 use crate::config::MetaStoreConfig;
 use crate::db::{self, Core, GuardWaiter};
 use crate::keys;
+use crate::lease::{KeepAlive, LeaseClock};
 use crate::log_store::LogStore;
 use crate::network::QuicNetworkFactory;
 use crate::node_server::NodeServer;
 use crate::rpc::{NodeRequest, NodeResponse, PeerClient, RemoteError, WireKv};
 use crate::state_machine::StateMachine;
 use crate::types::{
-    Command, CommandResult, Compare, Expect, NodeId, STANDALONE_NODE_ID, Txn, TxnOp, TxnResponse,
-    TypeConfig, Written,
+    Command, CommandResult, Compare, Expect, LeaseId, NodeId, STANDALONE_NODE_ID, Txn, TxnOp,
+    TxnResponse, TypeConfig, Written,
 };
 use crate::watch::Watcher;
 
@@ -54,7 +55,28 @@ struct Inner {
     peers: PeerClient,
     /// This node's RPC server, when clustered.
     server: std::sync::Mutex<Option<NodeServer>>,
+    /// Lease deadlines, kept while this node leads.
+    lease_clock: std::sync::Mutex<LeaseClock>,
 }
+
+/// A granted lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    pub id: LeaseId,
+    pub ttl: Duration,
+}
+
+/// One page of a prefix scan.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ScanPage {
+    /// Keys in key order.
+    pub kvs: Vec<KeyValue>,
+    /// More keys follow the last one: ask again with `start_after` = its key.
+    pub more: bool,
+}
+
+/// Most keys one scan page returns.
+pub const MAX_SCAN_PAGE: u32 = 10_000;
 
 /// How a clustered node identifies itself and finds its peers.
 #[derive(Debug, Clone)]
@@ -187,7 +209,9 @@ impl MetaStore {
             state_machine,
         )
         .await?;
-        Ok(MetaStore {
+        let grace = Duration::from_millis(config.lease_grace_ms);
+        let interval = Duration::from_millis(config.housekeeping_interval_ms);
+        let store = MetaStore {
             inner: Arc::new(Inner {
                 node_id,
                 raft,
@@ -196,8 +220,11 @@ impl MetaStore {
                 raft_released: Mutex::new(raft_released),
                 peers,
                 server: std::sync::Mutex::new(None),
+                lease_clock: std::sync::Mutex::new(LeaseClock::new(grace)),
             }),
-        })
+        };
+        tokio::spawn(housekeeping(Arc::downgrade(&store.inner), interval));
+        Ok(store)
     }
 
     /// Waits until some node is known as leader; returns its id.
@@ -284,9 +311,62 @@ impl MetaStore {
         Ok(())
     }
 
+    /// Refuses a malformed command before it reaches the log: bad keys, oversized values,
+    /// lease TTLs out of range. Runs on every node a command passes, clients' and forwarded.
+    fn check_command(&self, cmd: &Command) -> Result<(), MetaError> {
+        let config = &self.inner.config;
+        let check_value = |key: &str, value: &Bytes| {
+            if value.len() > config.max_value_size {
+                return Err(MetaError::ValueTooLarge {
+                    key: key.to_string(),
+                    len: value.len(),
+                    max: config.max_value_size,
+                });
+            }
+            Ok(())
+        };
+        match cmd {
+            Command::Put { key, value, .. } => {
+                validate_key(key)?;
+                check_value(key, value)
+            }
+            Command::Delete { key, .. } => validate_key(key),
+            Command::Txn(txn) => {
+                for compare in &txn.compares {
+                    match compare {
+                        Compare::Version { key, .. } | Compare::Value { key, .. } => {
+                            validate_key(key)?
+                        }
+                    }
+                }
+                for op in txn.success.iter().chain(&txn.failure) {
+                    validate_key(op.key())?;
+                    if let TxnOp::Put { key, value, .. } = op {
+                        check_value(key, value)?;
+                    }
+                }
+                Ok(())
+            }
+            Command::LeaseGrant { ttl_ms } => {
+                let (min_ms, max_ms) = (config.lease_min_ttl_ms, config.lease_max_ttl_ms);
+                if (min_ms..=max_ms).contains(ttl_ms) {
+                    Ok(())
+                } else {
+                    Err(MetaError::InvalidLeaseTtl {
+                        ttl_ms: *ttl_ms,
+                        min_ms,
+                        max_ms,
+                    })
+                }
+            }
+            Command::LeaseRevoke { .. } | Command::Compact { .. } => Ok(()),
+        }
+    }
+
     /// Proposes on this node, which must be leader (forwarded requests land here).
     pub(crate) async fn propose_here(&self, cmd: Command) -> Result<CommandResult, MetaError> {
         self.check_open()?;
+        self.check_command(&cmd)?;
         let resp = self.inner.raft.client_write(cmd).await?;
         Ok(resp.data)
     }
@@ -294,29 +374,20 @@ impl MetaStore {
     /// Proposes here if this node leads, else on the leader; follows leader changes until
     /// `request_timeout_ms`.
     pub(crate) async fn propose(&self, cmd: Command) -> Result<CommandResult, MetaError> {
-        let deadline = tokio::time::Instant::now() + self.request_timeout();
-        loop {
-            let hint = match self.propose_here(cmd.clone()).await {
-                Err(MetaError::NotLeader { leader }) => leader,
-                other => return other,
-            };
-            match self
-                .forward(
-                    hint,
-                    &NodeRequest::Write {
-                        cmd: cmd.clone(),
-                        forwarded: true,
-                    },
-                    deadline,
-                )
-                .await?
-            {
-                Some(NodeResponse::Write(Ok(result))) => return Ok(result),
-                Some(NodeResponse::Write(Err(e))) => remote_error(e)?,
-                Some(other) => return Err(mismatched("Write", &other)),
-                None => {}
-            }
-        }
+        self.check_command(&cmd)?;
+        let request = NodeRequest::Write {
+            cmd: cmd.clone(),
+            forwarded: true,
+        };
+        self.routed(
+            || self.propose_here(cmd.clone()),
+            &request,
+            |resp| match resp {
+                NodeResponse::Write(r) => Some(r),
+                _ => None,
+            },
+        )
+        .await
     }
 
     /// Sends `req` to the leader (waiting for one to be known). `Ok(None)`: leadership moved
@@ -391,49 +462,77 @@ impl MetaStore {
     /// The current value of `key` (linearizable; read on the leader).
     pub async fn get(&self, key: &str) -> Result<Option<KeyValue>, MetaError> {
         validate_key(key)?;
+        let request = NodeRequest::Get {
+            key: key.to_owned(),
+            forwarded: true,
+        };
+        self.routed(
+            || self.get_here(key),
+            &request,
+            |resp| match resp {
+                NodeResponse::Get(r) => Some(r.map(|kv| kv.map(WireKv::into_key_value))),
+                _ => None,
+            },
+        )
+        .await
+    }
+
+    /// Runs `here` on this node if it leads, else sends `request` to the leader and reads its
+    /// answer with `answer`; follows leader changes until `request_timeout_ms`.
+    async fn routed<T, F, Fut>(
+        &self,
+        mut here: F,
+        request: &NodeRequest,
+        answer: fn(NodeResponse) -> Option<Result<T, RemoteError>>,
+    ) -> Result<T, MetaError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, MetaError>>,
+    {
         let deadline = tokio::time::Instant::now() + self.request_timeout();
         loop {
-            let hint = match self.get_here(key).await {
+            let hint = match here().await {
                 Err(MetaError::NotLeader { leader }) => leader,
                 other => return other,
             };
-            match self
-                .forward(
-                    hint,
-                    &NodeRequest::Get {
-                        key: key.to_owned(),
-                        forwarded: true,
-                    },
-                    deadline,
-                )
-                .await?
-            {
-                Some(NodeResponse::Get(Ok(kv))) => return Ok(kv.map(WireKv::into_key_value)),
-                Some(NodeResponse::Get(Err(e))) => remote_error(e)?,
-                Some(other) => return Err(mismatched("Get", &other)),
-                None => {}
+            let Some(response) = self.forward(hint, request, deadline).await? else {
+                continue;
+            };
+            match answer(response) {
+                Some(Ok(value)) => return Ok(value),
+                // Leadership moved on between our look and its answer: route again.
+                Some(Err(RemoteError::NotLeader { .. })) => {}
+                Some(Err(e)) => return Err(e.into()),
+                None => {
+                    return Err(MetaError::Raft(format!(
+                        "the leader answered {request:?} with a response of another kind"
+                    )));
+                }
             }
         }
     }
 
-    /// Sets `key` to `value` if `expect` holds.
+    /// Sets `key` to `value` if `expect` holds. A key bound to a lease stays bound to it.
     pub async fn put(&self, key: &str, value: Bytes, expect: Expect) -> Result<Written, MetaError> {
-        validate_key(key)?;
-        let max = self.inner.config.max_value_size;
-        if value.len() > max {
-            return Err(MetaError::ValueTooLarge {
-                key: key.to_string(),
-                len: value.len(),
-                max,
-            });
-        }
+        self.put_inner(key, value, expect, 0).await
+    }
+
+    async fn put_inner(
+        &self,
+        key: &str,
+        value: Bytes,
+        expect: Expect,
+        lease: LeaseId,
+    ) -> Result<Written, MetaError> {
         let cmd = Command::Put {
             key: key.to_string(),
             value,
             expect,
+            lease,
         };
         match self.propose(cmd).await? {
             CommandResult::Written(w) => Ok(w),
+            CommandResult::LeaseNotFound { id } => Err(MetaError::LeaseNotFound { id }),
             CommandResult::Mismatch { actual } => Err(MetaError::VersionMismatch {
                 key: key.to_string(),
                 expected: expect,
@@ -446,7 +545,6 @@ impl MetaStore {
     /// Deletes `key` if `expect` holds. `Ok(true)` if a key was deleted, `Ok(false)` if it was
     /// absent and `expect` allowed that (`Any` or `Absent`).
     pub async fn delete(&self, key: &str, expect: Expect) -> Result<bool, MetaError> {
-        validate_key(key)?;
         let cmd = Command::Delete {
             key: key.to_string(),
             expect,
@@ -466,55 +564,236 @@ impl MetaStore {
     /// Runs a multi-key transaction atomically (see [`Txn`]): the comparisons and the chosen
     /// branch's operations are one raft entry.
     pub async fn txn(&self, txn: Txn) -> Result<TxnResponse, MetaError> {
-        let keys = txn.compares.iter().map(|c| match c {
-            Compare::Version { key, .. } | Compare::Value { key, .. } => key.as_str(),
-        });
-        for key in keys.chain(txn.success.iter().chain(&txn.failure).map(TxnOp::key)) {
-            validate_key(key)?;
-        }
-        let max = self.inner.config.max_value_size;
-        for op in txn.success.iter().chain(&txn.failure) {
-            if let TxnOp::Put { key, value } = op
-                && value.len() > max
-            {
-                return Err(MetaError::ValueTooLarge {
-                    key: key.clone(),
-                    len: value.len(),
-                    max,
-                });
-            }
-        }
         match self.propose(Command::Txn(txn)).await? {
             CommandResult::Txn(r) => Ok(r),
+            CommandResult::LeaseNotFound { id } => Err(MetaError::LeaseNotFound { id }),
             other => Err(unexpected("txn", &other)),
         }
     }
 
-    /// All keys starting with `prefix`, in key order (linearizable).
+    /// All keys starting with `prefix`, in key order (linearizable). For prefixes that may
+    /// hold many keys, use [`MetaStore::scan_page`].
     pub async fn scan(&self, prefix: &str) -> Result<Vec<KeyValue>, MetaError> {
-        let deadline = tokio::time::Instant::now() + self.request_timeout();
-        loop {
-            let hint = match self.scan_here(prefix).await {
-                Err(MetaError::NotLeader { leader }) => leader,
-                other => return other,
-            };
-            match self
-                .forward(
-                    hint,
-                    &NodeRequest::Scan {
-                        prefix: prefix.to_owned(),
-                        forwarded: true,
-                    },
-                    deadline,
-                )
-                .await?
-            {
-                Some(NodeResponse::Scan(Ok(kvs))) => {
-                    return Ok(kvs.into_iter().map(WireKv::into_key_value).collect());
+        let request = NodeRequest::Scan {
+            prefix: prefix.to_owned(),
+            forwarded: true,
+        };
+        self.routed(
+            || self.scan_here(prefix),
+            &request,
+            |resp| match resp {
+                NodeResponse::Scan(r) => {
+                    Some(r.map(|kvs| kvs.into_iter().map(WireKv::into_key_value).collect()))
                 }
-                Some(NodeResponse::Scan(Err(e))) => remote_error(e)?,
-                Some(other) => return Err(mismatched("Scan", &other)),
-                None => {}
+                _ => None,
+            },
+        )
+        .await
+    }
+
+    /// At most `limit` keys under `prefix` that sort after `start_after` ("" = from the first),
+    /// in key order. Each page is a linearizable read of its own; pages of a prefix that is
+    /// changing meanwhile are not one snapshot.
+    pub async fn scan_page(
+        &self,
+        prefix: &str,
+        start_after: &str,
+        limit: u32,
+    ) -> Result<ScanPage, MetaError> {
+        let request = NodeRequest::ScanPage {
+            prefix: prefix.to_owned(),
+            start_after: start_after.to_owned(),
+            limit,
+            forwarded: true,
+        };
+        self.routed(
+            || self.scan_page_here(prefix, start_after, limit),
+            &request,
+            |resp| match resp {
+                NodeResponse::ScanPage(r) => Some(r.map(|page| ScanPage {
+                    kvs: page.kvs.into_iter().map(WireKv::into_key_value).collect(),
+                    more: page.more,
+                })),
+                _ => None,
+            },
+        )
+        .await
+    }
+
+    /// One scan page on this node, which must be leader.
+    pub(crate) async fn scan_page_here(
+        &self,
+        prefix: &str,
+        start_after: &str,
+        limit: u32,
+    ) -> Result<ScanPage, MetaError> {
+        if limit == 0 || limit > MAX_SCAN_PAGE {
+            return Err(MetaError::InvalidRequest(format!(
+                "scan page limit {limit} is outside 1..={MAX_SCAN_PAGE}"
+            )));
+        }
+        self.linearize().await?;
+        let (kvs, more) = self
+            .inner
+            .core
+            .scan_page(prefix, start_after, limit as usize)?;
+        Ok(ScanPage { kvs, more })
+    }
+
+    /// Creates a lease that lives `ttl` unless kept alive (see [`MetaStore::lease_keep_alive`]);
+    /// keys put with it are deleted when it ends.
+    pub async fn lease_grant(&self, ttl: Duration) -> Result<Lease, MetaError> {
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        match self.propose(Command::LeaseGrant { ttl_ms }).await? {
+            CommandResult::LeaseGranted { id, ttl_ms } => Ok(Lease {
+                id,
+                ttl: Duration::from_millis(ttl_ms),
+            }),
+            other => Err(unexpected("lease grant", &other)),
+        }
+    }
+
+    /// Ends a lease now and deletes its keys; returns how many keys were deleted.
+    pub async fn lease_revoke(&self, id: LeaseId) -> Result<u64, MetaError> {
+        match self
+            .propose(Command::LeaseRevoke { id, expired: false })
+            .await?
+        {
+            CommandResult::LeaseRevoked { deleted_keys, .. } => Ok(deleted_keys),
+            CommandResult::LeaseNotFound { id } => Err(MetaError::LeaseNotFound { id }),
+            other => Err(unexpected("lease revoke", &other)),
+        }
+    }
+
+    /// Restarts the lease's TTL on the leader; returns the TTL. Fails with
+    /// [`MetaError::LeaseNotFound`] once the lease has expired or was revoked.
+    pub async fn lease_keep_alive(&self, id: LeaseId) -> Result<Duration, MetaError> {
+        let request = NodeRequest::LeaseKeepAlive {
+            id,
+            forwarded: true,
+        };
+        self.routed(
+            || self.lease_keep_alive_here(id),
+            &request,
+            |resp| match resp {
+                NodeResponse::LeaseKeepAlive(r) => Some(r.map(Duration::from_millis)),
+                _ => None,
+            },
+        )
+        .await
+    }
+
+    /// A keep-alive on this node, which must be leader.
+    pub(crate) async fn lease_keep_alive_here(&self, id: LeaseId) -> Result<Duration, MetaError> {
+        // Leader, and every committed grant and revoke applied here.
+        self.linearize().await?;
+        let Some(lease) = self.inner.core.get_lease(id)? else {
+            return Err(MetaError::LeaseNotFound { id });
+        };
+        self.tick_lease_clock();
+        let outcome = self
+            .lock_clock()
+            .keep_alive(id, lease.ttl_ms, tokio::time::Instant::now());
+        match outcome {
+            KeepAlive::Renewed => Ok(Duration::from_millis(lease.ttl_ms)),
+            KeepAlive::Expired => Err(MetaError::LeaseNotFound { id }),
+            KeepAlive::NotLeader => Err(MetaError::NotLeader {
+                leader: self.inner.raft.metrics().borrow().current_leader,
+            }),
+        }
+    }
+
+    /// Sets `key` to `value` if `expect` holds, bound to `lease`: the key is deleted when the
+    /// lease ends. Fails with [`MetaError::LeaseNotFound`] if the lease is gone.
+    pub async fn put_leased(
+        &self,
+        key: &str,
+        value: Bytes,
+        expect: Expect,
+        lease: LeaseId,
+    ) -> Result<Written, MetaError> {
+        self.put_inner(key, value, expect, lease).await
+    }
+
+    /// Drops the change history below `revision`; watches from older revisions then fail with
+    /// [`MetaError::Compacted`]. Returns the oldest revision kept. The leader also compacts
+    /// on its own (`history_keep_revisions`).
+    pub async fn compact(&self, revision: u64) -> Result<u64, MetaError> {
+        match self.propose(Command::Compact { revision }).await? {
+            CommandResult::Compacted { oldest } => Ok(oldest),
+            CommandResult::CompactBeyondRevision { requested, current } => {
+                Err(MetaError::FutureRevision { requested, current })
+            }
+            other => Err(unexpected("compact", &other)),
+        }
+    }
+
+    /// Oldest revision a watch can start from.
+    pub fn oldest_revision(&self) -> u64 {
+        self.inner.core.oldest_revision()
+    }
+
+    fn lock_clock(&self) -> std::sync::MutexGuard<'_, LeaseClock> {
+        // The clock's state stays consistent across a panic in a caller: each method is a
+        // single update.
+        self.inner
+            .lease_clock
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The term this node leads in, if it does.
+    fn leading_term(&self) -> Option<u64> {
+        let metrics = self.inner.raft.metrics();
+        let m = metrics.borrow();
+        (m.state == openraft::ServerState::Leader && m.current_leader == Some(self.inner.node_id))
+            .then_some(m.current_term)
+    }
+
+    /// Updates the lease clock and proposes a revoke for every lease that expired.
+    fn tick_lease_clock(&self) {
+        let expired = self.lock_clock().tick(
+            tokio::time::Instant::now(),
+            self.leading_term(),
+            &self.inner.core.lease_ttls(),
+        );
+        for id in expired {
+            let store = self.clone();
+            tokio::spawn(async move {
+                let result = store
+                    .propose_here(Command::LeaseRevoke { id, expired: true })
+                    .await;
+                match result {
+                    Ok(CommandResult::LeaseRevoked { deleted_keys, .. }) => {
+                        info!(lease = id, deleted_keys, "lease expired");
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        debug!(lease = id, error = %e, "expiring a lease did not commit");
+                        store.lock_clock().revoke_failed(id);
+                    }
+                }
+            });
+        }
+    }
+
+    /// One round of the leader's periodic work: lease expiry and history compaction.
+    async fn housekeep(&self) {
+        self.tick_lease_clock();
+        let keep = self.inner.config.history_keep_revisions;
+        if keep == 0 || self.leading_term().is_none() {
+            return;
+        }
+        let core = &self.inner.core;
+        let target = core.revision().saturating_sub(keep);
+        // Compact in steps of a tenth of what is kept, not on every new revision.
+        if target > core.oldest_revision().saturating_add(keep / 10) {
+            match self
+                .propose_here(Command::Compact { revision: target })
+                .await
+            {
+                Ok(_) => debug!(oldest = target, "history compacted"),
+                Err(e) => debug!(error = %e, "history compaction did not commit"),
             }
         }
     }
@@ -590,21 +869,23 @@ impl MetaStore {
     }
 }
 
-/// A forwarded request's failure: `NotLeader` means route again (returns Ok), anything else
-/// is the answer.
-fn remote_error(e: RemoteError) -> Result<(), MetaError> {
-    match e {
-        RemoteError::NotLeader { .. } => Ok(()),
-        RemoteError::Failed(message) => Err(MetaError::Raft(message)),
-    }
-}
-
-fn mismatched(what: &str, got: &NodeResponse) -> MetaError {
-    MetaError::Raft(format!("leader answered {what} with {got:?}"))
-}
-
 fn unexpected(op: &str, result: &CommandResult) -> MetaError {
     MetaError::Raft(format!("{op} produced an unexpected result: {result:?}"))
+}
+
+/// The leader's periodic work, every `interval` while the store lives and is open.
+async fn housekeeping(inner: std::sync::Weak<Inner>, interval: Duration) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let Some(inner) = inner.upgrade() else { return };
+        let store = MetaStore { inner };
+        if store.inner.core.is_closed() {
+            return;
+        }
+        store.housekeep().await;
+    }
 }
 
 #[cfg(test)]

@@ -78,18 +78,40 @@ pub struct Written {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Command {
-    /// Sets `key` to `value` if `expect` holds.
+    /// Sets `key` to `value` if `expect` holds, bound to `lease` (0: to none; a key put
+    /// without a lease leaves the lease it had).
     Put {
         key: String,
         #[serde(with = "hex_bytes")]
         value: Bytes,
         expect: Expect,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        lease: LeaseId,
     },
     /// Removes `key` if `expect` holds.
     Delete { key: String, expect: Expect },
     /// A multi-key transaction, as etcd's Txn: if every comparison holds, the `success`
     /// operations are applied, else the `failure` ones; all in this one log entry, atomically.
     Txn(Txn),
+    /// Creates a lease with a time-to-live; the state machine assigns its id.
+    LeaseGrant { ttl_ms: u64 },
+    /// Ends a lease and deletes every key bound to it: a client's revoke, or the leader's
+    /// decision that it expired (`expired`, for the record and the metrics).
+    LeaseRevoke {
+        id: LeaseId,
+        #[serde(default)]
+        expired: bool,
+    },
+    /// Drops the change history below `revision` (watches from older revisions then fail with
+    /// "compacted").
+    Compact { revision: u64 },
+}
+
+/// Id of a lease; 0 means "no lease".
+pub type LeaseId = u64;
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 /// A multi-key transaction (see [`Command::Txn`]).
@@ -120,6 +142,9 @@ pub enum TxnOp {
         key: String,
         #[serde(with = "hex_bytes")]
         value: Bytes,
+        /// The lease to bind the key to (0: none).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        lease: LeaseId,
     },
     Delete {
         key: String,
@@ -164,6 +189,17 @@ pub enum CommandResult {
     Mismatch { actual: Option<u64> },
     /// A transaction ran.
     Txn(TxnResponse),
+    /// A lease was created.
+    LeaseGranted { id: LeaseId, ttl_ms: u64 },
+    /// A lease ended; its keys were deleted (one revision each, in key order).
+    LeaseRevoked { id: LeaseId, deleted_keys: u64 },
+    /// The command names a lease that does not exist (never granted, revoked or expired);
+    /// nothing changed.
+    LeaseNotFound { id: LeaseId },
+    /// History below `oldest` is gone (now, or already before this command).
+    Compacted { oldest: u64 },
+    /// A compaction asked for a revision above the current one; nothing changed.
+    CompactBeyondRevision { requested: u64, current: u64 },
 }
 
 /// serde for `Bytes` as a lowercase hex string: compact enough in the JSON log (2x, against
@@ -219,10 +255,17 @@ mod tests {
             key: "a/b".into(),
             value: Bytes::from_static(&[0, 1, 0x7f, 0x80, 0xff]),
             expect: Expect::Version(3),
+            lease: 0,
         };
         let json = serde_json::to_string(&cmd)?;
         assert!(json.contains("\"00017f80ff\""), "{json}");
         assert_eq!(serde_json::from_str::<Command>(&json)?, cmd);
+        // Log entries written before leases existed (no `lease` field) still decode.
+        let old = r#"{"op":"put","key":"k","value":"00","expect":"Any"}"#;
+        assert!(matches!(
+            serde_json::from_str::<Command>(old)?,
+            Command::Put { lease: 0, .. }
+        ));
         Ok(())
     }
 

@@ -165,3 +165,133 @@ async fn acknowledged_writes_survive_the_leader() {
         .await
         .expect("writes continue");
 }
+
+/// Every change each node has applied, in revision order, as (revision, kind, key).
+async fn history_of(node: &MetaStore) -> Vec<(u64, i32, String)> {
+    let until = node.current_revision();
+    let mut watch = node.watch("", 1).await.expect("watch from the start");
+    let mut out = Vec::new();
+    while out.len() < until as usize {
+        let event = tokio::time::timeout(Duration::from_secs(10), watch.next())
+            .await
+            .expect("history in time")
+            .expect("open")
+            .expect("event");
+        out.push((
+            event.revision,
+            event.kind,
+            event.kv.map(|kv| kv.key).unwrap_or_default(),
+        ));
+    }
+    out
+}
+
+/// A lease granted through a follower and left to expire is ended once, by the leader,
+/// through the log: every replica deletes the same keys at the same revisions, and each key
+/// is deleted exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_expires_once_identically_on_every_replica() {
+    let cluster = start_cluster().await;
+    let leader = cluster.nodes[&1]
+        .wait_for_leader(Duration::from_secs(10))
+        .await
+        .expect("leader");
+    let follower = cluster
+        .nodes
+        .iter()
+        .find(|(id, _)| **id != leader)
+        .map(|(_, n)| n.clone())
+        .expect("a follower");
+    let lease = follower
+        .lease_grant(Duration::from_secs(1))
+        .await
+        .expect("grant through a follower");
+    for key in ["/eph/a", "/eph/b", "/eph/c"] {
+        follower
+            .put_leased(key, Bytes::from("x"), Expect::Absent, lease.id)
+            .await
+            .expect("leased put");
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    for node in cluster.nodes.values() {
+        while !node.scan("/eph/").await.expect("scan").is_empty() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "lease never expired"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // Wait until every replica has applied as far as the leader.
+    let target = cluster.nodes[&leader].current_revision();
+    for node in cluster.nodes.values() {
+        while node.current_revision() < target {
+            assert!(tokio::time::Instant::now() < deadline, "replica behind");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let histories: Vec<_> = futures::future::join_all(cluster.nodes.values().map(history_of)).await;
+    assert!(histories.windows(2).all(|w| w[0] == w[1]), "{histories:#?}");
+    let deletes: Vec<_> = histories[0]
+        .iter()
+        .filter(|(_, kind, key)| {
+            *kind == crate::EventKind::Delete as i32 && key.starts_with("/eph/")
+        })
+        .map(|(_, _, key)| key.as_str())
+        .collect();
+    assert_eq!(deletes, ["/eph/a", "/eph/b", "/eph/c"], "each deleted once");
+    assert!(matches!(
+        follower.lease_keep_alive(lease.id).await,
+        Err(crate::MetaError::LeaseNotFound { .. })
+    ));
+}
+
+/// A session kept alive through a follower survives the leader's crash: the new leader
+/// gives every lease a full TTL plus grace, the session's renewals find it, and the leased
+/// key is never deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_survives_a_leader_change() {
+    let mut cluster = start_cluster().await;
+    let leader = cluster.nodes[&1]
+        .wait_for_leader(Duration::from_secs(10))
+        .await
+        .expect("leader");
+    let follower = cluster
+        .nodes
+        .iter()
+        .find(|(id, _)| **id != leader)
+        .map(|(_, n)| n.clone())
+        .expect("a follower");
+    let session = crate::Session::start(follower.clone(), Duration::from_secs(2))
+        .await
+        .expect("session");
+    follower
+        .put_leased(
+            "/live/1",
+            Bytes::from("x"),
+            Expect::Absent,
+            session.lease_id(),
+        )
+        .await
+        .expect("leased put");
+    let mut watch = follower.watch("/live/", 0).await.expect("watch");
+    let old = cluster.nodes.remove(&leader).expect("leader node");
+    old.shutdown().await.expect("stop the leader");
+    drop(old);
+    follower
+        .raft()
+        .wait(Some(Duration::from_secs(30)))
+        .metrics(
+            |m| m.current_leader.is_some_and(|l| l != leader),
+            "a new leader",
+        )
+        .await
+        .expect("a new leader");
+    // Well past the TTL under the new leader, nothing under /live/ changed.
+    let quiet = tokio::time::timeout(Duration::from_secs(5), watch.next()).await;
+    assert!(quiet.is_err(), "the leased key changed: {quiet:?}");
+    assert!(session.is_alive());
+    assert!(follower.get("/live/1").await.expect("get").is_some());
+    session.close().await.expect("close");
+    assert!(follower.get("/live/1").await.expect("get").is_none());
+}

@@ -503,10 +503,12 @@ async fn concurrent_transfers_by_txn_keep_the_total() -> Result<(), Box<dyn std:
                         TxnOp::Put {
                             key: "/acct/a".into(),
                             value: Bytes::from((av - 1).to_string()),
+                            lease: 0,
                         },
                         TxnOp::Put {
                             key: "/acct/b".into(),
                             value: Bytes::from((bv + 1).to_string()),
+                            lease: 0,
                         },
                     ],
                     failure: vec![],

@@ -56,6 +56,7 @@ fn put_entry(index: u64, key: &str, value: &'static [u8]) -> Entry<TypeConfig> {
             key: key.into(),
             value: Bytes::from_static(value),
             expect: Expect::Any,
+            lease: 0,
         }),
     }
 }
@@ -68,33 +69,52 @@ async fn installed_snapshot_reproduces_state_and_compacts_history() -> TestResul
     let (_dir_l, core_l, _log_l, mut sm_l) = open_fresh()?;
     let (_dir_f, core_f, _log_f, mut sm_f) = open_fresh()?;
 
+    let lease_entry = |index, cmd| Entry {
+        log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+        payload: EntryPayload::Normal(cmd),
+    };
     let results = sm_l
         .apply([
             put_entry(1, "a", b"1"),
             put_entry(2, "b", b"2"),
             put_entry(3, "a", b"3"),
+            lease_entry(4, Command::LeaseGrant { ttl_ms: 5_000 }),
+            lease_entry(
+                5,
+                Command::Put {
+                    key: "e".into(),
+                    value: Bytes::from_static(b"x"),
+                    expect: Expect::Any,
+                    lease: 1,
+                },
+            ),
         ])
         .await?;
     assert!(matches!(results[2], CommandResult::Written(w) if w.revision == 3 && w.version == 2));
+    assert!(matches!(results[4], CommandResult::Written(w) if w.revision == 4));
 
     let snap = sm_l.get_snapshot_builder().await.build_snapshot().await?;
     let mut receiving = sm_f.begin_receiving_snapshot().await?;
     *receiving = Cursor::new(snap.snapshot.into_inner());
     sm_f.install_snapshot(&snap.meta, receiving).await?;
 
-    assert_eq!(core_f.revision(), 3);
+    assert_eq!(core_f.revision(), 4);
     assert_eq!(core_f.scan("")?, core_l.scan("")?);
     assert_eq!(sm_f.applied_state().await?.0, snap.meta.last_log_id);
+    // Leases travel with the snapshot: the record, its bound key and the id counter.
+    assert_eq!(core_f.all_leases()?, core_l.all_leases()?);
+    assert_eq!(core_f.lease_ttls().get(&1), Some(&5_000));
+    assert_eq!(core_f.counters().next_lease_id, 2);
 
     match Watcher::start(core_f.clone(), "", 1) {
         Err(MetaError::Compacted { requested, oldest }) => {
-            assert_eq!((requested, oldest), (1, 4))
+            assert_eq!((requested, oldest), (1, 5))
         }
         Err(e) => return Err(e.into()),
         Ok(_) => return Err("watch from a compacted revision succeeded".into()),
     }
     // Watching from the first revision after the snapshot is fine.
-    assert!(Watcher::start(core_f, "", 4).is_ok());
+    assert!(Watcher::start(core_f, "", 5).is_ok());
     Ok(())
 }
 
