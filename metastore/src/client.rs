@@ -12,6 +12,7 @@ use bytes::Bytes;
 use strata_proto::pb::metastore::KeyValue;
 
 use crate::MetaError;
+use crate::remote_watch::RemoteWatcher;
 use crate::rpc::{NodeRequest, NodeResponse, PeerClient, RemoteError, RpcError, WireKv};
 use crate::store::{Lease, ScanPage};
 use crate::types::{Command, CommandResult, Expect, LeaseId, Txn, TxnResponse, Written};
@@ -49,6 +50,39 @@ impl MetaClient {
         })
     }
 
+    /// Watches `prefix` from `from_revision` (0: from now), resuming on another node when the
+    /// serving one fails (see [`RemoteWatcher`]).
+    pub async fn watch(
+        &self,
+        prefix: &str,
+        from_revision: u64,
+    ) -> Result<RemoteWatcher, MetaError> {
+        RemoteWatcher::start(self.clone(), prefix, from_revision).await
+    }
+
+    pub(crate) fn request_timeout(&self) -> Duration {
+        self.inner.timeout
+    }
+
+    pub(crate) fn addrs(&self) -> &[String] {
+        &self.inner.addrs
+    }
+
+    /// The address to try now.
+    pub(crate) fn next_addr(&self) -> String {
+        let i = self.inner.next.load(Ordering::Relaxed) % self.inner.addrs.len();
+        self.inner.addrs[i].clone()
+    }
+
+    /// Moves on to the next address.
+    pub(crate) fn skip_addr(&self) {
+        self.inner.next.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn peers(&self) -> &PeerClient {
+        &self.inner.peers
+    }
+
     /// Sends `req` to the leader, trying the nodes in turn.
     async fn call(&self, req: NodeRequest) -> Result<NodeResponse, MetaError> {
         let deadline = tokio::time::Instant::now() + self.inner.timeout;
@@ -79,7 +113,9 @@ impl MetaClient {
                 Err(e) => {
                     // A write may have been applied before the connection failed: outcome unknown.
                     self.inner.next.fetch_add(1, Ordering::Relaxed);
-                    return Err(MetaError::Raft(format!("outcome unknown: {e}")));
+                    return Err(MetaError::OutcomeUnknown {
+                        reason: e.to_string(),
+                    });
                 }
             };
             self.inner.next.fetch_add(1, Ordering::Relaxed);

@@ -49,6 +49,10 @@ pub enum MetaError {
     /// A compaction asked for a revision that does not exist yet; nothing changed.
     #[error("revision {requested} is in the future; the current revision is {current}")]
     FutureRevision { requested: u64, current: u64 },
+    /// A write was sent but its answer was lost (the node failed meanwhile): it may or may not
+    /// have been applied. Re-read, or retry with a condition that makes a repeat harmless.
+    #[error("write outcome unknown: {reason}")]
+    OutcomeUnknown { reason: String },
     /// RocksDB or codec failure.
     #[error("metastore storage error: {0}")]
     Storage(String),

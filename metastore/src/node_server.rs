@@ -9,7 +9,7 @@ use strata_transport::{FrameReader, FrameWriter, ServerTls, TransportTuning, ser
 use tracing::{debug, warn};
 
 use crate::rpc::{
-    ALPN_RAFT, MAX_RPC_FRAME, NodeRequest, NodeResponse, RemoteError, WireKv, WirePage,
+    ALPN_RAFT, MAX_RPC_FRAME, NodeRequest, NodeResponse, RemoteError, WireEvent, WireKv, WirePage,
 };
 use crate::{MetaError, MetaStore};
 
@@ -80,6 +80,14 @@ async fn serve_stream(send: SendStream, recv: RecvStream, store: MetaStore) {
             return;
         }
     };
+    if let NodeRequest::Watch {
+        prefix,
+        from_revision,
+    } = request
+    {
+        serve_watch(writer, &store, &prefix, from_revision).await;
+        return;
+    }
     let response = handle(&store, request).await;
     match serde_json::to_vec(&response) {
         Ok(body) => {
@@ -90,6 +98,45 @@ async fn serve_stream(send: SendStream, recv: RecvStream, store: MetaStore) {
         }
         Err(e) => warn!(error = %e, "encoding node response"),
     }
+}
+
+/// Streams a watch to a remote watcher until it goes away or the store shuts down.
+async fn serve_watch(mut writer: FrameWriter, store: &MetaStore, prefix: &str, from: u64) {
+    let send = |response: NodeResponse| serde_json::to_vec(&response);
+    let mut watcher = match store.watch(prefix, from).await {
+        Ok(w) => w,
+        Err(e) => {
+            if let Ok(body) = send(NodeResponse::WatchStarted(Err(remote(e)))) {
+                let _ = writer.send_raw(&body).await;
+            }
+            writer.finish();
+            return;
+        }
+    };
+    let start = NodeResponse::WatchStarted(Ok(watcher.next_revision()));
+    let Ok(body) = send(start) else { return };
+    if writer.send_raw(&body).await.is_err() {
+        return;
+    }
+    while let Some(item) = watcher.next().await {
+        let last = item.is_err();
+        let response = NodeResponse::WatchEvent(item.map(WireEvent::from_event).map_err(remote));
+        let body = match send(response) {
+            Ok(b) => b,
+            Err(e) => {
+                warn!(error = %e, "encoding a watch event");
+                return;
+            }
+        };
+        if let Err(e) = writer.send_raw(&body).await {
+            debug!(error = %e, "remote watcher went away");
+            return;
+        }
+        if last {
+            break;
+        }
+    }
+    writer.finish();
 }
 
 fn remote(e: MetaError) -> RemoteError {
@@ -146,6 +193,9 @@ async fn handle(store: &MetaStore, request: NodeRequest) -> NodeResponse {
             };
             NodeResponse::LeaseKeepAlive(result.map(|ttl| ttl.as_millis() as u64).map_err(remote))
         }
+        NodeRequest::Watch { .. } => NodeResponse::WatchStarted(Err(RemoteError::Failed(
+            "a watch is served as a stream".into(),
+        ))),
         NodeRequest::ScanPage {
             prefix,
             start_after,

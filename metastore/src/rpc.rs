@@ -60,6 +60,13 @@ pub enum NodeRequest {
         id: u64,
         forwarded: bool,
     },
+    /// A watch of `prefix` from `from_revision` (0: from now), served by the node that gets
+    /// it from its own applied state. The answer is a stream: [`NodeResponse::WatchStarted`],
+    /// then one [`NodeResponse::WatchEvent`] per change, until either side closes.
+    Watch {
+        prefix: String,
+        from_revision: u64,
+    },
     /// One page of a prefix scan: at most `limit` keys after `start_after` (`forwarded` as
     /// for `Write`).
     ScanPage {
@@ -125,6 +132,10 @@ pub enum RemoteError {
     /// The request is malformed (an invalid key, a bad page size).
     #[error("{0}")]
     Invalid(String),
+    #[error("revision {requested} is compacted; the oldest kept revision is {oldest}")]
+    Compacted { requested: u64, oldest: u64 },
+    #[error("write outcome unknown: {0}")]
+    OutcomeUnknown(String),
     #[error("{0}")]
     Failed(String),
 }
@@ -146,6 +157,10 @@ impl From<crate::MetaError> for RemoteError {
                 min_ms,
                 max_ms,
             },
+            crate::MetaError::Compacted { requested, oldest } => {
+                RemoteError::Compacted { requested, oldest }
+            }
+            crate::MetaError::OutcomeUnknown { reason } => RemoteError::OutcomeUnknown(reason),
             e @ (crate::MetaError::InvalidKey { .. } | crate::MetaError::InvalidRequest(_)) => {
                 RemoteError::Invalid(e.to_string())
             }
@@ -172,6 +187,10 @@ impl From<RemoteError> for crate::MetaError {
                 max_ms,
             },
             RemoteError::Invalid(message) => crate::MetaError::InvalidRequest(message),
+            RemoteError::Compacted { requested, oldest } => {
+                crate::MetaError::Compacted { requested, oldest }
+            }
+            RemoteError::OutcomeUnknown(reason) => crate::MetaError::OutcomeUnknown { reason },
             RemoteError::Failed(message) => crate::MetaError::Raft(message),
         }
     }
@@ -198,6 +217,37 @@ pub enum NodeResponse {
     /// The lease's TTL in ms.
     LeaseKeepAlive(Result<u64, RemoteError>),
     ScanPage(Result<WirePage, RemoteError>),
+    /// The watch runs; its first event will be at or after `from_revision`.
+    WatchStarted(Result<u64, RemoteError>),
+    /// One change (or the error that ended the watch).
+    WatchEvent(Result<WireEvent, RemoteError>),
+}
+
+/// A change as it travels to a remote watcher.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WireEvent {
+    pub revision: u64,
+    /// `EventKind` as its protobuf number.
+    pub kind: i32,
+    pub kv: WireKv,
+}
+
+impl WireEvent {
+    pub fn from_event(e: strata_proto::pb::metastore::WatchEvent) -> Self {
+        Self {
+            revision: e.revision,
+            kind: e.kind,
+            kv: WireKv::from_key_value(e.kv.unwrap_or_default()),
+        }
+    }
+
+    pub fn into_event(self) -> strata_proto::pb::metastore::WatchEvent {
+        strata_proto::pb::metastore::WatchEvent {
+            revision: self.revision,
+            kind: self.kind,
+            kv: Some(self.kv.into_key_value()),
+        }
+    }
 }
 
 /// Why an RPC did not get an answer.
@@ -294,6 +344,48 @@ impl PeerClient {
                 // Forget the connection so the next call dials afresh.
                 self.inner.connections.lock().await.remove(addr);
                 Err(unreachable(reason))
+            }
+        }
+    }
+
+    /// Sends `req` to `addr` on a stream of its own and returns the reader of the answers, for
+    /// requests answered by a stream of frames (watches). Connecting and sending are bounded
+    /// by `timeout`; reading is not.
+    pub async fn open_stream(
+        &self,
+        addr: &str,
+        req: &NodeRequest,
+        timeout: std::time::Duration,
+    ) -> Result<FrameReader, RpcError> {
+        let unreachable = |reason: String| RpcError::Unreachable {
+            addr: addr.to_owned(),
+            reason,
+        };
+        let body =
+            serde_json::to_vec(req).map_err(|e| unreachable(format!("encoding request: {e}")))?;
+        let open = async {
+            let conn = self.connection(addr).await?;
+            let (send, recv) = conn
+                .open_bi()
+                .await
+                .map_err(|e| unreachable(e.to_string()))?;
+            let mut writer = FrameWriter::new(send, MAX_RPC_FRAME);
+            writer
+                .send_raw(&body)
+                .await
+                .map_err(|e| unreachable(e.to_string()))?;
+            writer.finish();
+            Ok(FrameReader::new(recv, MAX_RPC_FRAME))
+        };
+        match tokio::time::timeout(timeout, open).await {
+            Ok(Ok(reader)) => Ok(reader),
+            Ok(Err(e)) => {
+                self.inner.connections.lock().await.remove(addr);
+                Err(e)
+            }
+            Err(_) => {
+                self.inner.connections.lock().await.remove(addr);
+                Err(unreachable(format!("no stream within {timeout:?}")))
             }
         }
     }

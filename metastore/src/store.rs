@@ -436,10 +436,16 @@ impl MetaStore {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 Ok(None)
             }
-            // The request may or may not have been applied: say so instead of retrying blindly.
-            Err(e) => Err(MetaError::Raft(format!(
-                "forwarding to leader {leader} failed, outcome unknown: {e}"
-            ))),
+            // A write may or may not have been applied: say so instead of retrying blindly.
+            Err(e) if matches!(req, NodeRequest::Write { .. }) => Err(MetaError::OutcomeUnknown {
+                reason: format!("forwarding to leader {leader} failed: {e}"),
+            }),
+            // Reads and keep-alives are safe to repeat: route again.
+            Err(e) => {
+                debug!(leader, error = %e, "forwarding failed; routing again");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                Ok(None)
+            }
         }
     }
 

@@ -73,6 +73,11 @@ impl Watcher {
         })
     }
 
+    /// The revision this watcher accounts for next: its next event is at or after it.
+    pub fn next_revision(&self) -> u64 {
+        self.next_rev
+    }
+
     /// The next change, waiting for one if needed. `None` after the stream ended (the store
     /// shut down — reported once as `Err(Closed)` — or an error was returned).
     pub async fn next(&mut self) -> Option<Result<WatchEvent, MetaError>> {
