@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
-use strata_metastore::{Expect, MetaClient, MetaStore, MetaStoreConfig, NodeOptions};
+use strata_metastore::{EventKind, Expect, MetaClient, MetaStore, MetaStoreConfig, NodeOptions};
 use strata_transport::ServerTls;
 
 use crate::http::HttpServer;
@@ -137,6 +137,16 @@ fn render_metrics(store: &MetaStore) -> String {
             "Last applied key-space revision",
             store.current_revision(),
         ),
+        (
+            "strata_metastore_oldest_revision",
+            "Oldest revision kept in the change history",
+            store.oldest_revision(),
+        ),
+        (
+            "strata_metastore_leases",
+            "Live leases",
+            store.lease_count(),
+        ),
     ];
     let mut out = String::new();
     for (name, help, value) in rows {
@@ -158,9 +168,27 @@ pub enum MetaCommand {
         #[arg(long)]
         expect_version: Option<u64>,
     },
-    /// Print every key under a prefix with its value.
+    /// Delete a key. With --expect-version N, only if it is at version N.
+    Delete {
+        key: String,
+        #[arg(long)]
+        expect_version: Option<u64>,
+    },
+    /// Print every key under a prefix with its value (read page by page).
     Scan { prefix: String },
+    /// Print every change under a prefix as it happens (from --from-revision, default now),
+    /// until interrupted.
+    Watch {
+        prefix: String,
+        #[arg(long, default_value_t = 0)]
+        from_revision: u64,
+    },
+    /// Drop the change history below a revision.
+    Compact { revision: u64 },
 }
+
+/// Keys per page when `strata meta scan` reads a prefix.
+const SCAN_PAGE: u32 = 1_000;
 
 pub async fn meta(
     addrs: &str,
@@ -193,10 +221,53 @@ pub async fn meta(
             let w = client.put(&key, Bytes::from(value), expect).await?;
             println!("revision {} version {}", w.revision, w.version);
         }
-        MetaCommand::Scan { prefix } => {
-            for kv in client.scan(&prefix).await? {
-                println!("{} {}", kv.key, String::from_utf8_lossy(&kv.value));
+        MetaCommand::Delete {
+            key,
+            expect_version,
+        } => {
+            let expect = match expect_version {
+                None => Expect::Any,
+                Some(v) => Expect::Version(v),
+            };
+            if !client.delete(&key, expect).await? {
+                anyhow::bail!("key {key:?} not found");
             }
+        }
+        MetaCommand::Scan { prefix } => {
+            let mut after = String::new();
+            loop {
+                let page = client.scan_page(&prefix, &after, SCAN_PAGE).await?;
+                for kv in &page.kvs {
+                    println!("{} {}", kv.key, String::from_utf8_lossy(&kv.value));
+                }
+                match page.kvs.last() {
+                    Some(last) if page.more => after = last.key.clone(),
+                    _ => break,
+                }
+            }
+        }
+        MetaCommand::Watch {
+            prefix,
+            from_revision,
+        } => {
+            let mut watch = client.watch(&prefix, from_revision).await?;
+            while let Some(event) = watch.next().await {
+                let event = event?;
+                let kv = event.kv.unwrap_or_default();
+                match EventKind::try_from(event.kind) {
+                    Ok(EventKind::Delete) => println!("{} DELETE {}", event.revision, kv.key),
+                    _ => println!(
+                        "{} PUT {} {}",
+                        event.revision,
+                        kv.key,
+                        String::from_utf8_lossy(&kv.value)
+                    ),
+                }
+            }
+        }
+        MetaCommand::Compact { revision } => {
+            let oldest = client.compact(revision).await?;
+            println!("history kept from revision {oldest}");
         }
     }
     Ok(())

@@ -734,6 +734,11 @@ impl MetaStore {
         }
     }
 
+    /// Number of live leases (as applied on this node).
+    pub fn lease_count(&self) -> u64 {
+        self.inner.core.lease_ttls().len() as u64
+    }
+
     /// Oldest revision a watch can start from.
     pub fn oldest_revision(&self) -> u64 {
         self.inner.core.oldest_revision()
