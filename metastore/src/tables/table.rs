@@ -196,6 +196,18 @@ impl<S: Listing> Table<S> {
             .collect()
     }
 
+    /// Deletes every key under `parent`, rows or not (one delete per key, not atomically, so
+    /// a retry after a failure deletes the rest). Returns how many were deleted.
+    pub async fn delete_all(&self, parent: &S::Parent) -> Result<usize, TableError> {
+        let mut deleted = 0;
+        for kv in self.meta.scan(&S::prefix(parent)).await? {
+            if self.meta.delete(&kv.key, Expect::Any).await? {
+                deleted += 1;
+            }
+        }
+        Ok(deleted)
+    }
+
     /// Changes to the rows under `parent` from `from_revision` (0: from now on), decoded;
     /// history first, then live, as [`MetaStore::watch`].
     pub async fn watch(
