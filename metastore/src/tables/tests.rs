@@ -442,8 +442,8 @@ async fn future_and_missing_format_versions_are_refused() -> TestResult {
     Ok(())
 }
 
-/// Listing under a parent returns exactly its rows: not those of a parent whose name extends
-/// it (`a/b` vs `a/bc`, tenant `a` vs `ab`, topic `t` vs `t2`), nor deeper tables'.
+/// Listing (and deleting everything) under a parent touches exactly its rows: not those of a
+/// parent whose name extends it (`a/b` vs `a/bc`, tenant `a` vs `ab`, topic `t` vs `t2`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listing_does_not_leak_neighbours() -> TestResult {
     let dir = tempfile::tempdir()?;
@@ -507,6 +507,13 @@ async fn listing_does_not_leak_neighbours() -> TestResult {
         .map(|k| k.subscription)
         .collect();
     assert_eq!(subs, ["s1", "s2"]);
+    assert_eq!(t.cursors.delete_all(&topic("a/b/t")).await?, 2);
+    assert!(t.cursors.list_keys(&topic("a/b/t")).await?.is_empty());
+    assert_eq!(
+        t.cursors.list_keys(&topic("a/b/t2")).await?.len(),
+        1,
+        "deleting a topic's cursors leaves its neighbour's"
+    );
     let owned = t.ownership.list_keys(&ns("a/b")).await?;
     assert_eq!(
         owned,
