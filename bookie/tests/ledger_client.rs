@@ -3,11 +3,11 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use strata_bookie::ledger::metadata;
 use strata_bookie::{
     BookieError, BookieStorage, LedgerClient, LedgerConfig, LedgerError, StorageOptions,
 };
-use strata_metastore::{Expect, MetaStore, MetaStoreConfig};
+use strata_metastore::tables::{Ledgers, Table};
+use strata_metastore::{MetaStore, MetaStoreConfig};
 use strata_proto::pb::bookie::LedgerState;
 use strata_proto::{EntryId, LedgerId};
 
@@ -424,12 +424,8 @@ async fn recovery_is_idempotent() {
     writer2.add(entry(0)).await.expect("add");
     let (mut md, version) = s.client.metadata(id2).await.expect("metadata");
     md.state = LedgerState::InRecovery as i32;
-    s.meta
-        .put(
-            &metadata::ledger_key(id2),
-            metadata::encode(&md),
-            Expect::Version(version),
-        )
+    Table::<Ledgers>::new(s.meta.clone())
+        .update(&id2, &md, version)
         .await
         .expect("mark in recovery");
     let reader = s

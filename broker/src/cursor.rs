@@ -8,54 +8,24 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde::{Deserialize, Serialize};
+use strata_metastore::tables::CursorRecord;
+pub use strata_metastore::tables::EntryAck;
 use strata_proto::{MessageId, Position};
 
-/// Acknowledgement state of one entry above the mark-delete position.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum EntryAck {
-    /// Every message of the entry is acknowledged.
-    Full,
-    /// Only these batch indexes are acknowledged (of `batch_size`).
-    Partial {
-        batch_size: u32,
-        indexes: BTreeSet<u32>,
-    },
-}
-
-/// Persisted form version of [`CursorState`].
-pub const CURSOR_FORMAT_VERSION: u32 = 1;
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// A subscription's acknowledgement state. Its stored form is
+/// [`strata_metastore::tables::CursorRecord`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CursorState {
-    pub format_version: u32,
     pub mark_delete: Option<Position>,
-    #[serde(with = "as_pairs")]
     pub acked: BTreeMap<Position, EntryAck>,
 }
 
-/// JSON objects need string keys, so the map is stored as a list of `[position, ack]` pairs.
-mod as_pairs {
-    use std::collections::BTreeMap;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-    use strata_proto::Position;
-
-    use super::EntryAck;
-
-    pub fn serialize<S: Serializer>(
-        map: &BTreeMap<Position, EntryAck>,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
-        s.collect_seq(map.iter())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<BTreeMap<Position, EntryAck>, D::Error> {
-        Ok(Vec::<(Position, EntryAck)>::deserialize(d)?
-            .into_iter()
-            .collect())
+impl From<CursorRecord> for CursorState {
+    fn from(r: CursorRecord) -> Self {
+        CursorState {
+            mark_delete: r.mark_delete,
+            acked: r.acked,
+        }
     }
 }
 
@@ -63,9 +33,16 @@ impl CursorState {
     /// A cursor whose everything up to and including `mark_delete` is acknowledged.
     pub fn at(mark_delete: Option<Position>) -> Self {
         Self {
-            format_version: CURSOR_FORMAT_VERSION,
             mark_delete,
             acked: BTreeMap::new(),
+        }
+    }
+
+    /// The stored form of this state.
+    pub fn to_record(&self) -> CursorRecord {
+        CursorRecord {
+            mark_delete: self.mark_delete,
+            acked: self.acked.clone(),
         }
     }
 
@@ -259,14 +236,15 @@ mod tests {
         );
     }
 
+    /// The state survives its stored form: to a record, encoded, decoded, and back.
     #[test]
-    fn persisted_form_round_trips() {
+    fn persisted_form_round_trips() -> Result<(), Box<dyn std::error::Error>> {
+        use strata_metastore::tables::Record;
         let mut c = CursorState::at(Some(Position::new(4, 4)));
         c.ack_individual(id(4, 6, 1), 2);
-        let json = serde_json::to_vec(&c).expect("encode");
-        assert_eq!(
-            serde_json::from_slice::<CursorState>(&json).expect("decode"),
-            c
-        );
+        c.ack_individual(id(4, 7, 0), 1);
+        let stored = c.to_record().encode()?;
+        assert_eq!(CursorState::from(CursorRecord::decode(&stored)?), c);
+        Ok(())
     }
 }

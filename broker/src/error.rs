@@ -1,7 +1,7 @@
 //! Broker errors and their wire codes.
 
 use strata_bookie::LedgerError;
-use strata_metastore::MetaError;
+use strata_metastore::tables::TableError;
 use strata_proto::{ErrorCode, TopicNameError, WireError};
 
 #[derive(Debug, thiserror::Error)]
@@ -23,7 +23,7 @@ pub enum BrokerError {
     #[error("ledger storage: {0}")]
     Ledger(#[from] LedgerError),
     #[error("metadata: {0}")]
-    Meta(#[from] MetaError),
+    Meta(#[from] TableError),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     #[error("broker is shutting down")]
@@ -47,6 +47,10 @@ impl BrokerError {
             Self::InvalidMessageId(_) => ErrorCode::InvalidMessageId,
             Self::Protocol(_) => ErrorCode::ProtocolViolation,
             Self::Ledger(_) | Self::Corrupt(_) => ErrorCode::StorageError,
+            // A stored record this version cannot read is corrupt storage, as before tables.
+            Self::Meta(TableError::Decode { .. } | TableError::Encode { .. }) => {
+                ErrorCode::StorageError
+            }
             Self::Meta(_) => ErrorCode::MetadataError,
             Self::ShuttingDown => ErrorCode::ServiceNotReady,
             Self::CursorFenced { .. } => ErrorCode::MetadataError,

@@ -10,15 +10,15 @@
 //! - [`managed_ledger`]: the topic's log over ledgers, with rollover and crash recovery.
 //! - [`subscription`]: cursor, exclusive consumer, dispatcher with permits, ack persistence.
 //! - [`cursor`]: the acknowledgement state as a plain struct (no I/O).
-//! - [`keys`], [`records`]: the metastore key layout and the records stored there.
 //! - [`metrics`]: counters exposed on `/metrics`.
+//!
+//! Everything it keeps in the metastore goes through the typed tables of
+//! [`strata_metastore::tables`] (namespaces, topics, managed ledgers, cursors).
 
 pub mod cursor;
 pub mod error;
-pub mod keys;
 pub mod managed_ledger;
 pub mod metrics;
-pub mod records;
 pub mod server;
 pub mod service;
 pub mod subscription;
@@ -27,3 +27,4 @@ pub mod topic;
 pub use error::BrokerError;
 pub use server::{BrokerServer, ServerConfig};
 pub use service::{BrokerConfig, BrokerService};
+pub use strata_metastore::tables::NamespacePolicies;

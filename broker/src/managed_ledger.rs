@@ -15,14 +15,13 @@ use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 use strata_bookie::{LedgerClient, LedgerConfig, LedgerReader, LedgerWriter};
-use strata_metastore::{Expect, MetaStore};
+use strata_metastore::Expect;
+use strata_metastore::tables::{LedgerInfo, ManagedLedgerRecord, Tables};
 use strata_proto::{EntryId, LedgerId, Position, TopicName};
 use tokio::sync::{Mutex, watch};
 use tracing::{info, instrument, warn};
 
 use crate::BrokerError;
-use crate::keys;
-use crate::records::{FORMAT_VERSION, LedgerInfo, ManagedLedgerRecord};
 
 /// Resolves to an appended entry's position once it is durable.
 pub type PendingAppend =
@@ -63,7 +62,7 @@ struct WriteState {
 
 pub struct ManagedLedger {
     topic: TopicName,
-    meta: MetaStore,
+    tables: Tables,
     client: LedgerClient,
     config: ManagedLedgerConfig,
     write: Mutex<WriteState>,
@@ -81,20 +80,13 @@ impl ManagedLedger {
     #[instrument(skip_all, fields(topic = %topic))]
     pub async fn open(
         topic: TopicName,
-        meta: MetaStore,
+        tables: Tables,
         client: LedgerClient,
         config: ManagedLedgerConfig,
     ) -> Result<Arc<Self>, BrokerError> {
-        let key = keys::managed_ledger(&topic);
-        let (mut record, mut version) = match meta.get(&key).await? {
-            Some(kv) => (decode_record(&kv.value)?, kv.version),
-            None => (
-                ManagedLedgerRecord {
-                    format_version: FORMAT_VERSION,
-                    ledgers: Vec::new(),
-                },
-                0,
-            ),
+        let (mut record, mut version) = match tables.managed_ledgers.get(&topic).await? {
+            Some(row) => (row.record, row.version),
+            None => (ManagedLedgerRecord::default(), 0),
         };
         let mut empty_tail = None;
         if let Some(last) = record
@@ -129,8 +121,9 @@ impl ManagedLedger {
         } else {
             Expect::Version(version)
         };
-        version = meta
-            .put(&key, encode_record(&record)?, expect)
+        version = tables
+            .managed_ledgers
+            .put(&topic, &record, expect)
             .await?
             .version;
         // Only now that the record no longer names it may the empty tail ledger go.
@@ -143,7 +136,7 @@ impl ManagedLedger {
         let (appended, _) = watch::channel(0);
         Ok(Arc::new(Self {
             topic,
-            meta,
+            tables,
             client,
             config,
             write: Mutex::new(WriteState {
@@ -287,17 +280,12 @@ impl ManagedLedger {
         ledgers: &[LedgerInfo],
     ) -> Result<(), BrokerError> {
         let record = ManagedLedgerRecord {
-            format_version: FORMAT_VERSION,
             ledgers: ledgers.to_vec(),
         };
-        let key = keys::managed_ledger(&self.topic);
         let written = self
-            .meta
-            .put(
-                &key,
-                encode_record(&record)?,
-                Expect::Version(write.record_version),
-            )
+            .tables
+            .managed_ledgers
+            .update(&self.topic, &record, write.record_version)
             .await?;
         write.record_version = written.version;
         Ok(())
@@ -533,20 +521,10 @@ impl ManagedLedger {
             }
         }
         self.view_write().ledgers.clear();
-        self.meta
-            .delete(&keys::managed_ledger(&self.topic), Expect::Any)
+        self.tables
+            .managed_ledgers
+            .delete(&self.topic, Expect::Any)
             .await?;
         Ok(())
     }
-}
-
-fn encode_record(r: &ManagedLedgerRecord) -> Result<Bytes, BrokerError> {
-    serde_json::to_vec(r)
-        .map(Bytes::from)
-        .map_err(|e| BrokerError::Corrupt(format!("encoding managed ledger record: {e}")))
-}
-
-fn decode_record(b: &[u8]) -> Result<ManagedLedgerRecord, BrokerError> {
-    serde_json::from_slice(b)
-        .map_err(|e| BrokerError::Corrupt(format!("managed ledger record: {e}")))
 }

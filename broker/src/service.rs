@@ -3,18 +3,16 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use strata_bookie::LedgerClient;
+use strata_metastore::tables::{NamespacePolicies, TableError, Tables, TopicRecord, now_ms};
 use strata_metastore::{Expect, MetaStore};
 use strata_proto::{NamespaceName, TopicName};
 use tokio::sync::{Mutex, OnceCell};
 use tracing::{info, warn};
 
 use crate::BrokerError;
-use crate::keys;
 use crate::managed_ledger::{ManagedLedger, ManagedLedgerConfig};
 use crate::metrics::BrokerMetrics;
-use crate::records::{FORMAT_VERSION, NamespacePolicies, TopicRecord, now_ms};
 use crate::topic::Topic;
 
 #[derive(Debug, Clone, Default)]
@@ -23,7 +21,7 @@ pub struct BrokerConfig {
 }
 
 pub struct BrokerService {
-    meta: MetaStore,
+    tables: Tables,
     ledgers: LedgerClient,
     config: BrokerConfig,
     topics: Mutex<HashMap<TopicName, Arc<OnceCell<Arc<Topic>>>>>,
@@ -33,7 +31,7 @@ pub struct BrokerService {
 impl BrokerService {
     pub fn new(meta: MetaStore, ledgers: LedgerClient, config: BrokerConfig) -> Arc<Self> {
         Arc::new(Self {
-            meta,
+            tables: Tables::new(meta),
             ledgers,
             config,
             topics: Mutex::new(HashMap::new()),
@@ -47,14 +45,8 @@ impl BrokerService {
         ns: &NamespaceName,
         policies: &NamespacePolicies,
     ) -> Result<(), BrokerError> {
-        let value =
-            serde_json::to_vec(policies).map_err(|e| BrokerError::Corrupt(e.to_string()))?;
-        match self
-            .meta
-            .put(&keys::namespace(ns), Bytes::from(value), Expect::Absent)
-            .await
-        {
-            Ok(_) | Err(strata_metastore::MetaError::VersionMismatch { .. }) => Ok(()),
+        match self.tables.namespaces.create(ns, policies).await {
+            Ok(_) | Err(TableError::VersionMismatch { .. }) => Ok(()),
             Err(e) => Err(e.into()),
         }
     }
@@ -63,20 +55,20 @@ impl BrokerService {
         &self,
         ns: &NamespaceName,
     ) -> Result<NamespacePolicies, BrokerError> {
-        let kv = self
-            .meta
-            .get(&keys::namespace(ns))
+        let row = self
+            .tables
+            .namespaces
+            .get(ns)
             .await?
             .ok_or_else(|| BrokerError::NamespaceNotFound(ns.to_string()))?;
-        serde_json::from_slice(&kv.value)
-            .map_err(|e| BrokerError::Corrupt(format!("namespace {ns} policies: {e}")))
+        Ok(row.record)
     }
 
     /// Creates a topic explicitly.
     pub async fn create_topic(&self, name: &TopicName) -> Result<(), BrokerError> {
         self.namespace_policies(name.namespace()).await?;
         match self.put_topic_record(name).await {
-            Err(BrokerError::Meta(strata_metastore::MetaError::VersionMismatch { .. })) => {
+            Err(BrokerError::Meta(TableError::VersionMismatch { .. })) => {
                 Err(BrokerError::TopicAlreadyExists(name.to_string()))
             }
             other => other,
@@ -85,13 +77,9 @@ impl BrokerService {
 
     async fn put_topic_record(&self, name: &TopicName) -> Result<(), BrokerError> {
         let record = TopicRecord {
-            format_version: FORMAT_VERSION,
             created_ms: now_ms(),
         };
-        let value = serde_json::to_vec(&record).map_err(|e| BrokerError::Corrupt(e.to_string()))?;
-        self.meta
-            .put(&keys::topic(name), Bytes::from(value), Expect::Absent)
-            .await?;
+        self.tables.topics.create(name, &record).await?;
         info!(topic = %name, "topic created");
         Ok(())
     }
@@ -99,12 +87,8 @@ impl BrokerService {
     /// Topics of a namespace, full names, sorted.
     pub async fn list_topics(&self, ns: &NamespaceName) -> Result<Vec<String>, BrokerError> {
         self.namespace_policies(ns).await?;
-        let prefix = keys::topics_of(ns);
-        let kvs = self.meta.scan(&prefix).await?;
-        Ok(kvs
-            .into_iter()
-            .map(|kv| format!("persistent://{ns}/{}", &kv.key[prefix.len()..]))
-            .collect())
+        let topics = self.tables.topics.list_keys(ns).await?;
+        Ok(topics.iter().map(TopicName::to_string).collect())
     }
 
     /// The loaded topic, loading it (and creating it when the namespace allows) if needed.
@@ -122,27 +106,24 @@ impl BrokerService {
             .clone();
         let loaded = cell
             .get_or_try_init(|| async {
-                if self.meta.get(&keys::topic(name)).await?.is_none() {
+                if self.tables.topics.get(name).await?.is_none() {
                     let policies = self.namespace_policies(name.namespace()).await?;
                     if !(create_if_missing && policies.auto_create_topics) {
                         return Err(BrokerError::TopicNotFound(name.to_string()));
                     }
                     match self.put_topic_record(name).await {
-                        Ok(())
-                        | Err(BrokerError::Meta(strata_metastore::MetaError::VersionMismatch {
-                            ..
-                        })) => {}
+                        Ok(()) | Err(BrokerError::Meta(TableError::VersionMismatch { .. })) => {}
                         Err(e) => return Err(e),
                     }
                 }
                 let ml = ManagedLedger::open(
                     name.clone(),
-                    self.meta.clone(),
+                    self.tables.clone(),
                     self.ledgers.clone(),
                     self.config.managed_ledger.clone(),
                 )
                 .await?;
-                Ok(Arc::new(Topic::new(name.clone(), ml, self.meta.clone())))
+                Ok(Arc::new(Topic::new(name.clone(), ml, self.tables.clone())))
             })
             .await;
         match loaded {
@@ -167,7 +148,7 @@ impl BrokerService {
     pub async fn delete_topic(&self, name: &TopicName) -> Result<(), BrokerError> {
         let topic = self.topic(name, false).await?;
         topic.delete().await?;
-        self.meta.delete(&keys::topic(name), Expect::Any).await?;
+        self.tables.topics.delete(name, Expect::Any).await?;
         self.topics.lock().await.remove(name);
         info!(topic = %name, "topic deleted");
         Ok(())

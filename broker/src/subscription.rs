@@ -8,9 +8,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use prost::Message as _;
-use strata_metastore::{Expect, MetaStore};
+use strata_metastore::tables::{CursorKey, TableError, Tables};
 use strata_proto::pb::client::{
     DeliveredMessage, Delivery, InitialPosition, ServerFrame, StoredBatch, server_frame,
 };
@@ -20,7 +19,6 @@ use tracing::{debug, instrument, warn};
 
 use crate::BrokerError;
 use crate::cursor::CursorState;
-use crate::keys;
 use crate::managed_ledger::ManagedLedger;
 
 /// Most entries read from storage in one go by a dispatcher.
@@ -58,7 +56,7 @@ pub struct Subscription {
     topic: TopicName,
     name: String,
     ml: Arc<ManagedLedger>,
-    meta: MetaStore,
+    tables: Tables,
     state: Mutex<SubState>,
     wake_dispatcher: Notify,
     /// Shared with the flusher task, which holds only a weak reference to the subscription.
@@ -75,27 +73,21 @@ impl Subscription {
     #[instrument(skip_all, fields(topic = %ml.topic(), subscription = %name))]
     pub async fn open(
         ml: Arc<ManagedLedger>,
-        meta: MetaStore,
+        tables: Tables,
         name: &str,
         initial: InitialPosition,
     ) -> Result<Arc<Self>, BrokerError> {
         let topic = ml.topic().clone();
-        let key = keys::cursor(&topic, name);
-        let (cursor, version) = match meta.get(&key).await? {
-            Some(kv) => (
-                serde_json::from_slice::<CursorState>(&kv.value)
-                    .map_err(|e| BrokerError::Corrupt(format!("cursor {key}: {e}")))?,
-                kv.version,
-            ),
+        let key = CursorKey::new(topic.clone(), name);
+        let (cursor, version) = match tables.cursors.get(&key).await? {
+            Some(row) => (CursorState::from(row.record), row.version),
             None => {
                 let mark_delete = match initial {
                     InitialPosition::Earliest => None,
                     InitialPosition::Latest => ml.last_confirmed(),
                 };
                 let cursor = CursorState::at(mark_delete);
-                let written = meta
-                    .put(&key, encode_cursor(&cursor)?, Expect::Absent)
-                    .await?;
+                let written = tables.cursors.create(&key, &cursor.to_record()).await?;
                 (cursor, written.version)
             }
         };
@@ -105,7 +97,7 @@ impl Subscription {
             topic,
             name: name.to_owned(),
             ml,
-            meta,
+            tables,
             state: Mutex::new(SubState {
                 cursor,
                 read_position,
@@ -316,55 +308,38 @@ fn next_unacked(ml: &ManagedLedger, cursor: &CursorState) -> Option<Position> {
     }
 }
 
-fn encode_cursor(c: &CursorState) -> Result<Bytes, BrokerError> {
-    serde_json::to_vec(c)
-        .map(Bytes::from)
-        .map_err(|e| BrokerError::Corrupt(format!("encoding cursor: {e}")))
-}
-
 /// Writes the cursor whenever it changed, one write for any number of acks in between.
 /// Ends when the subscription is dropped (its `Drop` wakes this task one last time).
 async fn flusher(
     sub: std::sync::Weak<Subscription>,
     wake: Arc<Notify>,
-    key: String,
+    key: CursorKey,
     mut version: u64,
 ) {
     loop {
         let notified = wake.notified();
         let Some(s) = sub.upgrade() else { return };
-        let (cursor, seq) = {
+        let (record, seq) = {
             let st = s.state.lock().await;
-            (st.cursor.clone(), st.change_seq)
+            (st.cursor.to_record(), st.change_seq)
         };
         if seq > *s.persisted.borrow() {
-            let result = match encode_cursor(&cursor) {
-                Ok(value) => s
-                    .meta
-                    .put(&key, value, Expect::Version(version))
-                    .await
-                    .map_err(BrokerError::from),
-                Err(e) => Err(e),
-            };
-            match result {
+            match s.tables.cursors.update(&key, &record, version).await {
                 Ok(w) => {
                     version = w.version;
                     s.persisted.send_replace(seq);
                 }
-                Err(BrokerError::Meta(strata_metastore::MetaError::VersionMismatch {
-                    actual,
-                    ..
-                })) => {
+                Err(TableError::VersionMismatch { actual, .. }) => {
                     // Never adopt the other writer's version: that would overwrite a cursor
                     // this object does not own (e.g. of a re-created topic).
-                    warn!(cursor = %key, ?actual, "cursor changed by someone else; no longer persisting it");
+                    warn!(topic = %key.topic, subscription = %key.subscription, ?actual, "cursor changed by someone else; no longer persisting it");
                     s.flusher_stopped
                         .store(true, std::sync::atomic::Ordering::Release);
                     s.persisted.send_modify(|_| {});
                     return;
                 }
                 Err(e) => {
-                    warn!(cursor = %key, error = %e, "persisting cursor failed; retrying");
+                    warn!(topic = %key.topic, subscription = %key.subscription, error = %e, "persisting cursor failed; retrying");
                     drop(s);
                     // Retry backoff, so a metastore outage is not a busy loop.
                     tokio::time::sleep(std::time::Duration::from_millis(200)).await;

@@ -5,15 +5,13 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use prost::Message as _;
-use strata_metastore::{Expect, MetaStore};
+use strata_metastore::tables::{Tables, now_ms};
 use strata_proto::TopicName;
 use strata_proto::pb::client::{InitialPosition, Message, StoredBatch};
 use tokio::sync::Mutex;
 
 use crate::BrokerError;
-use crate::keys;
 use crate::managed_ledger::{ManagedLedger, PendingAppend};
-use crate::records::now_ms;
 use crate::subscription::Subscription;
 
 /// Format version written into every stored batch.
@@ -22,16 +20,16 @@ pub const STORED_BATCH_FORMAT: u32 = 1;
 pub struct Topic {
     name: TopicName,
     ml: Arc<ManagedLedger>,
-    meta: MetaStore,
+    tables: Tables,
     subscriptions: Mutex<HashMap<String, Arc<Subscription>>>,
 }
 
 impl Topic {
-    pub fn new(name: TopicName, ml: Arc<ManagedLedger>, meta: MetaStore) -> Self {
+    pub fn new(name: TopicName, ml: Arc<ManagedLedger>, tables: Tables) -> Self {
         Self {
             name,
             ml,
-            meta,
+            tables,
             subscriptions: Mutex::new(HashMap::new()),
         }
     }
@@ -71,7 +69,7 @@ impl Topic {
         if let Some(s) = subs.get(name) {
             return Ok(s.clone());
         }
-        let sub = Subscription::open(self.ml.clone(), self.meta.clone(), name, initial).await?;
+        let sub = Subscription::open(self.ml.clone(), self.tables.clone(), name, initial).await?;
         subs.insert(name.to_owned(), sub.clone());
         Ok(sub)
     }
@@ -87,14 +85,8 @@ impl Topic {
 
     /// Names of the subscriptions persisted for this topic.
     pub async fn subscription_names(&self) -> Result<Vec<String>, BrokerError> {
-        let prefix = keys::cursors_of(&self.name);
-        Ok(self
-            .meta
-            .scan(&prefix)
-            .await?
-            .into_iter()
-            .map(|kv| kv.key[prefix.len()..].to_owned())
-            .collect())
+        let keys = self.tables.cursors.list_keys(&self.name).await?;
+        Ok(keys.into_iter().map(|k| k.subscription).collect())
     }
 
     /// Deletes the log and every cursor.
@@ -104,9 +96,7 @@ impl Topic {
         for sub in self.subscriptions.lock().await.values() {
             sub.terminate(&gone).await;
         }
-        for kv in self.meta.scan(&keys::cursors_of(&self.name)).await? {
-            self.meta.delete(&kv.key, Expect::Any).await?;
-        }
+        self.tables.cursors.delete_all(&self.name).await?;
         Ok(())
     }
 }

@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
 use strata_bookie::{BookieStorage, LedgerClient, LedgerConfig, StorageOptions};
+use strata_broker::NamespacePolicies;
 use strata_broker::managed_ledger::ManagedLedgerConfig;
-use strata_broker::records::NamespacePolicies;
 use strata_broker::{BrokerConfig, BrokerServer, BrokerService, ServerConfig};
 use strata_metastore::{MetaStore, MetaStoreConfig};
 use strata_transport::{ServerTls, TransportTuning};

@@ -23,6 +23,8 @@
 //! - `db`: the shared RocksDB handle, applied revision and change broadcast.
 //! - `keys`: column families, key encodings and the versioned, CRC32C-checked record
 //!   envelope.
+//! - [`tables`]: typed tables (tenants, namespaces, topics, ownership, managed ledgers, ledgers,
+//!   cursors, counters) over the key space: key layouts and versioned records.
 //! - [`types`]: the openraft [`TypeConfig`], the replicated [`Command`], [`Expect`], [`Written`].
 //! - [`network`]: openraft's `RaftNetwork` over QUIC.
 //! - [`rpc`]: node-to-node RPC messages and the peer connection cache.
@@ -53,6 +55,7 @@ pub mod rpc;
 pub mod session;
 pub mod state_machine;
 pub mod store;
+pub mod tables;
 pub mod types;
 pub mod watch;
 

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use strata_broker::records::NamespacePolicies;
+use strata_broker::NamespacePolicies;
 use strata_client::{ClientError, ClientOptions, ErrorCode, InitialPosition};
 use strata_proto::pb::common::Hello;
 use strata_tests::{TestStandalone, client, test_config};
@@ -43,7 +43,6 @@ async fn unknown_topic_without_auto_creation_is_topic_not_found() -> anyhow::Res
     let server = TestStandalone::start(test_config(dir.path())).await?;
     let strict = NamespacePolicies {
         auto_create_topics: false,
-        ..NamespacePolicies::default()
     };
     server
         .standalone

@@ -1,6 +1,6 @@
 //! Errors of the ledger client.
 
-use strata_metastore::MetaError;
+use strata_metastore::tables::TableError;
 use strata_proto::{EntryId, LedgerId};
 
 use crate::BookieError;
@@ -12,9 +12,10 @@ pub enum LedgerError {
     /// A bookie failed the request.
     #[error(transparent)]
     Bookie(#[from] BookieError),
-    /// The metastore failed the request.
+    /// Reading or writing the ledger's metadata failed (including a stored record this
+    /// version cannot decode).
     #[error("ledger metadata: {0}")]
-    Metadata(#[from] MetaError),
+    Metadata(#[from] TableError),
     /// No metadata for this ledger.
     #[error("no such ledger {0}")]
     NoSuchLedger(LedgerId),

@@ -1,7 +1,8 @@
 //! The ledger client brokers write and read through: [`LedgerClient`], [`LedgerWriter`],
 //! [`LedgerReader`].
 //!
-//! Metadata lives in the metastore ([`metadata`]); entries on bookies. This first cut has a
+//! Metadata lives in the metastore's ledgers table ([`metadata`] has its rules); entries on
+//! bookies. This first cut has a
 //! single in-process bookie, so only `E = Qw = Qa = 1` is possible; the API is the one the
 //! replicated (quorum) client will keep.
 //!
@@ -19,7 +20,8 @@ mod writer;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use strata_metastore::{Expect, MetaError, MetaStore};
+use strata_metastore::tables::{Counters, Ledgers, Table, TableError};
+use strata_metastore::{Expect, MetaStore};
 use strata_proto::pb::bookie::{LedgerMetadata, LedgerState};
 use strata_proto::{EntryId, LedgerId};
 
@@ -82,7 +84,8 @@ pub struct LedgerClient {
 }
 
 struct ClientInner {
-    meta: MetaStore,
+    ledgers: Table<Ledgers>,
+    counters: Counters,
     bookie: BookieStorage,
     bookie_id: String,
 }
@@ -100,15 +103,17 @@ impl LedgerClient {
     pub fn new(meta: MetaStore, bookie: BookieStorage, bookie_id: String) -> Self {
         LedgerClient {
             inner: Arc::new(ClientInner {
-                meta,
+                ledgers: Table::new(meta.clone()),
+                counters: Counters::new(meta),
                 bookie,
                 bookie_id,
             }),
         }
     }
 
-    pub(crate) fn meta(&self) -> &MetaStore {
-        &self.inner.meta
+    /// The ledgers table (metadata records).
+    pub(crate) fn ledgers(&self) -> &Table<Ledgers> {
+        &self.inner.ledgers
     }
 
     pub(crate) fn bookie(&self) -> &BookieStorage {
@@ -126,28 +131,22 @@ impl LedgerClient {
                 available,
             });
         }
-        let id = LedgerId(self.meta().next_id(metadata::LEDGER_ID_COUNTER).await?);
+        let id = self.inner.counters.next_ledger_id().await?;
         let md = metadata::new_metadata(id, config, vec![self.inner.bookie_id.clone()], now_ms());
-        let written = self
-            .meta()
-            .put(
-                &metadata::ledger_key(id),
-                metadata::encode(&md),
-                Expect::Absent,
-            )
-            .await?;
+        let written = self.ledgers().create(&id, &md).await?;
         tracing::debug!(ledger = %id, "created ledger");
         Ok(LedgerWriter::new(self.clone(), id, md, written.version))
     }
 
     /// Reads a ledger's metadata and its metastore version.
     pub async fn metadata(&self, id: LedgerId) -> Result<(LedgerMetadata, u64), LedgerError> {
-        let kv = self
-            .meta()
-            .get(&metadata::ledger_key(id))
+        let row = self
+            .ledgers()
+            .get(&id)
             .await?
             .ok_or(LedgerError::NoSuchLedger(id))?;
-        Ok((metadata::decode(id, &kv.value)?, kv.version))
+        metadata::validate(id, &row.record)?;
+        Ok((row.record, row.version))
     }
 
     /// Opens a ledger for reading without fencing it (a tailing reader): reads are bounded by
@@ -177,7 +176,6 @@ impl LedgerClient {
         &self,
         id: LedgerId,
     ) -> Result<LedgerReader, LedgerError> {
-        let key = metadata::ledger_key(id);
         for _ in 0..RECOVERY_ATTEMPTS {
             let (md, mut version) = self.metadata(id).await?;
             match metadata::state(id, &md)? {
@@ -192,17 +190,9 @@ impl LedgerClient {
                 LedgerState::Open => {
                     let mut in_recovery = md.clone();
                     in_recovery.state = LedgerState::InRecovery as i32;
-                    match self
-                        .meta()
-                        .put(
-                            &key,
-                            metadata::encode(&in_recovery),
-                            Expect::Version(version),
-                        )
-                        .await
-                    {
+                    match self.ledgers().update(&id, &in_recovery, version).await {
                         Ok(written) => version = written.version,
-                        Err(MetaError::VersionMismatch { .. }) => continue,
+                        Err(TableError::VersionMismatch { .. }) => continue,
                         Err(e) => return Err(e.into()),
                     }
                 }
@@ -213,16 +203,12 @@ impl LedgerClient {
 
             let (last, length) = self.recover_last_entry(id).await?;
             let closed = metadata::closed(md, last, length);
-            match self
-                .meta()
-                .put(&key, metadata::encode(&closed), Expect::Version(version))
-                .await
-            {
+            match self.ledgers().update(&id, &closed, version).await {
                 Ok(_) => {
                     tracing::info!(ledger = %id, last_entry = ?last, length, "recovered ledger");
                     return Ok(LedgerReader::new(self.clone(), id, true, last));
                 }
-                Err(MetaError::VersionMismatch { .. }) => continue,
+                Err(TableError::VersionMismatch { .. }) => continue,
                 Err(e) => return Err(e.into()),
             }
         }
@@ -269,9 +255,7 @@ impl LedgerClient {
     pub async fn delete_ledger(&self, id: LedgerId) -> Result<(), LedgerError> {
         self.metadata(id).await?;
         self.bookie().delete_ledger(id).await?;
-        self.meta()
-            .delete(&metadata::ledger_key(id), Expect::Any)
-            .await?;
+        self.ledgers().delete(&id, Expect::Any).await?;
         tracing::debug!(ledger = %id, "deleted ledger");
         Ok(())
     }

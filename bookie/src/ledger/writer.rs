@@ -4,7 +4,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
-use strata_metastore::{Expect, MetaError};
+use strata_metastore::tables::TableError;
 use strata_proto::pb::bookie::{LedgerMetadata, LedgerState};
 use strata_proto::{EntryId, LedgerId};
 use tokio::sync::{Notify, oneshot};
@@ -192,7 +192,6 @@ impl LedgerWriter {
             }
             idle.await;
         }
-        let key = metadata::ledger_key(id);
         loop {
             let (last, target, version) = {
                 let state = shared.lock();
@@ -200,12 +199,7 @@ impl LedgerWriter {
                 let target = metadata::closed(state.metadata.clone(), last, state.confirmed_bytes);
                 (last, target, state.metadata_version)
             };
-            match shared
-                .client
-                .meta()
-                .put(&key, metadata::encode(&target), Expect::Version(version))
-                .await
-            {
+            match shared.client.ledgers().update(&id, &target, version).await {
                 Ok(written) => {
                     let mut state = shared.lock();
                     state.metadata = target;
@@ -214,7 +208,7 @@ impl LedgerWriter {
                     tracing::debug!(last_entry = ?last, "closed ledger");
                     return Ok(last);
                 }
-                Err(MetaError::VersionMismatch { .. }) => {
+                Err(TableError::VersionMismatch { .. }) => {
                     let (current, version) = shared.client.metadata(id).await?;
                     match metadata::state(id, &current)? {
                         // A concurrent close (of this writer, or a recovery that found the

@@ -1,0 +1,69 @@
+//! Counters: `/counters/<name>` → the 8-byte big-endian `u64` that [`MetaStore::next_id`]
+//! keeps. That encoding is the metastore's, so counters carry no `format_version`.
+
+use strata_proto::LedgerId;
+
+use super::{DecodeError, TableError};
+use crate::MetaStore;
+
+/// A named id allocator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counter(&'static str);
+
+/// Allocates ledger ids.
+pub const LEDGER_ID: Counter = Counter("/counters/ledger-id");
+
+impl Counter {
+    /// The counter's metastore key.
+    pub fn key(&self) -> &'static str {
+        self.0
+    }
+}
+
+/// Allocation from the counters. Cheap to clone.
+#[derive(Clone)]
+pub struct Counters {
+    meta: MetaStore,
+}
+
+impl std::fmt::Debug for Counters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Counters")
+    }
+}
+
+impl Counters {
+    pub fn new(meta: MetaStore) -> Self {
+        Counters { meta }
+    }
+
+    /// The next value of `counter`: 1 first, then gapless and distinct across callers.
+    pub async fn next(&self, counter: Counter) -> Result<u64, TableError> {
+        Ok(self.meta.next_id(counter.key()).await?)
+    }
+
+    /// The last value handed out (`None`: none yet).
+    pub async fn current(&self, counter: Counter) -> Result<Option<u64>, TableError> {
+        let Some(kv) = self.meta.get(counter.key()).await? else {
+            return Ok(None);
+        };
+        let bytes: [u8; 8] = kv
+            .value
+            .as_ref()
+            .try_into()
+            .map_err(|_| TableError::Decode {
+                table: "counter",
+                key: kv.key.clone(),
+                source: DecodeError::Malformed(format!(
+                    "{} bytes, expected an 8-byte big-endian u64",
+                    kv.value.len()
+                )),
+            })?;
+        Ok(Some(u64::from_be_bytes(bytes)))
+    }
+
+    /// A new ledger id, from [`LEDGER_ID`].
+    pub async fn next_ledger_id(&self) -> Result<LedgerId, TableError> {
+        self.next(LEDGER_ID).await.map(LedgerId)
+    }
+}

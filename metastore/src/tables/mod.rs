@@ -1,0 +1,103 @@
+//! Typed tables over the metastore's key space: each table fixes a key layout and a record
+//! type, so callers never build keys or parse values by hand.
+//!
+//! | table                 | key                                                | record                   |
+//! |-----------------------|----------------------------------------------------|--------------------------|
+//! | [`tenants`]           | `/tenants/<tenant>`                                | [`TenantRecord`]         |
+//! | [`namespaces`]        | `/namespaces/<tenant>/<ns>`                        | [`NamespacePolicies`]    |
+//! | [`topics`]            | `/topics/<tenant>/<ns>/<topic>`                    | [`TopicRecord`]          |
+//! | [`topics`] (partitioned) | `/partitioned-topics/<tenant>/<ns>/<topic>`     | [`PartitionedTopicRecord`] |
+//! | [`ownership`]         | `/ownership/<tenant>/<ns>/<0xlower_0xupper>`       | [`OwnershipRecord`]      |
+//! | [`managed_ledgers`]   | `/managed-ledgers/<tenant>/<ns>/<topic>`           | [`ManagedLedgerRecord`]  |
+//! | [`ledgers`]           | `/ledgers/<id, 20 digits>`                         | protobuf `LedgerMetadata`|
+//! | [`cursors`]           | `/cursors/<tenant>/<ns>/<topic>/<subscription>`    | [`CursorRecord`]         |
+//! | [`counters`]          | `/counters/<name>`                                 | u64 big-endian           |
+//!
+//! Records are JSON objects with a `format_version` ([`JsonRecord`]), except ledger metadata
+//! (protobuf, with its own `format_version` field) and counters (the metastore's `next_id`
+//! encoding). A record of a newer format is refused with [`DecodeError::FutureVersion`]; a
+//! malformed value is a [`TableError::Decode`] naming the key, never a panic.
+//!
+//! Every write is a compare-and-set: [`Table::create`] (the row must not exist),
+//! [`Table::update`] (the row must be at the version read), or [`Table::put`] with any
+//! [`crate::Expect`]. A failed one is [`TableError::VersionMismatch`].
+//!
+//! # Layout
+//!
+//! - `table`: [`Schema`], [`Listing`] and [`Table`], the generic operations.
+//! - `record`: [`Record`] and [`JsonRecord`], the versioned encodings.
+//! - `error`: [`TableError`], [`DecodeError`].
+//! - one module per table, defining its keys and record: [`tenants`], [`namespaces`],
+//!   [`topics`], [`ownership`], [`managed_ledgers`], [`ledgers`], [`cursors`], [`counters`].
+
+pub mod counters;
+pub mod cursors;
+mod error;
+pub mod ledgers;
+pub mod managed_ledgers;
+pub mod namespaces;
+pub mod ownership;
+mod record;
+mod table;
+pub mod tenants;
+pub mod topics;
+
+#[cfg(test)]
+mod tests;
+
+pub use counters::{Counter, Counters};
+pub use cursors::{CursorKey, CursorRecord, Cursors, EntryAck};
+pub use error::{DecodeError, TableError};
+pub use ledgers::Ledgers;
+pub use managed_ledgers::{LedgerInfo, ManagedLedgerRecord, ManagedLedgers};
+pub use namespaces::{NamespacePolicies, Namespaces};
+pub use ownership::{BrokerId, BundleRange, NamespaceBundle, Ownership, OwnershipRecord};
+pub use record::{JsonRecord, Record, now_ms};
+pub use table::{Listing, Schema, Table, TableEvent, TableWatcher, Versioned};
+pub use tenants::{TenantName, TenantRecord, Tenants};
+pub use topics::{PartitionedTopicRecord, PartitionedTopics, TopicRecord, Topics};
+
+use crate::MetaStore;
+
+/// Every table over one metastore. Cheap to clone.
+#[derive(Clone)]
+pub struct Tables {
+    pub tenants: Table<Tenants>,
+    pub namespaces: Table<Namespaces>,
+    pub topics: Table<Topics>,
+    pub partitioned_topics: Table<PartitionedTopics>,
+    pub ownership: Table<Ownership>,
+    pub managed_ledgers: Table<ManagedLedgers>,
+    pub ledgers: Table<Ledgers>,
+    pub cursors: Table<Cursors>,
+    pub counters: Counters,
+    meta: MetaStore,
+}
+
+impl std::fmt::Debug for Tables {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Tables")
+    }
+}
+
+impl Tables {
+    pub fn new(meta: MetaStore) -> Self {
+        Tables {
+            tenants: Table::new(meta.clone()),
+            namespaces: Table::new(meta.clone()),
+            topics: Table::new(meta.clone()),
+            partitioned_topics: Table::new(meta.clone()),
+            ownership: Table::new(meta.clone()),
+            managed_ledgers: Table::new(meta.clone()),
+            ledgers: Table::new(meta.clone()),
+            cursors: Table::new(meta.clone()),
+            counters: Counters::new(meta.clone()),
+            meta,
+        }
+    }
+
+    /// The metastore underneath (for transactions across tables).
+    pub fn meta(&self) -> &MetaStore {
+        &self.meta
+    }
+}
