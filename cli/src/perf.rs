@@ -2,6 +2,7 @@
 //! they print throughput and latency percentiles (HDR histogram) for that second; at the end
 //! a summary over the whole run. Fixed-count runs show a progress bar on a terminal.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -319,6 +320,10 @@ pub struct PerfMetaArgs {
     /// Value bytes per put.
     #[arg(long, default_value_t = 128)]
     pub size: usize,
+    /// Also watch the written keys (a remote watch, as a broker would) and report the watch
+    /// delivery latency: from sending a put to receiving its change on the watch.
+    #[arg(long)]
+    pub watch: bool,
 }
 
 /// Compare-and-set puts against a metastore cluster: every client reads nothing and writes
@@ -339,17 +344,48 @@ pub async fn meta(args: PerfMetaArgs) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(args.duration_secs);
     let value = Bytes::from(vec![b'v'; args.size]);
     let run = format!("{}", std::process::id());
+    // Send time of each (key, version), for the watch latency.
+    let sent: Arc<Mutex<HashMap<(String, u64), Instant>>> = Arc::default();
+    let watch_stats = Arc::new(Mutex::new(Stats::new()?));
+    let watcher = if args.watch {
+        let mut watch = client.watch(&format!("/perf/{run}/"), 0).await?;
+        let (sent, watch_stats) = (sent.clone(), watch_stats.clone());
+        Some(tokio::spawn(async move {
+            while let Some(Ok(event)) = watch.next().await {
+                let received = Instant::now();
+                let Some(kv) = event.kv else { continue };
+                let t0 = sent
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&(kv.key, kv.version));
+                if let Some(t0) = t0 {
+                    watch_stats
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .record((received - t0).as_micros() as u64, kv.value.len());
+                }
+            }
+        }))
+    } else {
+        None
+    };
     let mut workers = Vec::new();
     for c in 0..args.clients.max(1) {
         let (client, stats, value) = (client.clone(), stats.clone(), value.clone());
+        let sent = sent.clone();
         let key = format!("/perf/{run}/{c}");
         workers.push(tokio::spawn(async move {
             let mut expect = Expect::Absent;
+            let mut version = 0;
             while Instant::now() < deadline {
                 let t0 = Instant::now();
+                sent.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert((key.clone(), version + 1), t0);
                 match client.put(&key, value.clone(), expect).await {
                     Ok(w) => {
                         expect = Expect::Version(w.version);
+                        version = w.version;
                         stats
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
@@ -366,5 +402,20 @@ pub async fn meta(args: PerfMetaArgs) -> anyhow::Result<()> {
     let _ = done_tx.send(true);
     let (msgs, bytes, elapsed) = reporter.await?;
     summary("cas-put", &stats, msgs, bytes, elapsed);
+    if let Some(watcher) = watcher {
+        // Changes still in flight arrive within moments; then stop the watch.
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while !sent.lock().unwrap_or_else(|p| p.into_inner()).is_empty() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        watcher.abort();
+        let count = watch_stats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .messages;
+        summary("watch-delivery", &watch_stats, count, 0, elapsed);
+    }
     Ok(())
 }

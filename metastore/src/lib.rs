@@ -10,13 +10,20 @@
 //! It runs as one voter in `strata standalone` ([`MetaStore::open_standalone`]) or as one of
 //! 3 or 5 voters talking QUIC ([`MetaStore::open_node`], `strata metastore`). A node that is
 //! not leader forwards reads and writes to the leader; [`MetaClient`] reaches a cluster from
-//! another process. Leases, multi-key transactions, history compaction, membership changes
-//! and the typed tables come next.
+//! another process. Multi-key transactions are etcd's Txn (compares, then one of two
+//! branches, in one log entry). Leases bind ephemeral keys to a TTL: only the leader keeps
+//! lease time, and expiry is a log entry, so every replica deletes the same keys at the same
+//! revision; a [`Session`] keeps one alive. History is compacted (on request and
+//! automatically); [`tables`] gives the metadata model typed keys and versioned records.
 //!
 //! # Layout
 //!
 //! - [`store`]: [`MetaStore`], the public handle — open, get/put/delete/scan, watch, next_id.
 //! - [`watch`]: [`Watcher`], history replay then live changes, gap- and duplicate-free.
+//! - `lease`: the leader's lease clock (deadlines, grace, expiry), plain logic.
+//! - [`session`]: [`Session`], a lease kept alive in the background.
+//! - [`remote_watch`]: [`RemoteWatcher`], a watch from another process that resumes on
+//!   another node.
 //! - `apply`: the key-space rules as plain logic over a read view (unit-tested without I/O).
 //! - [`state_machine`]: openraft `RaftStateMachine` on RocksDB: atomic apply, snapshots.
 //! - [`log_store`]: openraft `RaftLogStorage` on RocksDB: fsynced appends, truncate, purge.

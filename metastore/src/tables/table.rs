@@ -132,9 +132,21 @@ impl<S: Schema> Table<S> {
         record: &S::Record,
         expect: Expect,
     ) -> Result<Written, TableError> {
+        self.put_leased(key, record, expect, 0).await
+    }
+
+    /// Writes the row if `expect` holds, bound to `lease`: the row is deleted when the lease
+    /// ends (ownership, registrations). 0: no lease.
+    pub async fn put_leased(
+        &self,
+        key: &S::Key,
+        record: &S::Record,
+        expect: Expect,
+        lease: crate::LeaseId,
+    ) -> Result<Written, TableError> {
         let k = S::key(key);
         let value = encode::<S>(&k, record)?;
-        Ok(self.meta.put(&k, value, expect).await?)
+        Ok(self.meta.put_leased(&k, value, expect, lease).await?)
     }
 
     /// Deletes the row if `expect` holds: `Ok(true)` if it was deleted, `Ok(false)` if it was
@@ -147,7 +159,11 @@ impl<S: Schema> Table<S> {
     pub fn put_op(&self, key: &S::Key, record: &S::Record) -> Result<TxnOp, TableError> {
         let k = S::key(key);
         let value = encode::<S>(&k, record)?;
-        Ok(TxnOp::Put { key: k, value })
+        Ok(TxnOp::Put {
+            key: k,
+            value,
+            lease: 0,
+        })
     }
 
     /// A transaction operation deleting the row.
