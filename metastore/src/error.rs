@@ -5,11 +5,14 @@ use openraft::error::{CheckIsLeaderError, ClientWriteError, Fatal, InitializeErr
 
 use crate::config::ConfigError;
 use crate::keys::CodecError;
+use crate::membership::MembershipError;
+use crate::rpc::RemoteError;
 use crate::types::{Expect, NodeId};
 
 /// Everything a metastore call can fail with.
 ///
-/// Only [`MetaError::NotLeader`] is worth retrying as-is (see [`MetaError::is_retryable`]);
+/// Only [`MetaError::NotLeader`] and a membership change refused because another is in
+/// progress are worth retrying as-is (see [`MetaError::is_retryable`]);
 /// a [`MetaError::VersionMismatch`] asks the caller to re-read and decide again.
 #[derive(Debug, thiserror::Error)]
 pub enum MetaError {
@@ -45,6 +48,13 @@ pub enum MetaError {
     /// The configuration failed validation.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// This node is not (or no longer, or not yet) a member of the metastore cluster, so it
+    /// serves no reads or writes: ask another node.
+    #[error("metastore node {node_id} is not a member of the cluster")]
+    NotMember { node_id: NodeId },
+    /// A membership change was refused (see [`MembershipError`]).
+    #[error(transparent)]
+    Membership(#[from] MembershipError),
 }
 
 impl MetaError {
@@ -60,7 +70,10 @@ impl MetaError {
 
     /// Whether retrying the same call (possibly against the new leader) may succeed.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, MetaError::NotLeader { .. })
+        matches!(
+            self,
+            MetaError::NotLeader { .. } | MetaError::Membership(MembershipError::InProgress { .. })
+        )
     }
 }
 
@@ -118,6 +131,18 @@ impl From<RaftError<NodeId, InitializeError<NodeId, BasicNode>>> for MetaError {
         match e {
             RaftError::APIError(api) => MetaError::Raft(api.to_string()),
             RaftError::Fatal(f) => f.into(),
+        }
+    }
+}
+
+/// A forwarded request's failure, as the node that ran it reported it.
+impl From<RemoteError> for MetaError {
+    fn from(e: RemoteError) -> Self {
+        match e {
+            RemoteError::NotLeader { leader } => MetaError::NotLeader { leader },
+            RemoteError::Failed(message) => MetaError::Raft(message),
+            RemoteError::NotMember { node_id } => MetaError::NotMember { node_id },
+            RemoteError::Membership(m) => MetaError::Membership(m),
         }
     }
 }

@@ -10,8 +10,8 @@
 //! It runs as one voter in `strata standalone` ([`MetaStore::open_standalone`]) or as one of
 //! 3 or 5 voters talking QUIC ([`MetaStore::open_node`], `strata metastore`). A node that is
 //! not leader forwards reads and writes to the leader; [`MetaClient`] reaches a cluster from
-//! another process. Leases, multi-key transactions, history compaction, membership changes
-//! and the typed tables come next.
+//! another process. Nodes join, are promoted and leave at run time ([`membership`]). Leases,
+//! history compaction and the typed tables come next.
 //!
 //! # Layout
 //!
@@ -27,6 +27,8 @@
 //! - [`network`]: openraft's `RaftNetwork` over QUIC.
 //! - [`rpc`]: node-to-node RPC messages and the peer connection cache.
 //! - [`node_server`]: the RPC server of a clustered node (raft traffic, forwarded requests).
+//! - [`membership`]: add a learner, promote, remove, cluster status (routed to the leader);
+//!   how a removed node finds out and refuses requests.
 //! - [`client`]: [`MetaClient`], reads and writes from another process.
 //! - [`config`]: [`MetaStoreConfig`] and its validation.
 //! - [`error`]: [`MetaError`], every error a call can return.
@@ -45,6 +47,7 @@ mod db;
 pub mod error;
 mod keys;
 pub mod log_store;
+pub mod membership;
 pub mod network;
 pub mod node_server;
 pub mod rpc;
@@ -60,6 +63,7 @@ pub use client::MetaClient;
 pub use config::{ConfigError, MetaStoreConfig};
 pub use error::MetaError;
 pub use log_store::LogStore;
+pub use membership::{ClusterStatus, MemberStatus, MembershipError, MembershipInfo, Role};
 pub use state_machine::{SnapshotBuilder, StateMachine};
 pub use store::{MAX_KEY_LEN, MetaStore, NodeOptions};
 pub use strata_proto::pb::metastore::{EventKind, KeyValue, WatchEvent};

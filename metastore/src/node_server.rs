@@ -93,6 +93,8 @@ async fn serve_stream(send: SendStream, recv: RecvStream, store: MetaStore) {
 fn remote(e: MetaError) -> RemoteError {
     match e {
         MetaError::NotLeader { leader } => RemoteError::NotLeader { leader },
+        MetaError::NotMember { node_id } => RemoteError::NotMember { node_id },
+        MetaError::Membership(e) => RemoteError::Membership(e),
         other => RemoteError::Failed(other.to_string()),
     }
 }
@@ -138,6 +140,27 @@ async fn handle(store: &MetaStore, request: NodeRequest) -> NodeResponse {
                     .map(|kvs| kvs.into_iter().map(WireKv::from_key_value).collect())
                     .map_err(remote),
             )
+        }
+        NodeRequest::ChangeMembership { change, forwarded } => {
+            let result = if forwarded {
+                store.change_membership_here(change).await
+            } else {
+                store.change_membership(change).await
+            };
+            NodeResponse::ChangeMembership(result.map_err(remote))
+        }
+        NodeRequest::ClusterStatus { forwarded } => {
+            let result = if forwarded {
+                store.status_here().await
+            } else {
+                store.status().await
+            };
+            NodeResponse::ClusterStatus(result.map_err(remote))
+        }
+        NodeRequest::LocalView => NodeResponse::LocalView(store.local_view().await.map_err(remote)),
+        NodeRequest::Removed { membership } => {
+            store.note_membership(&membership);
+            NodeResponse::Removed
         }
     }
 }

@@ -22,6 +22,9 @@ use strata_transport::handshake::client_handshake;
 use strata_transport::{ClientTrust, FrameReader, FrameWriter, TransportTuning, client_endpoint};
 use tokio::sync::Mutex;
 
+use crate::membership::{
+    ClusterStatus, LocalView, MembershipChange, MembershipError, MembershipInfo,
+};
 use crate::types::{Command, CommandResult, NodeId, TypeConfig};
 
 /// ALPN of metastore node-to-node traffic.
@@ -54,6 +57,21 @@ pub enum NodeRequest {
     Scan {
         prefix: String,
         forwarded: bool,
+    },
+    /// A membership change, run by the leader (`forwarded` as for `Write`).
+    ChangeMembership {
+        change: MembershipChange,
+        forwarded: bool,
+    },
+    /// The cluster's status as the leader sees it (`forwarded` as for `Write`).
+    ClusterStatus {
+        forwarded: bool,
+    },
+    /// The receiving node's own view (term, leader, committed membership); never forwarded.
+    LocalView,
+    /// From the leader to a node it has just removed: the committed membership without it.
+    Removed {
+        membership: MembershipInfo,
     },
 }
 
@@ -97,6 +115,12 @@ pub enum RemoteError {
     NotLeader { leader: Option<NodeId> },
     #[error("{0}")]
     Failed(String),
+    /// That node is not a member of the cluster.
+    #[error("node {node_id} is not a member of the cluster")]
+    NotMember { node_id: NodeId },
+    /// A membership change was refused.
+    #[error(transparent)]
+    Membership(MembershipError),
 }
 
 /// The answer to a [`NodeRequest`], variant for variant.
@@ -110,6 +134,10 @@ pub enum NodeResponse {
     Write(Result<CommandResult, RemoteError>),
     Get(Result<Option<WireKv>, RemoteError>),
     Scan(Result<Vec<WireKv>, RemoteError>),
+    ChangeMembership(Result<MembershipInfo, RemoteError>),
+    ClusterStatus(Result<ClusterStatus, RemoteError>),
+    LocalView(Result<LocalView, RemoteError>),
+    Removed,
 }
 
 /// Why an RPC did not get an answer.

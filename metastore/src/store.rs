@@ -22,6 +22,7 @@ use crate::config::MetaStoreConfig;
 use crate::db::{self, Core, GuardWaiter};
 use crate::keys;
 use crate::log_store::LogStore;
+use crate::membership::Eviction;
 use crate::network::QuicNetworkFactory;
 use crate::node_server::NodeServer;
 use crate::rpc::{NodeRequest, NodeResponse, PeerClient, RemoteError, WireKv};
@@ -54,6 +55,8 @@ struct Inner {
     peers: PeerClient,
     /// This node's RPC server, when clustered.
     server: std::sync::Mutex<Option<NodeServer>>,
+    /// Set when this node learns it was removed from the cluster.
+    eviction: Eviction,
 }
 
 /// How a clustered node identifies itself and finds its peers.
@@ -64,6 +67,9 @@ pub struct NodeOptions {
     pub listen: std::net::SocketAddr,
     /// The voters of a new cluster, id → `host:port`, this node included. Used once, when
     /// this node's log is empty; restarting with the same list is a no-op.
+    ///
+    /// Empty: join an existing cluster. The node starts without initialising raft and waits
+    /// to be added ([`MetaStore::add_learner`] on any member); until then it is not a member.
     pub initial_members: BTreeMap<NodeId, String>,
     pub tls: strata_transport::ServerTls,
     /// CA of the peers' certificates (none: loopback peers only, development trust).
@@ -122,7 +128,8 @@ impl MetaStore {
         config: MetaStoreConfig,
         node: NodeOptions,
     ) -> Result<MetaStore, MetaError> {
-        if !node.initial_members.contains_key(&node.node_id) {
+        let joining = node.initial_members.is_empty();
+        if !joining && !node.initial_members.contains_key(&node.node_id) {
             return Err(MetaError::Raft(format!(
                 "node {} is not among the initial members {:?}",
                 node.node_id,
@@ -140,7 +147,7 @@ impl MetaStore {
         info!(listen = ?server.local_addr().ok(), "metastore node RPC server up");
         *store.inner.server.lock().unwrap_or_else(|p| p.into_inner()) = Some(server);
         let raft = &store.inner.raft;
-        if !raft.is_initialized().await? {
+        if !joining && !raft.is_initialized().await? {
             let members: BTreeMap<NodeId, BasicNode> = node
                 .initial_members
                 .iter()
@@ -196,6 +203,7 @@ impl MetaStore {
                 raft_released: Mutex::new(raft_released),
                 peers,
                 server: std::sync::Mutex::new(None),
+                eviction: Eviction::default(),
             }),
         })
     }
@@ -270,6 +278,25 @@ impl MetaStore {
         &self.inner.raft
     }
 
+    pub(crate) fn peers(&self) -> &PeerClient {
+        &self.inner.peers
+    }
+
+    #[cfg(test)]
+    pub(crate) fn config(&self) -> &MetaStoreConfig {
+        &self.inner.config
+    }
+
+    pub(crate) fn eviction(&self) -> &Eviction {
+        &self.inner.eviction
+    }
+
+    /// This node's own copy of `key`, not linearized (tests of replication).
+    #[cfg(test)]
+    pub(crate) fn local_get(&self, key: &str) -> Result<Option<KeyValue>, MetaError> {
+        Ok(self.inner.core.get_kv(key)?)
+    }
+
     fn check_open(&self) -> Result<(), MetaError> {
         if self.inner.core.is_closed() {
             Err(MetaError::Closed)
@@ -294,6 +321,7 @@ impl MetaStore {
     /// Proposes here if this node leads, else on the leader; follows leader changes until
     /// `request_timeout_ms`.
     pub(crate) async fn propose(&self, cmd: Command) -> Result<CommandResult, MetaError> {
+        self.check_member().await?;
         let deadline = tokio::time::Instant::now() + self.request_timeout();
         loop {
             let hint = match self.propose_here(cmd.clone()).await {
@@ -327,13 +355,26 @@ impl MetaStore {
         req: &NodeRequest,
         deadline: tokio::time::Instant,
     ) -> Result<Option<NodeResponse>, MetaError> {
+        self.forward_timed(hint, req, deadline, crate::rpc::FORWARD_TIMEOUT)
+            .await
+    }
+
+    /// [`MetaStore::forward`] with its own limit on the leader's answer.
+    pub(crate) async fn forward_timed(
+        &self,
+        hint: Option<NodeId>,
+        req: &NodeRequest,
+        deadline: tokio::time::Instant,
+        rpc_timeout: Duration,
+    ) -> Result<Option<NodeResponse>, MetaError> {
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
         if remaining.is_zero() {
             return Err(MetaError::NotLeader { leader: hint });
         }
         let leader = match hint {
             Some(id) => id,
-            None => self.wait_for_leader(remaining).await?,
+            // Also finds out, by asking the peers, whether this node was removed.
+            None => self.find_leader(remaining).await?,
         };
         if leader == self.inner.node_id {
             // Elected here since the attempt: route again (after a moment to settle).
@@ -353,12 +394,7 @@ impl MetaStore {
                 "leader {leader} has no address in the membership"
             )));
         };
-        match self
-            .inner
-            .peers
-            .call(&addr, req, crate::rpc::FORWARD_TIMEOUT)
-            .await
-        {
+        match self.inner.peers.call(&addr, req, rpc_timeout).await {
             Ok(resp) => Ok(Some(resp)),
             // Not sent: the leader we knew is gone; wait for the next one and route again.
             Err(crate::rpc::RpcError::NotSent { .. }) => {
@@ -372,7 +408,7 @@ impl MetaStore {
         }
     }
 
-    fn request_timeout(&self) -> Duration {
+    pub(crate) fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.inner.config.request_timeout_ms)
     }
 
@@ -391,6 +427,7 @@ impl MetaStore {
     /// The current value of `key` (linearizable; read on the leader).
     pub async fn get(&self, key: &str) -> Result<Option<KeyValue>, MetaError> {
         validate_key(key)?;
+        self.check_member().await?;
         let deadline = tokio::time::Instant::now() + self.request_timeout();
         loop {
             let hint = match self.get_here(key).await {
@@ -492,6 +529,7 @@ impl MetaStore {
 
     /// All keys starting with `prefix`, in key order (linearizable).
     pub async fn scan(&self, prefix: &str) -> Result<Vec<KeyValue>, MetaError> {
+        self.check_member().await?;
         let deadline = tokio::time::Instant::now() + self.request_timeout();
         loop {
             let hint = match self.scan_here(prefix).await {
@@ -592,10 +630,10 @@ impl MetaStore {
 
 /// A forwarded request's failure: `NotLeader` means route again (returns Ok), anything else
 /// is the answer.
-fn remote_error(e: RemoteError) -> Result<(), MetaError> {
+pub(crate) fn remote_error(e: RemoteError) -> Result<(), MetaError> {
     match e {
         RemoteError::NotLeader { .. } => Ok(()),
-        RemoteError::Failed(message) => Err(MetaError::Raft(message)),
+        other => Err(other.into()),
     }
 }
 

@@ -2,5 +2,6 @@
 //! against the RocksDB stores, and the key-space properties checked through [`crate::MetaStore`].
 
 mod cluster;
+mod membership;
 mod properties;
 mod suite;
