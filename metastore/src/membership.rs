@@ -740,6 +740,31 @@ impl MetaStore {
         }
     }
 
+    /// The address of member `id` in this node's latest membership.
+    pub(crate) async fn member_addr(&self, id: NodeId) -> Result<Option<String>, MetaError> {
+        let known = {
+            let metrics = self.raft().metrics();
+            let m = metrics.borrow();
+            m.membership_config
+                .membership()
+                .get_node(&id)
+                .map(|n| n.addr.clone())
+        };
+        if known.is_some() {
+            return Ok(known);
+        }
+        // Metrics trail raft's state: a node just added may not show its membership yet.
+        Ok(self
+            .raft()
+            .with_raft_state(move |st| {
+                st.membership_state
+                    .effective()
+                    .get_node(&id)
+                    .map(|n| n.addr.clone())
+            })
+            .await?)
+    }
+
     /// Named in the membership set at `log_id`, and not removed by a later one.
     fn is_member(&self, log_id: Option<LogId<NodeId>>, named: bool) -> bool {
         // Re-added after a removal: a newer membership naming this node ends the eviction.

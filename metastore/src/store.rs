@@ -381,15 +381,7 @@ impl MetaStore {
             tokio::time::sleep(Duration::from_millis(20)).await;
             return Ok(None);
         }
-        let addr = {
-            let metrics = self.inner.raft.metrics();
-            let m = metrics.borrow();
-            m.membership_config
-                .membership()
-                .get_node(&leader)
-                .map(|n| n.addr.clone())
-        };
-        let Some(addr) = addr else {
+        let Some(addr) = self.member_addr(leader).await? else {
             return Err(MetaError::Raft(format!(
                 "leader {leader} has no address in the membership"
             )));
