@@ -309,6 +309,9 @@ fn lag(last: Option<u64>, matched: Option<u64>) -> u64 {
     }
 }
 
+/// Picks a forwarded request's result out of the leader's response (`Err`: another kind).
+type PickAnswer<T> = fn(NodeResponse) -> Result<Result<T, RemoteError>, Box<NodeResponse>>;
+
 impl NodeResponse {
     /// The id in a "not a member" answer, whatever the request was.
     pub(crate) fn not_member(&self) -> Option<NodeId> {
@@ -370,7 +373,7 @@ impl MetaStore {
             FORWARD_TIMEOUT,
             |resp| match resp {
                 NodeResponse::ClusterStatus(r) => Ok(r),
-                other => Err(other),
+                other => Err(Box::new(other)),
             },
         )
         .await
@@ -389,7 +392,7 @@ impl MetaStore {
             MEMBERSHIP_RPC_TIMEOUT,
             |resp| match resp {
                 NodeResponse::ChangeMembership(r) => Ok(r),
-                other => Err(other),
+                other => Err(Box::new(other)),
             },
         )
         .await
@@ -402,7 +405,7 @@ impl MetaStore {
         here: F,
         request: NodeRequest,
         rpc_timeout: Duration,
-        answer: fn(NodeResponse) -> Result<Result<T, RemoteError>, NodeResponse>,
+        answer: PickAnswer<T>,
     ) -> Result<T, MetaError>
     where
         F: Fn() -> Fut,
