@@ -7,9 +7,11 @@
 //! - [`standalone`]: metastore + bookie + broker in one process.
 //! - [`http`]: the HTTP side port (`/healthz`, `/readyz`, `/metrics`).
 //! - [`metastore_node`]: `strata metastore` (one raft voter) and `strata meta` (its client).
+//! - [`cluster`]: `strata cluster metastore status|add|promote|remove` (membership).
 //! - [`commands`]: `produce`, `consume`, `topics`.
 //! - [`perf`]: `perf produce` / `perf consume` load generators.
 
+pub mod cluster;
 pub mod commands;
 pub mod config;
 pub mod http;

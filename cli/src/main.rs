@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use strata_cli::cluster;
 use strata_cli::commands::{self, ConnectArgs};
 use strata_cli::config::StandaloneConfig;
 use strata_cli::metastore_node;
@@ -73,6 +74,9 @@ enum Command {
     /// Manage topics.
     #[command(subcommand)]
     Topics(TopicsCommand),
+    /// Cluster administration (metastore membership).
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
     /// Load generators.
     #[command(subcommand)]
     Perf(PerfCommand),
@@ -200,6 +204,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Meta { metastore, command } => {
             let timeout = std::time::Duration::from_secs(cli.connect.connect_timeout_secs);
             metastore_node::meta(&metastore, cli.connect.tls_ca.clone(), timeout, command).await
+        }
+        Command::Cluster(cmd) => {
+            let timeout = std::time::Duration::from_secs(cli.connect.connect_timeout_secs);
+            cluster::run(cmd, cli.connect.tls_ca.clone(), timeout).await
         }
         Command::Produce {
             topic,

@@ -29,8 +29,17 @@ pub struct MetastoreArgs {
     pub http: SocketAddr,
     /// Voters of a new cluster: `1=host:port,2=host:port,3=host:port` (this node included).
     /// Used on first start only; restarting with the same list is a no-op.
-    #[arg(long, env = "STRATA_INITIAL_MEMBERS")]
-    pub initial_members: String,
+    #[arg(
+        long,
+        env = "STRATA_INITIAL_MEMBERS",
+        required_unless_present = "join",
+        conflicts_with = "join"
+    )]
+    pub initial_members: Option<String>,
+    /// Join an existing cluster instead: start without bootstrapping one and wait to be added
+    /// (`strata cluster metastore add`, then `promote`).
+    #[arg(long)]
+    pub join: bool,
     #[arg(long, env = "STRATA_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
     #[arg(long, env = "STRATA_TLS_KEY")]
@@ -66,7 +75,12 @@ pub async fn run(
     ca: Option<PathBuf>,
     shutdown: impl std::future::Future<Output = anyhow::Result<()>>,
 ) -> anyhow::Result<()> {
-    let initial_members = parse_members(&args.initial_members)?;
+    let initial_members = match (&args.initial_members, args.join) {
+        // No initial members: open_node waits to be added instead of bootstrapping.
+        (_, true) => BTreeMap::new(),
+        (Some(list), false) => parse_members(list)?,
+        (None, false) => anyhow::bail!("give --initial-members, or --join to join a cluster"),
+    };
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
     let tls = match (&args.tls_cert, &args.tls_key) {
@@ -95,6 +109,12 @@ pub async fn run(
         "strata metastore: node {} RPC on {}, HTTP on {}",
         args.node_id, args.listen, http.local_addr
     );
+    if args.join {
+        eprintln!(
+            "strata metastore: waiting to be added: strata cluster metastore add --node-id {} --addr HOST:PORT",
+            args.node_id
+        );
+    }
     let waiter = store.clone();
     let ready_flag = ready.clone();
     tokio::spawn(async move {
@@ -196,13 +216,7 @@ pub async fn meta(
     timeout: Duration,
     cmd: MetaCommand,
 ) -> anyhow::Result<()> {
-    let addrs: Vec<String> = addrs
-        .split(',')
-        .map(str::trim)
-        .filter(|a| !a.is_empty())
-        .map(str::to_owned)
-        .collect();
-    let client = MetaClient::new(addrs, ca, timeout)?;
+    let client = MetaClient::new(crate::cluster::node_addrs(addrs), ca, timeout)?;
     match cmd {
         MetaCommand::Get { key } => match client.get(&key).await? {
             Some(kv) => println!("{}", String::from_utf8_lossy(&kv.value)),

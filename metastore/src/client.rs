@@ -85,22 +85,41 @@ impl MetaClient {
 
     /// Sends `req` to the leader, trying the nodes in turn.
     async fn call(&self, req: NodeRequest) -> Result<NodeResponse, MetaError> {
+        self.call_timed(req, crate::rpc::FORWARD_TIMEOUT).await
+    }
+
+    /// [`MetaClient::call`], waiting at most `rpc_timeout` for each node's answer.
+    pub(crate) async fn call_timed(
+        &self,
+        req: NodeRequest,
+        rpc_timeout: Duration,
+    ) -> Result<NodeResponse, MetaError> {
         let deadline = tokio::time::Instant::now() + self.inner.timeout;
+        // Nodes that said they are not members: once all have, no node can serve `req`.
+        let mut not_members = std::collections::BTreeSet::new();
         loop {
             let i = self.inner.next.load(Ordering::Relaxed) % self.inner.addrs.len();
             let addr = &self.inner.addrs[i];
-            let why = match self
-                .inner
-                .peers
-                .call(addr, &req, crate::rpc::FORWARD_TIMEOUT)
-                .await
-            {
+            let why = match self.inner.peers.call(addr, &req, rpc_timeout).await {
                 Ok(NodeResponse::Write(Err(RemoteError::NotLeader { .. })))
                 | Ok(NodeResponse::Get(Err(RemoteError::NotLeader { .. })))
                 | Ok(NodeResponse::Scan(Err(RemoteError::NotLeader { .. })))
                 | Ok(NodeResponse::ScanPage(Err(RemoteError::NotLeader { .. })))
                 | Ok(NodeResponse::LeaseKeepAlive(Err(RemoteError::NotLeader { .. }))) => {
                     format!("{addr} is not the leader")
+                }
+                Ok(NodeResponse::ChangeMembership(Err(RemoteError::NotLeader { .. })))
+                | Ok(NodeResponse::ClusterStatus(Err(RemoteError::NotLeader { .. }))) => {
+                    format!("{addr} is not the leader")
+                }
+                // Refused without running it: another node may serve it.
+                Ok(resp) if resp.not_member().is_some() => {
+                    not_members.insert(i);
+                    if not_members.len() == self.inner.addrs.len() {
+                        let node_id = resp.not_member().unwrap_or_default();
+                        return Err(MetaError::NotMember { node_id });
+                    }
+                    format!("{addr} is not a member of the cluster")
                 }
                 Ok(resp) => return Ok(resp),
                 // Never sent: safe to try the next node, writes included.

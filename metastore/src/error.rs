@@ -5,11 +5,13 @@ use openraft::error::{CheckIsLeaderError, ClientWriteError, Fatal, InitializeErr
 
 use crate::config::ConfigError;
 use crate::keys::CodecError;
+use crate::membership::MembershipError;
 use crate::types::{Expect, NodeId};
 
 /// Everything a metastore call can fail with.
 ///
-/// Only [`MetaError::NotLeader`] is worth retrying as-is (see [`MetaError::is_retryable`]);
+/// Only [`MetaError::NotLeader`] and a membership change refused because another is in
+/// progress are worth retrying as-is (see [`MetaError::is_retryable`]);
 /// a [`MetaError::VersionMismatch`] asks the caller to re-read and decide again.
 #[derive(Debug, thiserror::Error)]
 pub enum MetaError {
@@ -65,6 +67,13 @@ pub enum MetaError {
     /// The configuration failed validation.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// This node is not (or no longer, or not yet) a member of the metastore cluster, so it
+    /// serves no reads or writes: ask another node.
+    #[error("metastore node {node_id} is not a member of the cluster")]
+    NotMember { node_id: NodeId },
+    /// A membership change was refused (see [`MembershipError`]).
+    #[error(transparent)]
+    Membership(#[from] MembershipError),
 }
 
 impl MetaError {
@@ -80,7 +89,10 @@ impl MetaError {
 
     /// Whether retrying the same call (possibly against the new leader) may succeed.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, MetaError::NotLeader { .. })
+        matches!(
+            self,
+            MetaError::NotLeader { .. } | MetaError::Membership(MembershipError::InProgress { .. })
+        )
     }
 }
 

@@ -15,6 +15,7 @@
 //! lease time, and expiry is a log entry, so every replica deletes the same keys at the same
 //! revision; a [`Session`] keeps one alive. History is compacted (on request and
 //! automatically); [`tables`] gives the metadata model typed keys and versioned records.
+//! Nodes join, are promoted and leave at run time ([`membership`]).
 //!
 //! # Layout
 //!
@@ -36,6 +37,8 @@
 //! - [`network`]: openraft's `RaftNetwork` over QUIC.
 //! - [`rpc`]: node-to-node RPC messages and the peer connection cache.
 //! - [`node_server`]: the RPC server of a clustered node (raft traffic, forwarded requests).
+//! - [`membership`]: add a learner, promote, remove, cluster status (routed to the leader);
+//!   how a removed node finds out and refuses requests.
 //! - [`client`]: [`MetaClient`], reads and writes from another process.
 //! - [`config`]: [`MetaStoreConfig`] and its validation.
 //! - [`error`]: [`MetaError`], every error a call can return.
@@ -55,6 +58,7 @@ pub mod error;
 mod keys;
 mod lease;
 pub mod log_store;
+pub mod membership;
 pub mod network;
 pub mod node_server;
 pub mod remote_watch;
@@ -73,6 +77,7 @@ pub use client::MetaClient;
 pub use config::{ConfigError, MetaStoreConfig};
 pub use error::MetaError;
 pub use log_store::LogStore;
+pub use membership::{ClusterStatus, MemberStatus, MembershipError, MembershipInfo, Role};
 pub use remote_watch::RemoteWatcher;
 pub use session::{LeaseApi, Session, SessionState};
 pub use state_machine::{SnapshotBuilder, StateMachine};

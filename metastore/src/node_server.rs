@@ -216,5 +216,26 @@ async fn handle(store: &MetaStore, request: NodeRequest) -> NodeResponse {
                     .map_err(remote),
             )
         }
+        NodeRequest::ChangeMembership { change, forwarded } => {
+            let result = if forwarded {
+                store.change_membership_here(change).await
+            } else {
+                store.change_membership(change).await
+            };
+            NodeResponse::ChangeMembership(result.map_err(remote))
+        }
+        NodeRequest::ClusterStatus { forwarded } => {
+            let result = if forwarded {
+                store.status_here().await
+            } else {
+                store.status().await
+            };
+            NodeResponse::ClusterStatus(result.map_err(remote))
+        }
+        NodeRequest::LocalView => NodeResponse::LocalView(store.local_view().await.map_err(remote)),
+        NodeRequest::Removed { membership } => {
+            store.note_membership(&membership);
+            NodeResponse::Removed
+        }
     }
 }

@@ -22,6 +22,9 @@ use strata_transport::handshake::client_handshake;
 use strata_transport::{ClientTrust, FrameReader, FrameWriter, TransportTuning, client_endpoint};
 use tokio::sync::Mutex;
 
+use crate::membership::{
+    ClusterStatus, LocalView, MembershipChange, MembershipError, MembershipInfo,
+};
 use crate::types::{Command, CommandResult, NodeId, TypeConfig};
 
 /// ALPN of metastore node-to-node traffic.
@@ -74,6 +77,21 @@ pub enum NodeRequest {
         start_after: String,
         limit: u32,
         forwarded: bool,
+    },
+    /// A membership change, run by the leader (`forwarded` as for `Write`).
+    ChangeMembership {
+        change: MembershipChange,
+        forwarded: bool,
+    },
+    /// The cluster's status as the leader sees it (`forwarded` as for `Write`).
+    ClusterStatus {
+        forwarded: bool,
+    },
+    /// The receiving node's own view (term, leader, committed membership); never forwarded.
+    LocalView,
+    /// From the leader to a node it has just removed: the committed membership without it.
+    Removed {
+        membership: MembershipInfo,
     },
 }
 
@@ -138,6 +156,12 @@ pub enum RemoteError {
     OutcomeUnknown(String),
     #[error("{0}")]
     Failed(String),
+    /// That node is not a member of the cluster.
+    #[error("node {node_id} is not a member of the cluster")]
+    NotMember { node_id: NodeId },
+    /// A membership change was refused.
+    #[error(transparent)]
+    Membership(MembershipError),
 }
 
 impl From<crate::MetaError> for RemoteError {
@@ -161,6 +185,8 @@ impl From<crate::MetaError> for RemoteError {
                 RemoteError::Compacted { requested, oldest }
             }
             crate::MetaError::OutcomeUnknown { reason } => RemoteError::OutcomeUnknown(reason),
+            crate::MetaError::NotMember { node_id } => RemoteError::NotMember { node_id },
+            crate::MetaError::Membership(m) => RemoteError::Membership(m),
             e @ (crate::MetaError::InvalidKey { .. } | crate::MetaError::InvalidRequest(_)) => {
                 RemoteError::Invalid(e.to_string())
             }
@@ -191,6 +217,8 @@ impl From<RemoteError> for crate::MetaError {
                 crate::MetaError::Compacted { requested, oldest }
             }
             RemoteError::OutcomeUnknown(reason) => crate::MetaError::OutcomeUnknown { reason },
+            RemoteError::NotMember { node_id } => crate::MetaError::NotMember { node_id },
+            RemoteError::Membership(m) => crate::MetaError::Membership(m),
             RemoteError::Failed(message) => crate::MetaError::Raft(message),
         }
     }
@@ -221,6 +249,10 @@ pub enum NodeResponse {
     WatchStarted(Result<u64, RemoteError>),
     /// One change (or the error that ended the watch).
     WatchEvent(Result<WireEvent, RemoteError>),
+    ChangeMembership(Result<MembershipInfo, RemoteError>),
+    ClusterStatus(Result<ClusterStatus, RemoteError>),
+    LocalView(Result<LocalView, RemoteError>),
+    Removed,
 }
 
 /// A change as it travels to a remote watcher.

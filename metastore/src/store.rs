@@ -23,6 +23,7 @@ use crate::db::{self, Core, GuardWaiter};
 use crate::keys;
 use crate::lease::{KeepAlive, LeaseClock};
 use crate::log_store::LogStore;
+use crate::membership::Eviction;
 use crate::network::QuicNetworkFactory;
 use crate::node_server::NodeServer;
 use crate::rpc::{NodeRequest, NodeResponse, PeerClient, RemoteError, WireKv};
@@ -57,6 +58,8 @@ struct Inner {
     server: std::sync::Mutex<Option<NodeServer>>,
     /// Lease deadlines, kept while this node leads.
     lease_clock: std::sync::Mutex<LeaseClock>,
+    /// Set when this node learns it was removed from the cluster.
+    eviction: Eviction,
 }
 
 /// A granted lease.
@@ -86,6 +89,9 @@ pub struct NodeOptions {
     pub listen: std::net::SocketAddr,
     /// The voters of a new cluster, id → `host:port`, this node included. Used once, when
     /// this node's log is empty; restarting with the same list is a no-op.
+    ///
+    /// Empty: join an existing cluster. The node starts without initialising raft and waits
+    /// to be added ([`MetaStore::add_learner`] on any member); until then it is not a member.
     pub initial_members: BTreeMap<NodeId, String>,
     pub tls: strata_transport::ServerTls,
     /// CA of the peers' certificates (none: loopback peers only, development trust).
@@ -144,7 +150,8 @@ impl MetaStore {
         config: MetaStoreConfig,
         node: NodeOptions,
     ) -> Result<MetaStore, MetaError> {
-        if !node.initial_members.contains_key(&node.node_id) {
+        let joining = node.initial_members.is_empty();
+        if !joining && !node.initial_members.contains_key(&node.node_id) {
             return Err(MetaError::Raft(format!(
                 "node {} is not among the initial members {:?}",
                 node.node_id,
@@ -162,7 +169,7 @@ impl MetaStore {
         info!(listen = ?server.local_addr().ok(), "metastore node RPC server up");
         *store.inner.server.lock().unwrap_or_else(|p| p.into_inner()) = Some(server);
         let raft = &store.inner.raft;
-        if !raft.is_initialized().await? {
+        if !joining && !raft.is_initialized().await? {
             let members: BTreeMap<NodeId, BasicNode> = node
                 .initial_members
                 .iter()
@@ -221,6 +228,7 @@ impl MetaStore {
                 peers,
                 server: std::sync::Mutex::new(None),
                 lease_clock: std::sync::Mutex::new(LeaseClock::new(grace)),
+                eviction: Eviction::default(),
             }),
         };
         tokio::spawn(housekeeping(Arc::downgrade(&store.inner), interval));
@@ -295,6 +303,25 @@ impl MetaStore {
 
     pub(crate) fn raft(&self) -> &Raft<TypeConfig> {
         &self.inner.raft
+    }
+
+    pub(crate) fn peers(&self) -> &PeerClient {
+        &self.inner.peers
+    }
+
+    #[cfg(test)]
+    pub(crate) fn config(&self) -> &MetaStoreConfig {
+        &self.inner.config
+    }
+
+    pub(crate) fn eviction(&self) -> &Eviction {
+        &self.inner.eviction
+    }
+
+    /// This node's own copy of `key`, not linearized (tests of replication).
+    #[cfg(test)]
+    pub(crate) fn local_get(&self, key: &str) -> Result<Option<KeyValue>, MetaError> {
+        Ok(self.inner.core.get_kv(key)?)
     }
 
     fn check_open(&self) -> Result<(), MetaError> {
@@ -390,13 +417,15 @@ impl MetaStore {
         .await
     }
 
-    /// Sends `req` to the leader (waiting for one to be known). `Ok(None)`: leadership moved
-    /// (or came here) meanwhile, so the caller should route again.
-    async fn forward(
+    /// Sends `req` to the leader (waiting for one to be known), allowing `rpc_timeout` for its
+    /// answer. `Ok(None)`: leadership moved (or came here) meanwhile, so the caller should
+    /// route again.
+    pub(crate) async fn forward_timed(
         &self,
         hint: Option<NodeId>,
         req: &NodeRequest,
         deadline: tokio::time::Instant,
+        rpc_timeout: Duration,
     ) -> Result<Option<NodeResponse>, MetaError> {
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
         if remaining.is_zero() {
@@ -404,32 +433,20 @@ impl MetaStore {
         }
         let leader = match hint {
             Some(id) => id,
-            None => self.wait_for_leader(remaining).await?,
+            // Also finds out, by asking the peers, whether this node was removed.
+            None => self.find_leader(remaining).await?,
         };
         if leader == self.inner.node_id {
             // Elected here since the attempt: route again (after a moment to settle).
             tokio::time::sleep(Duration::from_millis(20)).await;
             return Ok(None);
         }
-        let addr = {
-            let metrics = self.inner.raft.metrics();
-            let m = metrics.borrow();
-            m.membership_config
-                .membership()
-                .get_node(&leader)
-                .map(|n| n.addr.clone())
-        };
-        let Some(addr) = addr else {
+        let Some(addr) = self.member_addr(leader).await? else {
             return Err(MetaError::Raft(format!(
                 "leader {leader} has no address in the membership"
             )));
         };
-        match self
-            .inner
-            .peers
-            .call(&addr, req, crate::rpc::FORWARD_TIMEOUT)
-            .await
-        {
+        match self.inner.peers.call(&addr, req, rpc_timeout).await {
             Ok(resp) => Ok(Some(resp)),
             // Not sent: the leader we knew is gone; wait for the next one and route again.
             Err(crate::rpc::RpcError::NotSent { .. }) => {
@@ -437,9 +454,16 @@ impl MetaStore {
                 Ok(None)
             }
             // A write may or may not have been applied: say so instead of retrying blindly.
-            Err(e) if matches!(req, NodeRequest::Write { .. }) => Err(MetaError::OutcomeUnknown {
-                reason: format!("forwarding to leader {leader} failed: {e}"),
-            }),
+            Err(e)
+                if matches!(
+                    req,
+                    NodeRequest::Write { .. } | NodeRequest::ChangeMembership { .. }
+                ) =>
+            {
+                Err(MetaError::OutcomeUnknown {
+                    reason: format!("forwarding to leader {leader} failed: {e}"),
+                })
+            }
             // Reads and keep-alives are safe to repeat: route again.
             Err(e) => {
                 debug!(leader, error = %e, "forwarding failed; routing again");
@@ -449,7 +473,7 @@ impl MetaStore {
         }
     }
 
-    fn request_timeout(&self) -> Duration {
+    pub(crate) fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.inner.config.request_timeout_ms)
     }
 
@@ -487,7 +511,7 @@ impl MetaStore {
     /// answer with `answer`; follows leader changes until `request_timeout_ms`.
     async fn routed<T, F, Fut>(
         &self,
-        mut here: F,
+        here: F,
         request: &NodeRequest,
         answer: fn(NodeResponse) -> Option<Result<T, RemoteError>>,
     ) -> Result<T, MetaError>
@@ -495,13 +519,34 @@ impl MetaStore {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, MetaError>>,
     {
+        self.routed_timed(here, request, crate::rpc::FORWARD_TIMEOUT, answer)
+            .await
+    }
+
+    /// [`MetaStore::routed`] with its own limit on each answer from the leader.
+    pub(crate) async fn routed_timed<T, F, Fut>(
+        &self,
+        mut here: F,
+        request: &NodeRequest,
+        rpc_timeout: Duration,
+        answer: fn(NodeResponse) -> Option<Result<T, RemoteError>>,
+    ) -> Result<T, MetaError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, MetaError>>,
+    {
+        // A node removed from the cluster says so at once instead of waiting for a leader.
+        self.check_member().await?;
         let deadline = tokio::time::Instant::now() + self.request_timeout();
         loop {
             let hint = match here().await {
                 Err(MetaError::NotLeader { leader }) => leader,
                 other => return other,
             };
-            let Some(response) = self.forward(hint, request, deadline).await? else {
+            let Some(response) = self
+                .forward_timed(hint, request, deadline, rpc_timeout)
+                .await?
+            else {
                 continue;
             };
             match answer(response) {

@@ -9,7 +9,7 @@ use crate::{Expect, MetaStore, MetaStoreConfig, NodeOptions};
 
 /// Free UDP ports on loopback for the nodes' RPC servers (known before any node starts,
 /// because each node needs the whole member list).
-fn free_ports(n: usize) -> Vec<u16> {
+pub(super) fn free_ports(n: usize) -> Vec<u16> {
     let sockets: Vec<_> = (0..n)
         .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").expect("bind"))
         .collect();
@@ -19,13 +19,13 @@ fn free_ports(n: usize) -> Vec<u16> {
         .collect()
 }
 
-struct Cluster {
-    _dirs: Vec<tempfile::TempDir>,
-    nodes: BTreeMap<u64, MetaStore>,
-    addrs: BTreeMap<u64, String>,
+pub(super) struct Cluster {
+    pub(super) _dirs: Vec<tempfile::TempDir>,
+    pub(super) nodes: BTreeMap<u64, MetaStore>,
+    pub(super) addrs: BTreeMap<u64, String>,
 }
 
-async fn start_cluster() -> Cluster {
+pub(super) async fn start_cluster() -> Cluster {
     strata_transport::install_crypto_provider();
     let ports = free_ports(3);
     let members: BTreeMap<u64, String> = (1..=3)

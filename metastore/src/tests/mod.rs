@@ -3,5 +3,6 @@
 
 mod cluster;
 mod leases;
+mod membership;
 mod properties;
 mod suite;
