@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Three metastore voters on loopback: compare-and-set put throughput and latency with 1, 16
-# and 256 concurrent clients (3 runs each, 5 s, sent to the leader), then leader failover time
+# and 256 concurrent clients (3 runs each, 5 s, sent to the leader), watch delivery latency
+# (a remote watch on a follower while 16 clients write), then leader failover time
 # over 10 SIGKILLs: from the kill to the first acknowledged write.
 #   bench/metastore.sh [runs=3] [kills=10]
 set -euo pipefail
@@ -49,6 +50,17 @@ col = lambda p: statistics.median(float(re.search(p, l).group(1)) for l in rows)
 print("median: %.0f puts/s, p50 %.2f ms, p99 %.2f ms" % (col(r"= (\d+) msg/s"), col(r"p50 ([\d.]+)"), col(r"p99 ([\d.]+)")))
 PY
 done
+echo "## watch delivery: 16 clients doing CAS puts, one remote watch on their prefix (served by a follower)"
+follower=""; for i in 1 2 3; do [ "$i" != "$l" ] && { follower="127.0.0.1:${ports[$((i-1))]}"; break; }; done
+for _ in $(seq 1 "$runs"); do
+  "$strata" perf meta --metastore "$first,$all" --clients 16 --duration-secs 5 --watch --watch-from "$follower" | grep "watch-delivery summary"
+done | tee "$work/watch.txt"
+python3 - "$work/watch.txt" <<'PY'
+import re, statistics, sys
+rows = [l for l in open(sys.argv[1]) if "summary" in l]
+col = lambda p: statistics.median(float(re.search(p, l).group(1)) for l in rows)
+print("median: %.0f events/s, p50 %.2f ms, p99 %.2f ms (put sent -> event received)" % (col(r"= (\d+) msg/s"), col(r"p50 ([\d.]+)"), col(r"p99 ([\d.]+)")))
+PY
 echo "## failover: SIGKILL the leader, time to the first acknowledged write (ms)"
 baseline_start=$(now_ms); "$strata" meta --metastore "$all" put /fo/baseline x > /dev/null; baseline=$(( $(now_ms) - baseline_start ))
 echo "one healthy put through the CLI (process start included): ${baseline} ms"

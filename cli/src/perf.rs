@@ -324,6 +324,9 @@ pub struct PerfMetaArgs {
     /// delivery latency: from sending a put to receiving its change on the watch.
     #[arg(long)]
     pub watch: bool,
+    /// The node to watch through (default: the `--metastore` list).
+    #[arg(long)]
+    pub watch_from: Option<String>,
 }
 
 /// Compare-and-set puts against a metastore cluster: every client reads nothing and writes
@@ -348,7 +351,11 @@ pub async fn meta(args: PerfMetaArgs) -> anyhow::Result<()> {
     let sent: Arc<Mutex<HashMap<(String, u64), Instant>>> = Arc::default();
     let watch_stats = Arc::new(Mutex::new(Stats::new()?));
     let watcher = if args.watch {
-        let mut watch = client.watch(&format!("/perf/{run}/"), 0).await?;
+        let watch_client = match &args.watch_from {
+            Some(addr) => MetaClient::new(vec![addr.clone()], None, Duration::from_secs(10))?,
+            None => client.clone(),
+        };
+        let mut watch = watch_client.watch(&format!("/perf/{run}/"), 0).await?;
         let (sent, watch_stats) = (sent.clone(), watch_stats.clone());
         Some(tokio::spawn(async move {
             while let Some(Ok(event)) = watch.next().await {
