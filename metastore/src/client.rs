@@ -1,19 +1,28 @@
 //! [`MetaClient`]: reads and writes against a metastore cluster from another process.
 //!
-//! It speaks the node RPC protocol ([`crate::rpc`]) to the addresses it was given and moves
-//! on to the next address when a node is unreachable or is not the leader, until the request
+//! It speaks the node RPC protocol ([`crate::rpc`]) to the addresses it was given and finds
+//! the leader itself: a node that is not leader says so (and who is) instead of forwarding,
+//! and the client moves on to the leader it names or the next address, until the request
 //! timeout.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use strata_proto::pb::metastore::KeyValue;
+use tokio::time::Instant;
 
 use crate::MetaError;
+use crate::faults::Faults;
 use crate::rpc::{NodeRequest, NodeResponse, PeerClient, RemoteError, RpcError, WireKv};
-use crate::types::{Command, CommandResult, Expect, Written};
+use crate::types::{Command, CommandResult, Expect, NodeId, Written};
+
+/// How a client introduces itself in the connection handshake.
+const CLIENT_NAME: &str = "strata-meta-client";
+/// Pause after a round of attempts found no leader (an election is under way).
+const ROUND_PAUSE: Duration = Duration::from_millis(50);
+/// How long an address that could not be connected to is skipped.
+const DOWN_FOR: Duration = Duration::from_secs(1);
 
 #[derive(Clone)]
 pub struct MetaClient {
@@ -23,8 +32,58 @@ pub struct MetaClient {
 struct ClientInner {
     peers: PeerClient,
     addrs: Vec<String>,
-    next: AtomicUsize,
+    routing: std::sync::Mutex<Routing>,
     timeout: Duration,
+}
+
+/// Which address a client tries next: the one that answered last; after a failure, the
+/// leader a "not leader" answer named, else the next address not known to be down. Plain
+/// logic, no I/O.
+#[derive(Debug)]
+struct Routing {
+    /// No request has been sent yet (see `MetaClient::first_contact`).
+    fresh: bool,
+    next: usize,
+    /// Until when each address is skipped because no connection to it could be made: a node
+    /// that is down would otherwise cost a connect timeout in every round.
+    down_until: Vec<Option<Instant>>,
+}
+
+impl Routing {
+    fn new(n: usize) -> Self {
+        Self {
+            fresh: true,
+            next: 0,
+            down_until: vec![None; n],
+        }
+    }
+
+    /// A first dial of address `i` succeeded (`up`: start there) or failed (skip it).
+    fn contacted(&mut self, i: usize, up: bool, now: Instant) {
+        if up {
+            self.next = i;
+        } else {
+            self.down_until[i] = Some(now + DOWN_FOR);
+            if self.next == i {
+                self.failed(i, true, None, now);
+            }
+        }
+    }
+
+    /// The attempt at address `i` failed: `down` if no connection could be made; `leader`
+    /// the address a node named as leader. Returns (and remembers) the address to try next.
+    fn failed(&mut self, i: usize, down: bool, leader: Option<usize>, now: Instant) -> usize {
+        let n = self.down_until.len();
+        if down {
+            self.down_until[i] = Some(now + DOWN_FOR);
+        }
+        let up = |j: usize| self.down_until[j].is_none_or(|until| until <= now);
+        self.next = leader
+            .filter(|l| *l != i && up(*l))
+            .or_else(|| (1..=n).map(|k| (i + k) % n).find(|j| up(*j)))
+            .unwrap_or((i + 1) % n);
+        self.next
+    }
 }
 
 impl MetaClient {
@@ -35,62 +94,128 @@ impl MetaClient {
         ca: Option<std::path::PathBuf>,
         timeout: Duration,
     ) -> Result<Self, MetaError> {
+        Self::build(addrs, PeerClient::new(CLIENT_NAME.into(), ca), timeout)
+    }
+
+    /// Test hook: like [`MetaClient::new`], but the client's messages pass through `faults`
+    /// as node `me` (an id of its own, so tests can cut it off from nodes).
+    pub fn with_faults(
+        addrs: Vec<String>,
+        ca: Option<std::path::PathBuf>,
+        timeout: Duration,
+        me: NodeId,
+        faults: Faults,
+    ) -> Result<Self, MetaError> {
+        let peers = PeerClient::with_faults(CLIENT_NAME.into(), ca, me, faults);
+        Self::build(addrs, peers, timeout)
+    }
+
+    fn build(addrs: Vec<String>, peers: PeerClient, timeout: Duration) -> Result<Self, MetaError> {
         if addrs.is_empty() {
             return Err(MetaError::Raft("no metastore address given".into()));
         }
         Ok(Self {
             inner: Arc::new(ClientInner {
-                peers: PeerClient::new("strata-meta-client".into(), ca),
+                peers,
+                routing: std::sync::Mutex::new(Routing::new(addrs.len())),
                 addrs,
-                next: AtomicUsize::new(0),
                 timeout,
             }),
         })
     }
 
-    /// Sends `req` to the leader, trying the nodes in turn.
+    /// Sends `req` to the leader. Requests run only on the node that receives them
+    /// (`forwarded: true`): a node that is not leader answers at once with who is, so no node
+    /// holds a request while an election settles, and a failure is never "outcome unknown"
+    /// merely because a middleman was still waiting. The client starts at the node that
+    /// answered last, follows a "not leader" answer to the leader's address when it is one of
+    /// ours, else tries the next node, and pauses after every round of fruitless attempts,
+    /// until the timeout.
     async fn call(&self, req: NodeRequest) -> Result<NodeResponse, MetaError> {
-        let deadline = tokio::time::Instant::now() + self.inner.timeout;
-        loop {
-            let i = self.inner.next.load(Ordering::Relaxed) % self.inner.addrs.len();
-            let addr = &self.inner.addrs[i];
-            let why = match self
-                .inner
-                .peers
-                .call(addr, &req, crate::rpc::FORWARD_TIMEOUT)
+        let deadline = Instant::now() + self.inner.timeout;
+        if self.routing().fresh {
+            tokio::time::timeout_at(deadline, self.first_contact())
                 .await
-            {
-                Ok(NodeResponse::Write(Err(RemoteError::NotLeader { .. })))
-                | Ok(NodeResponse::Get(Err(RemoteError::NotLeader { .. })))
-                | Ok(NodeResponse::Scan(Err(RemoteError::NotLeader { .. }))) => {
-                    format!("{addr} is not the leader")
-                }
-                Ok(resp) => return Ok(resp),
-                // Never sent: safe to try the next node, writes included.
-                Err(e @ RpcError::NotSent { .. }) => e.to_string(),
-                Err(e @ RpcError::Unreachable { .. })
-                    if !matches!(req, NodeRequest::Write { .. }) =>
-                {
-                    e.to_string()
-                }
-                Err(e) => {
-                    // A write may have been applied before the connection failed: outcome unknown.
-                    self.inner.next.fetch_add(1, Ordering::Relaxed);
-                    return Err(MetaError::Raft(format!("outcome unknown: {e}")));
-                }
-            };
-            self.inner.next.fetch_add(1, Ordering::Relaxed);
-            if tokio::time::Instant::now() >= deadline {
+                .ok();
+        }
+        let mut tried = vec![false; self.inner.addrs.len()];
+        let mut why = String::from("no node tried");
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
                 return Err(MetaError::Raft(format!(
                     "no metastore leader reachable within {:?}: {why}",
                     self.inner.timeout
                 )));
             }
-            // Backoff between rounds while an election settles.
-            if (i + 1).is_multiple_of(self.inner.addrs.len()) {
-                tokio::time::sleep(Duration::from_millis(100)).await;
+            let i = self.routing().next;
+            let addr = &self.inner.addrs[i];
+            let per_call = crate::rpc::FORWARD_TIMEOUT.min(remaining);
+            let (down, hint) = match self.inner.peers.call(addr, &req, per_call).await {
+                Ok(
+                    NodeResponse::Write(Err(RemoteError::NotLeader { addr: hint, .. }))
+                    | NodeResponse::Get(Err(RemoteError::NotLeader { addr: hint, .. }))
+                    | NodeResponse::Scan(Err(RemoteError::NotLeader { addr: hint, .. })),
+                ) => {
+                    why = format!("{addr} is not the leader");
+                    (false, hint)
+                }
+                Ok(resp) => return Ok(resp),
+                // Never sent: safe to try the next node, writes included.
+                Err(e @ RpcError::NotSent { .. }) => {
+                    why = e.to_string();
+                    (true, None)
+                }
+                // Reads are safe to repeat.
+                Err(e @ RpcError::Unreachable { .. })
+                    if !matches!(req, NodeRequest::Write { .. }) =>
+                {
+                    why = e.to_string();
+                    (false, None)
+                }
+                Err(e @ RpcError::Unreachable { .. }) => {
+                    // A write may have been applied before the connection failed.
+                    self.routing().failed(i, false, None, Instant::now());
+                    return Err(MetaError::Raft(format!("outcome unknown: {e}")));
+                }
+                Err(e @ RpcError::Malformed { .. }) => return Err(MetaError::Raft(e.to_string())),
+            };
+            let leader = hint.and_then(|h| self.inner.addrs.iter().position(|a| *a == h));
+            let next = self.routing().failed(i, down, leader, Instant::now());
+            tried[i] = true;
+            if tried[next] {
+                // A round found no leader: an election is under way.
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                tokio::time::sleep(ROUND_PAUSE.min(remaining)).await;
+                tried.fill(false);
             }
         }
+    }
+
+    /// Dials every node at once and starts with the first that answers: trying them one
+    /// after the other would first wait out the connect timeout of any node that is down.
+    async fn first_contact(&self) {
+        let mut dials = tokio::task::JoinSet::new();
+        for (i, addr) in self.inner.addrs.iter().enumerate() {
+            let (peers, addr) = (self.inner.peers.clone(), addr.clone());
+            dials.spawn(async move { (i, peers.connect(&addr).await.is_ok()) });
+        }
+        while let Some(dialled) = dials.join_next().await {
+            if let Ok((i, up)) = dialled {
+                let mut routing = self.routing();
+                routing.contacted(i, up, Instant::now());
+                if up {
+                    break;
+                }
+            }
+        }
+        // Dials still under way are cancelled when `dials` drops.
+        self.routing().fresh = false;
+    }
+
+    fn routing(&self) -> std::sync::MutexGuard<'_, Routing> {
+        // Plain data, valid after any panic elsewhere.
+        self.inner.routing.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub async fn put(&self, key: &str, value: Bytes, expect: Expect) -> Result<Written, MetaError> {
@@ -101,7 +226,7 @@ impl MetaClient {
                     value,
                     expect,
                 },
-                forwarded: false,
+                forwarded: true,
             })
             .await?
         {
@@ -124,7 +249,7 @@ impl MetaClient {
         match self
             .call(NodeRequest::Get {
                 key: key.to_owned(),
-                forwarded: false,
+                forwarded: true,
             })
             .await?
         {
@@ -140,7 +265,7 @@ impl MetaClient {
         match self
             .call(NodeRequest::Scan {
                 prefix: prefix.to_owned(),
-                forwarded: false,
+                forwarded: true,
             })
             .await?
         {
@@ -152,5 +277,56 @@ impl MetaClient {
                 "unexpected answer to a scan: {other:?}"
             ))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: Duration = Duration::from_secs(1);
+
+    /// Without hints the client goes round the addresses in order.
+    #[test]
+    fn rotates_through_the_addresses() {
+        let now = Instant::now();
+        let mut r = Routing::new(3);
+        assert_eq!(r.next, 0);
+        assert_eq!(r.failed(0, false, None, now), 1);
+        assert_eq!(r.failed(1, false, None, now), 2);
+        assert_eq!(r.failed(2, false, None, now), 0);
+    }
+
+    /// A node's "the leader is at X" sends the client straight to X, unless X is the node
+    /// that answered.
+    #[test]
+    fn follows_the_leader_hint() {
+        let now = Instant::now();
+        let mut r = Routing::new(3);
+        assert_eq!(r.failed(0, false, Some(2), now), 2);
+        assert_eq!(r.failed(2, false, Some(2), now), 0);
+    }
+
+    /// An address that could not be connected to (first contact included) is skipped, even
+    /// when named as leader, until `DOWN_FOR` has passed; if every address is down the client
+    /// still tries one. First contact starts at the first address that answered.
+    #[test]
+    fn skips_addresses_that_are_down_for_a_while() {
+        let now = Instant::now();
+        let mut r = Routing::new(3);
+        assert_eq!(r.failed(0, true, None, now), 1);
+        assert_eq!(r.failed(1, false, Some(0), now), 2);
+        assert_eq!(r.failed(2, false, None, now), 1);
+        assert_eq!(r.failed(1, false, None, now + DOWN_FOR), 2);
+        assert_eq!(r.failed(2, false, None, now + DOWN_FOR), 0);
+        let mut first = Routing::new(3);
+        first.contacted(0, false, now);
+        assert_eq!(first.next, 1);
+        first.contacted(2, true, now);
+        assert_eq!(first.next, 2);
+        assert_eq!(first.failed(2, false, None, now), 1, "0 is still down");
+        let mut all_down = Routing::new(2);
+        all_down.failed(0, true, None, now);
+        assert_eq!(all_down.failed(1, true, None, now + S / 2), 0);
     }
 }

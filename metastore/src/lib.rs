@@ -26,6 +26,8 @@
 //! - [`types`]: the openraft [`TypeConfig`], the replicated [`Command`], [`Expect`], [`Written`].
 //! - [`network`]: openraft's `RaftNetwork` over QUIC.
 //! - [`rpc`]: node-to-node RPC messages and the peer connection cache.
+//! - [`faults`]: [`Faults`], a test hook that drops and delays node-to-node messages per
+//!   direction (partitions, one-way cuts, slow links); off unless a test passes one.
 //! - [`node_server`]: the RPC server of a clustered node (raft traffic, forwarded requests).
 //! - [`client`]: [`MetaClient`], reads and writes from another process.
 //! - [`config`]: [`MetaStoreConfig`] and its validation.
@@ -43,6 +45,7 @@ pub mod client;
 pub mod config;
 mod db;
 pub mod error;
+pub mod faults;
 mod keys;
 pub mod log_store;
 pub mod network;
@@ -59,6 +62,7 @@ mod tests;
 pub use client::MetaClient;
 pub use config::{ConfigError, MetaStoreConfig};
 pub use error::MetaError;
+pub use faults::Faults;
 pub use log_store::LogStore;
 pub use state_machine::{SnapshotBuilder, StateMachine};
 pub use store::{MAX_KEY_LEN, MetaStore, NodeOptions};

@@ -90,9 +90,18 @@ async fn serve_stream(send: SendStream, recv: RecvStream, store: MetaStore) {
     }
 }
 
-fn remote(e: MetaError) -> RemoteError {
+/// A failure as the requester sees it; "not leader" carries the leader's address, so a
+/// client can go straight there.
+fn remote(store: &MetaStore, e: MetaError) -> RemoteError {
     match e {
-        MetaError::NotLeader { leader } => RemoteError::NotLeader { leader },
+        MetaError::NotLeader { leader } => {
+            let addr = leader.and_then(|id| {
+                let metrics = store.raft_metrics();
+                let node = metrics.membership_config.membership().get_node(&id);
+                node.map(|n| n.addr.clone())
+            });
+            RemoteError::NotLeader { leader, addr }
+        }
         other => RemoteError::Failed(other.to_string()),
     }
 }
@@ -110,11 +119,11 @@ async fn handle(store: &MetaStore, request: NodeRequest) -> NodeResponse {
         NodeRequest::Write {
             cmd,
             forwarded: true,
-        } => NodeResponse::Write(store.propose_here(cmd).await.map_err(remote)),
+        } => NodeResponse::Write(store.propose_here(cmd).await.map_err(|e| remote(store, e))),
         NodeRequest::Write {
             cmd,
             forwarded: false,
-        } => NodeResponse::Write(store.propose(cmd).await.map_err(remote)),
+        } => NodeResponse::Write(store.propose(cmd).await.map_err(|e| remote(store, e))),
         NodeRequest::Get { key, forwarded } => {
             let result = if forwarded {
                 store.get_here(&key).await
@@ -124,7 +133,7 @@ async fn handle(store: &MetaStore, request: NodeRequest) -> NodeResponse {
             NodeResponse::Get(
                 result
                     .map(|kv| kv.map(WireKv::from_key_value))
-                    .map_err(remote),
+                    .map_err(|e| remote(store, e)),
             )
         }
         NodeRequest::Scan { prefix, forwarded } => {
@@ -136,7 +145,7 @@ async fn handle(store: &MetaStore, request: NodeRequest) -> NodeResponse {
             NodeResponse::Scan(
                 result
                     .map(|kvs| kvs.into_iter().map(WireKv::from_key_value).collect())
-                    .map_err(remote),
+                    .map_err(|e| remote(store, e)),
             )
         }
     }

@@ -1,67 +1,11 @@
 //! A real three-voter metastore over QUIC on loopback, in process.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::{Expect, MetaStore, MetaStoreConfig, NodeOptions};
-
-/// Free UDP ports on loopback for the nodes' RPC servers (known before any node starts,
-/// because each node needs the whole member list).
-fn free_ports(n: usize) -> Vec<u16> {
-    let sockets: Vec<_> = (0..n)
-        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").expect("bind"))
-        .collect();
-    sockets
-        .iter()
-        .map(|s| s.local_addr().expect("addr").port())
-        .collect()
-}
-
-struct Cluster {
-    _dirs: Vec<tempfile::TempDir>,
-    nodes: BTreeMap<u64, MetaStore>,
-}
-
-async fn start_cluster() -> Cluster {
-    strata_transport::install_crypto_provider();
-    let ports = free_ports(3);
-    let members: BTreeMap<u64, String> = (1..=3)
-        .map(|id| (id, format!("127.0.0.1:{}", ports[id as usize - 1])))
-        .collect();
-    let config = MetaStoreConfig {
-        heartbeat_interval_ms: 100,
-        election_timeout_min_ms: 400,
-        election_timeout_max_ms: 800,
-        ..Default::default()
-    };
-    let mut dirs = Vec::new();
-    let mut nodes = BTreeMap::new();
-    for (id, addr) in &members {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (tls, _) =
-            strata_transport::ServerTls::dev_in_dir(&dir.path().join("tls"), &[]).expect("tls");
-        let options = NodeOptions {
-            node_id: *id,
-            listen: addr.parse().expect("addr"),
-            initial_members: members.clone(),
-            tls,
-            ca: None,
-        };
-        let node = MetaStore::open_node(&dir.path().join("meta"), config.clone(), options)
-            .await
-            .expect("open node");
-        dirs.push(dir);
-        nodes.insert(*id, node);
-    }
-    for node in nodes.values() {
-        node.wait_for_leader(Duration::from_secs(30))
-            .await
-            .expect("a leader is elected");
-    }
-    Cluster { _dirs: dirs, nodes }
-}
+use super::harness::start_cluster;
+use crate::Expect;
 
 /// Writes sent to any node (followers forward to the leader) are readable, linearizably, from
 /// every node; a watch on a follower sees them too.
