@@ -129,8 +129,8 @@ impl MetaClient {
     /// holds a request while an election settles, and a failure is never "outcome unknown"
     /// merely because a middleman was still waiting. The client starts at the node that
     /// answered last, follows a "not leader" answer to the leader's address when it is one of
-    /// ours, else tries the next node, and pauses after every round of fruitless attempts,
-    /// until the timeout.
+    /// ours (when it is not, it asks that node to relay the request instead), else tries the
+    /// next node, and pauses after every round of fruitless attempts, until the timeout.
     async fn call(&self, req: NodeRequest) -> Result<NodeResponse, MetaError> {
         let deadline = Instant::now() + self.inner.timeout;
         if self.routing().fresh {
@@ -140,6 +140,7 @@ impl MetaClient {
         }
         let mut tried = vec![false; self.inner.addrs.len()];
         let mut why = String::from("no node tried");
+        let mut req = req;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
@@ -150,7 +151,12 @@ impl MetaClient {
             }
             let i = self.routing().next;
             let addr = &self.inner.addrs[i];
-            let per_call = crate::rpc::FORWARD_TIMEOUT.min(remaining);
+            // A relaying node may wait for an election and the leader: give it all our time.
+            let per_call = if req.forwarded() {
+                crate::rpc::FORWARD_TIMEOUT.min(remaining)
+            } else {
+                remaining
+            };
             let (down, hint) = match self.inner.peers.call(addr, &req, per_call).await {
                 Ok(
                     NodeResponse::Write(Err(RemoteError::NotLeader { addr: hint, .. }))
@@ -180,8 +186,16 @@ impl MetaClient {
                 }
                 Err(e @ RpcError::Malformed { .. }) => return Err(MetaError::Raft(e.to_string())),
             };
-            let leader = hint.and_then(|h| self.inner.addrs.iter().position(|a| *a == h));
-            let next = self.routing().failed(i, down, leader, Instant::now());
+            let listed = hint.map(|h| self.inner.addrs.iter().position(|a| *a == h));
+            if matches!(listed, Some(None)) && req.forwarded() {
+                // A leader we were not given the address of: ask this node to relay.
+                req.set_forwarded(false);
+                continue;
+            }
+            req.set_forwarded(true);
+            let next = self
+                .routing()
+                .failed(i, down, listed.flatten(), Instant::now());
             tried[i] = true;
             if tried[next] {
                 // A round found no leader: an election is under way.

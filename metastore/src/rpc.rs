@@ -67,6 +67,29 @@ pub enum NodeRequest {
     },
 }
 
+impl NodeRequest {
+    /// Whether a client request must run on the receiving node (see `Write::forwarded`);
+    /// raft traffic always does.
+    pub fn forwarded(&self) -> bool {
+        match self {
+            NodeRequest::Write { forwarded, .. }
+            | NodeRequest::Get { forwarded, .. }
+            | NodeRequest::Scan { forwarded, .. } => *forwarded,
+            _ => true,
+        }
+    }
+
+    /// Sets `forwarded` on a client request; raft traffic is left as it is.
+    pub fn set_forwarded(&mut self, value: bool) {
+        match self {
+            NodeRequest::Write { forwarded, .. }
+            | NodeRequest::Get { forwarded, .. }
+            | NodeRequest::Scan { forwarded, .. } => *forwarded = value,
+            _ => {}
+        }
+    }
+}
+
 /// A key-value pair as it travels between nodes.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WireKv {

@@ -5,7 +5,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::harness::start_cluster;
-use crate::Expect;
+use crate::{Expect, MetaClient};
 
 /// Writes sent to any node (followers forward to the leader) are readable, linearizably, from
 /// every node; a watch on a follower sees them too.
@@ -108,4 +108,30 @@ async fn acknowledged_writes_survive_the_leader() {
         .put("/after", Bytes::from("x"), Expect::Absent)
         .await
         .expect("writes continue");
+}
+
+/// A client reaches the leader whatever subset of the addresses it was given: a follower it
+/// knows relays for it when the leader's address is not among its own, and with every
+/// address it goes to the leader directly. Reads return what it wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_reach_the_leader_from_any_subset_of_addresses() {
+    let cluster = start_cluster().await;
+    let leader = cluster.leader().await.expect("leader");
+    let mut subsets: Vec<Vec<String>> = cluster
+        .others(leader)
+        .into_iter()
+        .map(|id| vec![cluster.members[&id].clone()])
+        .collect();
+    subsets.push(cluster.members.values().cloned().collect());
+    for (i, addrs) in subsets.into_iter().enumerate() {
+        let client = MetaClient::new(addrs.clone(), None, Duration::from_secs(10)).expect("client");
+        let key = format!("/sub/{i}");
+        let written = client
+            .put(&key, Bytes::from(key.clone()), Expect::Absent)
+            .await
+            .unwrap_or_else(|e| panic!("put via {addrs:?}: {e}"));
+        let read = client.get(&key).await.expect("get").expect("present");
+        assert_eq!(read.mod_revision, written.revision);
+        assert_eq!(client.scan("/sub/").await.expect("scan").len(), i + 1);
+    }
 }
