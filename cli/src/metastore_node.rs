@@ -94,6 +94,7 @@ pub async fn run(
         initial_members,
         tls,
         ca,
+        faults: None,
     };
     let store = MetaStore::open_node(
         &args.data_dir.join("metastore"),

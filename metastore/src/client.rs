@@ -1,21 +1,30 @@
 //! [`MetaClient`]: reads and writes against a metastore cluster from another process.
 //!
-//! It speaks the node RPC protocol ([`crate::rpc`]) to the addresses it was given and moves
-//! on to the next address when a node is unreachable or is not the leader, until the request
+//! It speaks the node RPC protocol ([`crate::rpc`]) to the addresses it was given and finds
+//! the leader itself: a node that is not leader says so (and who is) instead of forwarding,
+//! and the client moves on to the leader it names or the next address, until the request
 //! timeout.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use strata_proto::pb::metastore::KeyValue;
+use tokio::time::Instant;
 
 use crate::MetaError;
+use crate::faults::Faults;
 use crate::remote_watch::RemoteWatcher;
 use crate::rpc::{NodeRequest, NodeResponse, PeerClient, RemoteError, RpcError, WireKv};
 use crate::store::{Lease, ScanPage};
-use crate::types::{Command, CommandResult, Expect, LeaseId, Txn, TxnResponse, Written};
+use crate::types::{Command, CommandResult, Expect, LeaseId, NodeId, Txn, TxnResponse, Written};
+
+/// How a client introduces itself in the connection handshake.
+const CLIENT_NAME: &str = "strata-meta-client";
+/// Pause after a round of attempts found no leader (an election is under way).
+const ROUND_PAUSE: Duration = Duration::from_millis(50);
+/// How long an address that could not be connected to is skipped.
+const DOWN_FOR: Duration = Duration::from_secs(1);
 
 #[derive(Clone)]
 pub struct MetaClient {
@@ -25,8 +34,58 @@ pub struct MetaClient {
 struct ClientInner {
     peers: PeerClient,
     addrs: Vec<String>,
-    next: AtomicUsize,
+    routing: std::sync::Mutex<Routing>,
     timeout: Duration,
+}
+
+/// Which address a client tries next: the one that answered last; after a failure, the
+/// leader a "not leader" answer named, else the next address not known to be down. Plain
+/// logic, no I/O.
+#[derive(Debug)]
+struct Routing {
+    /// No request has been sent yet (see `MetaClient::first_contact`).
+    fresh: bool,
+    next: usize,
+    /// Until when each address is skipped because no connection to it could be made: a node
+    /// that is down would otherwise cost a connect timeout in every round.
+    down_until: Vec<Option<Instant>>,
+}
+
+impl Routing {
+    fn new(n: usize) -> Self {
+        Self {
+            fresh: true,
+            next: 0,
+            down_until: vec![None; n],
+        }
+    }
+
+    /// A first dial of address `i` succeeded (`up`: start there) or failed (skip it).
+    fn contacted(&mut self, i: usize, up: bool, now: Instant) {
+        if up {
+            self.next = i;
+        } else {
+            self.down_until[i] = Some(now + DOWN_FOR);
+            if self.next == i {
+                self.failed(i, true, None, now);
+            }
+        }
+    }
+
+    /// The attempt at address `i` failed: `down` if no connection could be made; `leader`
+    /// the address a node named as leader. Returns (and remembers) the address to try next.
+    fn failed(&mut self, i: usize, down: bool, leader: Option<usize>, now: Instant) -> usize {
+        let n = self.down_until.len();
+        if down {
+            self.down_until[i] = Some(now + DOWN_FOR);
+        }
+        let up = |j: usize| self.down_until[j].is_none_or(|until| until <= now);
+        self.next = leader
+            .filter(|l| *l != i && up(*l))
+            .or_else(|| (1..=n).map(|k| (i + k) % n).find(|j| up(*j)))
+            .unwrap_or((i + 1) % n);
+        self.next
+    }
 }
 
 impl MetaClient {
@@ -37,14 +96,31 @@ impl MetaClient {
         ca: Option<std::path::PathBuf>,
         timeout: Duration,
     ) -> Result<Self, MetaError> {
+        Self::build(addrs, PeerClient::new(CLIENT_NAME.into(), ca), timeout)
+    }
+
+    /// Test hook: like [`MetaClient::new`], but the client's messages pass through `faults`
+    /// as node `me` (an id of its own, so tests can cut it off from nodes).
+    pub fn with_faults(
+        addrs: Vec<String>,
+        ca: Option<std::path::PathBuf>,
+        timeout: Duration,
+        me: NodeId,
+        faults: Faults,
+    ) -> Result<Self, MetaError> {
+        let peers = PeerClient::with_faults(CLIENT_NAME.into(), ca, me, faults);
+        Self::build(addrs, peers, timeout)
+    }
+
+    fn build(addrs: Vec<String>, peers: PeerClient, timeout: Duration) -> Result<Self, MetaError> {
         if addrs.is_empty() {
             return Err(MetaError::Raft("no metastore address given".into()));
         }
         Ok(Self {
             inner: Arc::new(ClientInner {
-                peers: PeerClient::new("strata-meta-client".into(), ca),
+                peers,
+                routing: std::sync::Mutex::new(Routing::new(addrs.len())),
                 addrs,
-                next: AtomicUsize::new(0),
                 timeout,
             }),
         })
@@ -70,47 +146,68 @@ impl MetaClient {
 
     /// The address to try now.
     pub(crate) fn next_addr(&self) -> String {
-        let i = self.inner.next.load(Ordering::Relaxed) % self.inner.addrs.len();
-        self.inner.addrs[i].clone()
+        self.inner.addrs[self.routing().next].clone()
     }
 
-    /// Moves on to the next address.
+    /// The address tried now failed: move on.
     pub(crate) fn skip_addr(&self) {
-        self.inner.next.fetch_add(1, Ordering::Relaxed);
+        let mut routing = self.routing();
+        let i = routing.next;
+        routing.failed(i, false, None, Instant::now());
     }
 
     pub(crate) fn peers(&self) -> &PeerClient {
         &self.inner.peers
     }
 
-    /// Sends `req` to the leader, trying the nodes in turn.
+    /// Sends `req` to the leader. Requests run only on the node that receives them
+    /// (`forwarded: true`): a node that is not leader answers at once with who is, so no node
+    /// holds a request while an election settles, and a failure is never "outcome unknown"
+    /// merely because a middleman was still waiting. The client starts at the node that
+    /// answered last, follows a "not leader" answer to the leader's address when it is one of
+    /// ours (when it is not, it asks that node to relay the request instead), else tries the
+    /// next node, and pauses after every round of fruitless attempts, until the timeout.
     async fn call(&self, req: NodeRequest) -> Result<NodeResponse, MetaError> {
         self.call_timed(req, crate::rpc::FORWARD_TIMEOUT).await
     }
 
-    /// [`MetaClient::call`], waiting at most `rpc_timeout` for each node's answer.
+    /// [`MetaClient::call`], allowing `rpc_timeout` for each node's answer.
     pub(crate) async fn call_timed(
         &self,
         req: NodeRequest,
         rpc_timeout: Duration,
     ) -> Result<NodeResponse, MetaError> {
-        let deadline = tokio::time::Instant::now() + self.inner.timeout;
+        let deadline = Instant::now() + self.inner.timeout;
+        if self.routing().fresh {
+            tokio::time::timeout_at(deadline, self.first_contact())
+                .await
+                .ok();
+        }
+        let mut tried = vec![false; self.inner.addrs.len()];
+        let mut why = String::from("no node tried");
         // Nodes that said they are not members: once all have, no node can serve `req`.
         let mut not_members = std::collections::BTreeSet::new();
+        let mut req = req;
         loop {
-            let i = self.inner.next.load(Ordering::Relaxed) % self.inner.addrs.len();
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(MetaError::Raft(format!(
+                    "no metastore leader reachable within {:?}: {why}",
+                    self.inner.timeout
+                )));
+            }
+            let i = self.routing().next;
             let addr = &self.inner.addrs[i];
-            let why = match self.inner.peers.call(addr, &req, rpc_timeout).await {
-                Ok(NodeResponse::Write(Err(RemoteError::NotLeader { .. })))
-                | Ok(NodeResponse::Get(Err(RemoteError::NotLeader { .. })))
-                | Ok(NodeResponse::Scan(Err(RemoteError::NotLeader { .. })))
-                | Ok(NodeResponse::ScanPage(Err(RemoteError::NotLeader { .. })))
-                | Ok(NodeResponse::LeaseKeepAlive(Err(RemoteError::NotLeader { .. }))) => {
-                    format!("{addr} is not the leader")
-                }
-                Ok(NodeResponse::ChangeMembership(Err(RemoteError::NotLeader { .. })))
-                | Ok(NodeResponse::ClusterStatus(Err(RemoteError::NotLeader { .. }))) => {
-                    format!("{addr} is not the leader")
+            // A relaying node may wait for an election and the leader: give it all our time.
+            let per_call = if req.forwarded() {
+                rpc_timeout.min(remaining)
+            } else {
+                remaining
+            };
+            let (down, hint) = match self.inner.peers.call(addr, &req, per_call).await {
+                Ok(resp) if leader_hint(&resp).is_some() => {
+                    why = format!("{addr} is not the leader");
+                    (false, leader_hint(&resp).flatten())
                 }
                 // Refused without running it: another node may serve it.
                 Ok(resp) if resp.not_member().is_some() => {
@@ -119,36 +216,73 @@ impl MetaClient {
                         let node_id = resp.not_member().unwrap_or_default();
                         return Err(MetaError::NotMember { node_id });
                     }
-                    format!("{addr} is not a member of the cluster")
+                    why = format!("{addr} is not a member of the cluster");
+                    (false, None)
                 }
                 Ok(resp) => return Ok(resp),
                 // Never sent: safe to try the next node, writes included.
-                Err(e @ RpcError::NotSent { .. }) => e.to_string(),
-                Err(e @ RpcError::Unreachable { .. })
-                    if !matches!(req, NodeRequest::Write { .. }) =>
-                {
-                    e.to_string()
+                Err(e @ RpcError::NotSent { .. }) => {
+                    why = e.to_string();
+                    (true, None)
                 }
-                Err(e) => {
-                    // A write may have been applied before the connection failed: outcome unknown.
-                    self.inner.next.fetch_add(1, Ordering::Relaxed);
+                // Reads are safe to repeat.
+                Err(e @ RpcError::Unreachable { .. }) if !req.changes_state() => {
+                    why = e.to_string();
+                    (false, None)
+                }
+                Err(e @ RpcError::Unreachable { .. }) => {
+                    // A write may have been applied before the connection failed.
+                    self.routing().failed(i, false, None, Instant::now());
                     return Err(MetaError::OutcomeUnknown {
                         reason: e.to_string(),
                     });
                 }
+                Err(e @ RpcError::Malformed { .. }) => return Err(MetaError::Raft(e.to_string())),
             };
-            self.inner.next.fetch_add(1, Ordering::Relaxed);
-            if tokio::time::Instant::now() >= deadline {
-                return Err(MetaError::Raft(format!(
-                    "no metastore leader reachable within {:?}: {why}",
-                    self.inner.timeout
-                )));
+            let listed = hint.map(|h| self.inner.addrs.iter().position(|a| *a == h));
+            if matches!(listed, Some(None)) && req.forwarded() {
+                // A leader we were not given the address of: ask this node to relay.
+                req.set_forwarded(false);
+                continue;
             }
-            // Backoff between rounds while an election settles.
-            if (i + 1).is_multiple_of(self.inner.addrs.len()) {
-                tokio::time::sleep(Duration::from_millis(100)).await;
+            req.set_forwarded(true);
+            let next = self
+                .routing()
+                .failed(i, down, listed.flatten(), Instant::now());
+            tried[i] = true;
+            if tried[next] {
+                // A round found no leader: an election is under way.
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                tokio::time::sleep(ROUND_PAUSE.min(remaining)).await;
+                tried.fill(false);
             }
         }
+    }
+
+    /// Dials every node at once and starts with the first that answers: trying them one
+    /// after the other would first wait out the connect timeout of any node that is down.
+    async fn first_contact(&self) {
+        let mut dials = tokio::task::JoinSet::new();
+        for (i, addr) in self.inner.addrs.iter().enumerate() {
+            let (peers, addr) = (self.inner.peers.clone(), addr.clone());
+            dials.spawn(async move { (i, peers.connect(&addr).await.is_ok()) });
+        }
+        while let Some(dialled) = dials.join_next().await {
+            if let Ok((i, up)) = dialled {
+                let mut routing = self.routing();
+                routing.contacted(i, up, Instant::now());
+                if up {
+                    break;
+                }
+            }
+        }
+        // Dials still under way are cancelled when `dials` drops.
+        self.routing().fresh = false;
+    }
+
+    fn routing(&self) -> std::sync::MutexGuard<'_, Routing> {
+        // Plain data, valid after any panic elsewhere.
+        self.inner.routing.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub async fn put(&self, key: &str, value: Bytes, expect: Expect) -> Result<Written, MetaError> {
@@ -160,7 +294,7 @@ impl MetaClient {
                     expect,
                     lease: 0,
                 },
-                forwarded: false,
+                forwarded: true,
             })
             .await?
         {
@@ -184,7 +318,7 @@ impl MetaClient {
         match self
             .call(NodeRequest::Write {
                 cmd,
-                forwarded: false,
+                forwarded: true,
             })
             .await?
         {
@@ -277,7 +411,7 @@ impl MetaClient {
         match self
             .call(NodeRequest::LeaseKeepAlive {
                 id,
-                forwarded: false,
+                forwarded: true,
             })
             .await?
         {
@@ -302,7 +436,7 @@ impl MetaClient {
                 prefix: prefix.to_owned(),
                 start_after: start_after.to_owned(),
                 limit,
-                forwarded: false,
+                forwarded: true,
             })
             .await?
         {
@@ -333,7 +467,7 @@ impl MetaClient {
         match self
             .call(NodeRequest::Get {
                 key: key.to_owned(),
-                forwarded: false,
+                forwarded: true,
             })
             .await?
         {
@@ -349,7 +483,7 @@ impl MetaClient {
         match self
             .call(NodeRequest::Scan {
                 prefix: prefix.to_owned(),
-                forwarded: false,
+                forwarded: true,
             })
             .await?
         {
@@ -366,4 +500,74 @@ impl MetaClient {
 
 fn unexpected(op: &str, result: &CommandResult) -> MetaError {
     MetaError::Raft(format!("{op} produced an unexpected result: {result:?}"))
+}
+
+/// `Some(addr)` when `resp` says "not the leader" (whatever the request), with the leader's
+/// address if the node knew it.
+fn leader_hint(resp: &NodeResponse) -> Option<Option<String>> {
+    let err = match resp {
+        NodeResponse::Write(Err(e)) => e,
+        NodeResponse::Get(Err(e)) => e,
+        NodeResponse::Scan(Err(e)) => e,
+        NodeResponse::ScanPage(Err(e)) => e,
+        NodeResponse::LeaseKeepAlive(Err(e)) => e,
+        NodeResponse::ChangeMembership(Err(e)) => e,
+        NodeResponse::ClusterStatus(Err(e)) => e,
+        _ => return None,
+    };
+    match err {
+        RemoteError::NotLeader { addr, .. } => Some(addr.clone()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: Duration = Duration::from_secs(1);
+
+    /// Without hints the client goes round the addresses in order.
+    #[test]
+    fn rotates_through_the_addresses() {
+        let now = Instant::now();
+        let mut r = Routing::new(3);
+        assert_eq!(r.next, 0);
+        assert_eq!(r.failed(0, false, None, now), 1);
+        assert_eq!(r.failed(1, false, None, now), 2);
+        assert_eq!(r.failed(2, false, None, now), 0);
+    }
+
+    /// A node's "the leader is at X" sends the client straight to X, unless X is the node
+    /// that answered.
+    #[test]
+    fn follows_the_leader_hint() {
+        let now = Instant::now();
+        let mut r = Routing::new(3);
+        assert_eq!(r.failed(0, false, Some(2), now), 2);
+        assert_eq!(r.failed(2, false, Some(2), now), 0);
+    }
+
+    /// An address that could not be connected to (first contact included) is skipped, even
+    /// when named as leader, until `DOWN_FOR` has passed; if every address is down the client
+    /// still tries one. First contact starts at the first address that answered.
+    #[test]
+    fn skips_addresses_that_are_down_for_a_while() {
+        let now = Instant::now();
+        let mut r = Routing::new(3);
+        assert_eq!(r.failed(0, true, None, now), 1);
+        assert_eq!(r.failed(1, false, Some(0), now), 2);
+        assert_eq!(r.failed(2, false, None, now), 1);
+        assert_eq!(r.failed(1, false, None, now + DOWN_FOR), 2);
+        assert_eq!(r.failed(2, false, None, now + DOWN_FOR), 0);
+        let mut first = Routing::new(3);
+        first.contacted(0, false, now);
+        assert_eq!(first.next, 1);
+        first.contacted(2, true, now);
+        assert_eq!(first.next, 2);
+        assert_eq!(first.failed(2, false, None, now), 1, "0 is still down");
+        let mut all_down = Routing::new(2);
+        all_down.failed(0, true, None, now);
+        assert_eq!(all_down.failed(1, true, None, now + S / 2), 0);
+    }
 }

@@ -36,6 +36,8 @@
 //! - [`types`]: the openraft [`TypeConfig`], the replicated [`Command`], [`Expect`], [`Written`].
 //! - [`network`]: openraft's `RaftNetwork` over QUIC.
 //! - [`rpc`]: node-to-node RPC messages and the peer connection cache.
+//! - [`faults`]: [`Faults`], a test hook that drops and delays node-to-node messages per
+//!   direction (partitions, one-way cuts, slow links); off unless a test passes one.
 //! - [`node_server`]: the RPC server of a clustered node (raft traffic, forwarded requests).
 //! - [`membership`]: add a learner, promote, remove, cluster status (routed to the leader);
 //!   how a removed node finds out and refuses requests.
@@ -55,6 +57,7 @@ pub mod client;
 pub mod config;
 mod db;
 pub mod error;
+pub mod faults;
 mod keys;
 mod lease;
 pub mod log_store;
@@ -76,6 +79,7 @@ mod tests;
 pub use client::MetaClient;
 pub use config::{ConfigError, MetaStoreConfig};
 pub use error::MetaError;
+pub use faults::Faults;
 pub use log_store::LogStore;
 pub use membership::{ClusterStatus, MemberStatus, MembershipError, MembershipInfo, Role};
 pub use remote_watch::RemoteWatcher;

@@ -816,7 +816,7 @@ impl MetaStore {
 impl MetaClient {
     /// [`MetaStore::status`] from another process.
     pub async fn status(&self) -> Result<ClusterStatus, MetaError> {
-        let req = NodeRequest::ClusterStatus { forwarded: false };
+        let req = NodeRequest::ClusterStatus { forwarded: true };
         match self.call_timed(req, FORWARD_TIMEOUT).await? {
             NodeResponse::ClusterStatus(r) => r.map_err(MetaError::from),
             other => Err(MetaError::Raft(format!(
@@ -857,7 +857,7 @@ impl MetaClient {
     ) -> Result<MembershipInfo, MetaError> {
         let req = NodeRequest::ChangeMembership {
             change,
-            forwarded: false,
+            forwarded: true,
         };
         match self.call_timed(req, CLIENT_MEMBERSHIP_TIMEOUT).await? {
             NodeResponse::ChangeMembership(r) => r.map_err(MetaError::from),

@@ -106,7 +106,7 @@ async fn serve_watch(mut writer: FrameWriter, store: &MetaStore, prefix: &str, f
     let mut watcher = match store.watch(prefix, from).await {
         Ok(w) => w,
         Err(e) => {
-            if let Ok(body) = send(NodeResponse::WatchStarted(Err(remote(e)))) {
+            if let Ok(body) = send(NodeResponse::WatchStarted(Err(remote(store, e)))) {
                 let _ = writer.send_raw(&body).await;
             }
             writer.finish();
@@ -120,7 +120,10 @@ async fn serve_watch(mut writer: FrameWriter, store: &MetaStore, prefix: &str, f
     }
     while let Some(item) = watcher.next().await {
         let last = item.is_err();
-        let response = NodeResponse::WatchEvent(item.map(WireEvent::from_event).map_err(remote));
+        let response = NodeResponse::WatchEvent(
+            item.map(WireEvent::from_event)
+                .map_err(|e| remote(store, e)),
+        );
         let body = match send(response) {
             Ok(b) => b,
             Err(e) => {
@@ -139,8 +142,20 @@ async fn serve_watch(mut writer: FrameWriter, store: &MetaStore, prefix: &str, f
     writer.finish();
 }
 
-fn remote(e: MetaError) -> RemoteError {
-    RemoteError::from(e)
+/// A failure as the requester sees it; "not leader" carries the leader's address, so a
+/// client can go straight there.
+fn remote(store: &MetaStore, e: MetaError) -> RemoteError {
+    match e {
+        MetaError::NotLeader { leader } => {
+            let addr = leader.and_then(|id| {
+                let metrics = store.raft_metrics();
+                let node = metrics.membership_config.membership().get_node(&id);
+                node.map(|n| n.addr.clone())
+            });
+            RemoteError::NotLeader { leader, addr }
+        }
+        other => RemoteError::from(other),
+    }
 }
 
 async fn handle(store: &MetaStore, request: NodeRequest) -> NodeResponse {
@@ -156,11 +171,11 @@ async fn handle(store: &MetaStore, request: NodeRequest) -> NodeResponse {
         NodeRequest::Write {
             cmd,
             forwarded: true,
-        } => NodeResponse::Write(store.propose_here(cmd).await.map_err(remote)),
+        } => NodeResponse::Write(store.propose_here(cmd).await.map_err(|e| remote(store, e))),
         NodeRequest::Write {
             cmd,
             forwarded: false,
-        } => NodeResponse::Write(store.propose(cmd).await.map_err(remote)),
+        } => NodeResponse::Write(store.propose(cmd).await.map_err(|e| remote(store, e))),
         NodeRequest::Get { key, forwarded } => {
             let result = if forwarded {
                 store.get_here(&key).await
@@ -170,7 +185,7 @@ async fn handle(store: &MetaStore, request: NodeRequest) -> NodeResponse {
             NodeResponse::Get(
                 result
                     .map(|kv| kv.map(WireKv::from_key_value))
-                    .map_err(remote),
+                    .map_err(|e| remote(store, e)),
             )
         }
         NodeRequest::Scan { prefix, forwarded } => {
@@ -182,7 +197,7 @@ async fn handle(store: &MetaStore, request: NodeRequest) -> NodeResponse {
             NodeResponse::Scan(
                 result
                     .map(|kvs| kvs.into_iter().map(WireKv::from_key_value).collect())
-                    .map_err(remote),
+                    .map_err(|e| remote(store, e)),
             )
         }
         NodeRequest::LeaseKeepAlive { id, forwarded } => {
@@ -191,7 +206,11 @@ async fn handle(store: &MetaStore, request: NodeRequest) -> NodeResponse {
             } else {
                 store.lease_keep_alive(id).await
             };
-            NodeResponse::LeaseKeepAlive(result.map(|ttl| ttl.as_millis() as u64).map_err(remote))
+            NodeResponse::LeaseKeepAlive(
+                result
+                    .map(|ttl| ttl.as_millis() as u64)
+                    .map_err(|e| remote(store, e)),
+            )
         }
         NodeRequest::Watch { .. } => NodeResponse::WatchStarted(Err(RemoteError::Failed(
             "a watch is served as a stream".into(),
@@ -213,7 +232,7 @@ async fn handle(store: &MetaStore, request: NodeRequest) -> NodeResponse {
                         kvs: page.kvs.into_iter().map(WireKv::from_key_value).collect(),
                         more: page.more,
                     })
-                    .map_err(remote),
+                    .map_err(|e| remote(store, e)),
             )
         }
         NodeRequest::ChangeMembership { change, forwarded } => {
@@ -222,7 +241,7 @@ async fn handle(store: &MetaStore, request: NodeRequest) -> NodeResponse {
             } else {
                 store.change_membership(change).await
             };
-            NodeResponse::ChangeMembership(result.map_err(remote))
+            NodeResponse::ChangeMembership(result.map_err(|e| remote(store, e)))
         }
         NodeRequest::ClusterStatus { forwarded } => {
             let result = if forwarded {
@@ -230,9 +249,11 @@ async fn handle(store: &MetaStore, request: NodeRequest) -> NodeResponse {
             } else {
                 store.status().await
             };
-            NodeResponse::ClusterStatus(result.map_err(remote))
+            NodeResponse::ClusterStatus(result.map_err(|e| remote(store, e)))
         }
-        NodeRequest::LocalView => NodeResponse::LocalView(store.local_view().await.map_err(remote)),
+        NodeRequest::LocalView => {
+            NodeResponse::LocalView(store.local_view().await.map_err(|e| remote(store, e)))
+        }
         NodeRequest::Removed { membership } => {
             store.note_membership(&membership);
             NodeResponse::Removed

@@ -22,6 +22,7 @@ use strata_transport::handshake::client_handshake;
 use strata_transport::{ClientTrust, FrameReader, FrameWriter, TransportTuning, client_endpoint};
 use tokio::sync::Mutex;
 
+use crate::faults::Faults;
 use crate::membership::{
     ClusterStatus, LocalView, MembershipChange, MembershipError, MembershipInfo,
 };
@@ -33,6 +34,14 @@ pub const ALPN_RAFT: &[u8] = b"strata-meta-raft/1";
 pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
 /// How long a forwarded read or write may take before the caller gives up on that node.
 pub const FORWARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+/// QUIC keep-alive interval of node-to-node connections.
+pub const PEER_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_millis(250);
+/// Idle timeout of node-to-node connections. A peer that crashed, or restarted (its new
+/// process cannot reset the old connection), otherwise leaves a connection that looks open
+/// and swallows the next request until that call's own deadline: a vote lost for a whole
+/// election round, a forwarded write reported as "outcome unknown". With keep-alives the
+/// connection is closed this long after the peer went silent, and the next call dials anew.
+pub const PEER_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 /// Largest RPC frame (a snapshot chunk or a batch of log entries).
 pub const MAX_RPC_FRAME: usize = 64 * 1024 * 1024;
 
@@ -42,8 +51,9 @@ pub enum NodeRequest {
     AppendEntries(AppendEntriesRequest<TypeConfig>),
     Vote(VoteRequest<NodeId>),
     InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
-    /// A write. `forwarded`: sent by another node to the leader, so it must run here or fail
-    /// with `NotLeader` (never forwarded twice); otherwise a client's, which the node routes.
+    /// A write. `forwarded`: run it here or fail with `NotLeader` (a node forwarding to the
+    /// leader sets it, so nothing is forwarded twice; so does [`crate::MetaClient`], which
+    /// finds the leader itself); otherwise the receiving node routes it to the leader.
     Write {
         cmd: Command,
         forwarded: bool,
@@ -95,6 +105,46 @@ pub enum NodeRequest {
     },
 }
 
+impl NodeRequest {
+    /// Whether a client request must run on the receiving node (see `Write::forwarded`);
+    /// raft traffic always does.
+    pub fn forwarded(&self) -> bool {
+        match self {
+            NodeRequest::Write { forwarded, .. }
+            | NodeRequest::Get { forwarded, .. }
+            | NodeRequest::Scan { forwarded, .. }
+            | NodeRequest::ScanPage { forwarded, .. }
+            | NodeRequest::LeaseKeepAlive { forwarded, .. }
+            | NodeRequest::ChangeMembership { forwarded, .. }
+            | NodeRequest::ClusterStatus { forwarded } => *forwarded,
+            _ => true,
+        }
+    }
+
+    /// Whether the request may change state (a write or a membership change): one whose
+    /// answer was lost has an unknown outcome and must not be repeated blindly.
+    pub fn changes_state(&self) -> bool {
+        matches!(
+            self,
+            NodeRequest::Write { .. } | NodeRequest::ChangeMembership { .. }
+        )
+    }
+
+    /// Sets `forwarded` on a client request; raft traffic is left as it is.
+    pub fn set_forwarded(&mut self, value: bool) {
+        match self {
+            NodeRequest::Write { forwarded, .. }
+            | NodeRequest::Get { forwarded, .. }
+            | NodeRequest::Scan { forwarded, .. }
+            | NodeRequest::ScanPage { forwarded, .. }
+            | NodeRequest::LeaseKeepAlive { forwarded, .. }
+            | NodeRequest::ChangeMembership { forwarded, .. }
+            | NodeRequest::ClusterStatus { forwarded } => *forwarded = value,
+            _ => {}
+        }
+    }
+}
+
 /// A key-value pair as it travels between nodes.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WireKv {
@@ -134,9 +184,14 @@ impl WireKv {
 /// Why a forwarded request failed on the node that received it.
 #[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]
 pub enum RemoteError {
-    /// That node is not the leader either; `leader` is who it believes is.
-    #[error("not the leader (leader: {leader:?})")]
-    NotLeader { leader: Option<NodeId> },
+    /// That node is not the leader; `leader` is who it believes is, `addr` that node's
+    /// address in the membership.
+    #[error("not the leader (leader: {leader:?} at {addr:?})")]
+    NotLeader {
+        leader: Option<NodeId>,
+        #[serde(default)]
+        addr: Option<String>,
+    },
     #[error("lease {id} not found")]
     LeaseNotFound { id: u64 },
     #[error("value of key {key:?} is {len} bytes, above the maximum of {max} bytes")]
@@ -167,7 +222,7 @@ pub enum RemoteError {
 impl From<crate::MetaError> for RemoteError {
     fn from(e: crate::MetaError) -> Self {
         match e {
-            crate::MetaError::NotLeader { leader } => RemoteError::NotLeader { leader },
+            crate::MetaError::NotLeader { leader } => RemoteError::NotLeader { leader, addr: None },
             crate::MetaError::LeaseNotFound { id } => RemoteError::LeaseNotFound { id },
             crate::MetaError::ValueTooLarge { key, len, max } => {
                 RemoteError::ValueTooLarge { key, len, max }
@@ -198,7 +253,7 @@ impl From<crate::MetaError> for RemoteError {
 impl From<RemoteError> for crate::MetaError {
     fn from(e: RemoteError) -> Self {
         match e {
-            RemoteError::NotLeader { leader } => crate::MetaError::NotLeader { leader },
+            RemoteError::NotLeader { leader, .. } => crate::MetaError::NotLeader { leader },
             RemoteError::LeaseNotFound { id } => crate::MetaError::LeaseNotFound { id },
             RemoteError::ValueTooLarge { key, len, max } => {
                 crate::MetaError::ValueTooLarge { key, len, max }
@@ -306,78 +361,135 @@ struct PeerInner {
     ca: Option<PathBuf>,
     tuning: TransportTuning,
     connections: Mutex<HashMap<String, quinn::Connection>>,
+    /// Injected faults and the node id this client sends as (tests only; see [`Faults`]).
+    faults: Option<(NodeId, Faults)>,
 }
 
 impl PeerClient {
     /// `ca`: the CA that signed the peers' certificates; without one only loopback peers
     /// are reachable (development trust, see `strata_transport::tls`).
     pub fn new(name: String, ca: Option<PathBuf>) -> Self {
+        Self::build(name, ca, None)
+    }
+
+    /// Test hook: like [`PeerClient::new`], but every message this client sends or receives
+    /// passes through `faults` as node `me` (see [`crate::faults`]).
+    pub fn with_faults(name: String, ca: Option<PathBuf>, me: NodeId, faults: Faults) -> Self {
+        Self::build(name, ca, Some((me, faults)))
+    }
+
+    fn build(name: String, ca: Option<PathBuf>, faults: Option<(NodeId, Faults)>) -> Self {
         Self {
             inner: Arc::new(PeerInner {
                 name,
                 ca,
-                tuning: TransportTuning::default(),
+                tuning: TransportTuning {
+                    keep_alive: PEER_KEEP_ALIVE,
+                    idle_timeout: PEER_IDLE_TIMEOUT,
+                    ..TransportTuning::default()
+                },
                 connections: Mutex::new(HashMap::new()),
+                faults,
             }),
         }
     }
 
+    /// Carries one message between this client and the node at `addr` through the injected
+    /// faults (`outbound`: from here to there): waits its delay. A lost message is noticed as
+    /// QUIC would notice it: keep-alives are lost too, so the connection idles out one idle
+    /// timeout after the link went down. A no-op without faults or for an address the fault
+    /// table does not know.
+    async fn cross(&self, addr: &str, outbound: bool) -> Result<(), String> {
+        let Some((me, faults)) = &self.inner.faults else {
+            return Ok(());
+        };
+        let Some(peer) = faults.node_at(addr) else {
+            return Ok(());
+        };
+        let (from, to) = if outbound { (*me, peer) } else { (peer, *me) };
+        let since = match faults.pass(from, to).await {
+            Ok(()) => return Ok(()),
+            Err(since) => since,
+        };
+        tokio::time::sleep_until(since + self.inner.tuning.idle_timeout).await;
+        Err("connection lost (idle timeout)".into())
+    }
+
     /// Sends `req` to the node at `addr` (`host:port`) and waits at most `timeout` for its
-    /// answer. A dead peer is only noticed by QUIC's idle timeout, far too late for raft, so
-    /// every call has its own deadline and a call that times out drops the connection.
+    /// answer. A dead peer is noticed by the connection's idle timeout at the latest, which
+    /// can still be too late for raft, so every call has its own deadline, and a call that
+    /// fails after sending drops the connection. `NotSent` means the request never left (no
+    /// connection in time); after that a failure is `Unreachable`: outcome unknown.
     pub async fn call(
         &self,
         addr: &str,
         req: &NodeRequest,
         timeout: std::time::Duration,
     ) -> Result<NodeResponse, RpcError> {
-        match tokio::time::timeout(timeout, self.call_inner(addr, req)).await {
-            Ok(result) => result,
-            Err(_) => {
-                self.inner.connections.lock().await.remove(addr);
-                Err(RpcError::Unreachable {
-                    addr: addr.to_owned(),
-                    reason: format!("no answer within {timeout:?}"),
-                })
-            }
-        }
-    }
-
-    async fn call_inner(&self, addr: &str, req: &NodeRequest) -> Result<NodeResponse, RpcError> {
-        let unreachable = |reason: String| RpcError::Unreachable {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let not_sent = |reason: String| RpcError::NotSent {
             addr: addr.to_owned(),
             reason,
         };
-        let body =
-            serde_json::to_vec(req).map_err(|e| unreachable(format!("encoding request: {e}")))?;
-        let conn = self.connection(addr).await.map_err(|e| match e {
-            RpcError::Unreachable { addr, reason } => RpcError::NotSent { addr, reason },
-            other => other,
-        })?;
-        let result = async {
-            let (send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-            let mut writer = FrameWriter::new(send, MAX_RPC_FRAME);
-            let mut reader = FrameReader::new(recv, MAX_RPC_FRAME);
-            writer.send_raw(&body).await.map_err(|e| e.to_string())?;
-            writer.finish();
-            reader
-                .recv_raw()
-                .await
-                .map_err(|e| e.to_string())?
-                .ok_or_else(|| "stream ended without an answer".to_owned())
+        let body = serde_json::to_vec(req).map_err(|e| not_sent(format!("encoding: {e}")))?;
+        // Until a connection is up nothing has been sent, whatever stops the call.
+        let conn = match tokio::time::timeout_at(deadline, self.connection(addr)).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(RpcError::Unreachable { reason, .. })) => return Err(not_sent(reason)),
+            Ok(Err(other)) => return Err(other),
+            Err(_) => return Err(not_sent(format!("no connection within {timeout:?}"))),
+        };
+        let reason =
+            match tokio::time::timeout_at(deadline, self.exchange(addr, &conn, &body)).await {
+                Ok(Ok(answer)) => {
+                    return serde_json::from_slice(&answer).map_err(|e| RpcError::Malformed {
+                        addr: addr.to_owned(),
+                        reason: e.to_string(),
+                    });
+                }
+                Ok(Err(reason)) => reason,
+                Err(_) => format!("no answer within {timeout:?}"),
+            };
+        // Forget this connection (not one another call has made since) so the next call
+        // dials afresh.
+        let mut connections = self.inner.connections.lock().await;
+        if connections
+            .get(addr)
+            .is_some_and(|c| c.stable_id() == conn.stable_id())
+        {
+            connections.remove(addr);
         }
-        .await;
-        match result {
-            Ok(answer) => serde_json::from_slice(&answer).map_err(|e| RpcError::Malformed {
-                addr: addr.to_owned(),
-                reason: e.to_string(),
-            }),
-            Err(reason) => {
-                // Forget the connection so the next call dials afresh.
-                self.inner.connections.lock().await.remove(addr);
-                Err(unreachable(reason))
-            }
-        }
+        Err(RpcError::Unreachable {
+            addr: addr.to_owned(),
+            reason,
+        })
+    }
+
+    /// Makes sure a connection to `addr` is up, dialling if needed.
+    pub async fn connect(&self, addr: &str) -> Result<(), RpcError> {
+        self.connection(addr).await.map(drop)
+    }
+
+    /// One request and its answer on a fresh stream of `conn`.
+    async fn exchange(
+        &self,
+        addr: &str,
+        conn: &quinn::Connection,
+        body: &[u8],
+    ) -> Result<bytes::Bytes, String> {
+        let (send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+        let mut writer = FrameWriter::new(send, MAX_RPC_FRAME);
+        let mut reader = FrameReader::new(recv, MAX_RPC_FRAME);
+        self.cross(addr, true).await?;
+        writer.send_raw(body).await.map_err(|e| e.to_string())?;
+        writer.finish();
+        let answer = reader
+            .recv_raw()
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| "stream ended without an answer".to_owned())?;
+        self.cross(addr, false).await?;
+        Ok(answer)
     }
 
     /// Sends `req` to `addr` on a stream of its own and returns the reader of the answers, for
@@ -456,8 +568,16 @@ impl PeerClient {
         let connecting = endpoint
             .connect(sock, &server_name)
             .map_err(|e| unreachable(e.to_string()))?;
+        let handshake = async {
+            // Under injected faults a handshake is a round trip that never completes if either
+            // way is cut.
+            if self.cross(addr, true).await.is_err() || self.cross(addr, false).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+            connecting.await
+        };
         // A live peer answers a handshake in about a millisecond here; a dead one never does.
-        let conn = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+        let conn = tokio::time::timeout(CONNECT_TIMEOUT, handshake)
             .await
             .map_err(|_| unreachable(format!("no handshake within {CONNECT_TIMEOUT:?}")))?
             .map_err(|e| unreachable(e.to_string()))?;

@@ -96,6 +96,9 @@ pub struct NodeOptions {
     pub tls: strata_transport::ServerTls,
     /// CA of the peers' certificates (none: loopback peers only, development trust).
     pub ca: Option<std::path::PathBuf>,
+    /// Test hook: drop and delay this node's RPCs as the shared table says (see
+    /// [`crate::faults`]). `None` in production.
+    pub faults: Option<crate::Faults>,
 }
 
 fn validate_key(key: &str) -> Result<(), MetaError> {
@@ -123,7 +126,7 @@ impl MetaStore {
         dir: &Path,
         config: MetaStoreConfig,
     ) -> Result<MetaStore, MetaError> {
-        let store = Self::build(dir, config, STANDALONE_NODE_ID, None).await?;
+        let store = Self::build(dir, config, STANDALONE_NODE_ID, None, None).await?;
         match store.bootstrap().await {
             Ok(()) => {
                 info!(revision = store.current_revision(), "metastore ready");
@@ -158,7 +161,14 @@ impl MetaStore {
                 node.initial_members.keys().collect::<Vec<_>>()
             )));
         }
-        let store = Self::build(dir, config, node.node_id, node.ca.clone()).await?;
+        let store = Self::build(
+            dir,
+            config,
+            node.node_id,
+            node.ca.clone(),
+            node.faults.clone(),
+        )
+        .await?;
         let server = match NodeServer::start(node.listen, &node.tls, store.clone()) {
             Ok(s) => s,
             Err(e) => {
@@ -192,6 +202,7 @@ impl MetaStore {
         config: MetaStoreConfig,
         node_id: NodeId,
         ca: Option<std::path::PathBuf>,
+        faults: Option<crate::Faults>,
     ) -> Result<MetaStore, MetaError> {
         let raft_config = config.raft_config()?;
         let path = dir.to_path_buf();
@@ -207,7 +218,11 @@ impl MetaStore {
         let (guard, raft_released) = db::raft_guard();
         let log_store = LogStore::new(core.clone(), guard.clone());
         let state_machine = StateMachine::open(core.clone(), guard)?;
-        let peers = PeerClient::new(format!("strata-metastore-{node_id}"), ca);
+        let name = format!("strata-metastore-{node_id}");
+        let peers = match faults {
+            Some(faults) => PeerClient::with_faults(name, ca, node_id, faults),
+            None => PeerClient::new(name, ca),
+        };
         let raft = Raft::new(
             node_id,
             raft_config,

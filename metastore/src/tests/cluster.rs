@@ -1,72 +1,12 @@
 //! A real three-voter metastore over QUIC on loopback, in process.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::{Expect, MetaStore, MetaStoreConfig, NodeOptions};
-
-/// Free UDP ports on loopback for the nodes' RPC servers (known before any node starts,
-/// because each node needs the whole member list).
-pub(super) fn free_ports(n: usize) -> Vec<u16> {
-    let sockets: Vec<_> = (0..n)
-        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").expect("bind"))
-        .collect();
-    sockets
-        .iter()
-        .map(|s| s.local_addr().expect("addr").port())
-        .collect()
-}
-
-pub(super) struct Cluster {
-    pub(super) _dirs: Vec<tempfile::TempDir>,
-    pub(super) nodes: BTreeMap<u64, MetaStore>,
-    pub(super) addrs: BTreeMap<u64, String>,
-}
-
-pub(super) async fn start_cluster() -> Cluster {
-    strata_transport::install_crypto_provider();
-    let ports = free_ports(3);
-    let members: BTreeMap<u64, String> = (1..=3)
-        .map(|id| (id, format!("127.0.0.1:{}", ports[id as usize - 1])))
-        .collect();
-    let config = MetaStoreConfig {
-        heartbeat_interval_ms: 100,
-        election_timeout_min_ms: 400,
-        election_timeout_max_ms: 800,
-        ..Default::default()
-    };
-    let mut dirs = Vec::new();
-    let mut nodes = BTreeMap::new();
-    for (id, addr) in &members {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (tls, _) =
-            strata_transport::ServerTls::dev_in_dir(&dir.path().join("tls"), &[]).expect("tls");
-        let options = NodeOptions {
-            node_id: *id,
-            listen: addr.parse().expect("addr"),
-            initial_members: members.clone(),
-            tls,
-            ca: None,
-        };
-        let node = MetaStore::open_node(&dir.path().join("meta"), config.clone(), options)
-            .await
-            .expect("open node");
-        dirs.push(dir);
-        nodes.insert(*id, node);
-    }
-    for node in nodes.values() {
-        node.wait_for_leader(Duration::from_secs(30))
-            .await
-            .expect("a leader is elected");
-    }
-    Cluster {
-        _dirs: dirs,
-        nodes,
-        addrs: members,
-    }
-}
+pub(super) use super::harness::{Cluster, free_ports, start_cluster};
+use crate::MetaStore;
+use crate::{Expect, MetaClient};
 
 /// Writes sent to any node (followers forward to the leader) are readable, linearizably, from
 /// every node; a watch on a follower sees them too.
@@ -316,10 +256,10 @@ async fn remote_watch_resumes_across_node_loss_without_gaps_or_duplicates() {
         .await
         .expect("leader");
     // Serve the watch from the leader first, so losing it also changes leadership.
-    let mut addrs = vec![cluster.addrs[&leader].clone()];
+    let mut addrs = vec![cluster.members[&leader].clone()];
     addrs.extend(
         cluster
-            .addrs
+            .members
             .iter()
             .filter(|(id, _)| **id != leader)
             .map(|(_, a)| a.clone()),
@@ -370,4 +310,30 @@ async fn remote_watch_resumes_across_node_loss_without_gaps_or_duplicates() {
         seen.windows(2).all(|w| w[0].0 < w[1].0),
         "revisions increase"
     );
+}
+
+/// A client reaches the leader whatever subset of the addresses it was given: a follower it
+/// knows relays for it when the leader's address is not among its own, and with every
+/// address it goes to the leader directly. Reads return what it wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_reach_the_leader_from_any_subset_of_addresses() {
+    let cluster = start_cluster().await;
+    let leader = cluster.leader().await.expect("leader");
+    let mut subsets: Vec<Vec<String>> = cluster
+        .others(leader)
+        .into_iter()
+        .map(|id| vec![cluster.members[&id].clone()])
+        .collect();
+    subsets.push(cluster.members.values().cloned().collect());
+    for (i, addrs) in subsets.into_iter().enumerate() {
+        let client = MetaClient::new(addrs.clone(), None, Duration::from_secs(10)).expect("client");
+        let key = format!("/sub/{i}");
+        let written = client
+            .put(&key, Bytes::from(key.clone()), Expect::Absent)
+            .await
+            .unwrap_or_else(|e| panic!("put via {addrs:?}: {e}"));
+        let read = client.get(&key).await.expect("get").expect("present");
+        assert_eq!(read.mod_revision, written.revision);
+        assert_eq!(client.scan("/sub/").await.expect("scan").len(), i + 1);
+    }
 }

@@ -26,6 +26,7 @@ async fn start_joining(config: MetaStoreConfig, id: u64) -> (tempfile::TempDir, 
         initial_members: BTreeMap::new(),
         tls,
         ca: None,
+        faults: None,
     };
     let node = MetaStore::open_node(&dir.path().join("meta"), config, options)
         .await
@@ -317,6 +318,7 @@ async fn a_removed_node_that_missed_the_notice_learns_it_from_its_peers() {
         initial_members: members.clone(),
         tls,
         ca: None,
+        faults: None,
     };
     // The stopped node's UDP socket is released once its connections have wound down.
     let deadline = Instant::now() + Duration::from_secs(10);
