@@ -118,6 +118,13 @@ async fn add_and_read_round_trip_over_the_network() {
     assert_eq!(lac.last_entry, Some(EntryId(3)));
     assert!(!lac.fenced);
 
+    // A request above the frame limit is refused before it is sent.
+    let huge = Bytes::from(vec![0u8; 9 * 1024 * 1024]);
+    assert!(matches!(
+        c.add(&b.addr, ledger, EntryId(4), None, huge, false).await,
+        Err(BookieRpcError::TooLarge { .. })
+    ));
+
     let stats = b.server.stats();
     assert_eq!(stats.adds, 4);
     assert_eq!(stats.reads, 4);
@@ -473,6 +480,17 @@ async fn read_only_bookie_refuses_adds_and_serves_reads() {
             .payload,
         payload(6, 0, 10)
     );
+    // Recovery adds are still accepted (BookKeeper's high-priority writes).
+    c.add(
+        &addr,
+        LedgerId(6),
+        EntryId(1),
+        None,
+        payload(6, 1, 10),
+        true,
+    )
+    .await
+    .expect("recovery add on a read-only bookie");
     let stats = server.stats();
     assert!(stats.disk.read_only);
     assert_eq!(stats.read_only_rejections, 1);

@@ -550,7 +550,14 @@ async fn connect(options: &BookieClientOptions, bookie: &str) -> Result<Conn, Bo
         .map_err(|e| unreachable(e.to_string()))?;
     client_handshake(&quic, &options.name, options.max_frame_size)
         .await
-        .map_err(transport)?;
+        .map_err(|e| match e {
+            // Retrying cannot help: the bookie speaks no version this client does.
+            TransportError::IncompatibleVersion(reason) => BookieRpcError::Protocol {
+                bookie: bookie.to_owned(),
+                reason: format!("incompatible protocol version: {reason}"),
+            },
+            other => transport(other),
+        })?;
     let (send, recv) = quic
         .open_bi()
         .await

@@ -184,6 +184,25 @@ pub(crate) struct Shared {
     shutdown: CancellationToken,
 }
 
+/// Reads a server's [`ServerStats`]; cheap to clone.
+#[derive(Clone)]
+pub struct StatsHandle(Arc<Shared>);
+
+impl std::fmt::Debug for StatsHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StatsHandle")
+    }
+}
+
+impl StatsHandle {
+    pub fn stats(&self) -> ServerStats {
+        let shared = &self.0;
+        shared
+            .metrics
+            .snapshot(shared.disk.status(), shared.storage.stats())
+    }
+}
+
 /// A running bookie server; see the module docs for the protocol.
 pub struct BookieServer {
     endpoint: Endpoint,
@@ -275,9 +294,12 @@ impl BookieServer {
 
     /// Counters and gauges since start.
     pub fn stats(&self) -> ServerStats {
-        self.shared
-            .metrics
-            .snapshot(self.shared.disk.status(), self.shared.storage.stats())
+        self.stats_handle().stats()
+    }
+
+    /// A handle that reads the stats, for a metrics endpoint that outlives `&self` borrows.
+    pub fn stats_handle(&self) -> StatsHandle {
+        StatsHandle(self.shared.clone())
     }
 
     /// Stops accepting, answers what is in flight, then closes every connection.
