@@ -1,4 +1,5 @@
-//! The bookie: ledger storage in RocksDB, and the ledger client brokers write through.
+//! The bookie: ledger storage in RocksDB, its QUIC server and client, registration in the
+//! metastore, and the ledger client brokers write through.
 //!
 //! A ledger is an append-only sequence of entries with dense ids from 0, written by one
 //! writer, then sealed (CLOSED) at its last entry, as in Apache BookKeeper. This first cut has
@@ -11,14 +12,26 @@
 //!   by one writer thread, CRC32C-verified on read; [`storage::format`] documents the
 //!   on-disk layout.
 //! - [`error`]: the storage errors, [`BookieError`].
+//! - [`server`]: [`BookieServer`], the storage over QUIC (ALPN `strata-bookie/1`, pipelined
+//!   requests answered out of order, long-poll LAC, read-only on low disk), and
+//!   [`BookieClient`], its client with typed [`BookieRpcError`]s; the module docs describe
+//!   the wire protocol.
+//! - [`registration`]: [`Registration`], the bookie's lease-bound record under
+//!   `/bookies/available/<id>` in the metastore.
 //! - [`ledger`]: [`LedgerClient`], [`LedgerWriter`], [`LedgerReader`]; ledger metadata in the
 //!   metastore; recovery (fence, find the last entry, close). The ordering and
 //!   last-add-confirmed logic is the I/O-free [`ledger::PendingAddQueue`].
 
 pub mod error;
 pub mod ledger;
+pub mod registration;
+pub mod server;
 pub mod storage;
 
 pub use error::BookieError;
 pub use ledger::{LedgerClient, LedgerConfig, LedgerError, LedgerReader, LedgerWriter};
+pub use registration::{BookieRegistration, Registration, RegistrationConfig};
+pub use server::{
+    BookieClient, BookieClientOptions, BookieRpcError, BookieServer, ServerConfig, ServerStats,
+};
 pub use storage::{BookieStorage, StorageOptions, StorageStats};

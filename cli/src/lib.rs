@@ -3,6 +3,7 @@
 //!
 //! # Layout
 //!
+//! - [`bookie_node`]: `strata bookie` (one bookie server, registered in the metastore).
 //! - [`config`]: the standalone's TOML config, `STRATA_*` overrides and validation.
 //! - [`standalone`]: metastore + bookie + broker in one process.
 //! - [`http`]: the HTTP side port (`/healthz`, `/readyz`, `/metrics`).
@@ -11,6 +12,7 @@
 //! - [`commands`]: `produce`, `consume`, `topics`.
 //! - [`perf`]: `perf produce` / `perf consume` load generators.
 
+pub mod bookie_node;
 pub mod cluster;
 pub mod commands;
 pub mod config;

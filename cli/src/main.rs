@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use strata_cli::bookie_node;
 use strata_cli::cluster;
 use strata_cli::commands::{self, ConnectArgs};
 use strata_cli::config::StandaloneConfig;
@@ -41,6 +42,8 @@ enum Command {
     Standalone(StandaloneArgs),
     /// Run one voter of a replicated metastore.
     Metastore(metastore_node::MetastoreArgs),
+    /// Run one bookie (ledger storage server), registered in the metastore.
+    Bookie(bookie_node::BookieArgs),
     /// Read and write a metastore cluster's keys.
     Meta {
         /// Metastore nodes, `host:port[,host:port...]`.
@@ -201,6 +204,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Metastore(args) => {
             metastore_node::run(args, cli.connect.tls_ca.clone(), wait_for_shutdown_signal()).await
         }
+        Command::Bookie(args) => {
+            bookie_node::run(args, cli.connect.tls_ca.clone(), wait_for_shutdown_signal()).await
+        }
         Command::Meta { metastore, command } => {
             let timeout = std::time::Duration::from_secs(cli.connect.connect_timeout_secs);
             metastore_node::meta(&metastore, cli.connect.tls_ca.clone(), timeout, command).await
@@ -292,7 +298,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(
         cli.log_format,
-        matches!(cli.command, Command::Standalone(_)),
+        matches!(cli.command, Command::Standalone(_) | Command::Bookie(_)),
     );
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -22,12 +22,22 @@ pub enum ErrorCode {
     ServiceNotReady = 13,
     TooManyRequests = 14,
     ProducerBusy = 15,
+    /// The bookie holds nothing for this ledger.
+    NoSuchLedger = 16,
+    /// The bookie has the ledger but not this entry.
+    NoSuchEntry = 17,
+    /// The ledger is fenced on the bookie; only recovery adds are accepted.
+    Fenced = 18,
+    /// The bookie accepts no adds (low disk space); reads still work.
+    ReadOnly = 19,
+    /// The stored entry failed its checksum; its bytes are not returned.
+    ChecksumMismatch = 20,
 }
 
 impl ErrorCode {
     pub fn from_u32(code: u32) -> Self {
         use ErrorCode::*;
-        const ALL: [ErrorCode; 16] = [
+        const ALL: [ErrorCode; 21] = [
             Unknown,
             IncompatibleVersion,
             FrameTooLarge,
@@ -44,6 +54,11 @@ impl ErrorCode {
             ServiceNotReady,
             TooManyRequests,
             ProducerBusy,
+            NoSuchLedger,
+            NoSuchEntry,
+            Fenced,
+            ReadOnly,
+            ChecksumMismatch,
         ];
         ALL.get(code as usize).copied().unwrap_or(Unknown)
     }
@@ -101,7 +116,7 @@ mod tests {
 
     #[test]
     fn codes_round_trip_and_unknown_numbers_map_to_unknown() {
-        for n in 0..16 {
+        for n in 0..21 {
             assert_eq!(ErrorCode::from_u32(n) as u32, n);
         }
         assert_eq!(ErrorCode::from_u32(9999), ErrorCode::Unknown);

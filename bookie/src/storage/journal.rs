@@ -21,6 +21,7 @@ use strata_proto::{EntryId, LedgerId};
 use tokio::sync::{mpsc, oneshot};
 
 use super::format::{self, LedgerRecord};
+use super::lac::LedgerWatchers;
 use super::{CF_ENTRIES, CF_LEDGERS, Counters, Db};
 use crate::BookieError;
 
@@ -104,6 +105,7 @@ pub(crate) fn run(
     mut rx: mpsc::Receiver<Op>,
     config: JournalConfig,
     counters: Arc<Counters>,
+    watchers: Arc<LedgerWatchers>,
     gate: Arc<Mutex<()>>,
 ) {
     let mut write_options = WriteOptions::default();
@@ -123,7 +125,7 @@ pub(crate) fn run(
             }
         }
         let received = ops.len() as u64;
-        process_batch(&db, ops, &write_options, &counters);
+        process_batch(&db, ops, &write_options, &counters, &watchers);
         counters.answered.fetch_add(received, Ordering::Relaxed);
     }
     tracing::debug!("bookie journal writer stopped");
@@ -152,7 +154,13 @@ impl Records<'_> {
     }
 }
 
-fn process_batch(db: &Db, ops: Vec<Op>, write_options: &WriteOptions, counters: &Counters) {
+fn process_batch(
+    db: &Db,
+    ops: Vec<Op>,
+    write_options: &WriteOptions,
+    counters: &Counters,
+    watchers: &LedgerWatchers,
+) {
     let (Some(entries_cf), Some(ledgers_cf)) = (db.cf_handle(CF_ENTRIES), db.cf_handle(CF_LEDGERS))
     else {
         // Checked at open; unreachable unless the DB is torn down under us.
@@ -262,6 +270,9 @@ fn process_batch(db: &Db, ops: Vec<Op>, write_options: &WriteOptions, counters: 
     };
     for w in waiting {
         w.answer(&result, retryable);
+    }
+    if result.is_ok() {
+        watchers.notify(records.dirty.iter().copied());
     }
 
     // Reclaim the space of deleted ledgers now rather than at the next natural compaction.

@@ -6,6 +6,7 @@
 
 pub mod format;
 mod journal;
+mod lac;
 
 #[cfg(test)]
 mod tests;
@@ -25,6 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::BookieError;
 use format::LedgerRecord;
 use journal::{JournalConfig, Op};
+use lac::LedgerWatchers;
 
 /// Column family of entries.
 pub const CF_ENTRIES: &str = "entries";
@@ -137,6 +139,8 @@ struct Inner {
     tx: Option<mpsc::Sender<Op>>,
     writer: Option<JoinHandle<()>>,
     counters: Arc<Counters>,
+    /// Wakes waiters on a ledger after each write touching it (long-poll LAC reads).
+    watchers: Arc<LedgerWatchers>,
     /// Shared with the writer, which takes it before each batch; only tests ever hold it.
     #[cfg_attr(not(test), allow(dead_code))]
     gate: Arc<Mutex<()>>,
@@ -201,6 +205,7 @@ impl BookieStorage {
         let (tx, rx) = mpsc::channel(options.queue_depth);
         let counters = Arc::new(Counters::default());
         let gate = Arc::new(Mutex::new(()));
+        let watchers = Arc::new(LedgerWatchers::default());
         let config = JournalConfig {
             max_batch: options.group_commit_max_batch,
             max_bytes: options.group_commit_max_bytes,
@@ -208,9 +213,10 @@ impl BookieStorage {
         };
         let writer = {
             let (db, counters, gate) = (db.clone(), counters.clone(), gate.clone());
+            let watchers = watchers.clone();
             std::thread::Builder::new()
                 .name("bookie-journal".into())
-                .spawn(move || journal::run(db, rx, config, counters, gate))
+                .spawn(move || journal::run(db, rx, config, counters, watchers, gate))
                 .map_err(|e| BookieError::Storage(format!("spawning the journal writer: {e}")))?
         };
         Ok(BookieStorage {
@@ -219,6 +225,7 @@ impl BookieStorage {
                 tx: Some(tx),
                 writer: Some(writer),
                 counters,
+                watchers,
                 gate,
             }),
         })
@@ -228,6 +235,14 @@ impl BookieStorage {
         &self,
         op: impl FnOnce(oneshot::Sender<Result<T, BookieError>>) -> Op,
     ) -> Result<T, BookieError> {
+        self.enqueue(op).await?.wait().await
+    }
+
+    /// Hands `op` to the writer, waiting only for room in its queue.
+    async fn enqueue<T>(
+        &self,
+        op: impl FnOnce(oneshot::Sender<Result<T, BookieError>>) -> Op,
+    ) -> Result<Queued<T>, BookieError> {
         let tx = self.inner.tx.as_ref().ok_or(BookieError::Closed)?;
         let (reply, answer) = oneshot::channel();
         tx.send(op(reply)).await.map_err(|_| BookieError::Closed)?;
@@ -235,7 +250,7 @@ impl BookieStorage {
             .counters
             .submitted
             .fetch_add(1, Ordering::Relaxed);
-        answer.await.map_err(|_| BookieError::Closed)?
+        Ok(Queued { answer })
     }
 
     /// Stores an entry. Durable when it returns `Ok`: it was written in a group commit that
@@ -252,6 +267,29 @@ impl BookieStorage {
         recovery: bool,
     ) -> Result<(), BookieError> {
         self.submit(|reply| Op::Add {
+            ledger,
+            entry,
+            last_add_confirmed,
+            payload,
+            recovery,
+            reply,
+        })
+        .await
+    }
+
+    /// As [`BookieStorage::add_entry`], in two steps: this call returns once the add is in the
+    /// writer's queue (waiting while the queue is full), and the returned [`Queued`] resolves
+    /// when it is durable. Adds queued one after another are written in that order, so a
+    /// server can keep a connection's adds in arrival order while many are in flight.
+    pub async fn queue_add(
+        &self,
+        ledger: LedgerId,
+        entry: EntryId,
+        last_add_confirmed: Option<EntryId>,
+        payload: Bytes,
+        recovery: bool,
+    ) -> Result<Queued<()>, BookieError> {
+        self.enqueue(|reply| Op::Add {
             ledger,
             entry,
             last_add_confirmed,
@@ -330,6 +368,18 @@ impl BookieStorage {
     /// The highest entry id stored for this ledger.
     pub fn last_entry(&self, ledger: LedgerId) -> Result<Option<EntryId>, BookieError> {
         Ok(self.record(ledger)?.last_entry)
+    }
+
+    /// The ledger's fence flag, last-add-confirmed and last entry, read together.
+    pub fn ledger_state(&self, ledger: LedgerId) -> Result<LedgerRecord, BookieError> {
+        self.record(ledger)
+    }
+
+    /// A receiver marked changed after every write that touches `ledger` (an add, a fence, a
+    /// delete), from now on. It carries no value: re-read the state (e.g.
+    /// [`BookieStorage::last_add_confirmed`]) after it fires. For long-poll reads of the LAC.
+    pub fn watch_ledger(&self, ledger: LedgerId) -> tokio::sync::watch::Receiver<()> {
+        self.inner.watchers.subscribe(ledger)
     }
 
     /// Whether the ledger is fenced on this bookie.
@@ -463,6 +513,19 @@ impl BookieStorage {
     ) -> Result<(), BookieError> {
         let key = format::entry_key(ledger, entry).to_vec();
         self.submit(|reply| Op::PutRaw { key, value, reply }).await
+    }
+}
+
+/// An op in the writer's queue; [`Queued::wait`] gives its outcome once it is written.
+#[derive(Debug)]
+pub struct Queued<T> {
+    answer: oneshot::Receiver<Result<T, BookieError>>,
+}
+
+impl<T> Queued<T> {
+    /// Waits until the op's batch is written (fsynced) and returns its outcome.
+    pub async fn wait(self) -> Result<T, BookieError> {
+        self.answer.await.map_err(|_| BookieError::Closed)?
     }
 }
 
