@@ -135,7 +135,9 @@ pub async fn run(
 
 fn render_metrics(store: &MetaStore) -> String {
     let m = store.raft_metrics();
-    let is_leader = u8::from(m.current_leader == Some(store.node_id()));
+    // The server state, not `current_leader`: a restarted node's restored vote can name itself
+    // as leader before it learns the term moved on.
+    let is_leader = u8::from(store.is_leader());
     let rows = [
         (
             "strata_metastore_is_leader",

@@ -813,6 +813,11 @@ impl MetaStore {
             .unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Whether this node is the raft leader now (by its server state).
+    pub fn is_leader(&self) -> bool {
+        self.leading_term().is_some()
+    }
+
     /// The term this node leads in, if it does.
     fn leading_term(&self) -> Option<u64> {
         let metrics = self.inner.raft.metrics();
