@@ -181,7 +181,8 @@ fn nothing_is_acknowledged_during_a_change() {
 }
 
 /// A failed bookie's acks stop counting (the new fragment will not name it), its late acks
-/// are ignored, and the replacement's acks count at its index.
+/// are ignored before and after its replacement, and the replacement's acks count at its
+/// index.
 #[test]
 fn failed_bookie_acks_are_forgotten() {
     let mut q = quorum(3, 3, 2);
@@ -191,6 +192,7 @@ fn failed_bookie_acks_are_forgotten() {
         q.bookie_failed(&id(0)),
         FailureAction::ChangeEnsemble(_)
     ));
+    acked(&mut q, 0, 0);
     acked(&mut q, 0, 1);
     let changed = q.ensemble_changed(&[(0, 9)]).expect("change");
     assert!(
