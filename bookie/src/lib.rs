@@ -21,6 +21,8 @@
 //! - [`ledger`]: [`LedgerClient`], [`LedgerWriter`], [`LedgerReader`]; ledger metadata in the
 //!   metastore; recovery (fence, find the last entry, close). The ordering and
 //!   last-add-confirmed logic is the I/O-free [`ledger::PendingAddQueue`].
+//! - [`ledger::quorum`]: the replication protocol without I/O: write sets and coverage, the
+//!   writer's ack quorum and ensemble changes, recovery, rack-aware placement, read failover.
 
 pub mod error;
 pub mod ledger;

@@ -14,6 +14,7 @@
 pub mod error;
 pub mod metadata;
 pub mod pending;
+pub mod quorum;
 mod reader;
 mod writer;
 
