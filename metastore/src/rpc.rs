@@ -241,6 +241,24 @@ impl PeerClient {
         Err("connection lost (idle timeout)".into())
     }
 
+    /// Under injected faults, whether a connection to `addr` would have idled out by now:
+    /// either way has been cut for an idle timeout, so keep-alives went unanswered.
+    fn idled_out(&self, addr: &str) -> bool {
+        let Some((me, faults)) = &self.inner.faults else {
+            return false;
+        };
+        let Some(peer) = faults.node_at(addr) else {
+            return false;
+        };
+        let idle = self.inner.tuning.idle_timeout;
+        [(*me, peer), (peer, *me)].into_iter().any(|(from, to)| {
+            faults
+                .link(from, to)
+                .cut_since
+                .is_some_and(|since| since.elapsed() >= idle)
+        })
+    }
+
     /// Sends `req` to the node at `addr` (`host:port`) and waits at most `timeout` for its
     /// answer. A dead peer is noticed by the connection's idle timeout at the latest, which
     /// can still be too late for raft, so every call has its own deadline, and a call that
@@ -325,6 +343,7 @@ impl PeerClient {
     async fn connection(&self, addr: &str) -> Result<quinn::Connection, RpcError> {
         if let Some(c) = self.inner.connections.lock().await.get(addr)
             && c.close_reason().is_none()
+            && !self.idled_out(addr)
         {
             return Ok(c.clone());
         }
