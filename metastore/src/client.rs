@@ -23,8 +23,6 @@ use crate::types::{Command, CommandResult, Expect, LeaseId, NodeId, Txn, TxnResp
 const CLIENT_NAME: &str = "strata-meta-client";
 /// Pause after a round of attempts found no leader (an election is under way).
 const ROUND_PAUSE: Duration = Duration::from_millis(50);
-/// How long an address that could not be connected to is skipped.
-const DOWN_FOR: Duration = Duration::from_secs(1);
 
 #[derive(Clone)]
 pub struct MetaClient {
@@ -38,51 +36,61 @@ struct ClientInner {
     timeout: Duration,
 }
 
+impl ClientInner {
+    fn routing(&self) -> std::sync::MutexGuard<'_, Routing> {
+        // Plain data, valid after any panic elsewhere.
+        self.routing.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 /// Which address a client tries next: the one that answered last; after a failure, the
-/// leader a "not leader" answer named, else the next address not known to be down. Plain
-/// logic, no I/O.
+/// leader a "not leader" answer named, else the next address. Addresses still being dialled
+/// by the first contact are passed over. (A node that is down costs little: the peer client
+/// fails calls to it at once while it redials in the background.) Plain logic, no I/O.
 #[derive(Debug)]
 struct Routing {
     /// No request has been sent yet (see `MetaClient::first_contact`).
     fresh: bool,
+    /// A first-contact dial has reached its node, and `next` starts there.
+    started: bool,
     next: usize,
-    /// Until when each address is skipped because no connection to it could be made: a node
-    /// that is down would otherwise cost a connect timeout in every round.
-    down_until: Vec<Option<Instant>>,
+    /// Per address: until when its first-contact dial may still be under way.
+    dialling: Vec<Option<Instant>>,
 }
 
 impl Routing {
     fn new(n: usize) -> Self {
         Self {
             fresh: true,
+            started: false,
             next: 0,
-            down_until: vec![None; n],
+            dialling: vec![None; n],
         }
     }
 
-    /// A first dial of address `i` succeeded (`up`: start there) or failed (skip it).
-    fn contacted(&mut self, i: usize, up: bool, now: Instant) {
-        if up {
+    /// First contact: every address is being dialled, until `ends` at the latest.
+    fn dialling(&mut self, ends: Instant) {
+        self.dialling.fill(Some(ends));
+    }
+
+    /// A first-contact dial of address `i` ended; the first that reached its node is where
+    /// the client starts.
+    fn contacted(&mut self, i: usize, up: bool) {
+        self.dialling[i] = None;
+        if up && !self.started {
+            self.started = true;
             self.next = i;
-        } else {
-            self.down_until[i] = Some(now + DOWN_FOR);
-            if self.next == i {
-                self.failed(i, true, None, now);
-            }
         }
     }
 
-    /// The attempt at address `i` failed: `down` if no connection could be made; `leader`
-    /// the address a node named as leader. Returns (and remembers) the address to try next.
-    fn failed(&mut self, i: usize, down: bool, leader: Option<usize>, now: Instant) -> usize {
-        let n = self.down_until.len();
-        if down {
-            self.down_until[i] = Some(now + DOWN_FOR);
-        }
-        let up = |j: usize| self.down_until[j].is_none_or(|until| until <= now);
+    /// The attempt at address `i` failed; `leader` is the address a node named as leader.
+    /// Returns (and remembers) the address to try next.
+    fn failed(&mut self, i: usize, leader: Option<usize>, now: Instant) -> usize {
+        let n = self.dialling.len();
+        let ready = |j: usize| self.dialling[j].is_none_or(|ends| ends <= now);
         self.next = leader
-            .filter(|l| *l != i && up(*l))
-            .or_else(|| (1..=n).map(|k| (i + k) % n).find(|j| up(*j)))
+            .filter(|l| *l != i && ready(*l))
+            .or_else(|| (1..=n).map(|k| (i + k) % n).find(|j| ready(*j)))
             .unwrap_or((i + 1) % n);
         self.next
     }
@@ -153,7 +161,7 @@ impl MetaClient {
     pub(crate) fn skip_addr(&self) {
         let mut routing = self.routing();
         let i = routing.next;
-        routing.failed(i, false, None, Instant::now());
+        routing.failed(i, None, Instant::now());
     }
 
     pub(crate) fn peers(&self) -> &PeerClient {
@@ -178,10 +186,9 @@ impl MetaClient {
         rpc_timeout: Duration,
     ) -> Result<NodeResponse, MetaError> {
         let deadline = Instant::now() + self.inner.timeout;
-        if self.routing().fresh {
-            tokio::time::timeout_at(deadline, self.first_contact())
-                .await
-                .ok();
+        let first = std::mem::replace(&mut self.routing().fresh, false);
+        if first {
+            self.first_contact(deadline).await;
         }
         let mut tried = vec![false; self.inner.addrs.len()];
         let mut why = String::from("no node tried");
@@ -204,10 +211,10 @@ impl MetaClient {
             } else {
                 remaining
             };
-            let (down, hint) = match self.inner.peers.call(addr, &req, per_call).await {
+            let hint = match self.inner.peers.call(addr, &req, per_call).await {
                 Ok(resp) if leader_hint(&resp).is_some() => {
                     why = format!("{addr} is not the leader");
-                    (false, leader_hint(&resp).flatten())
+                    leader_hint(&resp).flatten()
                 }
                 // Refused without running it: another node may serve it.
                 Ok(resp) if resp.not_member().is_some() => {
@@ -217,22 +224,22 @@ impl MetaClient {
                         return Err(MetaError::NotMember { node_id });
                     }
                     why = format!("{addr} is not a member of the cluster");
-                    (false, None)
+                    None
                 }
                 Ok(resp) => return Ok(resp),
                 // Never sent: safe to try the next node, writes included.
                 Err(e @ RpcError::NotSent { .. }) => {
                     why = e.to_string();
-                    (true, None)
+                    None
                 }
                 // Reads are safe to repeat.
                 Err(e @ RpcError::Unreachable { .. }) if !req.changes_state() => {
                     why = e.to_string();
-                    (false, None)
+                    None
                 }
                 Err(e @ RpcError::Unreachable { .. }) => {
                     // A write may have been applied before the connection failed.
-                    self.routing().failed(i, false, None, Instant::now());
+                    self.routing().failed(i, None, Instant::now());
                     return Err(MetaError::OutcomeUnknown {
                         reason: e.to_string(),
                     });
@@ -246,9 +253,7 @@ impl MetaClient {
                 continue;
             }
             req.set_forwarded(true);
-            let next = self
-                .routing()
-                .failed(i, down, listed.flatten(), Instant::now());
+            let next = self.routing().failed(i, listed.flatten(), Instant::now());
             tried[i] = true;
             if tried[next] {
                 // A round found no leader: an election is under way.
@@ -261,28 +266,38 @@ impl MetaClient {
 
     /// Dials every node at once and starts with the first that answers: trying them one
     /// after the other would first wait out the connect timeout of any node that is down.
-    async fn first_contact(&self) {
+    /// The other dials go on in the background; until each ends, its address is passed over.
+    async fn first_contact(&self, deadline: Instant) {
+        let limit = Instant::now() + crate::rpc::CONNECT_TIMEOUT;
+        self.routing().dialling(limit);
         let mut dials = tokio::task::JoinSet::new();
         for (i, addr) in self.inner.addrs.iter().enumerate() {
             let (peers, addr) = (self.inner.peers.clone(), addr.clone());
             dials.spawn(async move { (i, peers.connect(&addr).await.is_ok()) });
         }
-        while let Some(dialled) = dials.join_next().await {
-            if let Ok((i, up)) = dialled {
-                let mut routing = self.routing();
-                routing.contacted(i, up, Instant::now());
-                if up {
-                    break;
+        let first_up = async {
+            while let Some(dialled) = dials.join_next().await {
+                if let Ok((i, up)) = dialled {
+                    self.routing().contacted(i, up);
+                    if up {
+                        break;
+                    }
                 }
             }
-        }
-        // Dials still under way are cancelled when `dials` drops.
-        self.routing().fresh = false;
+        };
+        let _ = tokio::time::timeout_at(deadline.min(limit), first_up).await;
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            while let Some(dialled) = dials.join_next().await {
+                if let Ok((i, up)) = dialled {
+                    inner.routing().contacted(i, up);
+                }
+            }
+        });
     }
 
     fn routing(&self) -> std::sync::MutexGuard<'_, Routing> {
-        // Plain data, valid after any panic elsewhere.
-        self.inner.routing.lock().unwrap_or_else(|p| p.into_inner())
+        self.inner.routing()
     }
 
     pub async fn put(&self, key: &str, value: Bytes, expect: Expect) -> Result<Written, MetaError> {
@@ -533,9 +548,9 @@ mod tests {
         let now = Instant::now();
         let mut r = Routing::new(3);
         assert_eq!(r.next, 0);
-        assert_eq!(r.failed(0, false, None, now), 1);
-        assert_eq!(r.failed(1, false, None, now), 2);
-        assert_eq!(r.failed(2, false, None, now), 0);
+        assert_eq!(r.failed(0, None, now), 1);
+        assert_eq!(r.failed(1, None, now), 2);
+        assert_eq!(r.failed(2, None, now), 0);
     }
 
     /// A node's "the leader is at X" sends the client straight to X, unless X is the node
@@ -544,30 +559,29 @@ mod tests {
     fn follows_the_leader_hint() {
         let now = Instant::now();
         let mut r = Routing::new(3);
-        assert_eq!(r.failed(0, false, Some(2), now), 2);
-        assert_eq!(r.failed(2, false, Some(2), now), 0);
+        assert_eq!(r.failed(0, Some(2), now), 2);
+        assert_eq!(r.failed(2, Some(2), now), 0);
     }
 
-    /// An address that could not be connected to (first contact included) is skipped, even
-    /// when named as leader, until `DOWN_FOR` has passed; if every address is down the client
-    /// still tries one. First contact starts at the first address that answered.
+    /// First contact starts at the first address whose dial reached its node; addresses
+    /// still being dialled are passed over, even when named as leader, until their dial ends
+    /// or its time is up; if every address is being dialled the client tries one anyway.
     #[test]
-    fn skips_addresses_that_are_down_for_a_while() {
+    fn first_contact_starts_at_the_first_to_answer() {
         let now = Instant::now();
         let mut r = Routing::new(3);
-        assert_eq!(r.failed(0, true, None, now), 1);
-        assert_eq!(r.failed(1, false, Some(0), now), 2);
-        assert_eq!(r.failed(2, false, None, now), 1);
-        assert_eq!(r.failed(1, false, None, now + DOWN_FOR), 2);
-        assert_eq!(r.failed(2, false, None, now + DOWN_FOR), 0);
-        let mut first = Routing::new(3);
-        first.contacted(0, false, now);
-        assert_eq!(first.next, 1);
-        first.contacted(2, true, now);
-        assert_eq!(first.next, 2);
-        assert_eq!(first.failed(2, false, None, now), 1, "0 is still down");
-        let mut all_down = Routing::new(2);
-        all_down.failed(0, true, None, now);
-        assert_eq!(all_down.failed(1, true, None, now + S / 2), 0);
+        r.dialling(now + S);
+        r.contacted(0, false);
+        r.contacted(2, true);
+        assert_eq!(r.next, 2);
+        r.contacted(0, true);
+        assert_eq!(r.next, 2, "the first to answer stays the start");
+        assert_eq!(r.failed(2, Some(1), now), 0, "1 is still being dialled");
+        assert_eq!(r.failed(0, None, now), 2);
+        assert_eq!(r.failed(2, None, now + S), 0);
+        assert_eq!(r.failed(0, None, now + S), 1, "1's dial time is up");
+        let mut all = Routing::new(2);
+        all.dialling(now + S);
+        assert_eq!(all.failed(0, None, now), 1);
     }
 }

@@ -42,6 +42,9 @@ pub const PEER_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_milli
 /// election round, a forwarded write reported as "outcome unknown". With keep-alives the
 /// connection is closed this long after the peer went silent, and the next call dials anew.
 pub const PEER_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long after a failed dial calls to that peer fail at once while it is redialled in the
+/// background (see `PeerClient::connection`).
+pub const DIAL_BACKOFF: std::time::Duration = std::time::Duration::from_millis(500);
 /// Largest RPC frame (a snapshot chunk or a batch of log entries).
 pub const MAX_RPC_FRAME: usize = 64 * 1024 * 1024;
 
@@ -350,6 +353,13 @@ pub enum RpcError {
     Malformed { addr: String, reason: String },
 }
 
+/// A peer whose last dial failed.
+struct Down {
+    failed_at: tokio::time::Instant,
+    /// A background redial is under way.
+    redialling: bool,
+}
+
 /// Client side of node-to-node RPC: one cached QUIC connection per peer address.
 #[derive(Clone)]
 pub struct PeerClient {
@@ -361,6 +371,8 @@ struct PeerInner {
     ca: Option<PathBuf>,
     tuning: TransportTuning,
     connections: Mutex<HashMap<String, quinn::Connection>>,
+    /// Addresses whose last dial failed.
+    down: std::sync::Mutex<HashMap<String, Down>>,
     /// Injected faults and the node id this client sends as (tests only; see [`Faults`]).
     faults: Option<(NodeId, Faults)>,
 }
@@ -389,6 +401,7 @@ impl PeerClient {
                     ..TransportTuning::default()
                 },
                 connections: Mutex::new(HashMap::new()),
+                down: std::sync::Mutex::new(HashMap::new()),
                 faults,
             }),
         }
@@ -413,6 +426,24 @@ impl PeerClient {
         };
         tokio::time::sleep_until(since + self.inner.tuning.idle_timeout).await;
         Err("connection lost (idle timeout)".into())
+    }
+
+    /// Under injected faults, whether a connection to `addr` would have idled out by now:
+    /// either way has been cut for an idle timeout, so keep-alives went unanswered.
+    fn idled_out(&self, addr: &str) -> bool {
+        let Some((me, faults)) = &self.inner.faults else {
+            return false;
+        };
+        let Some(peer) = faults.node_at(addr) else {
+            return false;
+        };
+        let idle = self.inner.tuning.idle_timeout;
+        [(*me, peer), (peer, *me)].into_iter().any(|(from, to)| {
+            faults
+                .link(from, to)
+                .cut_since
+                .is_some_and(|since| since.elapsed() >= idle)
+        })
     }
 
     /// Sends `req` to the node at `addr` (`host:port`) and waits at most `timeout` for its
@@ -534,16 +565,65 @@ impl PeerClient {
         }
     }
 
+    /// The cached connection to `addr`, or a new one. Within [`DIAL_BACKOFF`] of a failed
+    /// dial, calls fail at once (not sent) and the peer is redialled in the background, so
+    /// raft retrying a dead peer, or a request polling for a new leader, does not sit out a
+    /// connect timeout on every call; a redial that fails renews the period.
     async fn connection(&self, addr: &str) -> Result<quinn::Connection, RpcError> {
+        if let Some(c) = self.inner.connections.lock().await.get(addr)
+            && c.close_reason().is_none()
+            && !self.idled_out(addr)
+        {
+            return Ok(c.clone());
+        }
+        let start_redial = match self.down().get_mut(addr) {
+            Some(down) if down.redialling || down.failed_at.elapsed() < DIAL_BACKOFF => {
+                Some(!std::mem::replace(&mut down.redialling, true))
+            }
+            _ => None,
+        };
+        let Some(start_redial) = start_redial else {
+            return self.dial_and_cache(addr).await;
+        };
+        if start_redial {
+            let (peers, addr) = (self.clone(), addr.to_owned());
+            tokio::spawn(async move { peers.dial_and_cache(&addr).await.map(drop) });
+        }
+        Err(RpcError::Unreachable {
+            addr: addr.to_owned(),
+            reason: "down (a dial just failed); redialling".into(),
+        })
+    }
+
+    async fn dial_and_cache(&self, addr: &str) -> Result<quinn::Connection, RpcError> {
+        match self.dial(addr).await {
+            Ok(conn) => {
+                self.down().remove(addr);
+                let mut connections = self.inner.connections.lock().await;
+                connections.insert(addr.to_owned(), conn.clone());
+                Ok(conn)
+            }
+            Err(e) => {
+                let down = Down {
+                    failed_at: tokio::time::Instant::now(),
+                    redialling: false,
+                };
+                self.down().insert(addr.to_owned(), down);
+                Err(e)
+            }
+        }
+    }
+
+    fn down(&self) -> std::sync::MutexGuard<'_, HashMap<String, Down>> {
+        // Plain data, valid after any panic elsewhere.
+        self.inner.down.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn dial(&self, addr: &str) -> Result<quinn::Connection, RpcError> {
         let unreachable = |reason: String| RpcError::Unreachable {
             addr: addr.to_owned(),
             reason,
         };
-        if let Some(c) = self.inner.connections.lock().await.get(addr)
-            && c.close_reason().is_none()
-        {
-            return Ok(c.clone());
-        }
         let (host, port) = addr
             .rsplit_once(':')
             .ok_or_else(|| unreachable("address has no :port".into()))?;
@@ -584,11 +664,6 @@ impl PeerClient {
         client_handshake(&conn, &self.inner.name, MAX_RPC_FRAME)
             .await
             .map_err(|e| unreachable(e.to_string()))?;
-        self.inner
-            .connections
-            .lock()
-            .await
-            .insert(addr.to_owned(), conn.clone());
         Ok(conn)
     }
 }
