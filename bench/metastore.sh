@@ -73,10 +73,13 @@ for k in $(seq 1 "$kills"); do
   start "$l"
   survivors=$(for i in 1 2 3; do if [ "$i" != "$l" ]; then echo -n "$i "; fi; done)
   leader $survivors > /dev/null
-  # Wait until the restarted node has caught up with the leader's log.
+  # Wait until the restarted node has caught up with the leader's log (its applied index
+  # from disk is not enough: a node behind the leader costs the next election a round).
+  nl=$(leader $survivors)
   for _ in $(seq 1 600); do
-    m=$(curl -s "127.0.0.1:${ports[$((l+2))]}/metrics" 2>/dev/null | sed -n "s/^strata_metastore_last_applied_index //p" || true)
-    [ -n "$m" ] && [ "$m" -gt 0 ] && break; sleep 0.05
+    applied() { curl -s "127.0.0.1:${ports[$(($1+2))]}/metrics" 2>/dev/null | sed -n "s/^strata_metastore_last_applied_index //p" || true; }
+    m=$(applied "$l"); t=$(applied "$nl")
+    [ -n "$m" ] && [ -n "$t" ] && [ "$m" -ge "$t" ] && break; sleep 0.05
   done
 done | tee "$work/fo.txt"
 python3 - "$work/fo.txt" <<'PY'
