@@ -2,9 +2,9 @@
 //! metastore, and the ledger client brokers write through.
 //!
 //! A ledger is an append-only sequence of entries with dense ids from 0, written by one
-//! writer, then sealed (CLOSED) at its last entry, as in Apache BookKeeper. This first cut has
-//! one bookie (ensemble = write quorum = ack quorum = 1); the client API is shaped as the
-//! future quorum client.
+//! writer, then sealed (CLOSED) at its last entry, as in Apache BookKeeper. The ledger client
+//! still writes to one in-process bookie (ensemble = write quorum = ack quorum = 1); the
+//! network server and client and the quorum protocol logic it will drive are in place.
 //!
 //! # Layout
 //!
