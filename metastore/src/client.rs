@@ -301,31 +301,7 @@ impl MetaClient {
     }
 
     pub async fn put(&self, key: &str, value: Bytes, expect: Expect) -> Result<Written, MetaError> {
-        match self
-            .call(NodeRequest::Write {
-                cmd: Command::Put {
-                    key: key.to_owned(),
-                    value,
-                    expect,
-                    lease: 0,
-                },
-                forwarded: true,
-            })
-            .await?
-        {
-            NodeResponse::Write(Ok(CommandResult::Written(w))) => Ok(w),
-            NodeResponse::Write(Ok(CommandResult::Mismatch { actual })) => {
-                Err(MetaError::VersionMismatch {
-                    key: key.to_owned(),
-                    expected: expect,
-                    actual,
-                })
-            }
-            NodeResponse::Write(Err(e)) => Err(e.into()),
-            other => Err(MetaError::Raft(format!(
-                "unexpected answer to a put: {other:?}"
-            ))),
-        }
+        self.put_leased(key, value, expect, 0).await
     }
 
     /// Proposes `cmd` on the leader and returns what applying it produced.
@@ -358,16 +334,7 @@ impl MetaClient {
             expect,
             lease,
         };
-        match self.write(cmd).await? {
-            CommandResult::Written(w) => Ok(w),
-            CommandResult::Mismatch { actual } => Err(MetaError::VersionMismatch {
-                key: key.to_owned(),
-                expected: expect,
-                actual,
-            }),
-            CommandResult::LeaseNotFound { id } => Err(MetaError::LeaseNotFound { id }),
-            other => Err(unexpected("put", &other)),
-        }
+        self.write(cmd).await?.into_put(key, expect)
     }
 
     /// As [`crate::MetaStore::delete`].
@@ -376,49 +343,27 @@ impl MetaClient {
             key: key.to_owned(),
             expect,
         };
-        match self.write(cmd).await? {
-            CommandResult::Deleted { .. } => Ok(true),
-            CommandResult::Absent => Ok(false),
-            CommandResult::Mismatch { actual } => Err(MetaError::VersionMismatch {
-                key: key.to_owned(),
-                expected: expect,
-                actual,
-            }),
-            other => Err(unexpected("delete", &other)),
-        }
+        self.write(cmd).await?.into_delete(key, expect)
     }
 
     /// As [`crate::MetaStore::txn`].
     pub async fn txn(&self, txn: Txn) -> Result<TxnResponse, MetaError> {
-        match self.write(Command::Txn(txn)).await? {
-            CommandResult::Txn(r) => Ok(r),
-            CommandResult::LeaseNotFound { id } => Err(MetaError::LeaseNotFound { id }),
-            other => Err(unexpected("txn", &other)),
-        }
+        self.write(Command::Txn(txn)).await?.into_txn()
     }
 
     /// As [`crate::MetaStore::lease_grant`] (the TTL range is checked by the cluster).
     pub async fn lease_grant(&self, ttl: Duration) -> Result<Lease, MetaError> {
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
-        match self.write(Command::LeaseGrant { ttl_ms }).await? {
-            CommandResult::LeaseGranted { id, ttl_ms } => Ok(Lease {
-                id,
-                ttl: Duration::from_millis(ttl_ms),
-            }),
-            other => Err(unexpected("lease grant", &other)),
-        }
+        self.write(Command::LeaseGrant { ttl_ms })
+            .await?
+            .into_lease_grant()
     }
 
     /// As [`crate::MetaStore::lease_revoke`].
     pub async fn lease_revoke(&self, id: LeaseId) -> Result<u64, MetaError> {
-        match self
-            .write(Command::LeaseRevoke { id, expired: false })
+        self.write(Command::LeaseRevoke { id, expired: false })
             .await?
-        {
-            CommandResult::LeaseRevoked { deleted_keys, .. } => Ok(deleted_keys),
-            CommandResult::LeaseNotFound { id } => Err(MetaError::LeaseNotFound { id }),
-            other => Err(unexpected("lease revoke", &other)),
-        }
+            .into_lease_revoke()
     }
 
     /// As [`crate::MetaStore::lease_keep_alive`].
@@ -469,13 +414,9 @@ impl MetaClient {
 
     /// As [`crate::MetaStore::compact`].
     pub async fn compact(&self, revision: u64) -> Result<u64, MetaError> {
-        match self.write(Command::Compact { revision }).await? {
-            CommandResult::Compacted { oldest } => Ok(oldest),
-            CommandResult::CompactBeyondRevision { requested, current } => {
-                Err(MetaError::FutureRevision { requested, current })
-            }
-            other => Err(unexpected("compact", &other)),
-        }
+        self.write(Command::Compact { revision })
+            .await?
+            .into_compact()
     }
 
     pub async fn get(&self, key: &str) -> Result<Option<KeyValue>, MetaError> {
@@ -511,10 +452,6 @@ impl MetaClient {
             ))),
         }
     }
-}
-
-fn unexpected(op: &str, result: &CommandResult) -> MetaError {
-    MetaError::Raft(format!("{op} produced an unexpected result: {result:?}"))
 }
 
 /// `Some(addr)` when `resp` says "not the leader" (whatever the request), with the leader's

@@ -22,6 +22,8 @@
 //! - [`store`]: [`MetaStore`], the public handle — open, get/put/delete/scan, watch, next_id.
 //! - [`watch`]: [`Watcher`], history replay then live changes, gap- and duplicate-free.
 //! - `lease`: the leader's lease clock (deadlines, grace, expiry), plain logic.
+//! - `outcome`: what each kind of write answers, read out of its `CommandResult` (shared by
+//!   `MetaStore` and `MetaClient`).
 //! - [`session`]: [`Session`], a lease kept alive in the background.
 //! - [`remote_watch`]: [`RemoteWatcher`], a watch from another process that resumes on
 //!   another node.
@@ -64,6 +66,7 @@ pub mod log_store;
 pub mod membership;
 pub mod network;
 pub mod node_server;
+mod outcome;
 pub mod remote_watch;
 pub mod rpc;
 pub mod session;

@@ -596,16 +596,7 @@ impl MetaStore {
             expect,
             lease,
         };
-        match self.propose(cmd).await? {
-            CommandResult::Written(w) => Ok(w),
-            CommandResult::LeaseNotFound { id } => Err(MetaError::LeaseNotFound { id }),
-            CommandResult::Mismatch { actual } => Err(MetaError::VersionMismatch {
-                key: key.to_string(),
-                expected: expect,
-                actual,
-            }),
-            other => Err(unexpected("put", &other)),
-        }
+        self.propose(cmd).await?.into_put(key, expect)
     }
 
     /// Deletes `key` if `expect` holds. `Ok(true)` if a key was deleted, `Ok(false)` if it was
@@ -615,26 +606,13 @@ impl MetaStore {
             key: key.to_string(),
             expect,
         };
-        match self.propose(cmd).await? {
-            CommandResult::Deleted { .. } => Ok(true),
-            CommandResult::Absent => Ok(false),
-            CommandResult::Mismatch { actual } => Err(MetaError::VersionMismatch {
-                key: key.to_string(),
-                expected: expect,
-                actual,
-            }),
-            other => Err(unexpected("delete", &other)),
-        }
+        self.propose(cmd).await?.into_delete(key, expect)
     }
 
     /// Runs a multi-key transaction atomically (see [`Txn`]): the comparisons and the chosen
     /// branch's operations are one raft entry.
     pub async fn txn(&self, txn: Txn) -> Result<TxnResponse, MetaError> {
-        match self.propose(Command::Txn(txn)).await? {
-            CommandResult::Txn(r) => Ok(r),
-            CommandResult::LeaseNotFound { id } => Err(MetaError::LeaseNotFound { id }),
-            other => Err(unexpected("txn", &other)),
-        }
+        self.propose(Command::Txn(txn)).await?.into_txn()
     }
 
     /// All keys starting with `prefix`, in key order (linearizable). For prefixes that may
@@ -710,25 +688,16 @@ impl MetaStore {
     /// keys put with it are deleted when it ends.
     pub async fn lease_grant(&self, ttl: Duration) -> Result<Lease, MetaError> {
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
-        match self.propose(Command::LeaseGrant { ttl_ms }).await? {
-            CommandResult::LeaseGranted { id, ttl_ms } => Ok(Lease {
-                id,
-                ttl: Duration::from_millis(ttl_ms),
-            }),
-            other => Err(unexpected("lease grant", &other)),
-        }
+        self.propose(Command::LeaseGrant { ttl_ms })
+            .await?
+            .into_lease_grant()
     }
 
     /// Ends a lease now and deletes its keys; returns how many keys were deleted.
     pub async fn lease_revoke(&self, id: LeaseId) -> Result<u64, MetaError> {
-        match self
-            .propose(Command::LeaseRevoke { id, expired: false })
+        self.propose(Command::LeaseRevoke { id, expired: false })
             .await?
-        {
-            CommandResult::LeaseRevoked { deleted_keys, .. } => Ok(deleted_keys),
-            CommandResult::LeaseNotFound { id } => Err(MetaError::LeaseNotFound { id }),
-            other => Err(unexpected("lease revoke", &other)),
-        }
+            .into_lease_revoke()
     }
 
     /// Restarts the lease's TTL on the leader; returns the TTL. Fails with
@@ -785,13 +754,9 @@ impl MetaStore {
     /// [`MetaError::Compacted`]. Returns the oldest revision kept. The leader also compacts
     /// on its own (`history_keep_revisions`).
     pub async fn compact(&self, revision: u64) -> Result<u64, MetaError> {
-        match self.propose(Command::Compact { revision }).await? {
-            CommandResult::Compacted { oldest } => Ok(oldest),
-            CommandResult::CompactBeyondRevision { requested, current } => {
-                Err(MetaError::FutureRevision { requested, current })
-            }
-            other => Err(unexpected("compact", &other)),
-        }
+        self.propose(Command::Compact { revision })
+            .await?
+            .into_compact()
     }
 
     /// Number of live leases (as applied on this node).
@@ -943,10 +908,6 @@ impl MetaStore {
         self.inner.raft_released.lock().await.released().await;
         Ok(())
     }
-}
-
-fn unexpected(op: &str, result: &CommandResult) -> MetaError {
-    MetaError::Raft(format!("{op} produced an unexpected result: {result:?}"))
 }
 
 /// The leader's periodic work, every `interval` while the store lives and is open.
