@@ -2,9 +2,8 @@
 //! metastore, and the ledger client brokers write through.
 //!
 //! A ledger is an append-only sequence of entries with dense ids from 0, written by one
-//! writer, then sealed (CLOSED) at its last entry, as in Apache BookKeeper. The ledger client
-//! still writes to one in-process bookie (ensemble = write quorum = ack quorum = 1); the
-//! network server and client and the quorum protocol logic it will drive are in place.
+//! writer to an ensemble of bookies (E, Qw, Qa), then sealed (CLOSED) at its last entry, as in
+//! Apache BookKeeper.
 //!
 //! # Layout
 //!
@@ -18,9 +17,9 @@
 //!   the wire protocol.
 //! - [`registration`]: [`Registration`], the bookie's lease-bound record under
 //!   `/bookies/available/<id>` in the metastore.
-//! - [`ledger`]: [`LedgerClient`], [`LedgerWriter`], [`LedgerReader`]; ledger metadata in the
-//!   metastore; recovery (fence, find the last entry, close). The ordering and
-//!   last-add-confirmed logic is the I/O-free [`ledger::PendingAddQueue`].
+//! - [`ledger`]: [`LedgerClient`], [`LedgerWriter`], [`LedgerReader`], replicated over a
+//!   [`ledger::BookieCluster`] (bookies over QUIC, or in process for the standalone);
+//!   ledger metadata in the metastore; recovery (fence, find the end, re-replicate, close).
 //! - [`ledger::quorum`]: the replication protocol without I/O: write sets and coverage, the
 //!   writer's ack quorum and ensemble changes, recovery, rack-aware placement, read failover.
 
@@ -31,7 +30,10 @@ pub mod server;
 pub mod storage;
 
 pub use error::BookieError;
-pub use ledger::{LedgerClient, LedgerConfig, LedgerError, LedgerReader, LedgerWriter};
+pub use ledger::{
+    BookieCluster, LedgerClient, LedgerClientOptions, LedgerClientStats, LedgerConfig, LedgerError,
+    LedgerReader, LedgerWriter, LocalBookies, NetworkBookies, Recovered,
+};
 pub use registration::{BookieRegistration, Registration, RegistrationConfig};
 pub use server::{
     BookieClient, BookieClientOptions, BookieRpcError, BookieServer, ServerConfig, ServerStats,

@@ -23,7 +23,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use strata_metastore::tables::{JsonRecord, Record, now_ms};
 use strata_metastore::{
-    Expect, KeyValue, LeaseApi, LeaseId, MetaClient, MetaError, MetaStore, Session, Written,
+    Expect, KeyValue, LeaseApi, LeaseId, Meta, MetaClient, MetaError, MetaStore, Session, Written,
 };
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -117,6 +117,24 @@ impl RegistryStore for MetaClient {
     }
     fn scan(&self, prefix: &str) -> impl Future<Output = Result<Vec<KeyValue>, MetaError>> + Send {
         MetaClient::scan(self, prefix)
+    }
+}
+
+impl RegistryStore for Meta {
+    fn put_leased(
+        &self,
+        key: &str,
+        value: Bytes,
+        expect: Expect,
+        lease: LeaseId,
+    ) -> impl Future<Output = Result<Written, MetaError>> + Send {
+        Meta::put_leased(self, key, value, expect, lease)
+    }
+    fn get(&self, key: &str) -> impl Future<Output = Result<Option<KeyValue>, MetaError>> + Send {
+        Meta::get(self, key)
+    }
+    fn scan(&self, prefix: &str) -> impl Future<Output = Result<Vec<KeyValue>, MetaError>> + Send {
+        Meta::scan(self, prefix)
     }
 }
 

@@ -25,7 +25,7 @@ async fn setup() -> Setup {
         .expect("metastore");
     let bookie =
         BookieStorage::open(&dir.path().join("bookie"), StorageOptions::default()).expect("bookie");
-    let client = LedgerClient::new(meta.clone(), bookie.clone(), "bookie-1".into());
+    let client = LedgerClient::local(meta.clone(), bookie.clone(), "bookie-1".into());
     Setup {
         _dir: dir,
         meta,

@@ -51,7 +51,7 @@ impl Standalone {
         let bookie = BookieStorage::open(&dir.join("bookie"), StorageOptions::default())
             .context("starting the bookie")?;
         let ledgers =
-            LedgerClient::new(meta.clone(), bookie.clone(), "standalone-bookie".to_owned());
+            LedgerClient::local(meta.clone(), bookie.clone(), "standalone-bookie".to_owned());
         let broker_config = BrokerConfig {
             managed_ledger: ManagedLedgerConfig {
                 max_entries_per_ledger: config.max_entries_per_ledger,

@@ -20,7 +20,6 @@ use tracing::{debug, info, instrument};
 use crate::MetaError;
 use crate::config::MetaStoreConfig;
 use crate::db::{self, Core, GuardWaiter};
-use crate::keys;
 use crate::lease::{KeepAlive, LeaseClock};
 use crate::log_store::LogStore;
 use crate::membership::Eviction;
@@ -853,33 +852,7 @@ impl MetaStore {
     /// compare-and-set retry. The first call returns 1; concurrent callers get distinct,
     /// gapless values.
     pub async fn next_id(&self, key: &str) -> Result<u64, MetaError> {
-        loop {
-            let (next, expect) = match self.get(key).await? {
-                None => (1, Expect::Absent),
-                Some(kv) => {
-                    let current = keys::decode_u64("counter", &kv.value).map_err(|_| {
-                        MetaError::InvalidKey {
-                            key: key.to_string(),
-                            reason: "not a counter: value is not an 8-byte big-endian u64",
-                        }
-                    })?;
-                    let next = current
-                        .checked_add(1)
-                        .ok_or_else(|| MetaError::InvalidKey {
-                            key: key.to_string(),
-                            reason: "counter is exhausted (u64::MAX)",
-                        })?;
-                    (next, Expect::Version(kv.version))
-                }
-            };
-            let value = Bytes::copy_from_slice(&next.to_be_bytes());
-            match self.put(key, value, expect).await {
-                Ok(_) => return Ok(next),
-                // Somebody else allocated in between: re-read and try again.
-                Err(MetaError::VersionMismatch { .. }) => continue,
-                Err(e) => return Err(e),
-            }
-        }
+        crate::Meta::Local(self.clone()).next_id(key).await
     }
 
     /// Revision of the last applied change (0 before the first).

@@ -3,15 +3,15 @@
 use strata_metastore::tables::TableError;
 use strata_proto::{EntryId, LedgerId};
 
-use crate::BookieError;
+use crate::BookieRpcError;
 
 /// An error from [`LedgerClient`](super::LedgerClient), [`LedgerWriter`](super::LedgerWriter)
 /// or [`LedgerReader`](super::LedgerReader).
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
-    /// A bookie failed the request.
+    /// A bookie failed the request (for a read: the last replica tried).
     #[error(transparent)]
-    Bookie(#[from] BookieError),
+    Bookie(#[from] BookieRpcError),
     /// Reading or writing the ledger's metadata failed (including a stored record this
     /// version cannot decode).
     #[error("ledger metadata: {0}")]
@@ -61,6 +61,27 @@ pub enum LedgerError {
     /// The stored metadata record is not one this version understands.
     #[error("ledger {ledger}: bad metadata record: {reason}")]
     BadMetadata { ledger: LedgerId, reason: String },
+    /// An entry is larger than the client accepts.
+    #[error("ledger {ledger}: entry of {len} bytes exceeds the {max}-byte limit")]
+    EntryTooLarge {
+        ledger: LedgerId,
+        len: usize,
+        max: usize,
+    },
+    /// An entry read from a bookie is not in the ledger's entry format.
+    #[error("ledger {ledger}: entry {entry} is malformed: {reason}")]
+    BadEntry {
+        ledger: LedgerId,
+        entry: EntryId,
+        reason: String,
+    },
+    /// The writer could not replace failed bookies and too few are left to reach the ack
+    /// quorum; it accepts no more adds.
+    #[error("ledger {ledger}: too few writable bookies to continue: {reason}")]
+    EnsembleChangeFailed { ledger: LedgerId, reason: String },
+    /// Recovery could not decide the ledger's end (too many bookies unreachable); retry it.
+    #[error("ledger {ledger}: recovery failed: {reason}")]
+    RecoveryFailed { ledger: LedgerId, reason: String },
     /// A background task of the client went away (runtime shutting down).
     #[error("ledger {0}: client task stopped")]
     Shutdown(LedgerId),
@@ -72,7 +93,7 @@ impl LedgerError {
         match self {
             LedgerError::Bookie(e) => e.is_retryable(),
             LedgerError::Metadata(e) => e.is_retryable(),
-            LedgerError::ConcurrentRecovery(_) => true,
+            LedgerError::ConcurrentRecovery(_) | LedgerError::RecoveryFailed { .. } => true,
             _ => false,
         }
     }

@@ -1,39 +1,45 @@
 //! The ledger client brokers write and read through: [`LedgerClient`], [`LedgerWriter`],
-//! [`LedgerReader`].
+//! [`LedgerReader`], replicated over the bookies of a [`BookieCluster`] by BookKeeper's rules
+//! (the [`quorum`] module states them and implements them without I/O; this module drives
+//! them with bookie calls and metastore compare-and-sets).
 //!
-//! Metadata lives in the metastore's ledgers table ([`metadata`] has its rules); entries on
-//! bookies. This first cut has a
-//! single in-process bookie, so only `E = Qw = Qa = 1` is possible; the API is the one the
-//! replicated (quorum) client will keep.
-//!
-//! Recovery (BookKeeper's): compare-and-set the metadata OPEN → IN_RECOVERY, fence the ledger
-//! on its bookies (from then on the old writer's adds fail with `Fenced`), read forward from
-//! the bookies' last-add-confirmed to find the last entry that exists, and compare-and-set the
-//! metadata to CLOSED at that entry.
+//! - Create: choose an ensemble of E bookies (rack-aware), store OPEN metadata (E, Qw, Qa,
+//!   one fragment) in the metastore's ledgers table ([`metadata`] has its rules).
+//! - Write ([`LedgerWriter`]): entries are striped over the ensemble and acknowledged in
+//!   order once Qa bookies stored them; a failed bookie is replaced in a new fragment by
+//!   compare-and-set, or, with no replacement available, left out while Qa remain.
+//! - Read ([`LedgerReader`]): each entry from its write set, failing over on errors (a corrupt
+//!   copy included) and reading another replica speculatively when one is slow; tailing
+//!   readers long-poll the last-add-confirmed.
+//! - Recover ([`LedgerClient::recover`]): fence, find the end, re-replicate, close by
+//!   compare-and-set; of two racing recoveries exactly one closes the ledger.
 
+pub mod cluster;
+pub mod entry;
 pub mod error;
 pub mod metadata;
-pub mod pending;
 pub mod quorum;
+mod read;
 mod reader;
+mod recovery;
 mod writer;
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use strata_metastore::tables::{Counters, Ledgers, Table, TableError};
-use strata_metastore::{Expect, MetaStore};
+use strata_metastore::Meta;
+use strata_metastore::tables::{Counters, Ledgers, Table};
+use strata_proto::LedgerId;
 use strata_proto::pb::bookie::{LedgerMetadata, LedgerState};
-use strata_proto::{EntryId, LedgerId};
 
-use crate::{BookieError, BookieStorage};
+use crate::BookieStorage;
+pub use cluster::{BookieCluster, LocalBookies, NetworkBookies};
 pub use error::LedgerError;
-pub use pending::{AddRefused, PendingAddQueue, Settled};
+use quorum::{PlacementError, WriteSchedule, choose_ensemble};
 pub use reader::LedgerReader;
+pub use recovery::Recovered;
 pub use writer::LedgerWriter;
-
-/// How many times a recovery re-reads metadata that changed under it before giving up.
-const RECOVERY_ATTEMPTS: usize = 8;
 
 /// Replication settings of a ledger: ensemble size E, write quorum Qw, ack quorum Qa.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,19 +62,27 @@ impl LedgerConfig {
         }
     }
 
-    /// Checks `E >= Qw >= Qa >= 1`.
-    pub fn validate(&self) -> Result<(), LedgerError> {
-        let LedgerConfig {
-            ensemble_size: e,
-            write_quorum: qw,
-            ack_quorum: qa,
-        } = *self;
-        if qa == 0 || qw < qa || e < qw {
-            return Err(LedgerError::InvalidConfig(format!(
-                "need ensemble_size >= write_quorum >= ack_quorum >= 1, got E={e} Qw={qw} Qa={qa}"
-            )));
+    /// `E = 3, Qw = 3, Qa = 2`: what a cluster of three or more bookies uses by default.
+    pub const fn replicated() -> Self {
+        LedgerConfig {
+            ensemble_size: 3,
+            write_quorum: 3,
+            ack_quorum: 2,
         }
-        Ok(())
+    }
+
+    /// Checks `E >= Qw >= Qa >= 1` and the ensemble size limit.
+    pub fn validate(&self) -> Result<(), LedgerError> {
+        self.schedule().map(|_| ())
+    }
+
+    pub(crate) fn schedule(&self) -> Result<WriteSchedule, LedgerError> {
+        WriteSchedule::new(
+            self.ensemble_size as usize,
+            self.write_quorum as usize,
+            self.ack_quorum as usize,
+        )
+        .map_err(|e| LedgerError::InvalidConfig(e.to_string()))
     }
 }
 
@@ -76,6 +90,63 @@ impl Default for LedgerConfig {
     fn default() -> Self {
         Self::single()
     }
+}
+
+/// Settings of a [`LedgerClient`].
+#[derive(Debug, Clone)]
+pub struct LedgerClientOptions {
+    /// Read the next replica too when one has not answered within this; `None`: never.
+    pub speculative_read_delay: Option<Duration>,
+    /// How long a writer that found no replacement for a failed bookie waits before looking
+    /// again.
+    pub ensemble_retry_delay: Duration,
+    /// Largest payload [`LedgerWriter::add`] accepts.
+    pub max_entry_bytes: usize,
+    /// Entries a range read fetches at once.
+    pub read_concurrency: usize,
+}
+
+impl Default for LedgerClientOptions {
+    fn default() -> Self {
+        LedgerClientOptions {
+            speculative_read_delay: Some(Duration::from_millis(200)),
+            ensemble_retry_delay: Duration::from_secs(1),
+            // Under the bookie's 8 MiB frame, with room for the request around it.
+            max_entry_bytes: 5 * 1024 * 1024,
+            read_concurrency: 64,
+        }
+    }
+}
+
+/// What a ledger client has done, for metrics and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LedgerClientStats {
+    /// Fragments added because a bookie failed.
+    pub ensemble_changes: u64,
+    /// Changes put off because no replacement bookie was available.
+    pub postponed_changes: u64,
+    /// Reads served by another replica after one failed.
+    pub read_failovers: u64,
+    /// Copies that failed their checksum on a bookie (the read went to another replica).
+    pub corrupt_replicas: u64,
+    /// Extra reads sent because a replica was slow.
+    pub speculative_reads: u64,
+    /// Recoveries that closed a ledger.
+    pub recoveries: u64,
+}
+
+#[derive(Default)]
+struct StatCounters {
+    ensemble_changes: AtomicU64,
+    postponed_changes: AtomicU64,
+    read_failovers: AtomicU64,
+    corrupt_replicas: AtomicU64,
+    speculative_reads: AtomicU64,
+    recoveries: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
 }
 
 /// Creates, opens, recovers and deletes ledgers. Cheap to clone.
@@ -87,56 +158,112 @@ pub struct LedgerClient {
 struct ClientInner {
     ledgers: Table<Ledgers>,
     counters: Counters,
-    bookie: BookieStorage,
-    bookie_id: String,
+    cluster: Arc<dyn BookieCluster>,
+    options: LedgerClientOptions,
+    stats: StatCounters,
 }
 
 impl std::fmt::Debug for LedgerClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LedgerClient")
-            .field("bookie_id", &self.inner.bookie_id)
-            .finish()
+        f.debug_struct("LedgerClient").finish_non_exhaustive()
     }
 }
 
 impl LedgerClient {
-    /// A client writing to the one bookie `bookie` (named `bookie_id` in ledger metadata).
-    pub fn new(meta: MetaStore, bookie: BookieStorage, bookie_id: String) -> Self {
+    /// A client of `cluster`'s bookies, with metadata in `meta`.
+    pub fn new(
+        meta: impl Into<Meta>,
+        cluster: Arc<dyn BookieCluster>,
+        options: LedgerClientOptions,
+    ) -> Self {
+        let meta: Meta = meta.into();
         LedgerClient {
             inner: Arc::new(ClientInner {
                 ledgers: Table::new(meta.clone()),
                 counters: Counters::new(meta),
-                bookie,
-                bookie_id,
+                cluster,
+                options,
+                stats: StatCounters::default(),
             }),
         }
     }
 
-    /// The ledgers table (metadata records).
+    /// A client of one bookie in this process (the standalone), named `bookie_id` in
+    /// ledger metadata.
+    pub fn local(meta: impl Into<Meta>, bookie: BookieStorage, bookie_id: String) -> Self {
+        let cluster = Arc::new(LocalBookies::single(bookie_id, bookie));
+        Self::new(meta, cluster, LedgerClientOptions::default())
+    }
+
+    pub fn options(&self) -> &LedgerClientOptions {
+        &self.inner.options
+    }
+
+    pub fn stats(&self) -> LedgerClientStats {
+        let s = &self.inner.stats;
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        LedgerClientStats {
+            ensemble_changes: get(&s.ensemble_changes),
+            postponed_changes: get(&s.postponed_changes),
+            read_failovers: get(&s.read_failovers),
+            corrupt_replicas: get(&s.corrupt_replicas),
+            speculative_reads: get(&s.speculative_reads),
+            recoveries: get(&s.recoveries),
+        }
+    }
+
     pub(crate) fn ledgers(&self) -> &Table<Ledgers> {
         &self.inner.ledgers
     }
 
-    pub(crate) fn bookie(&self) -> &BookieStorage {
-        &self.inner.bookie
+    pub(crate) fn cluster(&self) -> &Arc<dyn BookieCluster> {
+        &self.inner.cluster
     }
 
-    /// Creates an OPEN ledger and returns its writer.
+    /// The replication a new ledger gets by default: `E3/Qw3/Qa2` when at least three
+    /// writable bookies are registered, else one copy per writable bookie up to that.
+    pub async fn default_config(&self) -> Result<LedgerConfig, LedgerError> {
+        let writable = self
+            .cluster()
+            .bookies()
+            .await?
+            .iter()
+            .filter(|b| b.writable)
+            .count() as u32;
+        Ok(match writable {
+            0 | 1 => LedgerConfig::single(),
+            2 => LedgerConfig {
+                ensemble_size: 2,
+                write_quorum: 2,
+                ack_quorum: 2,
+            },
+            _ => LedgerConfig::replicated(),
+        })
+    }
+
+    /// Creates an OPEN ledger on an ensemble of `config.ensemble_size` writable bookies
+    /// (spread over racks) and returns its writer.
     #[tracing::instrument(skip_all, fields(ensemble = config.ensemble_size))]
     pub async fn create_ledger(&self, config: LedgerConfig) -> Result<LedgerWriter, LedgerError> {
-        config.validate()?;
-        let available = 1;
-        if config.ensemble_size > available {
-            return Err(LedgerError::NotEnoughBookies {
-                needed: config.ensemble_size,
-                available,
-            });
-        }
+        let schedule = config.schedule()?;
+        let bookies = self.cluster().bookies().await?;
+        let seed = now_nanos();
+        let ensemble = choose_ensemble(&bookies, schedule.ensemble_size(), &[], seed).map_err(
+            |e| match e {
+                PlacementError::NotEnoughBookies { needed, available } => {
+                    LedgerError::NotEnoughBookies {
+                        needed: needed as u32,
+                        available: available as u32,
+                    }
+                }
+                other => LedgerError::InvalidConfig(other.to_string()),
+            },
+        )?;
         let id = self.inner.counters.next_ledger_id().await?;
-        let md = metadata::new_metadata(id, config, vec![self.inner.bookie_id.clone()], now_ms());
+        let md = metadata::new_metadata(id, config, ensemble, now_ms());
         let written = self.ledgers().create(&id, &md).await?;
-        tracing::debug!(ledger = %id, "created ledger");
-        Ok(LedgerWriter::new(self.clone(), id, md, written.version))
+        tracing::debug!(ledger = %id, ensemble = ?md.fragments[0].bookies, "created ledger");
+        LedgerWriter::new(self.clone(), id, md, written.version)
     }
 
     /// Reads a ledger's metadata and its metastore version.
@@ -151,144 +278,66 @@ impl LedgerClient {
     }
 
     /// Opens a ledger for reading without fencing it (a tailing reader): reads are bounded by
-    /// the ledger's last entry if it is CLOSED, else by the bookie's last-add-confirmed.
+    /// the ledger's last entry if it is CLOSED, else by the bookies' last-add-confirmed.
     #[tracing::instrument(skip_all, fields(ledger = %id))]
     pub async fn open_ledger(&self, id: LedgerId) -> Result<LedgerReader, LedgerError> {
         let (md, _) = self.metadata(id).await?;
-        if metadata::state(id, &md)? == LedgerState::Closed {
-            return Ok(LedgerReader::new(
-                self.clone(),
-                id,
-                true,
-                metadata::last_entry(&md),
-            ));
+        let reader = LedgerReader::new(self.clone(), id, md)?;
+        if !reader.is_closed() {
+            reader.refresh_last_add_confirmed().await?;
         }
-        let lac = self.bookie_lac(id)?;
-        Ok(LedgerReader::new(self.clone(), id, false, lac))
+        Ok(reader)
     }
 
-    /// Recovers a ledger (BookKeeper's recovery open) and returns a reader of the CLOSED
-    /// ledger: CAS the metadata OPEN → IN_RECOVERY, fence the bookie, find the last entry,
-    /// CAS the metadata to CLOSED at it. Afterwards the old writer's adds fail with `Fenced`.
-    /// Idempotent: an already CLOSED ledger is just opened; a ledger left IN_RECOVERY by a
-    /// recovery that died is recovered again.
+    /// Recovers the ledger if it is not CLOSED (see [`LedgerClient::recover`]) and returns a
+    /// reader of the CLOSED ledger. Afterwards the old writer's adds fail with `Fenced`.
     #[tracing::instrument(skip_all, fields(ledger = %id))]
     pub async fn open_ledger_with_recovery(
         &self,
         id: LedgerId,
     ) -> Result<LedgerReader, LedgerError> {
-        for _ in 0..RECOVERY_ATTEMPTS {
-            let (md, mut version) = self.metadata(id).await?;
-            match metadata::state(id, &md)? {
-                LedgerState::Closed => {
-                    return Ok(LedgerReader::new(
-                        self.clone(),
-                        id,
-                        true,
-                        metadata::last_entry(&md),
-                    ));
-                }
-                LedgerState::Open => {
-                    let mut in_recovery = md.clone();
-                    in_recovery.state = LedgerState::InRecovery as i32;
-                    match self.ledgers().update(&id, &in_recovery, version).await {
-                        Ok(written) => version = written.version,
-                        Err(TableError::VersionMismatch { .. }) => continue,
-                        Err(e) => return Err(e.into()),
-                    }
-                }
-                // Another recovery is running or died: recovering again is safe, the final
-                // CAS decides.
-                LedgerState::InRecovery => {}
-            }
-
-            let (last, length) = self.recover_last_entry(id).await?;
-            let closed = metadata::closed(md, last, length);
-            match self.ledgers().update(&id, &closed, version).await {
-                Ok(_) => {
-                    tracing::info!(ledger = %id, last_entry = ?last, length, "recovered ledger");
-                    return Ok(LedgerReader::new(self.clone(), id, true, last));
-                }
-                Err(TableError::VersionMismatch { .. }) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(LedgerError::ConcurrentRecovery(id))
+        self.recover(id).await?;
+        let (md, _) = self.metadata(id).await?;
+        LedgerReader::new(self.clone(), id, md)
     }
 
-    /// Fences the ledger on its bookie and finds its last entry: read forward from the
-    /// bookie's last-add-confirmed until an entry is missing. Returns it and the ledger's
-    /// length in bytes up to it.
-    async fn recover_last_entry(
-        &self,
-        id: LedgerId,
-    ) -> Result<(Option<EntryId>, u64), LedgerError> {
-        let bookie = self.bookie().clone();
-        let fenced_last = bookie.fence(id).await?;
-        tokio::task::spawn_blocking(move || {
-            let mut last = bookie.last_add_confirmed(id)?;
-            // Entries past the LAC were durable on the bookie but maybe never acknowledged to
-            // the writer; BookKeeper keeps every one up to the first hole. (The replicated
-            // client will re-write them to the write quorum with `recovery` set.)
-            loop {
-                let next = EntryId(last.map_or(0, |l| l.0 + 1));
-                if fenced_last.is_none_or(|f| next > f) {
-                    break;
-                }
-                match bookie.read_entry(id, next) {
-                    Ok(_) => last = Some(next),
-                    Err(BookieError::NoSuchEntry { .. }) => break,
-                    Err(e) => return Err(LedgerError::from(e)),
-                }
-            }
-            let length = match last {
-                Some(last) => bookie.payload_bytes(id, last)?,
-                None => 0,
-            };
-            Ok((last, length))
-        })
-        .await
-        .map_err(|_| LedgerError::Shutdown(id))?
-    }
-
-    /// Deletes a ledger: its data on the bookie, then its metadata.
+    /// Deletes a ledger: its data on every bookie that holds a fragment of it, then its
+    /// metadata. A bookie that cannot be reached keeps its copy until its garbage collector
+    /// finds the ledger's metadata gone.
     #[tracing::instrument(skip_all, fields(ledger = %id))]
     pub async fn delete_ledger(&self, id: LedgerId) -> Result<(), LedgerError> {
-        self.metadata(id).await?;
-        self.bookie().delete_ledger(id).await?;
-        self.ledgers().delete(&id, Expect::Any).await?;
+        let (md, _) = self.metadata(id).await?;
+        let mut bookies: Vec<&String> = md.fragments.iter().flat_map(|f| &f.bookies).collect();
+        bookies.sort();
+        bookies.dedup();
+        for bookie in bookies {
+            if let Err(e) = self.cluster().delete(bookie, id).await {
+                tracing::warn!(ledger = %id, bookie, error = %e, "could not delete ledger data on a bookie");
+            }
+        }
+        self.ledgers()
+            .delete(&id, strata_metastore::Expect::Any)
+            .await?;
         tracing::debug!(ledger = %id, "deleted ledger");
         Ok(())
     }
+}
 
-    /// The bookie's last-add-confirmed; `None` when the bookie has no data for the ledger yet.
-    pub(crate) fn bookie_lac(&self, id: LedgerId) -> Result<Option<EntryId>, LedgerError> {
-        match self.bookie().last_add_confirmed(id) {
-            Ok(lac) => Ok(lac),
-            Err(BookieError::NoSuchLedger(_)) => Ok(None),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// Reads `first..=last` from the bookie off the async runtime.
-    pub(crate) async fn read_entries(
-        &self,
-        id: LedgerId,
-        first: EntryId,
-        last: EntryId,
-    ) -> Result<Vec<(EntryId, bytes::Bytes)>, LedgerError> {
-        let bookie = self.bookie().clone();
-        tokio::task::spawn_blocking(move || bookie.read_range(id, first, last))
-            .await
-            .map_err(|_| LedgerError::Shutdown(id))?
-            .map_err(LedgerError::from)
-    }
+/// The ledger's state, for code that only has the metadata.
+pub(crate) fn is_closed(id: LedgerId, md: &LedgerMetadata) -> Result<bool, LedgerError> {
+    Ok(metadata::state(id, md)? == LedgerState::Closed)
 }
 
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn now_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 #[cfg(test)]

@@ -1,31 +1,34 @@
 //! [`LedgerReader`]: reads a ledger, closed or still being written (tailing).
 
 use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
 
 use bytes::Bytes;
-use strata_proto::pb::bookie::LedgerState;
+use strata_proto::pb::bookie::LedgerMetadata;
 use strata_proto::{EntryId, LedgerId};
+use tokio::sync::mpsc;
 
-use super::{LedgerClient, LedgerError, metadata};
+use super::{LedgerClient, LedgerError, is_closed, metadata};
 
 /// Reads one ledger. Reads are bounded by the last readable entry: the last entry of a CLOSED
-/// ledger, else the bookie's last-add-confirmed (which trails the writer's by the entries
-/// whose confirmation no later add has carried yet).
+/// ledger, else the highest last-add-confirmed the bookies report (which trails the writer's
+/// by the entries whose confirmation no later add has carried yet).
 pub struct LedgerReader {
     client: LedgerClient,
     id: LedgerId,
     state: Mutex<ReaderState>,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct ReaderState {
+    metadata: LedgerMetadata,
     closed: bool,
     last: Option<EntryId>,
 }
 
 impl std::fmt::Debug for LedgerReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let state = *self.lock();
+        let state = self.lock();
         f.debug_struct("LedgerReader")
             .field("id", &self.id)
             .field("closed", &state.closed)
@@ -38,14 +41,23 @@ impl LedgerReader {
     pub(crate) fn new(
         client: LedgerClient,
         id: LedgerId,
-        closed: bool,
-        last: Option<EntryId>,
-    ) -> Self {
-        LedgerReader {
+        metadata: LedgerMetadata,
+    ) -> Result<Self, LedgerError> {
+        let closed = is_closed(id, &metadata)?;
+        let last = if closed {
+            metadata::last_entry(&metadata)
+        } else {
+            None
+        };
+        Ok(LedgerReader {
             client,
             id,
-            state: Mutex::new(ReaderState { closed, last }),
-        }
+            state: Mutex::new(ReaderState {
+                metadata,
+                closed,
+                last,
+            }),
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, ReaderState> {
@@ -69,24 +81,109 @@ impl LedgerReader {
         self.lock().last
     }
 
+    /// The ledger's length in payload bytes, once CLOSED.
+    pub fn length_bytes(&self) -> Option<u64> {
+        let state = self.lock();
+        state.closed.then_some(state.metadata.length_bytes)
+    }
+
     /// Learns the last readable entry again: from the metadata if the ledger has closed since,
-    /// else from the bookie's last-add-confirmed.
+    /// else the highest last-add-confirmed the last ensemble's bookies report.
     pub async fn refresh_last_add_confirmed(&self) -> Result<Option<EntryId>, LedgerError> {
-        if let ReaderState { closed: true, last } = *self.lock() {
-            return Ok(last);
+        if self.is_closed() {
+            return Ok(self.last_entry());
         }
         let (md, _) = self.client.metadata(self.id).await?;
+        if is_closed(self.id, &md)? {
+            return Ok(self.adopt(md, None));
+        }
+        let lac = self.bookies_lac(&md, None, Duration::ZERO).await?;
+        Ok(self.adopt(md, lac))
+    }
+
+    /// Waits up to `wait` for the last-add-confirmed to pass `above` (a tailing reader's long
+    /// poll at the bookies), or for the ledger to close; returns the last readable entry then.
+    pub async fn wait_for_entries_after(
+        &self,
+        above: Option<EntryId>,
+        wait: Duration,
+    ) -> Result<Option<EntryId>, LedgerError> {
+        let known = self.last_entry();
+        if self.is_closed() || known > above {
+            return Ok(known);
+        }
+        let (md, _) = self.client.metadata(self.id).await?;
+        if is_closed(self.id, &md)? {
+            return Ok(self.adopt(md, None));
+        }
+        let lac = self.bookies_lac(&md, above, wait).await?;
+        Ok(self.adopt(md, lac))
+    }
+
+    /// Takes newer metadata (and, if still open, a LAC learnt from bookies).
+    fn adopt(&self, md: LedgerMetadata, lac: Option<EntryId>) -> Option<EntryId> {
         let mut state = self.lock();
-        if metadata::state(self.id, &md)? == LedgerState::Closed {
-            *state = ReaderState {
-                closed: true,
-                last: metadata::last_entry(&md),
-            };
+        if is_closed(self.id, &md).unwrap_or(false) {
+            state.closed = true;
+            state.last = metadata::last_entry(&md);
         } else {
-            let lac = self.client.bookie_lac(self.id)?;
             state.last = state.last.max(lac);
         }
-        Ok(state.last)
+        state.metadata = md;
+        state.last
+    }
+
+    /// The highest LAC the last ensemble reports: every answer when `wait` is zero, else the
+    /// first answer above `above` (a long poll), or the highest when all came back without.
+    async fn bookies_lac(
+        &self,
+        md: &LedgerMetadata,
+        above: Option<EntryId>,
+        wait: Duration,
+    ) -> Result<Option<EntryId>, LedgerError> {
+        let bookies = metadata::last_fragment(md)
+            .map(|f| f.bookies.clone())
+            .unwrap_or_default();
+        let (answers, mut answered) = mpsc::unbounded_channel();
+        for bookie in &bookies {
+            let (client, bookie, answers, id) = (
+                self.client.clone(),
+                bookie.clone(),
+                answers.clone(),
+                self.id,
+            );
+            tokio::spawn(async move {
+                let cluster = client.cluster();
+                let result = if wait.is_zero() {
+                    cluster.read_lac(&bookie, id, false).await
+                } else {
+                    cluster.read_lac_long_poll(&bookie, id, above, wait).await
+                };
+                let _ = answers.send(result);
+            });
+        }
+        drop(answers);
+        let mut best = None;
+        let mut last_error = None;
+        let mut answers = 0;
+        while let Some(result) = answered.recv().await {
+            match result {
+                Ok(info) => {
+                    answers += 1;
+                    best = best.max(info.last_add_confirmed);
+                    if !wait.is_zero() && best > above {
+                        break;
+                    }
+                }
+                // A bookie the ledger has not reached yet knows no LAC: not an error.
+                Err(crate::BookieRpcError::NoSuchLedger { .. }) => answers += 1,
+                Err(e) => last_error = Some(e),
+            }
+        }
+        match (answers, last_error) {
+            (0, Some(e)) => Err(e.into()),
+            _ => Ok(best),
+        }
     }
 
     /// Reads entries `first..=last`. If `last` is beyond the last readable entry, refreshes it
@@ -114,6 +211,37 @@ impl LedgerReader {
                 });
             }
         }
-        self.client.read_entries(self.id, first, last).await
+        let md = self.lock().metadata.clone();
+        self.client.read_range(self.id, &md, first, last).await
+    }
+}
+
+impl LedgerClient {
+    /// Reads `first..=last` under `md`, up to `read_concurrency` entries at once, in order.
+    pub(crate) async fn read_range(
+        &self,
+        id: LedgerId,
+        md: &LedgerMetadata,
+        first: EntryId,
+        last: EntryId,
+    ) -> Result<Vec<(EntryId, Bytes)>, LedgerError> {
+        let mut out = Vec::with_capacity((last.0 - first.0 + 1).min(4096) as usize);
+        let chunk = self.options().read_concurrency.max(1) as u64;
+        let mut next = first.0;
+        while next <= last.0 {
+            let end = last.0.min(next.saturating_add(chunk - 1));
+            let reads: Vec<_> = (next..=end)
+                .map(|e| {
+                    let (client, md) = (self.clone(), md.clone());
+                    tokio::spawn(async move { client.read_entry(id, &md, EntryId(e)).await })
+                })
+                .collect();
+            for (e, read) in (next..=end).zip(reads) {
+                let stored = read.await.map_err(|_| LedgerError::Shutdown(id))??;
+                out.push((EntryId(e), stored.payload));
+            }
+            next = end + 1;
+        }
+        Ok(out)
     }
 }

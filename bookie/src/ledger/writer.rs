@@ -1,5 +1,7 @@
-//! [`LedgerWriter`]: the single writer of an OPEN ledger.
+//! [`LedgerWriter`]: the single writer of an OPEN ledger, driving an [`AddQuorum`] with
+//! bookie calls and metadata compare-and-sets.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -9,15 +11,19 @@ use strata_proto::pb::bookie::{LedgerMetadata, LedgerState};
 use strata_proto::{EntryId, LedgerId};
 use tokio::sync::{Notify, oneshot};
 
-use super::pending::{AddRefused, PendingAddQueue, Settled};
-use super::{LedgerClient, LedgerError, metadata};
-use crate::BookieError;
+use super::quorum::{
+    Acknowledged, AddQuorum, ChangeEnsemble, FailureAction, Stop, choose_replacement,
+};
+use super::{LedgerClient, LedgerError, bump, entry, metadata, now_nanos};
+use crate::BookieRpcError;
 
 /// Writes entries to one ledger. `Send + Sync`: share it behind an `Arc`.
 ///
 /// Entry ids are assigned in call order by [`add`](Self::add); the returned futures resolve
-/// in id order. A failed add makes the writer refuse every later add (with
-/// [`LedgerError::Fenced`] if a recovery fenced it, else [`LedgerError::WriterFailed`]).
+/// in id order, each once Qa bookies of its write set stored it. When a bookie fails, it is
+/// replaced in a new fragment and the outstanding entries are resent to the replacement; the
+/// caller sees nothing of it. The writer fails for good only when a recovery fenced it
+/// ([`LedgerError::Fenced`]) or fewer than Qa bookies are left to write to.
 pub struct LedgerWriter {
     shared: Arc<Shared>,
 }
@@ -27,28 +33,36 @@ struct Shared {
     id: LedgerId,
     runtime: tokio::runtime::Handle,
     state: Mutex<State>,
-    /// Notified when the last pending add settles.
+    /// Notified whenever the last outstanding add settles or a change ends.
     idle: Notify,
 }
 
 struct State {
-    queue: PendingAddQueue<Waiter>,
-    /// Bytes of every add assigned an id.
+    quorum: AddQuorum<String>,
+    /// Entries sent and not yet acknowledged, from the quorum's LAC + 1 on.
+    outstanding: VecDeque<Outstanding>,
+    /// Payload bytes of every add assigned an id.
     length_bytes: u64,
-    /// Bytes of the completed adds (the ledger's length when closed).
+    /// Payload bytes of the acknowledged adds (the ledger's length when closed).
     confirmed_bytes: u64,
     /// The metadata as this writer last wrote it, and its metastore version.
     metadata: LedgerMetadata,
     metadata_version: u64,
-    /// Set once a recovery fenced this writer.
-    fenced: bool,
+    /// An ensemble change task is running.
+    changing: bool,
+    /// Bookies that failed on this writer: never chosen as replacements again.
+    failed_bookies: Vec<String>,
+    /// Why the writer stopped, once it did.
+    stopped: Option<LedgerError>,
+    closing: bool,
     /// Set once `close` wrote CLOSED metadata: the last entry it closed at.
     closed_at: Option<Option<EntryId>>,
 }
 
-struct Waiter {
-    reply: oneshot::Sender<Result<EntryId, LedgerError>>,
+struct Outstanding {
+    stored: Bytes,
     len: u64,
+    reply: Option<oneshot::Sender<Result<EntryId, LedgerError>>>,
 }
 
 impl std::fmt::Debug for LedgerWriter {
@@ -59,6 +73,19 @@ impl std::fmt::Debug for LedgerWriter {
     }
 }
 
+/// Replies to send once the state lock is released.
+type Replies = Vec<(
+    oneshot::Sender<Result<EntryId, LedgerError>>,
+    Result<EntryId, LedgerError>,
+)>;
+
+fn send_replies(replies: Replies) {
+    for (reply, result) in replies {
+        // A caller that dropped its future no longer cares.
+        let _ = reply.send(result);
+    }
+}
+
 impl LedgerWriter {
     /// Must be called within a tokio runtime (adds are driven by tasks spawned on it).
     pub(crate) fn new(
@@ -66,17 +93,30 @@ impl LedgerWriter {
         id: LedgerId,
         metadata: LedgerMetadata,
         version: u64,
-    ) -> Self {
+    ) -> Result<Self, LedgerError> {
+        let schedule = metadata::schedule(&metadata)?;
+        let ensemble = metadata::last_fragment(&metadata)
+            .map(|f| f.bookies.clone())
+            .unwrap_or_default();
+        let quorum =
+            AddQuorum::new(schedule, ensemble, None).map_err(|e| LedgerError::BadMetadata {
+                ledger: id,
+                reason: e.to_string(),
+            })?;
         let state = State {
-            queue: PendingAddQueue::new(),
+            quorum,
+            outstanding: VecDeque::new(),
             length_bytes: 0,
             confirmed_bytes: 0,
             metadata,
             metadata_version: version,
-            fenced: false,
+            changing: false,
+            failed_bookies: Vec::new(),
+            stopped: None,
+            closing: false,
             closed_at: None,
         };
-        LedgerWriter {
+        Ok(LedgerWriter {
             shared: Arc::new(Shared {
                 client,
                 id,
@@ -84,7 +124,7 @@ impl LedgerWriter {
                 state: Mutex::new(state),
                 idle: Notify::new(),
             }),
-        }
+        })
     }
 
     /// The ledger's id.
@@ -102,28 +142,7 @@ impl LedgerWriter {
         let shared = self.shared.clone();
         let id = shared.id;
         let (reply, answer) = oneshot::channel();
-        let len = payload.len() as u64;
-        let started = {
-            let mut state = shared.lock();
-            match state.queue.push(Waiter { reply, len }) {
-                Ok(entry) => {
-                    state.length_bytes += len;
-                    Ok((entry, state.queue.last_add_confirmed()))
-                }
-                Err(refused) => Err(refused_error(id, refused, state.fenced)),
-            }
-        };
-        if let Ok((entry, lac)) = started {
-            let task = shared.clone();
-            shared.runtime.spawn(async move {
-                let result = task
-                    .client
-                    .bookie()
-                    .add_entry(task.id, entry, lac, payload, false)
-                    .await;
-                task.settle(entry, result);
-            });
-        }
+        let started = shared.start_add(payload, reply);
         async move {
             started?;
             answer.await.map_err(|_| LedgerError::Shutdown(id))?
@@ -132,17 +151,27 @@ impl LedgerWriter {
 
     /// Highest entry id such that it and every earlier entry completed.
     pub fn last_add_confirmed(&self) -> Option<EntryId> {
-        self.shared.lock().queue.last_add_confirmed()
+        self.shared.lock().quorum.last_add_confirmed()
     }
 
     /// Entry ids assigned so far (including adds still in flight or failed).
     pub fn entries_added(&self) -> u64 {
-        self.shared.lock().queue.entries_assigned()
+        self.shared
+            .lock()
+            .quorum
+            .next_entry()
+            .map_or(u64::MAX, |e| e.0)
     }
 
     /// Payload bytes of every add assigned an id so far.
     pub fn length_bytes(&self) -> u64 {
         self.shared.lock().length_bytes
+    }
+
+    /// The ledger's metadata as this writer last wrote it (its fragments show ensemble
+    /// changes).
+    pub fn metadata(&self) -> LedgerMetadata {
+        self.shared.lock().metadata.clone()
     }
 
     /// Reads `first..=last` of this ledger; `last` must not exceed this writer's
@@ -160,7 +189,10 @@ impl LedgerWriter {
                 last,
             });
         }
-        let lac = self.last_add_confirmed();
+        let (lac, md) = {
+            let state = self.shared.lock();
+            (state.quorum.last_add_confirmed(), state.metadata.clone())
+        };
         if lac.is_none_or(|lac| last > lac) {
             return Err(LedgerError::ReadBeyondLastAddConfirmed {
                 ledger: id,
@@ -168,12 +200,13 @@ impl LedgerWriter {
                 last_add_confirmed: lac,
             });
         }
-        self.shared.client.read_entries(id, first, last).await
+        self.shared.client.read_range(id, &md, first, last).await
     }
 
-    /// Refuses new adds, waits for the in-flight ones, then compare-and-sets the metadata to
-    /// CLOSED at the last-add-confirmed with the confirmed length. Returns the last entry.
-    /// Idempotent. Fails with [`LedgerError::Fenced`] if a recovery took the ledger over.
+    /// Refuses new adds, waits for the in-flight ones (and any ensemble change), then
+    /// compare-and-sets the metadata to CLOSED at the last-add-confirmed with the confirmed
+    /// length. Returns the last entry. Idempotent. Fails with [`LedgerError::Fenced`] if a
+    /// recovery took the ledger over.
     #[tracing::instrument(skip_all, fields(ledger = %self.shared.id))]
     pub async fn close(&self) -> Result<Option<EntryId>, LedgerError> {
         let shared = &self.shared;
@@ -182,11 +215,14 @@ impl LedgerWriter {
             let idle = shared.idle.notified();
             {
                 let mut state = shared.lock();
-                state.queue.close();
+                state.closing = true;
                 if let Some(closed_at) = state.closed_at {
                     return Ok(closed_at);
                 }
-                if state.queue.pending() == 0 {
+                if let Some(LedgerError::Fenced(_)) = state.stopped {
+                    return Err(LedgerError::Fenced(id));
+                }
+                if state.outstanding.is_empty() && !state.changing {
                     break;
                 }
             }
@@ -195,7 +231,7 @@ impl LedgerWriter {
         loop {
             let (last, target, version) = {
                 let state = shared.lock();
-                let last = state.queue.last_add_confirmed();
+                let last = state.quorum.last_add_confirmed();
                 let target = metadata::closed(state.metadata.clone(), last, state.confirmed_bytes);
                 (last, target, state.metadata_version)
             };
@@ -211,8 +247,8 @@ impl LedgerWriter {
                 Err(TableError::VersionMismatch { .. }) => {
                     let (current, version) = shared.client.metadata(id).await?;
                     match metadata::state(id, &current)? {
-                        // A concurrent close (of this writer, or a recovery that found the
-                        // same end) already wrote what this close would.
+                        // A concurrent close (a recovery that found the same end) already
+                        // wrote what this close would.
                         LedgerState::Closed
                             if metadata::last_entry(&current) == last
                                 && current.length_bytes == target.length_bytes =>
@@ -224,10 +260,10 @@ impl LedgerWriter {
                             return Ok(last);
                         }
                         LedgerState::Closed | LedgerState::InRecovery => {
-                            shared.lock().fenced = true;
+                            shared.stop(Stop::Fenced);
                             return Err(LedgerError::Fenced(id));
                         }
-                        // Changed but still open (a future ensemble change): retry on it.
+                        // Changed but still open: retry on it.
                         LedgerState::Open => {
                             let mut state = shared.lock();
                             state.metadata = current;
@@ -243,74 +279,337 @@ impl LedgerWriter {
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
-        // The state stays consistent across a panic in another holder: every change is a
-        // single queue call.
+        // Every change to the state is made under one lock hold and leaves it consistent, so
+        // a panic elsewhere cannot leave it half-done.
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Feeds an add's outcome to the queue and answers whatever it settles.
-    fn settle(&self, entry: EntryId, result: Result<(), BookieError>) {
-        let (settled, error, fenced) = {
-            let mut state = self.lock();
-            let (settled, error) = match result {
-                Ok(()) => (state.queue.durable(entry), None),
-                Err(e) => {
-                    if matches!(e, BookieError::Fenced(_)) {
-                        state.fenced = true;
-                    }
-                    (state.queue.fail(entry), Some(e))
-                }
-            };
-            for (_, waiter) in &settled.completed {
-                state.confirmed_bytes += waiter.len;
-            }
-            if state.queue.pending() == 0 {
-                self.idle.notify_waiters();
-            }
-            (settled, error, state.fenced)
-        };
-        if let Some(e) = &error {
-            tracing::warn!(ledger = %self.id, entry = %entry, error = %e, "ledger add failed");
+    /// Assigns the entry its id and sends it to its write set.
+    fn start_add(
+        self: &Arc<Self>,
+        payload: Bytes,
+        reply: oneshot::Sender<Result<EntryId, LedgerError>>,
+    ) -> Result<(), LedgerError> {
+        let id = self.id;
+        let max = self.client.options().max_entry_bytes;
+        if payload.len() > max {
+            return Err(LedgerError::EntryTooLarge {
+                ledger: id,
+                len: payload.len(),
+                max,
+            });
         }
-        answer(self.id, settled, entry, error, fenced);
-    }
-}
-
-fn answer(
-    id: LedgerId,
-    settled: Settled<Waiter>,
-    entry: EntryId,
-    error: Option<BookieError>,
-    fenced: bool,
-) {
-    // A caller that dropped its future no longer cares.
-    for (done, waiter) in settled.completed {
-        let _ = waiter.reply.send(Ok(done));
-    }
-    let mut error = error;
-    for (failed, waiter) in settled.failed {
-        let err = match error.take() {
-            Some(BookieError::Fenced(_)) => LedgerError::Fenced(id),
-            Some(e) if failed == entry => LedgerError::Bookie(e),
-            _ if fenced => LedgerError::Fenced(id),
-            _ => LedgerError::WriterFailed {
+        let mut state = self.lock();
+        if let Some(e) = &state.stopped {
+            return Err(refused(id, e));
+        }
+        if state.closing {
+            return Err(LedgerError::LedgerClosed(id));
+        }
+        let entry = state.quorum.next_entry().ok_or(LedgerError::WriterFailed {
+            ledger: id,
+            failed_entry: EntryId(u64::MAX),
+        })?;
+        let len = payload.len() as u64;
+        let length_after = state.length_bytes + len;
+        let stored = entry::encode(state.metadata.entry_format, length_after, &payload);
+        let targets = state.quorum.sent(entry).map_err(|e| {
+            tracing::error!(ledger = %id, error = %e, "add refused by the quorum tracker");
+            LedgerError::WriterFailed {
                 ledger: id,
                 failed_entry: entry,
+            }
+        })?;
+        state.length_bytes = length_after;
+        state.outstanding.push_back(Outstanding {
+            stored: stored.clone(),
+            len,
+            reply: Some(reply),
+        });
+        let lac = state.quorum.last_add_confirmed();
+        drop(state);
+        for target in targets {
+            self.send(entry, target.bookie, stored.clone(), lac);
+        }
+        Ok(())
+    }
+
+    /// Sends one copy of an entry to a bookie and feeds the answer back.
+    fn send(self: &Arc<Self>, entry: EntryId, bookie: String, stored: Bytes, lac: Option<EntryId>) {
+        let shared = self.clone();
+        self.runtime.spawn(async move {
+            let result = shared
+                .client
+                .cluster()
+                .add(&bookie, shared.id, entry, lac, stored, false)
+                .await;
+            match result {
+                Ok(()) => shared.on_ack(entry, &bookie),
+                Err(e) => shared.on_add_error(entry, &bookie, e),
+            }
+        });
+    }
+
+    fn on_ack(&self, entry: EntryId, bookie: &str) {
+        let mut state = self.lock();
+        let acknowledged = state.quorum.acked(entry, &bookie.to_owned());
+        let replies = settle_acknowledged(&mut state, acknowledged);
+        let idle = state.outstanding.is_empty();
+        drop(state);
+        send_replies(replies);
+        if idle {
+            self.idle.notify_waiters();
+        }
+    }
+
+    fn on_add_error(self: &Arc<Self>, entry: EntryId, bookie: &str, error: BookieRpcError) {
+        if let BookieRpcError::Fenced { .. } = error {
+            tracing::info!(ledger = %self.id, bookie, "ledger fenced: a recovery took it over");
+            self.stop(Stop::Fenced);
+            return;
+        }
+        tracing::warn!(ledger = %self.id, entry = %entry, bookie, error = %error, "bookie failed an add");
+        let mut state = self.lock();
+        let action = state.quorum.bookie_failed(&bookie.to_owned());
+        if !matches!(action, FailureAction::Ignored)
+            && !state.failed_bookies.iter().any(|b| b == bookie)
+        {
+            state.failed_bookies.push(bookie.to_owned());
+        }
+        if let FailureAction::ChangeEnsemble(change) = action {
+            state.changing = true;
+            drop(state);
+            let shared = self.clone();
+            self.runtime
+                .spawn(async move { shared.change_ensemble(change).await });
+        }
+    }
+
+    /// Replaces failed bookies until none is left to replace: choose replacements, CAS the
+    /// metadata with a new fragment, resend. With no replacement available, goes on without
+    /// the failed bookies while Qa remain, and looks again after `ensemble_retry_delay`.
+    async fn change_ensemble(self: Arc<Self>, first: ChangeEnsemble) {
+        let mut change = first;
+        loop {
+            let next = match self.try_change(&change).await {
+                Ok(next) => next,
+                Err(stop) => {
+                    self.stop(stop);
+                    None
+                }
+            };
+            match next {
+                Some(next) => change = next,
+                None => break,
+            }
+        }
+        self.lock().changing = false;
+        self.idle.notify_waiters();
+    }
+
+    /// One round of a change. `Ok(Some)`: more bookies to replace; `Ok(None)`: done or
+    /// postponed; `Err`: the writer must stop.
+    async fn try_change(
+        self: &Arc<Self>,
+        change: &ChangeEnsemble,
+    ) -> Result<Option<ChangeEnsemble>, Stop> {
+        let available = match self.client.cluster().bookies().await {
+            Ok(bookies) => bookies,
+            Err(e) => {
+                tracing::warn!(ledger = %self.id, error = %e, "cannot list bookies for an ensemble change");
+                Vec::new()
+            }
+        };
+        let (mut ensemble, exclude) = {
+            let state = self.lock();
+            (
+                state.quorum.ensemble().to_vec(),
+                state.failed_bookies.clone(),
+            )
+        };
+        let mut replacements = Vec::new();
+        for &index in &change.failed {
+            let seed = now_nanos() ^ index as u64;
+            if let Ok(bookie) = choose_replacement(&ensemble, index, &available, &exclude, seed) {
+                ensemble[index] = bookie.clone();
+                replacements.push((index, bookie));
+            }
+        }
+        if replacements.is_empty() {
+            return self.postpone();
+        }
+        loop {
+            let (target, version) = {
+                let state = self.lock();
+                let target = metadata::with_fragment(
+                    state.metadata.clone(),
+                    change.first_entry,
+                    ensemble.clone(),
+                );
+                (target, state.metadata_version)
+            };
+            match self
+                .client
+                .ledgers()
+                .update(&self.id, &target, version)
+                .await
+            {
+                Ok(written) => {
+                    bump(&self.client.inner.stats.ensemble_changes);
+                    tracing::info!(ledger = %self.id, first_entry = %change.first_entry, ensemble = ?ensemble, "ensemble changed");
+                    return Ok(self.changed(target, written.version, &replacements));
+                }
+                Err(TableError::VersionMismatch { .. }) => {
+                    let Ok((current, version)) = self.client.metadata(self.id).await else {
+                        return Err(Stop::EnsembleChangeFailed);
+                    };
+                    if !matches!(metadata::state(self.id, &current), Ok(LedgerState::Open)) {
+                        return Err(Stop::Fenced);
+                    }
+                    let mut state = self.lock();
+                    state.metadata = current;
+                    state.metadata_version = version;
+                }
+                Err(e) => {
+                    tracing::warn!(ledger = %self.id, error = %e, "ensemble change: metadata write failed");
+                    if !e.is_retryable() {
+                        return Err(Stop::EnsembleChangeFailed);
+                    }
+                    tokio::time::sleep(self.client.options().ensemble_retry_delay).await;
+                }
+            }
+        }
+    }
+
+    /// The metadata names the replacements: resend, acknowledge what was held back.
+    fn changed(
+        self: &Arc<Self>,
+        md: LedgerMetadata,
+        version: u64,
+        replacements: &[(usize, String)],
+    ) -> Option<ChangeEnsemble> {
+        let mut state = self.lock();
+        state.metadata = md;
+        state.metadata_version = version;
+        let changed = match state.quorum.ensemble_changed(replacements) {
+            Ok(changed) => changed,
+            Err(e) => {
+                tracing::error!(ledger = %self.id, error = %e, "ensemble change refused by the quorum tracker");
+                return None;
+            }
+        };
+        let lac = state.quorum.last_add_confirmed();
+        let first = state.quorum.last_add_confirmed().map_or(0, |l| l.0 + 1);
+        let resends: Vec<_> = changed
+            .resend
+            .iter()
+            .filter_map(|r| {
+                let slot = usize::try_from(r.entry.0.checked_sub(first)?).ok()?;
+                let stored = state.outstanding.get(slot)?.stored.clone();
+                Some((r.entry, r.bookie.clone(), stored))
+            })
+            .collect();
+        let replies = settle_acknowledged(&mut state, changed.acknowledged);
+        drop(state);
+        send_replies(replies);
+        for (entry, bookie, stored) in resends {
+            self.send(entry, bookie, stored, lac);
+        }
+        changed.next_change
+    }
+
+    /// No replacement now: go on without the failed bookies if Qa remain, and try again
+    /// later; else stop.
+    fn postpone(self: &Arc<Self>) -> Result<Option<ChangeEnsemble>, Stop> {
+        let mut state = self.lock();
+        match state.quorum.postpone_change() {
+            Ok(acknowledged) => {
+                bump(&self.client.inner.stats.postponed_changes);
+                tracing::warn!(ledger = %self.id, failed = ?state.quorum.failed_indexes(), "no replacement bookie: writing to the others until one appears");
+                let replies = settle_acknowledged(&mut state, acknowledged);
+                drop(state);
+                send_replies(replies);
+                let shared = self.clone();
+                self.runtime.spawn(async move {
+                    tokio::time::sleep(shared.client.options().ensemble_retry_delay).await;
+                    shared.retry_change();
+                });
+                Ok(None)
+            }
+            Err(e) => {
+                tracing::error!(ledger = %self.id, error = %e, "no replacement bookie and too few left");
+                Err(Stop::EnsembleChangeFailed)
+            }
+        }
+    }
+
+    /// Looks for replacements again after a postponed change.
+    fn retry_change(self: &Arc<Self>) {
+        let mut state = self.lock();
+        if state.changing || state.closed_at.is_some() {
+            return;
+        }
+        if let Some(change) = state.quorum.retry_change() {
+            state.changing = true;
+            drop(state);
+            let shared = self.clone();
+            self.runtime
+                .spawn(async move { shared.change_ensemble(change).await });
+        }
+    }
+
+    /// Stops the writer: every outstanding add fails with the reason.
+    fn stop(&self, why: Stop) {
+        let id = self.id;
+        let error = match why {
+            Stop::Fenced => LedgerError::Fenced(id),
+            Stop::EnsembleChangeFailed => LedgerError::EnsembleChangeFailed {
+                ledger: id,
+                reason: "failed bookies could not be replaced and too few are left".into(),
             },
         };
-        let _ = waiter.reply.send(Err(err));
+        let mut state = self.lock();
+        state.quorum.stop(why);
+        let replies: Replies = state
+            .outstanding
+            .drain(..)
+            .filter_map(|o| o.reply)
+            .map(|reply| (reply, Err(refused(id, &error))))
+            .collect();
+        state.stopped.get_or_insert(error);
+        drop(state);
+        send_replies(replies);
+        self.idle.notify_waiters();
     }
 }
 
-fn refused_error(id: LedgerId, refused: AddRefused, fenced: bool) -> LedgerError {
-    match refused {
-        _ if fenced => LedgerError::Fenced(id),
-        AddRefused::Failed { entry } => LedgerError::WriterFailed {
+/// Pops the acknowledged entries off the outstanding queue and prepares their replies.
+fn settle_acknowledged(state: &mut State, acknowledged: Acknowledged) -> Replies {
+    let mut replies = Vec::with_capacity(acknowledged.entries.len());
+    for entry in acknowledged.entries {
+        if let Some(done) = state.outstanding.pop_front() {
+            state.confirmed_bytes += done.len;
+            if let Some(reply) = done.reply {
+                replies.push((reply, Ok(entry)));
+            }
+        }
+    }
+    replies
+}
+
+/// The error for an add refused because the writer stopped with `why`.
+fn refused(id: LedgerId, why: &LedgerError) -> LedgerError {
+    match why {
+        LedgerError::Fenced(_) => LedgerError::Fenced(id),
+        LedgerError::EnsembleChangeFailed { reason, .. } => LedgerError::EnsembleChangeFailed {
             ledger: id,
-            failed_entry: entry,
+            reason: reason.clone(),
         },
-        AddRefused::Closed => LedgerError::LedgerClosed(id),
+        _ => LedgerError::WriterFailed {
+            ledger: id,
+            failed_entry: EntryId(0),
+        },
     }
 }

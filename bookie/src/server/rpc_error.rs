@@ -77,6 +77,17 @@ impl BookieRpcError {
         })
     }
 
+    /// The error a bookie in this process answers with (no wire in between): the same typed
+    /// error its server would send.
+    pub(crate) fn from_storage(
+        bookie: &str,
+        ledger: LedgerId,
+        entry: Option<EntryId>,
+        e: &crate::BookieError,
+    ) -> Self {
+        Self::from_wire(bookie, ledger, entry, super::handler::wire_error(e))
+    }
+
     /// The typed error for a bookie's error answer to a request about `ledger` / `entry`.
     pub(crate) fn from_wire(
         bookie: &str,

@@ -4,7 +4,7 @@
 use strata_proto::LedgerId;
 
 use super::{DecodeError, TableError};
-use crate::MetaStore;
+use crate::Meta;
 
 /// A named id allocator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,7 +23,7 @@ impl Counter {
 /// Allocation from the counters. Cheap to clone.
 #[derive(Clone)]
 pub struct Counters {
-    meta: MetaStore,
+    meta: Meta,
 }
 
 impl std::fmt::Debug for Counters {
@@ -33,8 +33,8 @@ impl std::fmt::Debug for Counters {
 }
 
 impl Counters {
-    pub fn new(meta: MetaStore) -> Self {
-        Counters { meta }
+    pub fn new(meta: impl Into<Meta>) -> Self {
+        Counters { meta: meta.into() }
     }
 
     /// The next value of `counter`: 1 first, then gapless and distinct across callers.

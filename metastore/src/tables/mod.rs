@@ -57,7 +57,7 @@ pub use table::{Listing, Schema, Table, TableEvent, TableWatcher, Versioned};
 pub use tenants::{TenantName, TenantRecord, Tenants};
 pub use topics::{PartitionedTopicRecord, PartitionedTopics, TopicRecord, Topics};
 
-use crate::MetaStore;
+use crate::Meta;
 
 /// Every table over one metastore. Cheap to clone.
 #[derive(Clone)]
@@ -71,7 +71,7 @@ pub struct Tables {
     pub ledgers: Table<Ledgers>,
     pub cursors: Table<Cursors>,
     pub counters: Counters,
-    meta: MetaStore,
+    meta: Meta,
 }
 
 impl std::fmt::Debug for Tables {
@@ -81,7 +81,8 @@ impl std::fmt::Debug for Tables {
 }
 
 impl Tables {
-    pub fn new(meta: MetaStore) -> Self {
+    pub fn new(meta: impl Into<Meta>) -> Self {
+        let meta: Meta = meta.into();
         Tables {
             tenants: Table::new(meta.clone()),
             namespaces: Table::new(meta.clone()),
@@ -97,7 +98,7 @@ impl Tables {
     }
 
     /// The metastore underneath (for transactions across tables).
-    pub fn meta(&self) -> &MetaStore {
+    pub fn meta(&self) -> &Meta {
         &self.meta
     }
 }

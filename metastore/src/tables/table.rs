@@ -1,6 +1,6 @@
 //! The generic part: [`Schema`] (a table's key layout and record type), [`Listing`] (the
 //! rows under a parent, e.g. the topics of a namespace) and [`Table`], the typed operations
-//! over a [`MetaStore`].
+//! over a [`Meta`] (the metastore in process or remote).
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -8,7 +8,7 @@ use std::marker::PhantomData;
 use bytes::Bytes;
 
 use super::{DecodeError, Record, TableError};
-use crate::{Compare, Expect, KeyValue, MetaStore, TxnOp, WatchEvent, Watcher, Written};
+use crate::{Compare, Expect, KeyValue, Meta, MetaWatcher, TxnOp, WatchEvent, Written};
 use strata_proto::pb::metastore::EventKind;
 
 /// One table: how a row's typed key maps to its metastore key, and what it stores.
@@ -56,7 +56,7 @@ pub enum TableEvent<K, R> {
 
 /// Typed operations on one table. Cheap to clone.
 pub struct Table<S> {
-    meta: MetaStore,
+    meta: Meta,
     _schema: PhantomData<fn() -> S>,
 }
 
@@ -76,9 +76,9 @@ impl<S: Schema> fmt::Debug for Table<S> {
 }
 
 impl<S: Schema> Table<S> {
-    pub fn new(meta: MetaStore) -> Self {
+    pub fn new(meta: impl Into<Meta>) -> Self {
         Table {
-            meta,
+            meta: meta.into(),
             _schema: PhantomData,
         }
     }
@@ -243,7 +243,7 @@ impl<S: Listing> Table<S> {
 
 /// A stream of decoded [`TableEvent`]s; see [`Table::watch`].
 pub struct TableWatcher<S: Listing> {
-    inner: Watcher,
+    inner: MetaWatcher,
     parent: S::Parent,
     prefix: String,
 }

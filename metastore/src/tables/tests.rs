@@ -50,6 +50,7 @@ fn ledger_metadata(id: u64) -> LedgerMetadata {
         fragments: Vec::new(),
         created_ms: 5,
         length_bytes: 0,
+        entry_format: 1,
     }
 }
 

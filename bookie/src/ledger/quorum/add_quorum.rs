@@ -34,6 +34,8 @@ pub enum AddQuorumError {
     NotFailed { index: usize },
     #[error("the writer stopped: {0:?}")]
     Stopped(Stop),
+    #[error("{failed} failed bookies leave some write set below the ack quorum of {ack_quorum}")]
+    BelowAckQuorum { failed: usize, ack_quorum: usize },
 }
 
 /// Send an entry to the bookie at this ensemble index.
@@ -114,6 +116,11 @@ pub struct EnsembleChanged<B> {
 ///   entries skip the failed index, and further failures wait for the next change. Once the
 ///   metadata names the replacement, every outstanding entry whose write set holds the
 ///   replaced index is resent to it.
+/// - If no replacement is available the change may be *postponed* (BookKeeper's delayed
+///   ensemble change) as long as every write set keeps Qa members that have not failed:
+///   entries are then acknowledged by the others, new entries skip the failed indexes, and the
+///   missing copies are left to re-replication. [`retry_change`](AddQuorum::retry_change)
+///   starts the change again later.
 /// - If a change is impossible the writer stops: outstanding entries fail, nothing more is
 ///   acknowledged, entries at or below the LAC stay acknowledged.
 #[derive(Debug, Clone)]
@@ -276,6 +283,38 @@ impl<B: Clone + Eq> AddQuorum<B> {
             acknowledged,
             next_change,
         })
+    }
+
+    /// No replacement can be found now: end the change in progress and go on without the
+    /// failed indexes, if every write set still has Qa members that did not fail. Returns the
+    /// entries acknowledged because the change no longer holds them back.
+    pub fn postpone_change(&mut self) -> Result<Acknowledged, AddQuorumError> {
+        if let Some(stop) = self.stopped {
+            return Err(AddQuorumError::Stopped(stop));
+        }
+        if self.changing.is_none() {
+            return Err(AddQuorumError::NoChangeInProgress);
+        }
+        let (qw, qa) = (self.schedule.write_quorum(), self.schedule.ack_quorum());
+        // A write set holds Qw consecutive indexes; the worst one contains every failed index
+        // (when they fit in it), so Qw - |failed| >= Qa is what every write set needs.
+        if self.failed.len() > qw - qa {
+            return Err(AddQuorumError::BelowAckQuorum {
+                failed: self.failed.len(),
+                ack_quorum: qa,
+            });
+        }
+        self.changing = None;
+        Ok(self.release())
+    }
+
+    /// Starts again a change that was postponed: `Some` when failed indexes wait for a
+    /// replacement and no change is in progress.
+    pub fn retry_change(&mut self) -> Option<ChangeEnsemble> {
+        if self.stopped.is_some() || self.changing.is_some() || self.failed.is_empty() {
+            return None;
+        }
+        Some(self.begin_change())
     }
 
     /// Stops the writer for good: every outstanding entry fails (returned in order); entries

@@ -368,3 +368,71 @@ fn construction_and_id_limits() {
     let done = q.acked(EntryId(u64::MAX - 1), &ws[1]);
     assert_eq!(done.entries, vec![EntryId(u64::MAX - 1)]);
 }
+
+/// With no replacement, a change can be postponed while Qa members of every write set are
+/// left: the held-back entries are then acknowledged by the survivors, new entries skip the
+/// failed index, and a later retry starts the change at the LAC + 1 of that time.
+#[test]
+fn postponed_change_goes_on_with_the_survivors() {
+    let mut q = quorum(3, 3, 2);
+    send(&mut q, 2);
+    assert_eq!(acked(&mut q, 0, 0), Vec::<u64>::new());
+    let FailureAction::ChangeEnsemble(change) = q.bookie_failed(&id(2)) else {
+        panic!("a failure starts a change");
+    };
+    assert_eq!(change.first_entry, EntryId(0));
+    assert_eq!(
+        acked(&mut q, 0, 1),
+        Vec::<u64>::new(),
+        "held back by the change"
+    );
+    let released = q.postpone_change().expect("two of three left");
+    assert_eq!(released.entries, vec![EntryId(0)]);
+    assert_eq!(q.changing(), None);
+    // New entries go to the survivors only.
+    let targets = q.sent(EntryId(2)).expect("in order");
+    assert_eq!(
+        targets.iter().map(|t| t.index).collect::<Vec<_>>(),
+        vec![0, 1]
+    );
+    assert_eq!(acked(&mut q, 1, 0), Vec::<u64>::new());
+    assert_eq!(acked(&mut q, 1, 1), vec![1]);
+    // The failed bookie's acks still do not count.
+    assert_eq!(acked(&mut q, 2, 2), Vec::<u64>::new());
+    assert_eq!(acked(&mut q, 2, 0), Vec::<u64>::new());
+    assert_eq!(acked(&mut q, 2, 1), vec![2]);
+    let retry = q.retry_change().expect("the failed index still waits");
+    assert_eq!(retry.first_entry, EntryId(3));
+    assert_eq!(retry.failed, vec![2]);
+    assert_eq!(q.retry_change(), None, "one change at a time");
+}
+
+/// A change cannot be postponed when the failures leave a write set below Qa; nor without a
+/// change in progress; and a retry needs a failed index.
+#[test]
+fn postponing_needs_an_ack_quorum_of_survivors() {
+    let mut q = quorum(3, 3, 2);
+    send(&mut q, 1);
+    assert_eq!(q.postpone_change(), Err(AddQuorumError::NoChangeInProgress));
+    assert_eq!(q.retry_change(), None);
+    assert!(matches!(
+        q.bookie_failed(&id(0)),
+        FailureAction::ChangeEnsemble(_)
+    ));
+    assert_eq!(q.bookie_failed(&id(1)), FailureAction::Deferred);
+    assert_eq!(
+        q.postpone_change(),
+        Err(AddQuorumError::BelowAckQuorum {
+            failed: 2,
+            ack_quorum: 2
+        })
+    );
+    // E5/Qw3/Qa2 tolerates one failed index per write set.
+    let mut wide = quorum(5, 3, 2);
+    send(&mut wide, 5);
+    assert!(matches!(
+        wide.bookie_failed(&id(4)),
+        FailureAction::ChangeEnsemble(_)
+    ));
+    assert!(wide.postpone_change().is_ok());
+}

@@ -1,0 +1,109 @@
+//! Reading one entry from its replicas: [`ReadPlan`] decides the order, failover and
+//! speculative reads; this drives it with bookie calls.
+
+use std::time::Instant;
+
+use strata_proto::pb::bookie::LedgerMetadata;
+use strata_proto::{EntryId, LedgerId};
+use tokio::sync::mpsc;
+
+use super::entry::{self, StoredEntry};
+use super::quorum::{IndexSet, ReadPlan, ReadStep};
+use super::{LedgerClient, LedgerError, bump, metadata};
+use crate::BookieRpcError;
+
+impl LedgerClient {
+    /// Reads `entry` from one of its replicas under `md`: in write-set order, the next one
+    /// after an error (a corrupt copy included, which is counted and logged), and the next one
+    /// too when a replica is slower than the speculative delay. The first copy wins.
+    pub(crate) async fn read_entry(
+        &self,
+        id: LedgerId,
+        md: &LedgerMetadata,
+        entry: EntryId,
+    ) -> Result<StoredEntry, LedgerError> {
+        let schedule = metadata::schedule(md)?;
+        let bookies = metadata::fragment_of(md, entry)
+            .map(|f| f.bookies.clone())
+            .ok_or_else(|| LedgerError::BadMetadata {
+                ledger: id,
+                reason: format!("no fragment holds entry {entry}"),
+            })?;
+        let delay = self.options().speculative_read_delay;
+        let mut plan = ReadPlan::new(schedule, entry, None, IndexSet::new(), delay);
+        let (answers, mut answered) = mpsc::unbounded_channel();
+        let send = |index: usize| {
+            let client = self.clone();
+            let bookie = bookies[index].clone();
+            let answers = answers.clone();
+            tokio::spawn(async move {
+                let result = client.cluster().read(&bookie, id, entry, false).await;
+                let _ = answers.send((index, result));
+            });
+        };
+        let mut last_error = None;
+        let mut step = plan.start(Instant::now());
+        loop {
+            match step {
+                ReadStep::Send(index) => send(index),
+                ReadStep::Done => unreachable_done(id, entry)?,
+                ReadStep::Failed => {
+                    return Err(last_error.map_or(LedgerError::Shutdown(id), LedgerError::Bookie));
+                }
+                ReadStep::Wait => {}
+            }
+            let deadline = plan.poll_timeout().map(tokio::time::Instant::from_std);
+            let answer = tokio::select! {
+                answer = answered.recv() => answer,
+                _ = sleep_until(deadline) => {
+                    if let Some(index) = plan.on_timeout(Instant::now()) {
+                        bump(&self.inner.stats.speculative_reads);
+                        send(index);
+                    }
+                    step = ReadStep::Wait;
+                    continue;
+                }
+            };
+            let Some((index, result)) = answer else {
+                return Err(LedgerError::Shutdown(id));
+            };
+            match result {
+                Ok(read) => {
+                    if plan.on_success(index) {
+                        if index != plan.order()[0] {
+                            bump(&self.inner.stats.read_failovers);
+                        }
+                        return entry::decode(md.entry_format, id, entry, read.payload);
+                    }
+                    step = ReadStep::Wait;
+                }
+                Err(e) => {
+                    if let BookieRpcError::ChecksumMismatch { bookie, .. } = &e {
+                        bump(&self.inner.stats.corrupt_replicas);
+                        tracing::error!(ledger = %id, entry = %entry, bookie, "corrupt replica: reading another copy");
+                    } else {
+                        tracing::debug!(ledger = %id, entry = %entry, error = %e, "replica read failed");
+                    }
+                    last_error = Some(e);
+                    step = plan.on_error(index, Instant::now());
+                }
+            }
+        }
+    }
+}
+
+/// `Done` is only reported by `on_success`, which returns above.
+fn unreachable_done(id: LedgerId, entry: EntryId) -> Result<(), LedgerError> {
+    Err(LedgerError::BadEntry {
+        ledger: id,
+        entry,
+        reason: "read plan finished without an answer".into(),
+    })
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
