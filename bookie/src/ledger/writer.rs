@@ -493,6 +493,9 @@ impl Shared {
         let mut state = self.lock();
         state.metadata = md;
         state.metadata_version = version;
+        // `outstanding[0]` is the entry after the LAC as it is before the change releases
+        // anything.
+        let first = state.quorum.last_add_confirmed().map_or(0, |l| l.0 + 1);
         let changed = match state.quorum.ensemble_changed(replacements) {
             Ok(changed) => changed,
             Err(e) => {
@@ -501,7 +504,6 @@ impl Shared {
             }
         };
         let lac = state.quorum.last_add_confirmed();
-        let first = state.quorum.last_add_confirmed().map_or(0, |l| l.0 + 1);
         let resends: Vec<_> = changed
             .resend
             .iter()
