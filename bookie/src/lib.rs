@@ -20,11 +20,14 @@
 //! - [`ledger`]: [`LedgerClient`], [`LedgerWriter`], [`LedgerReader`], replicated over a
 //!   [`ledger::BookieCluster`] (bookies over QUIC, or in process for the standalone);
 //!   ledger metadata in the metastore; recovery (fence, find the end, re-replicate, close).
+//! - [`local_cluster`]: [`local_cluster::LocalCluster`], a metastore and bookies in one
+//!   process on loopback, for tests and `strata perf ledger`.
 //! - [`ledger::quorum`]: the replication protocol without I/O: write sets and coverage, the
 //!   writer's ack quorum and ensemble changes, recovery, rack-aware placement, read failover.
 
 pub mod error;
 pub mod ledger;
+pub mod local_cluster;
 pub mod registration;
 pub mod server;
 pub mod storage;

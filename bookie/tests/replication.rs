@@ -242,7 +242,7 @@ async fn a_corrupt_replica_is_skipped_and_counted() {
     let first = writer.metadata().fragments[0].bookies[0].clone();
     let i = cluster.index_of(&first);
     cluster.stop(i).await;
-    corrupt_entry_on_disk(&cluster.bookies[i].storage_dir(), writer.id(), EntryId(0));
+    corrupt_entry_on_disk(&cluster.storage_dir(i), writer.id(), EntryId(0));
     cluster.restart(i).await;
 
     let reader_client = cluster.client();
@@ -252,7 +252,7 @@ async fn a_corrupt_replica_is_skipped_and_counted() {
     let stats = reader_client.stats();
     assert_eq!(stats.corrupt_replicas, 1);
     assert!(stats.read_failovers >= 1);
-    assert_eq!(cluster.bookies[i].server().stats().storage.corrupt_reads, 1);
+    assert_eq!(cluster.server(i).stats().storage.corrupt_reads, 1);
     cluster.shutdown().await;
 }
 
@@ -280,7 +280,7 @@ async fn a_silent_replica_triggers_a_speculative_read() {
         updated_ms: 0,
     };
     cluster
-        .meta
+        .meta()
         .put(
             &registration_key(&first),
             record.encode().expect("encode"),
@@ -400,12 +400,26 @@ async fn delete_removes_the_data_on_every_bookie() {
     }
     writer.close().await.expect("close");
     let id = writer.id();
-    for b in &cluster.bookies {
-        assert!(b.server().storage().ledgers().expect("list").contains(&id));
+    for i in 0..3 {
+        assert!(
+            cluster
+                .server(i)
+                .storage()
+                .ledgers()
+                .expect("list")
+                .contains(&id)
+        );
     }
     client.delete_ledger(id).await.expect("delete");
-    for b in &cluster.bookies {
-        assert!(!b.server().storage().ledgers().expect("list").contains(&id));
+    for i in 0..3 {
+        assert!(
+            !cluster
+                .server(i)
+                .storage()
+                .ledgers()
+                .expect("list")
+                .contains(&id)
+        );
     }
     assert!(matches!(
         client.metadata(id).await,

@@ -3,9 +3,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use strata_bookie::LedgerClient;
+use strata_bookie::{LedgerClient, LedgerConfig};
 use strata_metastore::tables::{NamespacePolicies, TableError, Tables, TopicRecord, now_ms};
-use strata_metastore::{Expect, MetaStore};
+use strata_metastore::{Expect, Meta};
 use strata_proto::{NamespaceName, TopicName};
 use tokio::sync::{Mutex, OnceCell};
 use tracing::{info, warn};
@@ -18,6 +18,9 @@ use crate::topic::Topic;
 #[derive(Debug, Clone, Default)]
 pub struct BrokerConfig {
     pub managed_ledger: ManagedLedgerConfig,
+    /// Replication of ledgers in namespaces without a replication policy; `None`: what the
+    /// ledger client picks from the bookies registered (E3/Qw3/Qa2 on three or more).
+    pub default_replication: Option<LedgerConfig>,
 }
 
 pub struct BrokerService {
@@ -29,7 +32,7 @@ pub struct BrokerService {
 }
 
 impl BrokerService {
-    pub fn new(meta: MetaStore, ledgers: LedgerClient, config: BrokerConfig) -> Arc<Self> {
+    pub fn new(meta: impl Into<Meta>, ledgers: LedgerClient, config: BrokerConfig) -> Arc<Self> {
         Arc::new(Self {
             tables: Tables::new(meta),
             ledgers,
@@ -62,6 +65,22 @@ impl BrokerService {
             .await?
             .ok_or_else(|| BrokerError::NamespaceNotFound(ns.to_string()))?;
         Ok(row.record)
+    }
+
+    /// The replication of a namespace's new ledgers: its policy, else the broker's default,
+    /// else the ledger client's choice for the bookies registered.
+    async fn replication(&self, policies: &NamespacePolicies) -> Result<LedgerConfig, BrokerError> {
+        if let Some(r) = policies.replication {
+            return Ok(LedgerConfig {
+                ensemble_size: r.ensemble_size,
+                write_quorum: r.write_quorum,
+                ack_quorum: r.ack_quorum,
+            });
+        }
+        match self.config.default_replication {
+            Some(config) => Ok(config),
+            None => Ok(self.ledgers.default_config().await?),
+        }
     }
 
     /// Creates a topic explicitly.
@@ -106,8 +125,8 @@ impl BrokerService {
             .clone();
         let loaded = cell
             .get_or_try_init(|| async {
+                let policies = self.namespace_policies(name.namespace()).await?;
                 if self.tables.topics.get(name).await?.is_none() {
-                    let policies = self.namespace_policies(name.namespace()).await?;
                     if !(create_if_missing && policies.auto_create_topics) {
                         return Err(BrokerError::TopicNotFound(name.to_string()));
                     }
@@ -116,11 +135,13 @@ impl BrokerService {
                         Err(e) => return Err(e),
                     }
                 }
+                let mut config = self.config.managed_ledger.clone();
+                config.ledger = self.replication(&policies).await?;
                 let ml = ManagedLedger::open(
                     name.clone(),
                     self.tables.clone(),
                     self.ledgers.clone(),
-                    self.config.managed_ledger.clone(),
+                    config,
                 )
                 .await?;
                 Ok(Arc::new(Topic::new(name.clone(), ml, self.tables.clone())))

@@ -56,12 +56,10 @@ impl Standalone {
             managed_ledger: ManagedLedgerConfig {
                 max_entries_per_ledger: config.max_entries_per_ledger,
                 max_ledger_bytes: config.max_ledger_bytes,
-                ledger: LedgerConfig {
-                    ensemble_size: 1,
-                    write_quorum: 1,
-                    ack_quorum: 1,
-                },
+                ledger: LedgerConfig::single(),
             },
+            // One bookie: every ledger is E = Qw = Qa = 1.
+            default_replication: Some(LedgerConfig::single()),
         };
         let service = BrokerService::new(meta.clone(), ledgers, broker_config);
         let public_default = "public/default".parse().context("default namespace")?;

@@ -43,6 +43,7 @@ async fn unknown_topic_without_auto_creation_is_topic_not_found() -> anyhow::Res
     let server = TestStandalone::start(test_config(dir.path())).await?;
     let strict = NamespacePolicies {
         auto_create_topics: false,
+        ..NamespacePolicies::default()
     };
     server
         .standalone

@@ -50,7 +50,7 @@ pub use cursors::{CursorKey, CursorRecord, Cursors, EntryAck};
 pub use error::{DecodeError, TableError};
 pub use ledgers::Ledgers;
 pub use managed_ledgers::{LedgerInfo, ManagedLedgerRecord, ManagedLedgers};
-pub use namespaces::{NamespacePolicies, Namespaces};
+pub use namespaces::{NamespacePolicies, Namespaces, ReplicationPolicy};
 pub use ownership::{BrokerId, BundleRange, NamespaceBundle, Ownership, OwnershipRecord};
 pub use record::{JsonRecord, Record, now_ms};
 pub use table::{Listing, Schema, Table, TableEvent, TableWatcher, Versioned};

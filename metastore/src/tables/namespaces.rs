@@ -15,12 +15,26 @@ pub const PREFIX: &str = "/namespaces/";
 pub struct NamespacePolicies {
     /// Create a topic on its first producer or consumer instead of refusing it.
     pub auto_create_topics: bool,
+    /// How the namespace's ledgers are replicated; `None`: the broker's default (E3/Qw3/Qa2
+    /// on three or more bookies). Left out of the JSON when unset, so records written before
+    /// it existed re-encode byte for byte.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replication: Option<ReplicationPolicy>,
+}
+
+/// Replication of a namespace's ledgers: ensemble size E, write quorum Qw, ack quorum Qa.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicationPolicy {
+    pub ensemble_size: u32,
+    pub write_quorum: u32,
+    pub ack_quorum: u32,
 }
 
 impl Default for NamespacePolicies {
     fn default() -> Self {
         Self {
             auto_create_topics: true,
+            replication: None,
         }
     }
 }

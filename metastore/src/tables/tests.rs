@@ -122,6 +122,11 @@ async fn every_table_round_trips_its_record() -> TestResult {
         NamespacePolicies::default(),
         NamespacePolicies {
             auto_create_topics: false,
+            replication: Some(ReplicationPolicy {
+                ensemble_size: 3,
+                write_quorum: 3,
+                ack_quorum: 2,
+            }),
         },
     )
     .await?;
@@ -681,6 +686,18 @@ fn existing_stored_values_decode_and_re_encode_identically() -> TestResult {
         r#"{"format_version":1,"auto_create_topics":false}"#,
         NamespacePolicies {
             auto_create_topics: false,
+            replication: None,
+        },
+    )?;
+    same(
+        r#"{"format_version":1,"auto_create_topics":true,"replication":{"ensemble_size":5,"write_quorum":3,"ack_quorum":2}}"#,
+        NamespacePolicies {
+            auto_create_topics: true,
+            replication: Some(ReplicationPolicy {
+                ensemble_size: 5,
+                write_quorum: 3,
+                ack_quorum: 2,
+            }),
         },
     )?;
     same(
