@@ -20,6 +20,8 @@
 //! - [`ledger`]: [`LedgerClient`], [`LedgerWriter`], [`LedgerReader`], replicated over a
 //!   [`ledger::BookieCluster`] (bookies over QUIC, or in process for the standalone);
 //!   ledger metadata in the metastore; recovery (fence, find the end, re-replicate, close).
+//! - [`replication`]: re-replication of lost bookies' copies: an auditor elected by lease and
+//!   workers that copy fragments and update metadata by compare-and-set.
 //! - [`local_cluster`]: [`local_cluster::LocalCluster`], a metastore and bookies in one
 //!   process on loopback, for tests and `strata perf ledger`.
 //! - [`ledger::quorum`]: the replication protocol without I/O: write sets and coverage, the
@@ -29,6 +31,7 @@ pub mod error;
 pub mod ledger;
 pub mod local_cluster;
 pub mod registration;
+pub mod replication;
 pub mod server;
 pub mod storage;
 

@@ -98,3 +98,9 @@ impl LedgerError {
         }
     }
 }
+
+impl From<strata_metastore::MetaError> for LedgerError {
+    fn from(e: strata_metastore::MetaError) -> Self {
+        LedgerError::Metadata(TableError::from(e))
+    }
+}

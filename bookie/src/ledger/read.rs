@@ -3,6 +3,7 @@
 
 use std::time::Instant;
 
+use bytes::Bytes;
 use strata_proto::pb::bookie::LedgerMetadata;
 use strata_proto::{EntryId, LedgerId};
 use tokio::sync::mpsc;
@@ -22,6 +23,19 @@ impl LedgerClient {
         md: &LedgerMetadata,
         entry: EntryId,
     ) -> Result<StoredEntry, LedgerError> {
+        let stored = self.read_stored(id, md, entry, &[]).await?;
+        entry::decode(md.entry_format, id, entry, stored)
+    }
+
+    /// As [`read_entry`](Self::read_entry), returning the bytes as stored (header included),
+    /// and trying the bookies in `avoid` last (known dead: re-replication).
+    pub(crate) async fn read_stored(
+        &self,
+        id: LedgerId,
+        md: &LedgerMetadata,
+        entry: EntryId,
+        avoid: &[String],
+    ) -> Result<Bytes, LedgerError> {
         let schedule = metadata::schedule(md)?;
         let bookies = metadata::fragment_of(md, entry)
             .map(|f| f.bookies.clone())
@@ -30,7 +44,13 @@ impl LedgerClient {
                 reason: format!("no fragment holds entry {entry}"),
             })?;
         let delay = self.options().speculative_read_delay;
-        let mut plan = ReadPlan::new(schedule, entry, None, IndexSet::new(), delay);
+        let mut known_failed = IndexSet::new();
+        for (index, bookie) in bookies.iter().enumerate() {
+            if avoid.contains(bookie) {
+                known_failed.insert(index);
+            }
+        }
+        let mut plan = ReadPlan::new(schedule, entry, None, known_failed, delay);
         let (answers, mut answered) = mpsc::unbounded_channel();
         let send = |index: usize| {
             let client = self.clone();
@@ -73,7 +93,7 @@ impl LedgerClient {
                         if index != plan.order()[0] {
                             bump(&self.inner.stats.read_failovers);
                         }
-                        return entry::decode(md.entry_format, id, entry, read.payload);
+                        return Ok(read.payload);
                     }
                     step = ReadStep::Wait;
                 }
