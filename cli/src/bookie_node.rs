@@ -8,9 +8,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
+use strata_bookie::replication::{ReplicationOptions, ReplicationService};
 use strata_bookie::server::DiskThreshold;
 use strata_bookie::{
-    BookieServer, BookieStorage, Registration, RegistrationConfig, ServerConfig, StorageOptions,
+    BookieClient, BookieClientOptions, BookieServer, BookieStorage, LedgerClient,
+    LedgerClientOptions, NetworkBookies, Registration, RegistrationConfig, ServerConfig,
+    StorageOptions,
 };
 use strata_metastore::MetaClient;
 use strata_transport::ServerTls;
@@ -55,6 +58,13 @@ pub struct BookieArgs {
     /// TTL of the registration's lease, seconds: how long a dead bookie stays listed.
     #[arg(long, env = "STRATA_REGISTRATION_TTL_SECS", default_value_t = 10)]
     pub registration_ttl_secs: u64,
+    /// Seconds a bookie must be gone (unregistered) before its copies are made again on
+    /// other bookies; keep it longer than a rolling restart.
+    #[arg(long, env = "STRATA_LOST_BOOKIE_DELAY_SECS", default_value_t = 300)]
+    pub lost_bookie_delay_secs: u64,
+    /// Seconds between re-replication audits and work rounds.
+    #[arg(long, env = "STRATA_AUDIT_INTERVAL_SECS", default_value_t = 5)]
+    pub audit_interval_secs: u64,
 }
 
 impl BookieArgs {
@@ -111,6 +121,7 @@ pub async fn run(
     };
     let server = BookieServer::start(storage, config, &tls).context("starting the bookie")?;
 
+    let ca_for_peers = ca.clone();
     let meta = MetaClient::new(
         crate::cluster::node_addrs(&args.metastore),
         ca,
@@ -119,7 +130,23 @@ pub async fn run(
     let mut reg_config = RegistrationConfig::new(bookie_id.clone(), address.clone());
     reg_config.rack = args.rack.clone();
     reg_config.ttl = Duration::from_secs(args.registration_ttl_secs);
-    let registration = Registration::start(meta, reg_config, server.disk_status());
+    let registration = Registration::start(meta.clone(), reg_config, server.disk_status());
+
+    // Every bookie runs a re-replication worker; one of them is elected auditor.
+    let bookie_client = BookieClient::new(BookieClientOptions {
+        name: format!("strata-bookie {bookie_id} re-replication"),
+        ca: ca_for_peers.clone(),
+        ..BookieClientOptions::default()
+    });
+    let ledgers = LedgerClient::new(
+        meta.clone(),
+        Arc::new(NetworkBookies::new(bookie_client, meta.clone())),
+        LedgerClientOptions::default(),
+    );
+    let mut replication_options = ReplicationOptions::new(bookie_id.clone());
+    replication_options.lost_bookie_delay = Duration::from_secs(args.lost_bookie_delay_secs);
+    replication_options.interval = Duration::from_secs(args.audit_interval_secs.max(1));
+    let replication = ReplicationService::start(meta, ledgers, replication_options);
 
     // Ready while registered: writers only pick bookies they can find.
     let ready = Arc::new(AtomicBool::new(false));
@@ -157,6 +184,7 @@ pub async fn run(
     eprintln!("strata bookie: shutting down");
     ready_task.abort();
     ready.store(false, Ordering::Release);
+    replication.stop().await;
     server.shutdown().await;
     registration.close().await;
     http.shutdown().await;

@@ -1,6 +1,7 @@
 //! `strata cluster ...`: cluster administration. `strata cluster metastore status | add |
 //! promote | remove` reads and changes the metastore's membership through any of its nodes
-//! (the request is routed to the leader).
+//! (the request is routed to the leader); `strata cluster bookies` lists bookies and
+//! re-replication; `strata ledgers show` one ledger.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -12,6 +13,38 @@ pub enum ClusterCommand {
     /// Metastore membership: status, add, promote, remove.
     #[command(subcommand)]
     Metastore(MetastoreCommand),
+    /// Registered bookies, the re-replication auditor, and under-replicated ledgers with
+    /// their progress.
+    Bookies {
+        #[command(flatten)]
+        nodes: MetastoreNodes,
+        #[arg(long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+}
+
+/// `strata ledgers ...`
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum LedgersCommand {
+    /// A ledger's state, quorums, fragments (bookies gone marked) and re-replication
+    /// progress.
+    Show {
+        id: u64,
+        #[command(flatten)]
+        nodes: MetastoreNodes,
+        #[arg(long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+}
+
+pub async fn ledgers(
+    cmd: LedgersCommand,
+    ca: Option<PathBuf>,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let LedgersCommand::Show { id, nodes, output } = cmd;
+    let meta = MetaClient::new(node_addrs(&nodes.metastore), ca, timeout)?;
+    crate::bookies_admin::show_ledger(&meta.into(), id, output).await
 }
 
 /// Where to reach the metastore.
@@ -79,7 +112,13 @@ pub async fn run(
     ca: Option<PathBuf>,
     timeout: Duration,
 ) -> anyhow::Result<()> {
-    let ClusterCommand::Metastore(cmd) = cmd;
+    let cmd = match cmd {
+        ClusterCommand::Metastore(cmd) => cmd,
+        ClusterCommand::Bookies { nodes, output } => {
+            let meta = MetaClient::new(node_addrs(&nodes.metastore), ca, timeout)?;
+            return crate::bookies_admin::bookies(&meta.into(), output).await;
+        }
+    };
     let client =
         |nodes: &MetastoreNodes| MetaClient::new(node_addrs(&nodes.metastore), ca.clone(), timeout);
     match cmd {

@@ -13,6 +13,7 @@
 //! - [`perf`]: `perf produce` / `perf consume` load generators.
 
 pub mod bookie_node;
+pub mod bookies_admin;
 pub mod cluster;
 pub mod commands;
 pub mod config;

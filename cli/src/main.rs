@@ -77,9 +77,12 @@ enum Command {
     /// Manage topics.
     #[command(subcommand)]
     Topics(TopicsCommand),
-    /// Cluster administration (metastore membership).
+    /// Cluster administration: metastore membership, bookies.
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),
+    /// Inspect ledgers.
+    #[command(subcommand)]
+    Ledgers(cluster::LedgersCommand),
     /// Load generators.
     #[command(subcommand)]
     Perf(PerfCommand),
@@ -214,6 +217,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cluster(cmd) => {
             let timeout = std::time::Duration::from_secs(cli.connect.connect_timeout_secs);
             cluster::run(cmd, cli.connect.tls_ca.clone(), timeout).await
+        }
+        Command::Ledgers(cmd) => {
+            let timeout = std::time::Duration::from_secs(cli.connect.connect_timeout_secs);
+            cluster::ledgers(cmd, cli.connect.tls_ca.clone(), timeout).await
         }
         Command::Produce {
             topic,

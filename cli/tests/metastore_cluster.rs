@@ -7,22 +7,14 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-const STRATA: &str = env!("CARGO_BIN_EXE_strata");
+mod common;
+
+use common::{STRATA, free_udp_ports};
 
 struct Node {
     child: Child,
     rpc: String,
     http: String,
-}
-
-fn free_udp_ports(n: usize) -> Vec<u16> {
-    let sockets: Vec<_> = (0..n)
-        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").expect("bind"))
-        .collect();
-    sockets
-        .iter()
-        .map(|s| s.local_addr().expect("addr").port())
-        .collect()
 }
 
 fn start_node(id: u64, dir: &std::path::Path, rpc: &str, members: &str) -> Node {

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-const STRATA: &str = env!("CARGO_BIN_EXE_strata");
+mod common;
+
+use common::{STRATA, free_udp_ports, strata};
 
 /// A `strata metastore` process, killed when dropped (also when a test fails).
 struct Node {
@@ -21,16 +23,6 @@ impl Drop for Node {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_udp_ports(n: usize) -> Vec<u16> {
-    let sockets: Vec<_> = (0..n)
-        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").expect("bind"))
-        .collect();
-    sockets
-        .iter()
-        .map(|s| s.local_addr().expect("addr").port())
-        .collect()
 }
 
 /// Starts node `id`; `members` is its `--initial-members`, or `None` for `--join`.
@@ -72,20 +64,6 @@ fn start_node(id: u64, dir: &std::path::Path, rpc: &str, members: Option<&str>) 
     rx.recv_timeout(Duration::from_secs(60))
         .expect("node printed its addresses");
     node
-}
-
-/// Runs `strata <args>`; returns success and stdout + stderr.
-fn strata(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(STRATA)
-        .args(["--connect-timeout-secs", "15"])
-        .args(args)
-        .output()
-        .expect("run strata");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 fn status_json(addrs: &str) -> Option<Value> {

@@ -114,8 +114,6 @@ async fn put_pending(
     record: &UnderReplicated,
     expect: Expect,
 ) -> Result<u64, MetaError> {
-    let value = record
-        .encode()
-        .map_err(|reason| MetaError::InvalidRequest(reason))?;
+    let value = record.encode().map_err(MetaError::InvalidRequest)?;
     Ok(meta.put(&pending_key(ledger), value, expect).await?.version)
 }

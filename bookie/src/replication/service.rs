@@ -139,10 +139,10 @@ impl Runner {
                 if tracker.is_none() && self.elect(lease).await {
                     tracker = Some(LostBookies::new(self.options.lost_bookie_delay));
                 }
-                if let Some(tracker) = tracker.as_mut() {
-                    if let Err(e) = self.audit(tracker).await {
-                        warn!(error = %e, "audit failed");
-                    }
+                if let Some(tracker) = tracker.as_mut()
+                    && let Err(e) = self.audit(tracker).await
+                {
+                    warn!(error = %e, "audit failed");
                 }
                 if let Err(e) = self.work(lease).await {
                     warn!(error = %e, "re-replication work failed");

@@ -1,0 +1,93 @@
+//! Helpers shared by the multi-process tests: the `strata` binary, free ports, child
+//! processes killed when dropped, and waiting for a process's ready line.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+pub const STRATA: &str = env!("CARGO_BIN_EXE_strata");
+
+/// `n` UDP ports free right now on 127.0.0.1 (QUIC listens on UDP).
+pub fn free_udp_ports(n: usize) -> Vec<u16> {
+    let sockets: Vec<_> = (0..n)
+        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    sockets
+        .iter()
+        .map(|s| s.local_addr().expect("addr").port())
+        .collect()
+}
+
+/// A child process, killed (SIGKILL) when dropped, also when a test fails.
+pub struct Proc {
+    pub child: Child,
+    /// The first stderr line containing the marker the process was started with.
+    pub ready_line: String,
+}
+
+impl Proc {
+    /// Spawns `cmd` with stderr piped and waits up to `within` for a stderr line containing
+    /// `marker` (stderr is drained afterwards so the child never blocks on it).
+    pub fn spawn(mut cmd: Command, marker: &'static str, within: Duration) -> Proc {
+        let mut child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn strata");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains(marker) {
+                    let _ = tx.send(line);
+                }
+            }
+        });
+        let ready_line = match rx.recv_timeout(within) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("process did not print {marker:?} within {within:?}");
+            }
+        };
+        Proc { child, ready_line }
+    }
+
+    /// The text after `prefix` in the ready line, up to the next comma.
+    pub fn field_after(&self, prefix: &str) -> String {
+        let (_, rest) = self
+            .ready_line
+            .split_once(prefix)
+            .unwrap_or_else(|| panic!("{prefix:?} not in {:?}", self.ready_line));
+        rest.split(',').next().unwrap_or(rest).trim().to_owned()
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Runs `strata <args>`; returns success, stdout and stderr.
+pub fn strata(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(STRATA)
+        .args(["--connect-timeout-secs", "15"])
+        .args(args)
+        .output()
+        .expect("run strata");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
