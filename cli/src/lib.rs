@@ -20,4 +20,5 @@ pub mod config;
 pub mod http;
 pub mod metastore_node;
 pub mod perf;
+pub mod perf_ledger;
 pub mod standalone;

@@ -10,8 +10,8 @@ use strata_cli::cluster;
 use strata_cli::commands::{self, ConnectArgs};
 use strata_cli::config::StandaloneConfig;
 use strata_cli::metastore_node;
-use strata_cli::perf;
 use strata_cli::standalone::Standalone;
+use strata_cli::{perf, perf_ledger};
 use strata_client::InitialPosition;
 
 #[derive(Parser)]
@@ -119,6 +119,8 @@ enum PerfCommand {
     Consume(perf::PerfConsumeArgs),
     /// Compare-and-set puts against a metastore cluster.
     Meta(perf::PerfMetaArgs),
+    /// Ledger adds against bookies started in this process on loopback.
+    Ledger(perf_ledger::PerfLedgerArgs),
 }
 
 #[derive(clap::Args)]
@@ -276,14 +278,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Perf(cmd) => {
-            if let PerfCommand::Meta(args) = cmd {
-                return perf::meta(args).await;
+            match cmd {
+                PerfCommand::Meta(args) => return perf::meta(args).await,
+                PerfCommand::Ledger(args) => return perf_ledger::ledger(args).await,
+                _ => {}
             }
             let client = cli.connect.connect().await?;
             match cmd {
                 PerfCommand::Produce(args) => perf::produce(&client, args).await?,
                 PerfCommand::Consume(args) => perf::consume(&client, args).await?,
-                PerfCommand::Meta(_) => {}
+                PerfCommand::Meta(_) | PerfCommand::Ledger(_) => {}
             }
             client.close().await;
             Ok(())

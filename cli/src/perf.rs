@@ -61,16 +61,16 @@ pub struct PerfConsumeArgs {
 }
 
 /// Counters and latency histograms shared by the workers and the reporter.
-struct Stats {
+pub(crate) struct Stats {
     messages: u64,
     bytes: u64,
-    errors: u64,
+    pub(crate) errors: u64,
     interval: Histogram<u64>,
     total: Histogram<u64>,
 }
 
 impl Stats {
-    fn new() -> anyhow::Result<Self> {
+    pub(crate) fn new() -> anyhow::Result<Self> {
         // Microseconds, up to 10 minutes, 3 significant digits.
         let h = Histogram::new_with_bounds(1, 600_000_000, 3)?;
         Ok(Self {
@@ -82,7 +82,7 @@ impl Stats {
         })
     }
 
-    fn record(&mut self, latency_us: u64, bytes: usize) {
+    pub(crate) fn record(&mut self, latency_us: u64, bytes: usize) {
         self.messages += 1;
         self.bytes += bytes as u64;
         let v = latency_us.clamp(1, 600_000_000);
@@ -106,7 +106,7 @@ fn latency_line(h: &Histogram<u64>) -> String {
 }
 
 /// Prints a line each second until `done`; returns the final stats.
-async fn report(
+pub(crate) async fn report(
     label: &str,
     stats: Arc<Mutex<Stats>>,
     mut done: tokio::sync::watch::Receiver<bool>,
@@ -159,7 +159,7 @@ fn progress(n: u64) -> Option<ProgressBar> {
     })
 }
 
-fn summary(label: &str, stats: &Mutex<Stats>, msgs: u64, bytes: u64, elapsed: Duration) {
+pub(crate) fn summary(label: &str, stats: &Mutex<Stats>, msgs: u64, bytes: u64, elapsed: Duration) {
     let s = stats.lock().unwrap_or_else(|p| p.into_inner());
     let secs = elapsed.as_secs_f64().max(1e-9);
     println!(
