@@ -20,6 +20,7 @@
 //! - [`ledger`]: [`LedgerClient`], [`LedgerWriter`], [`LedgerReader`], replicated over a
 //!   [`ledger::BookieCluster`] (bookies over QUIC, or in process for the standalone);
 //!   ledger metadata in the metastore; recovery (fence, find the end, re-replicate, close).
+//! - [`gc`]: deletes stored ledgers whose metadata is gone (deleted while the bookie was away).
 //! - [`replication`]: re-replication of lost bookies' copies: an auditor elected by lease and
 //!   workers that copy fragments and update metadata by compare-and-set.
 //! - [`local_cluster`]: [`local_cluster::LocalCluster`], a metastore and bookies in one
@@ -28,6 +29,7 @@
 //!   writer's ack quorum and ensemble changes, recovery, rack-aware placement, read failover.
 
 pub mod error;
+pub mod gc;
 pub mod ledger;
 pub mod local_cluster;
 pub mod registration;

@@ -427,3 +427,42 @@ async fn delete_removes_the_data_on_every_bookie() {
     ));
     cluster.shutdown().await;
 }
+
+/// A ledger deleted while one of its bookies was down stays on that bookie until its garbage
+/// collector runs; then it is gone there too, and other ledgers are untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_collection_removes_ledgers_deleted_while_a_bookie_was_away() {
+    let mut cluster = TestCluster::start(3).await;
+    let client = cluster.client();
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let writer = client.create_ledger(E3_QW3_QA2).await.expect("create");
+        for i in 0..5 {
+            writer.add(payload(i)).await.expect("add");
+        }
+        writer.close().await.expect("close");
+        ids.push(writer.id());
+    }
+    let (deleted, kept) = (ids[0], ids[1]);
+    cluster.stop(2).await;
+    client
+        .delete_ledger(deleted)
+        .await
+        .expect("delete with a bookie down");
+    cluster.restart(2).await;
+    let storage = cluster.server(2).storage().clone();
+    assert!(
+        storage.ledgers().expect("list").contains(&deleted),
+        "still there"
+    );
+    let table = strata_metastore::tables::Table::new(cluster.meta().clone());
+    let collected = strata_bookie::gc::collect_once(&storage, &table)
+        .await
+        .expect("gc");
+    assert_eq!(collected, vec![deleted]);
+    let left = storage.ledgers().expect("list");
+    assert!(!left.contains(&deleted));
+    assert!(left.contains(&kept));
+    assert!(storage.read_entry(kept, EntryId(4)).is_ok());
+    cluster.shutdown().await;
+}

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
+use strata_bookie::gc::GarbageCollector;
 use strata_bookie::replication::{ReplicationOptions, ReplicationService};
 use strata_bookie::server::DiskThreshold;
 use strata_bookie::{
@@ -65,6 +66,9 @@ pub struct BookieArgs {
     /// Seconds between re-replication audits and work rounds.
     #[arg(long, env = "STRATA_AUDIT_INTERVAL_SECS", default_value_t = 5)]
     pub audit_interval_secs: u64,
+    /// Seconds between garbage collections of ledgers deleted while this bookie was away.
+    #[arg(long, env = "STRATA_GC_INTERVAL_SECS", default_value_t = 600)]
+    pub gc_interval_secs: u64,
 }
 
 impl BookieArgs {
@@ -146,7 +150,12 @@ pub async fn run(
     let mut replication_options = ReplicationOptions::new(bookie_id.clone());
     replication_options.lost_bookie_delay = Duration::from_secs(args.lost_bookie_delay_secs);
     replication_options.interval = Duration::from_secs(args.audit_interval_secs.max(1));
-    let replication = ReplicationService::start(meta, ledgers, replication_options);
+    let replication = ReplicationService::start(meta.clone(), ledgers, replication_options);
+    let gc = GarbageCollector::start(
+        server.storage().clone(),
+        meta,
+        Duration::from_secs(args.gc_interval_secs.max(1)),
+    );
 
     // Ready while registered: writers only pick bookies they can find.
     let ready = Arc::new(AtomicBool::new(false));
@@ -185,6 +194,7 @@ pub async fn run(
     ready_task.abort();
     ready.store(false, Ordering::Release);
     replication.stop().await;
+    gc.stop().await;
     server.shutdown().await;
     registration.close().await;
     http.shutdown().await;

@@ -82,6 +82,9 @@ pub enum LedgerError {
     /// Recovery could not decide the ledger's end (too many bookies unreachable); retry it.
     #[error("ledger {ledger}: recovery failed: {reason}")]
     RecoveryFailed { ledger: LedgerId, reason: String },
+    /// A bookie's local storage failed (garbage collection, in-process bookies).
+    #[error("bookie storage: {0}")]
+    Storage(String),
     /// A background task of the client went away (runtime shutting down).
     #[error("ledger {0}: client task stopped")]
     Shutdown(LedgerId),
@@ -102,5 +105,11 @@ impl LedgerError {
 impl From<strata_metastore::MetaError> for LedgerError {
     fn from(e: strata_metastore::MetaError) -> Self {
         LedgerError::Metadata(TableError::from(e))
+    }
+}
+
+impl From<crate::BookieError> for LedgerError {
+    fn from(e: crate::BookieError) -> Self {
+        LedgerError::Storage(e.to_string())
     }
 }
