@@ -107,6 +107,21 @@ impl LocalCluster {
 
     /// Starts bookie `i` (again: on its old address and data) and waits for its registration.
     pub async fn restart(&mut self, i: usize) -> Result<(), LocalClusterError> {
+        // Never read-only for lack of disk.
+        let roomy = DiskThreshold {
+            min_free_bytes: 0,
+            min_free_ratio: 0.0,
+        };
+        self.restart_with_threshold(i, roomy).await
+    }
+
+    /// As [`restart`](Self::restart), read-only below `threshold` free (a threshold above
+    /// the disk's size starts it read-only).
+    pub async fn restart_with_threshold(
+        &mut self,
+        i: usize,
+        threshold: DiskThreshold,
+    ) -> Result<(), LocalClusterError> {
         let storage_options = self.options.storage.clone();
         let ttl = self.options.registration_ttl;
         let meta = self.meta.clone();
@@ -116,11 +131,7 @@ impl LocalCluster {
         }
         let storage = BookieStorage::open(&bookie.storage_dir(), storage_options)?;
         let mut config = ServerConfig::new(bookie.addr, bookie.dir.clone());
-        // Never read-only for lack of disk: tests that want it set their own threshold.
-        config.disk_threshold = DiskThreshold {
-            min_free_bytes: 0,
-            min_free_ratio: 0.0,
-        };
+        config.disk_threshold = threshold;
         let (tls, _) = ServerTls::dev_in_dir(&bookie.dir.join("tls"), &[])?;
         let server = BookieServer::start(storage, config, &tls)?;
         bookie.addr = server.local_addr().map_err(|source| TransportError::Bind {

@@ -466,3 +466,62 @@ async fn garbage_collection_removes_ledgers_deleted_while_a_bookie_was_away() {
     assert!(storage.read_entry(kept, EntryId(4)).is_ok());
     cluster.shutdown().await;
 }
+
+/// A bookie of the ensemble comes back read-only (out of disk): it says so in its
+/// registration, the writer's adds to it fail with `ReadOnly` and it is replaced, the caller
+/// sees no error, and new ensembles leave it out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_bookie_is_replaced_and_left_out() {
+    let mut cluster = TestCluster::start(4).await;
+    let client = cluster.client();
+    let writer = client.create_ledger(E3_QW3_QA2).await.expect("create");
+    for i in 0..10 {
+        writer.add(payload(i)).await.expect("add");
+    }
+    let member = writer.metadata().fragments[0].bookies[0].clone();
+    let i = cluster.index_of(&member);
+    cluster.stop(i).await;
+    let full = strata_bookie::server::DiskThreshold {
+        min_free_bytes: u64::MAX,
+        min_free_ratio: 0.0,
+    };
+    cluster
+        .inner
+        .restart_with_threshold(i, full)
+        .await
+        .expect("restart read-only");
+    assert!(cluster.server(i).is_read_only());
+    let registered = strata_bookie::registration::list_bookies(cluster.meta())
+        .await
+        .expect("list");
+    let record = registered
+        .iter()
+        .find(|b| b.record.bookie_id == member)
+        .expect("registered");
+    assert!(!record.record.writable, "the registration says read-only");
+
+    for i in 10..30 {
+        writer
+            .add(payload(i))
+            .await
+            .expect("add after the bookie turned read-only");
+    }
+    let last = writer
+        .metadata()
+        .fragments
+        .last()
+        .cloned()
+        .expect("fragment");
+    assert!(
+        !last.bookies.contains(&member),
+        "replaced: {:?}",
+        last.bookies
+    );
+    assert_eq!(writer.close().await.expect("close"), Some(EntryId(29)));
+    assert_readable(&cluster, &writer, 30).await;
+    for _ in 0..5 {
+        let other = client.create_ledger(E3_QW3_QA2).await.expect("create");
+        assert!(!other.metadata().fragments[0].bookies.contains(&member));
+    }
+    cluster.shutdown().await;
+}

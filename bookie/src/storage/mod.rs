@@ -185,6 +185,9 @@ impl BookieStorage {
             entries.set_min_blob_size(MIN_BLOB_SIZE);
             entries.set_blob_compression_type(DBCompressionType::Lz4);
             entries.set_enable_blob_gc(true);
+            // Blob reads share the block cache: a tailing reader finds recent payloads in
+            // memory after their memtable was flushed.
+            entries.set_blob_cache(&cache);
         }
         let mut ledgers = Options::default();
         ledgers.set_block_based_table_factory(&table);
