@@ -34,6 +34,12 @@ pub enum BrokerError {
     CursorFenced { subscription: String },
     #[error("topic {0} was deleted")]
     TopicDeleted(String),
+    #[error("topic {topic} is served by broker {broker_id} at {address}; look it up again")]
+    NotOwner {
+        topic: String,
+        broker_id: String,
+        address: String,
+    },
 }
 
 impl BrokerError {
@@ -55,6 +61,7 @@ impl BrokerError {
             Self::ShuttingDown => ErrorCode::ServiceNotReady,
             Self::CursorFenced { .. } => ErrorCode::MetadataError,
             Self::TopicDeleted(_) => ErrorCode::TopicNotFound,
+            Self::NotOwner { .. } => ErrorCode::NotOwner,
         }
     }
 

@@ -15,10 +15,12 @@
 //! Everything it keeps in the metastore goes through the typed tables of
 //! [`strata_metastore::tables`] (namespaces, topics, managed ledgers, cursors).
 
+pub mod bundles;
 pub mod cursor;
 pub mod error;
 pub mod managed_ledger;
 pub mod metrics;
+pub mod ownership;
 pub mod server;
 pub mod service;
 pub mod subscription;

@@ -249,6 +249,15 @@ async fn handle_admin(service: &BrokerService, req: AdminRequest) -> AdminRespon
                     subscriptions,
                 }))
             }
+            Some(admin_request::Request::Lookup(l)) => {
+                let owner = service.lookup(&TopicName::parse(&l.topic)?).await?;
+                Ok(admin_response::Response::Lookup(
+                    strata_proto::pb::client::LookupReply {
+                        broker_id: owner.broker_id.0,
+                        address: owner.address,
+                    },
+                ))
+            }
             None => Err(BrokerError::Protocol("empty admin request".into())),
         }
     }

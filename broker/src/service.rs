@@ -1,18 +1,22 @@
 //! The broker's topic registry: creating, loading, listing and deleting topics.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use strata_bookie::{LedgerClient, LedgerConfig};
-use strata_metastore::tables::{NamespacePolicies, TableError, Tables, TopicRecord, now_ms};
+use strata_metastore::tables::{
+    BrokerId, NamespaceBundle, NamespacePolicies, TableError, Tables, TopicRecord, now_ms,
+};
 use strata_metastore::{Expect, Meta};
 use strata_proto::{NamespaceName, TopicName};
 use tokio::sync::{Mutex, OnceCell};
 use tracing::{info, warn};
 
 use crate::BrokerError;
+use crate::bundles::{BundleLayout, DEFAULT_BUNDLES};
 use crate::managed_ledger::{ManagedLedger, ManagedLedgerConfig};
 use crate::metrics::BrokerMetrics;
+use crate::ownership::{Acquired, Ownership, least_loaded};
 use crate::topic::Topic;
 
 #[derive(Debug, Clone, Default)]
@@ -28,7 +32,17 @@ pub struct BrokerService {
     ledgers: LedgerClient,
     config: BrokerConfig,
     topics: Mutex<HashMap<TopicName, Arc<OnceCell<Arc<Topic>>>>>,
+    /// Bundle ownership; unset, the service serves every topic as if it were the only
+    /// broker (in-process tests of the layers below).
+    ownership: OnceLock<Arc<Ownership>>,
     pub metrics: BrokerMetrics,
+}
+
+/// Who serves a topic, from [`BrokerService::lookup`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicOwner {
+    pub broker_id: BrokerId,
+    pub address: String,
 }
 
 impl BrokerService {
@@ -38,8 +52,119 @@ impl BrokerService {
             ledgers,
             config,
             topics: Mutex::new(HashMap::new()),
+            ownership: OnceLock::new(),
             metrics: BrokerMetrics::default(),
         })
+    }
+
+    /// Serves only the bundles `ownership` holds from now on, and unloads every topic when
+    /// its session is lost (the bundles are gone; another broker takes them over and fences
+    /// their ledgers).
+    pub fn enable_ownership(self: &Arc<Self>, ownership: Arc<Ownership>) {
+        let mut lost = ownership.lost_epoch();
+        if self.ownership.set(ownership).is_err() {
+            return;
+        }
+        let service = Arc::downgrade(self);
+        tokio::spawn(async move {
+            while lost.changed().await.is_ok() {
+                let Some(service) = service.upgrade() else {
+                    return;
+                };
+                warn!("ownership lost: unloading every topic");
+                service.unload_all().await;
+            }
+        });
+    }
+
+    pub fn ownership(&self) -> Option<&Arc<Ownership>> {
+        self.ownership.get()
+    }
+
+    /// The bundle layout of a namespace (its policy, else four equal bundles).
+    fn layout(policies: &NamespacePolicies) -> BundleLayout {
+        policies
+            .bundles
+            .clone()
+            .and_then(BundleLayout::from_boundaries)
+            .unwrap_or_else(|| BundleLayout::equal(DEFAULT_BUNDLES))
+    }
+
+    /// The bundle `topic` belongs to.
+    pub async fn bundle_of(&self, topic: &TopicName) -> Result<NamespaceBundle, BrokerError> {
+        let policies = self.namespace_policies(topic.namespace()).await?;
+        Ok(Self::layout(&policies).bundle_of(topic))
+    }
+
+    /// Who serves `topic`: its bundle's owner; an unowned bundle goes to the least-loaded
+    /// registered broker (taken here if that is this one, else by that broker when the
+    /// client arrives).
+    pub async fn lookup(&self, topic: &TopicName) -> Result<TopicOwner, BrokerError> {
+        let ownership = self.ownership.get().ok_or(BrokerError::ShuttingDown)?;
+        let bundle = self.bundle_of(topic).await?;
+        let owner = ownership.owner_of(&bundle).await?;
+        let brokers = ownership.brokers().await?;
+        let target = match &owner {
+            // A record of this broker's previous incarnation (same id, older lease) is
+            // taken over by `acquire` below rather than sent to a dead address.
+            Some(o) if o.broker_id == *ownership.broker_id() => None,
+            Some(o) => {
+                return Ok(TopicOwner {
+                    broker_id: o.broker_id.clone(),
+                    address: o.address.clone(),
+                });
+            }
+            None => least_loaded(&brokers, &bundle),
+        };
+        match target {
+            Some(b) if b.broker_id != *ownership.broker_id() => Ok(TopicOwner {
+                broker_id: b.broker_id.clone(),
+                address: b.address.clone(),
+            }),
+            _ => match ownership.acquire(&bundle).await? {
+                Acquired::Mine => Ok(TopicOwner {
+                    broker_id: ownership.broker_id().clone(),
+                    address: ownership.address().to_owned(),
+                }),
+                Acquired::OwnedBy(r) => Ok(TopicOwner {
+                    broker_id: r.broker_id,
+                    address: r.address,
+                }),
+            },
+        }
+    }
+
+    /// Takes the topic's bundle if it is free; fails with `NotOwner` if another broker has it.
+    async fn ensure_owner(
+        &self,
+        topic: &TopicName,
+        policies: &NamespacePolicies,
+    ) -> Result<(), BrokerError> {
+        let Some(ownership) = self.ownership.get() else {
+            return Ok(());
+        };
+        let bundle = Self::layout(policies).bundle_of(topic);
+        match ownership.acquire(&bundle).await? {
+            Acquired::Mine => Ok(()),
+            Acquired::OwnedBy(r) => Err(BrokerError::NotOwner {
+                topic: topic.to_string(),
+                broker_id: r.broker_id.0,
+                address: r.address,
+            }),
+        }
+    }
+
+    /// Drops every loaded topic: its ledger is closed if this broker still can, else left to
+    /// the new owner's recovery.
+    pub async fn unload_all(&self) {
+        let cells: Vec<_> = self.topics.lock().await.drain().map(|(_, c)| c).collect();
+        for cell in cells {
+            let Some(topic) = cell.get() else { continue };
+            topic.flush_cursors().await;
+            if let Err(e) = topic.managed_ledger().close().await {
+                warn!(topic = %topic.name(), error = %e, "closing an unloaded topic failed; the next owner recovers it");
+            }
+        }
     }
 
     /// Creates the namespace if it does not exist (the standalone's `public/default`).
@@ -126,6 +251,7 @@ impl BrokerService {
         let loaded = cell
             .get_or_try_init(|| async {
                 let policies = self.namespace_policies(name.namespace()).await?;
+                self.ensure_owner(name, &policies).await?;
                 if self.tables.topics.get(name).await?.is_none() {
                     if !(create_if_missing && policies.auto_create_topics) {
                         return Err(BrokerError::TopicNotFound(name.to_string()));

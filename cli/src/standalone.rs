@@ -16,6 +16,7 @@ use anyhow::Context;
 use strata_bookie::{BookieStorage, LedgerClient, LedgerConfig, StorageOptions};
 use strata_broker::NamespacePolicies;
 use strata_broker::managed_ledger::ManagedLedgerConfig;
+use strata_broker::ownership::{Ownership, OwnershipConfig};
 use strata_broker::{BrokerConfig, BrokerServer, BrokerService, ServerConfig};
 use strata_metastore::{MetaStore, MetaStoreConfig};
 use strata_transport::{ServerTls, TransportTuning};
@@ -86,6 +87,13 @@ impl Standalone {
         };
         let server = BrokerServer::start(service.clone(), server_config, &tls)?;
         let quic_addr = server.local_addr()?;
+        // The standalone owns bundles like any broker (the only one registered, it gets all).
+        let ownership = Ownership::start(
+            meta.clone(),
+            OwnershipConfig::new("standalone", quic_addr.to_string()),
+        )
+        .await?;
+        service.enable_ownership(ownership);
 
         let ready = Arc::new(AtomicBool::new(false));
         let metrics_service = service.clone();
@@ -122,6 +130,9 @@ impl Standalone {
     pub async fn shutdown(self) -> anyhow::Result<()> {
         self.server.shutdown().await;
         self.service.close_all().await;
+        if let Some(ownership) = self.service.ownership() {
+            ownership.shutdown().await;
+        }
         self.http.shutdown().await;
         self.meta.shutdown().await?;
         Ok(())

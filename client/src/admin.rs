@@ -9,8 +9,27 @@ use crate::connection::{next_frame, open_stream};
 use crate::{Client, ClientError};
 
 impl Client {
-    async fn admin(
+    pub(crate) async fn admin(
         &self,
+        request: admin_request::Request,
+    ) -> Result<admin_response::Response, ClientError> {
+        self.admin_on(self.connection(), request).await
+    }
+
+    /// An admin request about `topic`, sent to the broker that owns it.
+    async fn topic_admin(
+        &self,
+        topic: &str,
+        request: admin_request::Request,
+    ) -> Result<admin_response::Response, ClientError> {
+        let owner = self.lookup(topic).await?;
+        let conn = self.connection_to(&owner.address).await?;
+        self.admin_on(&conn, request).await
+    }
+
+    async fn admin_on(
+        &self,
+        conn: &quinn::Connection,
         request: admin_request::Request,
     ) -> Result<admin_response::Response, ClientError> {
         let frame = ClientFrame {
@@ -18,8 +37,7 @@ impl Client {
                 request: Some(request),
             })),
         };
-        let (mut writer, mut reader) =
-            open_stream(self.connection(), &frame, self.max_frame_size()).await?;
+        let (mut writer, mut reader) = open_stream(conn, &frame, self.max_frame_size()).await?;
         writer.finish();
         match next_frame(&mut reader).await? {
             Some(f) => match f.frame {
@@ -49,9 +67,12 @@ impl Client {
 
     /// Deletes a topic with its messages and subscriptions.
     pub async fn delete_topic(&self, topic: &str) -> Result<(), ClientError> {
-        self.admin(admin_request::Request::DeleteTopic(DeleteTopic {
-            topic: topic.to_owned(),
-        }))
+        self.topic_admin(
+            topic,
+            admin_request::Request::DeleteTopic(DeleteTopic {
+                topic: topic.to_owned(),
+            }),
+        )
         .await
         .map(drop)
     }
@@ -74,9 +95,12 @@ impl Client {
     /// Entries, size and subscription backlogs of a topic.
     pub async fn topic_stats(&self, topic: &str) -> Result<TopicStatsReply, ClientError> {
         match self
-            .admin(admin_request::Request::TopicStats(TopicStats {
-                topic: topic.to_owned(),
-            }))
+            .topic_admin(
+                topic,
+                admin_request::Request::TopicStats(TopicStats {
+                    topic: topic.to_owned(),
+                }),
+            )
             .await?
         {
             admin_response::Response::Stats(s) => Ok(s),

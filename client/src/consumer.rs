@@ -14,7 +14,7 @@ use strata_proto::{MessageId, TopicName};
 use strata_transport::{FrameReader, FrameWriter};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-use crate::connection::{next_frame, open_stream};
+use crate::connection::next_frame;
 use crate::{Client, ClientError};
 
 /// A message as received, with its id for acknowledging it.
@@ -80,24 +80,11 @@ impl ConsumerBuilder {
                 consumer_name: self.name.clone(),
             })),
         };
-        let (mut writer, mut reader) = open_stream(
-            self.client.connection(),
-            &open,
-            self.client.max_frame_size(),
-        )
-        .await?;
-        match next_frame(&mut reader).await? {
-            Some(f) if matches!(f.frame, Some(server_frame::Frame::ConsumerReady(_))) => {}
-            Some(other) => {
-                return Err(ClientError::Protocol(format!(
-                    "expected ConsumerReady, got {other:?}"
-                )));
-            }
-            None => {
-                return Err(ClientError::Protocol(
-                    "stream ended before ConsumerReady".into(),
-                ));
-            }
+        let (mut writer, reader, ready) = self.client.open_session(&self.topic, &open).await?;
+        if !matches!(ready.frame, Some(server_frame::Frame::ConsumerReady(_))) {
+            return Err(ClientError::Protocol(format!(
+                "expected ConsumerReady, got {ready:?}"
+            )));
         }
         writer.send(&flow(self.receiver_queue_size)).await?;
         let (tx, rx) = mpsc::unbounded_channel();

@@ -22,12 +22,14 @@
 //! - [`producer`]: batching producer with a bounded pending queue (back-pressure).
 //! - [`consumer`]: consumer with flow-control permits, individual and cumulative acks.
 //! - [`admin`]: topic administration.
+//! - [`routing`]: lookups, and sessions opened on the broker that owns the topic.
 
 pub mod admin;
 pub mod connection;
 pub mod consumer;
 pub mod error;
 pub mod producer;
+pub mod routing;
 
 use std::sync::Arc;
 
@@ -35,6 +37,7 @@ pub use connection::ClientOptions;
 pub use consumer::{Consumer, ConsumerBuilder, ReceivedMessage};
 pub use error::ClientError;
 pub use producer::{OutgoingMessage, Producer, ProducerBuilder, SendFuture};
+pub use routing::TopicOwner;
 pub use strata_proto::pb::client::InitialPosition;
 pub use strata_proto::{ErrorCode, MessageId};
 
@@ -49,6 +52,8 @@ struct Inner {
     options: ClientOptions,
     endpoint: quinn::Endpoint,
     connection: quinn::Connection,
+    /// Connections to the brokers lookups sent sessions to, by address.
+    pool: tokio::sync::Mutex<std::collections::HashMap<String, connection::Connected>>,
 }
 
 impl Client {
@@ -61,6 +66,7 @@ impl Client {
                 options,
                 endpoint: c.endpoint,
                 connection: c.connection,
+                pool: tokio::sync::Mutex::new(std::collections::HashMap::new()),
             }),
         })
     }
@@ -83,8 +89,21 @@ impl Client {
         self.inner.options.max_frame_size
     }
 
-    /// Closes the connection after the peer has received what was sent.
+    /// Closes the connections after the peers have received what was sent.
     pub async fn close(&self) {
+        let pooled: Vec<_> = self
+            .inner
+            .pool
+            .lock()
+            .await
+            .drain()
+            .map(|(_, c)| c)
+            .collect();
+        for c in pooled {
+            c.connection
+                .close(quinn::VarInt::from_u32(0), b"client closed");
+            c.endpoint.wait_idle().await;
+        }
         self.inner
             .connection
             .close(quinn::VarInt::from_u32(0), b"client closed");

@@ -18,7 +18,7 @@ use strata_proto::{MessageId, TopicName, WireError};
 use strata_transport::{FrameReader, FrameWriter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
-use crate::connection::{next_frame, open_stream};
+use crate::connection::next_frame;
 use crate::{Client, ClientError};
 
 /// A message to send: payload plus optional key and properties.
@@ -102,20 +102,13 @@ impl ProducerBuilder {
             })),
         };
         let max = self.client.max_frame_size();
-        let (writer, mut reader) = open_stream(self.client.connection(), &open, max).await?;
-        let name = match next_frame(&mut reader).await? {
-            Some(f) => match f.frame {
-                Some(server_frame::Frame::ProducerReady(r)) => r.producer_name,
-                other => {
-                    return Err(ClientError::Protocol(format!(
-                        "expected ProducerReady, got {other:?}"
-                    )));
-                }
-            },
-            None => {
-                return Err(ClientError::Protocol(
-                    "stream ended before ProducerReady".into(),
-                ));
+        let (writer, reader, ready) = self.client.open_session(&self.topic, &open).await?;
+        let name = match ready.frame {
+            Some(server_frame::Frame::ProducerReady(r)) => r.producer_name,
+            other => {
+                return Err(ClientError::Protocol(format!(
+                    "expected ProducerReady, got {other:?}"
+                )));
             }
         };
         let (tx, rx) = mpsc::channel(self.max_pending_messages.min(65_536));

@@ -32,12 +32,14 @@ pub enum ErrorCode {
     ReadOnly = 19,
     /// The stored entry failed its checksum; its bytes are not returned.
     ChecksumMismatch = 20,
+    /// Another broker owns the topic's bundle: look the topic up again and go there.
+    NotOwner = 21,
 }
 
 impl ErrorCode {
     pub fn from_u32(code: u32) -> Self {
         use ErrorCode::*;
-        const ALL: [ErrorCode; 21] = [
+        const ALL: [ErrorCode; 22] = [
             Unknown,
             IncompatibleVersion,
             FrameTooLarge,
@@ -59,6 +61,7 @@ impl ErrorCode {
             Fenced,
             ReadOnly,
             ChecksumMismatch,
+            NotOwner,
         ];
         ALL.get(code as usize).copied().unwrap_or(Unknown)
     }
@@ -71,6 +74,7 @@ impl ErrorCode {
                 | ErrorCode::MetadataError
                 | ErrorCode::ServiceNotReady
                 | ErrorCode::TooManyRequests
+                | ErrorCode::NotOwner
         )
     }
 }

@@ -20,6 +20,10 @@ pub struct NamespacePolicies {
     /// it existed re-encode byte for byte.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replication: Option<ReplicationPolicy>,
+    /// Boundaries of the namespace's bundles in the 32-bit topic-hash space (from 0 to
+    /// `u32::MAX`); `None`: four equal bundles.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bundles: Option<Vec<u32>>,
 }
 
 /// Replication of a namespace's ledgers: ensemble size E, write quorum Qw, ack quorum Qa.
@@ -35,6 +39,7 @@ impl Default for NamespacePolicies {
         Self {
             auto_create_topics: true,
             replication: None,
+            bundles: None,
         }
     }
 }

@@ -127,6 +127,7 @@ async fn every_table_round_trips_its_record() -> TestResult {
                 write_quorum: 3,
                 ack_quorum: 2,
             }),
+            bundles: Some(vec![0, 0x8000_0000, u32::MAX]),
         },
     )
     .await?;
@@ -687,6 +688,7 @@ fn existing_stored_values_decode_and_re_encode_identically() -> TestResult {
         NamespacePolicies {
             auto_create_topics: false,
             replication: None,
+            bundles: None,
         },
     )?;
     same(
@@ -698,6 +700,7 @@ fn existing_stored_values_decode_and_re_encode_identically() -> TestResult {
                 write_quorum: 3,
                 ack_quorum: 2,
             }),
+            bundles: None,
         },
     )?;
     same(
