@@ -263,13 +263,20 @@ impl Ownership {
             // Ours (this call or an earlier one under the same lease), or released meanwhile
             // and free: take it by the next lookup.
             Some(_) | None => {
-                let mut state = self.lock();
-                if state.lease != Some(lease) {
-                    // The session was lost while acquiring: the key goes with the lease.
-                    return Err(BrokerError::ShuttingDown);
-                }
-                if state.owned.insert(bundle.clone()) {
+                let new = {
+                    let mut state = self.lock();
+                    if state.lease != Some(lease) {
+                        // The session was lost while acquiring: the key goes with the lease.
+                        return Err(BrokerError::ShuttingDown);
+                    }
+                    state.owned.insert(bundle.clone())
+                };
+                if new {
                     info!(bundle = %bundle, "bundle acquired");
+                    // The load manager reads the count from the registration: keep it current.
+                    if let Err(e) = self.register(lease).await {
+                        warn!(error = %e, "broker registration refresh failed");
+                    }
                 }
                 Ok(Acquired::Mine)
             }

@@ -1,0 +1,228 @@
+//! Several brokers over one metastore and three bookies (in process, real QUIC and RocksDB):
+//! bundle ownership, lookups and redirects, and takeover of a stopped broker's topics with
+//! their ledgers fenced.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use strata_bookie::local_cluster::{LocalCluster, LocalClusterOptions};
+use strata_bookie::{BookieClientOptions, LedgerClientOptions};
+use strata_broker::BrokerError;
+use strata_broker::ownership::{Ownership, OwnershipConfig};
+use strata_broker::server::{BrokerServer, ServerConfig};
+use strata_broker::service::{BrokerConfig, BrokerService};
+use strata_client::{Client, ClientOptions, InitialPosition};
+use strata_metastore::tables::NamespacePolicies;
+use strata_proto::TopicName;
+use strata_transport::{ServerTls, TransportTuning};
+
+struct TestBroker {
+    id: String,
+    service: Arc<BrokerService>,
+    server: BrokerServer,
+    ownership: Arc<Ownership>,
+    address: String,
+}
+
+async fn start_broker(cluster: &LocalCluster, dir: &std::path::Path, id: &str) -> TestBroker {
+    let ledgers = cluster.ledger_client(
+        BookieClientOptions {
+            request_timeout: Duration::from_secs(3),
+            ..BookieClientOptions::default()
+        },
+        LedgerClientOptions::default(),
+    );
+    let service = BrokerService::new(cluster.meta.clone(), ledgers, BrokerConfig::default());
+    service
+        .ensure_namespace(
+            &"public/default".parse().expect("ns"),
+            &NamespacePolicies::default(),
+        )
+        .await
+        .expect("namespace");
+    let (tls, _) = ServerTls::dev_in_dir(&dir.join(id), &[]).expect("tls");
+    let server = BrokerServer::start(
+        service.clone(),
+        ServerConfig {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            max_frame_size: strata_proto::DEFAULT_MAX_FRAME_SIZE,
+            tuning: TransportTuning::default(),
+        },
+        &tls,
+    )
+    .expect("server");
+    let address = server.local_addr().expect("addr").to_string();
+    let mut config = OwnershipConfig::new(id, address.clone());
+    config.session_ttl = Duration::from_secs(2);
+    config.refresh_interval = Duration::from_millis(500);
+    let ownership = Ownership::start(cluster.meta.clone(), config)
+        .await
+        .expect("ownership");
+    service.enable_ownership(ownership.clone());
+    TestBroker {
+        id: id.to_owned(),
+        service,
+        server,
+        ownership,
+        address,
+    }
+}
+
+async fn client_of(broker: &TestBroker) -> Client {
+    Client::connect(ClientOptions {
+        url: format!("quic://{}", broker.address),
+        ..ClientOptions::default()
+    })
+    .await
+    .expect("connect")
+}
+
+async fn start() -> (tempfile::TempDir, LocalCluster, Vec<TestBroker>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cluster = LocalCluster::start(&dir.path().join("cluster"), LocalClusterOptions::default())
+        .await
+        .expect("cluster");
+    let a = start_broker(&cluster, dir.path(), "broker-a").await;
+    let b = start_broker(&cluster, dir.path(), "broker-b").await;
+    (dir, cluster, vec![a, b])
+}
+
+/// Produces `n` messages to `topic` and returns once all are acknowledged.
+async fn produce(client: &Client, topic: &str, n: usize) {
+    let producer = client.producer(topic).create().await.expect("producer");
+    let mut sends = Vec::new();
+    for i in 0..n {
+        sends.push(
+            producer
+                .send_async(format!("{topic} #{i}"))
+                .await
+                .expect("queued"),
+        );
+    }
+    for s in sends {
+        s.await.expect("acknowledged");
+    }
+    producer.close().await.expect("close producer");
+}
+
+/// Every lookup, at either broker, names the same owner; topics spread over both brokers;
+/// a client connected to one broker produces and consumes topics owned by the other
+/// (redirected); and the broker that does not own a topic refuses it with `NotOwner`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_are_served_by_their_bundle_owner_and_clients_are_redirected() {
+    let (_dir, cluster, brokers) = start().await;
+    let (client_a, client_b) = (client_of(&brokers[0]).await, client_of(&brokers[1]).await);
+    let mut owners = Vec::new();
+    for i in 0..8 {
+        let topic = format!("persistent://public/default/spread-{i}");
+        let owner = client_a.lookup(&topic).await.expect("lookup");
+        produce(&client_a, &topic, 5).await;
+        let again = client_b.lookup(&topic).await.expect("lookup at b");
+        assert_eq!(again.broker_id, owner.broker_id, "one owner for {topic}");
+        owners.push((topic, owner.broker_id));
+    }
+    for b in &brokers {
+        assert!(
+            owners.iter().any(|(_, o)| *o == b.id),
+            "{} owns nothing: {owners:?}",
+            b.id
+        );
+    }
+    // Consume through the other broker's connection: redirected to the owner.
+    for (topic, _) in &owners {
+        let mut consumer = client_b
+            .consumer(topic, "audit")
+            .initial_position(InitialPosition::Earliest)
+            .subscribe()
+            .await
+            .expect("subscribe");
+        for i in 0..5 {
+            let msg = consumer.receive().await.expect("receive");
+            assert_eq!(msg.payload, format!("{topic} #{i}").as_bytes());
+            consumer.ack(msg.id).await.expect("ack");
+        }
+        consumer.close().await.expect("close");
+        // Stats come from the owner, whichever broker the client asked first.
+        let stats = client_a.topic_stats(topic).await.expect("stats via a");
+        assert!(stats.entries >= 1, "{stats:?}");
+        assert!(
+            stats.subscriptions.iter().any(|s| s.name == "audit"),
+            "{stats:?}"
+        );
+    }
+    let (topic, owner) = &owners[0];
+    let other = brokers.iter().find(|b| b.id != *owner).expect("other");
+    let name: TopicName = topic.parse().expect("topic");
+    match other.service.topic(&name, true).await {
+        Err(BrokerError::NotOwner { broker_id, .. }) => assert_eq!(broker_id, *owner),
+        Err(e) => panic!("expected NotOwner, got {e}"),
+        Ok(_) => panic!("expected NotOwner, got the topic"),
+    }
+    client_a.close().await;
+    client_b.close().await;
+    for b in brokers {
+        b.server.shutdown().await;
+        b.service.close_all().await;
+        b.ownership.shutdown().await;
+    }
+    cluster.shutdown().await;
+}
+
+/// The owner of a topic stops without closing its ledgers (as a crash would leave them):
+/// once its session is gone the other broker takes the bundle, recovers the open ledger and
+/// serves every acknowledged message; the old owner's writer is fenced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_brokers_topics_are_taken_over_with_nothing_lost() {
+    let (_dir, cluster, mut brokers) = start().await;
+    let client_a = client_of(&brokers[0]).await;
+    // A topic owned by broker-b.
+    let mut topic = None;
+    for i in 0..32 {
+        let t = format!("persistent://public/default/takeover-{i}");
+        if client_a.lookup(&t).await.expect("lookup").broker_id == "broker-b" {
+            topic = Some(t);
+            break;
+        }
+    }
+    let topic = topic.expect("a topic for broker-b");
+    produce(&client_a, &topic, 100).await;
+    let b = brokers.pop().expect("b");
+    let name: TopicName = topic.parse().expect("topic");
+    let zombie = b.service.topic(&name, false).await.expect("loaded at b");
+    // "Crash": connections drop and the lease goes, but the ledger stays OPEN.
+    b.server.shutdown().await;
+    b.ownership.shutdown().await;
+
+    let owner = client_a.lookup(&topic).await.expect("lookup");
+    assert_eq!(owner.broker_id, "broker-a");
+    let mut consumer = client_a
+        .consumer(&topic, "after-failover")
+        .initial_position(InitialPosition::Earliest)
+        .subscribe()
+        .await
+        .expect("subscribe at the new owner");
+    for i in 0..100 {
+        let msg = consumer.receive().await.expect("receive");
+        assert_eq!(msg.payload, format!("{topic} #{i}").as_bytes());
+        consumer.ack(msg.id).await.expect("ack");
+    }
+    consumer.close().await.expect("close");
+    // The old owner cannot write any more: its ledger was fenced by the takeover.
+    let appended = zombie
+        .managed_ledger()
+        .append(bytes::Bytes::from_static(b"zombie"))
+        .await;
+    let outcome = match appended {
+        Ok(pending) => pending.await.map(drop),
+        Err(e) => Err(e),
+    };
+    assert!(outcome.is_err(), "a write by the old owner must fail");
+    produce(&client_a, &topic, 3).await;
+    client_a.close().await;
+    for b in brokers {
+        b.server.shutdown().await;
+        b.service.close_all().await;
+        b.ownership.shutdown().await;
+    }
+    cluster.shutdown().await;
+}
