@@ -14,6 +14,7 @@
 
 pub mod bookie_node;
 pub mod bookies_admin;
+pub mod broker_node;
 pub mod cluster;
 pub mod commands;
 pub mod config;

@@ -5,12 +5,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use strata_cli::bookie_node;
 use strata_cli::cluster;
 use strata_cli::commands::{self, ConnectArgs};
 use strata_cli::config::StandaloneConfig;
 use strata_cli::metastore_node;
 use strata_cli::standalone::Standalone;
+use strata_cli::{bookie_node, broker_node};
 use strata_cli::{perf, perf_ledger};
 use strata_client::InitialPosition;
 
@@ -44,6 +44,8 @@ enum Command {
     Metastore(metastore_node::MetastoreArgs),
     /// Run one bookie (ledger storage server), registered in the metastore.
     Bookie(bookie_node::BookieArgs),
+    /// Run one stateless broker of a cluster (metastore and bookies elsewhere).
+    Broker(broker_node::BrokerArgs),
     /// Read and write a metastore cluster's keys.
     Meta {
         /// Metastore nodes, `host:port[,host:port...]`.
@@ -109,6 +111,10 @@ enum TopicsCommand {
     },
     /// Entries, size and subscription backlog of a topic.
     Stats {
+        topic: String,
+    },
+    /// The broker serving a topic: its id and address.
+    Lookup {
         topic: String,
     },
 }
@@ -212,6 +218,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bookie(args) => {
             bookie_node::run(args, cli.connect.tls_ca.clone(), wait_for_shutdown_signal()).await
         }
+        Command::Broker(args) => {
+            broker_node::run(args, cli.connect.tls_ca.clone(), wait_for_shutdown_signal()).await
+        }
         Command::Meta { metastore, command } => {
             let timeout = std::time::Duration::from_secs(cli.connect.connect_timeout_secs);
             metastore_node::meta(&metastore, cli.connect.tls_ca.clone(), timeout, command).await
@@ -254,6 +263,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let client = cli.connect.connect().await?;
             match cmd {
                 TopicsCommand::Create { topic } => client.create_topic(&topic).await?,
+                TopicsCommand::Lookup { topic } => {
+                    let owner = client.lookup(&topic).await?;
+                    println!("{} {}", owner.broker_id, owner.address);
+                }
                 TopicsCommand::Delete { topic } => client.delete_topic(&topic).await?,
                 TopicsCommand::List { namespace } => {
                     for t in client.list_topics(&namespace).await? {
