@@ -34,6 +34,12 @@ pub enum BrokerError {
     CursorFenced { subscription: String },
     #[error("topic {0} was deleted")]
     TopicDeleted(String),
+    #[error("namespace {0} already exists")]
+    NamespaceAlreadyExists(String),
+    #[error("namespace {namespace} still has {topics} topic(s); delete them first")]
+    NamespaceNotEmpty { namespace: String, topics: usize },
+    #[error("invalid policy: {0}")]
+    InvalidPolicy(String),
     #[error("topic {topic} is served by broker {broker_id} at {address}; look it up again")]
     NotOwner {
         topic: String,
@@ -62,6 +68,9 @@ impl BrokerError {
             Self::CursorFenced { .. } => ErrorCode::MetadataError,
             Self::TopicDeleted(_) => ErrorCode::TopicNotFound,
             Self::NotOwner { .. } => ErrorCode::NotOwner,
+            Self::NamespaceAlreadyExists(_) => ErrorCode::NamespaceAlreadyExists,
+            Self::NamespaceNotEmpty { .. } => ErrorCode::NamespaceNotEmpty,
+            Self::InvalidPolicy(_) => ErrorCode::InvalidPolicy,
         }
     }
 

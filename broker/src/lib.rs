@@ -15,6 +15,7 @@
 //! Everything it keeps in the metastore goes through the typed tables of
 //! [`strata_metastore::tables`] (namespaces, topics, managed ledgers, cursors).
 
+pub mod admin;
 pub mod bundles;
 pub mod cursor;
 pub mod error;

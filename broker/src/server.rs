@@ -258,6 +258,32 @@ async fn handle_admin(service: &BrokerService, req: AdminRequest) -> AdminRespon
                     },
                 ))
             }
+            Some(admin_request::Request::CreateNamespace(c)) => {
+                let ns: NamespaceName = c.namespace.parse()?;
+                service
+                    .create_namespace(&ns, &crate::admin::policies_from(&c)?)
+                    .await?;
+                Ok(admin_response::Response::Done(Done {}))
+            }
+            Some(admin_request::Request::ListNamespaces(l)) => Ok(
+                admin_response::Response::Namespaces(strata_proto::pb::client::NamespaceList {
+                    namespaces: service.list_namespaces(&l.tenant).await?,
+                }),
+            ),
+            Some(admin_request::Request::DeleteNamespace(d)) => {
+                service.delete_namespace(&d.namespace.parse()?).await?;
+                Ok(admin_response::Response::Done(Done {}))
+            }
+            Some(admin_request::Request::GetNamespace(g)) => {
+                let ns: NamespaceName = g.namespace.parse()?;
+                let policies = service.namespace(&ns).await?;
+                Ok(admin_response::Response::Namespace(
+                    strata_proto::pb::client::NamespaceInfo {
+                        namespace: ns.to_string(),
+                        policies_json: crate::admin::policies_json(&policies),
+                    },
+                ))
+            }
             None => Err(BrokerError::Protocol("empty admin request".into())),
         }
     }

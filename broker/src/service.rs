@@ -5,7 +5,8 @@ use std::sync::{Arc, OnceLock};
 
 use strata_bookie::{LedgerClient, LedgerConfig};
 use strata_metastore::tables::{
-    BrokerId, NamespaceBundle, NamespacePolicies, TableError, Tables, TopicRecord, now_ms,
+    BrokerId, NamespaceBundle, NamespacePolicies, TableError, Tables, TenantName, TenantRecord,
+    TopicRecord, now_ms,
 };
 use strata_metastore::{Expect, Meta};
 use strata_proto::{NamespaceName, TopicName};
@@ -192,6 +193,61 @@ impl BrokerService {
         Ok(row.record)
     }
 
+    /// Creates a namespace with `policies` (and its tenant if it has none yet).
+    pub async fn create_namespace(
+        &self,
+        ns: &NamespaceName,
+        policies: &NamespacePolicies,
+    ) -> Result<(), BrokerError> {
+        validate_policies(policies)?;
+        let tenant = TenantName::new(ns.tenant())?;
+        let record = TenantRecord {
+            created_ms: now_ms(),
+            ..TenantRecord::default()
+        };
+        match self.tables.tenants.create(&tenant, &record).await {
+            Ok(_) | Err(TableError::VersionMismatch { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        match self.tables.namespaces.create(ns, policies).await {
+            Ok(_) => {
+                info!(namespace = %ns, "namespace created");
+                Ok(())
+            }
+            Err(TableError::VersionMismatch { .. }) => {
+                Err(BrokerError::NamespaceAlreadyExists(ns.to_string()))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The namespaces of a tenant, sorted.
+    pub async fn list_namespaces(&self, tenant: &str) -> Result<Vec<String>, BrokerError> {
+        let tenant = TenantName::new(tenant)?;
+        let names = self.tables.namespaces.list_keys(&tenant).await?;
+        Ok(names.iter().map(NamespaceName::to_string).collect())
+    }
+
+    /// A namespace's policies.
+    pub async fn namespace(&self, ns: &NamespaceName) -> Result<NamespacePolicies, BrokerError> {
+        self.namespace_policies(ns).await
+    }
+
+    /// Deletes an empty namespace.
+    pub async fn delete_namespace(&self, ns: &NamespaceName) -> Result<(), BrokerError> {
+        self.namespace_policies(ns).await?;
+        let topics = self.tables.topics.list_keys(ns).await?;
+        if !topics.is_empty() {
+            return Err(BrokerError::NamespaceNotEmpty {
+                namespace: ns.to_string(),
+                topics: topics.len(),
+            });
+        }
+        self.tables.namespaces.delete(ns, Expect::Any).await?;
+        info!(namespace = %ns, "namespace deleted");
+        Ok(())
+    }
+
     /// The replication of a namespace's new ledgers: its policy, else the broker's default,
     /// else the ledger client's choice for the bookies registered.
     async fn replication(&self, policies: &NamespacePolicies) -> Result<LedgerConfig, BrokerError> {
@@ -313,4 +369,25 @@ impl BrokerService {
             }
         }
     }
+}
+
+/// Checks policy values a broker could not act on.
+pub fn validate_policies(policies: &NamespacePolicies) -> Result<(), BrokerError> {
+    if let Some(r) = policies.replication {
+        LedgerConfig {
+            ensemble_size: r.ensemble_size,
+            write_quorum: r.write_quorum,
+            ack_quorum: r.ack_quorum,
+        }
+        .validate()
+        .map_err(|e| BrokerError::InvalidPolicy(e.to_string()))?;
+    }
+    if let Some(b) = &policies.bundles
+        && BundleLayout::from_boundaries(b.clone()).is_none()
+    {
+        return Err(BrokerError::InvalidPolicy(
+            "bundle boundaries must rise strictly from 0 to 4294967295".into(),
+        ));
+    }
+    Ok(())
 }

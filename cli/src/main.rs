@@ -79,6 +79,9 @@ enum Command {
     /// Manage topics.
     #[command(subcommand)]
     Topics(TopicsCommand),
+    /// Manage namespaces (and, implicitly, tenants).
+    #[command(subcommand)]
+    Namespaces(NamespacesCommand),
     /// Cluster administration: metastore membership, bookies.
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),
@@ -117,6 +120,33 @@ enum TopicsCommand {
     Lookup {
         topic: String,
     },
+}
+
+#[derive(Subcommand)]
+enum NamespacesCommand {
+    /// Create `tenant/namespace` (the tenant too, if new).
+    Create {
+        namespace: String,
+        /// Refuse producers and consumers on topics that were not created first.
+        #[arg(long)]
+        no_auto_create_topics: bool,
+        /// Replication of the namespace's ledgers: ensemble size (with the two quorums).
+        #[arg(long, requires_all = ["write_quorum", "ack_quorum"])]
+        ensemble: Option<u32>,
+        #[arg(long, requires_all = ["ensemble", "ack_quorum"])]
+        write_quorum: Option<u32>,
+        #[arg(long, requires_all = ["ensemble", "write_quorum"])]
+        ack_quorum: Option<u32>,
+        /// Number of bundles (default 4).
+        #[arg(long)]
+        bundles: Option<u32>,
+    },
+    /// List the namespaces of a tenant.
+    List { tenant: String },
+    /// Delete an empty namespace.
+    Delete { namespace: String },
+    /// Print a namespace's policies (JSON).
+    Policies { namespace: String },
 }
 
 #[derive(Subcommand)]
@@ -285,6 +315,43 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                             sub.name, sub.backlog_entries
                         );
                     }
+                }
+            }
+            client.close().await;
+            Ok(())
+        }
+        Command::Namespaces(cmd) => {
+            let client = cli.connect.connect().await?;
+            match cmd {
+                NamespacesCommand::Create {
+                    namespace,
+                    no_auto_create_topics,
+                    ensemble,
+                    write_quorum,
+                    ack_quorum,
+                    bundles,
+                } => {
+                    client
+                        .create_namespace(strata_proto::pb::client::CreateNamespace {
+                            namespace,
+                            auto_create_topics: Some(!no_auto_create_topics),
+                            ensemble_size: ensemble,
+                            write_quorum,
+                            ack_quorum,
+                            bundles,
+                        })
+                        .await?
+                }
+                NamespacesCommand::List { tenant } => {
+                    for ns in client.list_namespaces(&tenant).await? {
+                        println!("{ns}");
+                    }
+                }
+                NamespacesCommand::Delete { namespace } => {
+                    client.delete_namespace(&namespace).await?
+                }
+                NamespacesCommand::Policies { namespace } => {
+                    println!("{}", client.namespace_policies(&namespace).await?);
                 }
             }
             client.close().await;

@@ -1,8 +1,9 @@
 //! Topic administration: request/response exchanges, each on its own short-lived stream.
 
 use strata_proto::pb::client::{
-    AdminRequest, ClientFrame, CreateTopic, DeleteTopic, ListTopics, TopicStats, TopicStatsReply,
-    admin_request, admin_response, client_frame, server_frame,
+    AdminRequest, ClientFrame, CreateNamespace, CreateTopic, DeleteNamespace, DeleteTopic,
+    GetNamespace, ListNamespaces, ListTopics, TopicStats, TopicStatsReply, admin_request,
+    admin_response, client_frame, server_frame,
 };
 
 use crate::connection::{next_frame, open_stream};
@@ -106,6 +107,53 @@ impl Client {
             admin_response::Response::Stats(s) => Ok(s),
             other => Err(ClientError::Protocol(format!(
                 "expected topic stats, got {other:?}"
+            ))),
+        }
+    }
+
+    /// Creates a namespace (`tenant/namespace`); unset fields of `request` take the
+    /// defaults. Fails with `NamespaceAlreadyExists` or `InvalidPolicy`.
+    pub async fn create_namespace(&self, request: CreateNamespace) -> Result<(), ClientError> {
+        self.admin(admin_request::Request::CreateNamespace(request))
+            .await
+            .map(drop)
+    }
+
+    /// The namespaces of a tenant.
+    pub async fn list_namespaces(&self, tenant: &str) -> Result<Vec<String>, ClientError> {
+        match self
+            .admin(admin_request::Request::ListNamespaces(ListNamespaces {
+                tenant: tenant.to_owned(),
+            }))
+            .await?
+        {
+            admin_response::Response::Namespaces(n) => Ok(n.namespaces),
+            other => Err(ClientError::Protocol(format!(
+                "expected a namespace list, got {other:?}"
+            ))),
+        }
+    }
+
+    /// Deletes an empty namespace; `NamespaceNotEmpty` while it has topics.
+    pub async fn delete_namespace(&self, namespace: &str) -> Result<(), ClientError> {
+        self.admin(admin_request::Request::DeleteNamespace(DeleteNamespace {
+            namespace: namespace.to_owned(),
+        }))
+        .await
+        .map(drop)
+    }
+
+    /// A namespace's policies, as the stored JSON.
+    pub async fn namespace_policies(&self, namespace: &str) -> Result<String, ClientError> {
+        match self
+            .admin(admin_request::Request::GetNamespace(GetNamespace {
+                namespace: namespace.to_owned(),
+            }))
+            .await?
+        {
+            admin_response::Response::Namespace(n) => Ok(n.policies_json),
+            other => Err(ClientError::Protocol(format!(
+                "expected namespace policies, got {other:?}"
             ))),
         }
     }

@@ -34,12 +34,17 @@ pub enum ErrorCode {
     ChecksumMismatch = 20,
     /// Another broker owns the topic's bundle: look the topic up again and go there.
     NotOwner = 21,
+    NamespaceAlreadyExists = 22,
+    /// A namespace cannot be deleted while it has topics.
+    NamespaceNotEmpty = 23,
+    /// A policy value is out of range (e.g. replication breaking E >= Qw >= Qa >= 1).
+    InvalidPolicy = 24,
 }
 
 impl ErrorCode {
     pub fn from_u32(code: u32) -> Self {
         use ErrorCode::*;
-        const ALL: [ErrorCode; 22] = [
+        const ALL: [ErrorCode; 25] = [
             Unknown,
             IncompatibleVersion,
             FrameTooLarge,
@@ -62,6 +67,9 @@ impl ErrorCode {
             ReadOnly,
             ChecksumMismatch,
             NotOwner,
+            NamespaceAlreadyExists,
+            NamespaceNotEmpty,
+            InvalidPolicy,
         ];
         ALL.get(code as usize).copied().unwrap_or(Unknown)
     }
@@ -120,7 +128,7 @@ mod tests {
 
     #[test]
     fn codes_round_trip_and_unknown_numbers_map_to_unknown() {
-        for n in 0..21 {
+        for n in 0..25 {
             assert_eq!(ErrorCode::from_u32(n) as u32, n);
         }
         assert_eq!(ErrorCode::from_u32(9999), ErrorCode::Unknown);
