@@ -284,6 +284,33 @@ async fn handle_admin(service: &BrokerService, req: AdminRequest) -> AdminRespon
                     },
                 ))
             }
+            Some(admin_request::Request::NamespaceBundles(n)) => {
+                let ns: NamespaceName = n.namespace.parse()?;
+                let bundles = service
+                    .namespace_bundles(&ns)
+                    .await?
+                    .into_iter()
+                    .map(|(bundle, owner)| strata_proto::pb::client::BundleInfo {
+                        range: bundle.range.to_string(),
+                        owner_id: owner
+                            .as_ref()
+                            .map(|o| o.broker_id.0.clone())
+                            .unwrap_or_default(),
+                        owner_address: owner.map(|o| o.address).unwrap_or_default(),
+                    })
+                    .collect();
+                Ok(admin_response::Response::Bundles(
+                    strata_proto::pb::client::BundleList { bundles },
+                ))
+            }
+            Some(admin_request::Request::UnloadBundle(u)) => {
+                let bundle = strata_metastore::tables::NamespaceBundle {
+                    namespace: u.namespace.parse()?,
+                    range: u.range.parse().map_err(BrokerError::Protocol)?,
+                };
+                service.unload_bundle(&bundle).await?;
+                Ok(admin_response::Response::Done(Done {}))
+            }
             None => Err(BrokerError::Protocol("empty admin request".into())),
         }
     }

@@ -155,6 +155,70 @@ impl BrokerService {
         }
     }
 
+    /// The bundles of a namespace with their owners (`None`: unowned).
+    pub async fn namespace_bundles(
+        &self,
+        ns: &NamespaceName,
+    ) -> Result<Vec<(NamespaceBundle, Option<TopicOwner>)>, BrokerError> {
+        let policies = self.namespace_policies(ns).await?;
+        let mut out = Vec::new();
+        for bundle in crate::bundles::bundles_of(ns, &Self::layout(&policies)) {
+            let owner = self
+                .tables
+                .ownership
+                .get(&bundle)
+                .await?
+                .map(|row| TopicOwner {
+                    broker_id: row.record.broker_id,
+                    address: row.record.address,
+                });
+            out.push((bundle, owner));
+        }
+        Ok(out)
+    }
+
+    /// Unloads a bundle this broker owns: closes its topics (ledgers closed, cursors flushed)
+    /// and gives the bundle up, so the next lookup assigns it afresh. `NotOwner` if another
+    /// broker owns it; nothing to do if nobody does.
+    pub async fn unload_bundle(&self, bundle: &NamespaceBundle) -> Result<(), BrokerError> {
+        let Some(ownership) = self.ownership.get() else {
+            return Ok(());
+        };
+        if !ownership.owns(bundle) {
+            return match ownership.owner_of(bundle).await? {
+                Some(r) if r.broker_id != *ownership.broker_id() => Err(BrokerError::NotOwner {
+                    topic: bundle.to_string(),
+                    broker_id: r.broker_id.0,
+                    address: r.address,
+                }),
+                _ => Ok(()),
+            };
+        }
+        let layout = Self::layout(&self.namespace_policies(&bundle.namespace).await?);
+        let cells: Vec<_> = {
+            let mut topics = self.topics.lock().await;
+            let names: Vec<TopicName> = topics
+                .keys()
+                .filter(|t| layout.bundle_of(t) == *bundle)
+                .cloned()
+                .collect();
+            names
+                .into_iter()
+                .filter_map(|t| topics.remove(&t))
+                .collect()
+        };
+        for cell in cells {
+            let Some(topic) = cell.get() else { continue };
+            topic.flush_cursors().await;
+            if let Err(e) = topic.managed_ledger().close().await {
+                warn!(topic = %topic.name(), error = %e, "closing a topic on unload failed; the next owner recovers it");
+            }
+        }
+        ownership.release(bundle).await?;
+        info!(bundle = %bundle, "bundle unloaded");
+        Ok(())
+    }
+
     /// Drops every loaded topic: its ledger is closed if this broker still can, else left to
     /// the new owner's recovery.
     pub async fn unload_all(&self) {

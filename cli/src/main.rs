@@ -147,6 +147,10 @@ enum NamespacesCommand {
     Delete { namespace: String },
     /// Print a namespace's policies (JSON).
     Policies { namespace: String },
+    /// List a namespace's bundles and the broker owning each.
+    Bundles { namespace: String },
+    /// Unload every owned bundle of a namespace at its owner; lookups assign them again.
+    Unload { namespace: String },
 }
 
 #[derive(Subcommand)]
@@ -352,6 +356,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 NamespacesCommand::Policies { namespace } => {
                     println!("{}", client.namespace_policies(&namespace).await?);
+                }
+                NamespacesCommand::Bundles { namespace } => {
+                    for b in client.namespace_bundles(&namespace).await? {
+                        let owner = if b.owner_id.is_empty() {
+                            "unowned".to_owned()
+                        } else {
+                            format!("{} {}", b.owner_id, b.owner_address)
+                        };
+                        println!("{} {owner}", b.range);
+                    }
+                }
+                NamespacesCommand::Unload { namespace } => {
+                    let n = client.unload_namespace(&namespace).await?;
+                    eprintln!("unloaded {n} bundle(s)");
                 }
             }
             client.close().await;

@@ -1,9 +1,9 @@
 //! Topic administration: request/response exchanges, each on its own short-lived stream.
 
 use strata_proto::pb::client::{
-    AdminRequest, ClientFrame, CreateNamespace, CreateTopic, DeleteNamespace, DeleteTopic,
-    GetNamespace, ListNamespaces, ListTopics, TopicStats, TopicStatsReply, admin_request,
-    admin_response, client_frame, server_frame,
+    AdminRequest, BundleInfo, ClientFrame, CreateNamespace, CreateTopic, DeleteNamespace,
+    DeleteTopic, GetNamespace, ListNamespaces, ListTopics, NamespaceBundles, TopicStats,
+    TopicStatsReply, UnloadBundle, admin_request, admin_response, client_frame, server_frame,
 };
 
 use crate::connection::{next_frame, open_stream};
@@ -156,5 +156,42 @@ impl Client {
                 "expected namespace policies, got {other:?}"
             ))),
         }
+    }
+
+    /// A namespace's bundles and their owners.
+    pub async fn namespace_bundles(&self, namespace: &str) -> Result<Vec<BundleInfo>, ClientError> {
+        match self
+            .admin(admin_request::Request::NamespaceBundles(NamespaceBundles {
+                namespace: namespace.to_owned(),
+            }))
+            .await?
+        {
+            admin_response::Response::Bundles(b) => Ok(b.bundles),
+            other => Err(ClientError::Protocol(format!(
+                "expected a bundle list, got {other:?}"
+            ))),
+        }
+    }
+
+    /// Unloads every owned bundle of a namespace, each at its owner: its topics close and
+    /// the next lookups assign the bundles again. Returns how many bundles were unloaded.
+    pub async fn unload_namespace(&self, namespace: &str) -> Result<usize, ClientError> {
+        let mut unloaded = 0;
+        for bundle in self.namespace_bundles(namespace).await? {
+            if bundle.owner_address.is_empty() {
+                continue;
+            }
+            let conn = self.connection_to(&bundle.owner_address).await?;
+            self.admin_on(
+                &conn,
+                admin_request::Request::UnloadBundle(UnloadBundle {
+                    namespace: namespace.to_owned(),
+                    range: bundle.range.clone(),
+                }),
+            )
+            .await?;
+            unloaded += 1;
+        }
+        Ok(unloaded)
     }
 }

@@ -226,3 +226,65 @@ async fn a_stopped_brokers_topics_are_taken_over_with_nothing_lost() {
     }
     cluster.shutdown().await;
 }
+
+/// Unloading a namespace closes its topics at their owners and gives the bundles up; the next
+/// lookups assign them again and every message is still there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unloading_a_namespace_reassigns_its_bundles_and_keeps_the_data() {
+    let (_dir, cluster, brokers) = start().await;
+    let client = client_of(&brokers[0]).await;
+    let topics: Vec<String> = (0..6)
+        .map(|i| format!("persistent://public/default/unload-{i}"))
+        .collect();
+    for t in &topics {
+        produce(&client, t, 10).await;
+    }
+    let owned_before: usize = brokers.iter().map(|b| b.ownership.owned().len()).sum();
+    assert!(owned_before >= 1);
+    let bundles = client
+        .namespace_bundles("public/default")
+        .await
+        .expect("bundles");
+    assert_eq!(bundles.len(), 4);
+    let unloaded = client
+        .unload_namespace("public/default")
+        .await
+        .expect("unload");
+    assert_eq!(unloaded, owned_before);
+    for b in &brokers {
+        assert!(
+            b.ownership.owned().is_empty(),
+            "{} still owns bundles",
+            b.id
+        );
+    }
+    assert!(
+        client
+            .namespace_bundles("public/default")
+            .await
+            .expect("bundles")
+            .iter()
+            .all(|b| b.owner_id.is_empty()),
+        "every bundle unowned after the unload"
+    );
+    for t in &topics {
+        let mut consumer = client
+            .consumer(t, "after-unload")
+            .initial_position(InitialPosition::Earliest)
+            .subscribe()
+            .await
+            .expect("subscribe");
+        for i in 0..10 {
+            let msg = consumer.receive().await.expect("receive");
+            assert_eq!(msg.payload, format!("{t} #{i}").as_bytes());
+        }
+        consumer.close().await.expect("close");
+    }
+    client.close().await;
+    for b in brokers {
+        b.server.shutdown().await;
+        b.service.close_all().await;
+        b.ownership.shutdown().await;
+    }
+    cluster.shutdown().await;
+}
