@@ -303,6 +303,14 @@ async fn handle_admin(service: &BrokerService, req: AdminRequest) -> AdminRespon
                     strata_proto::pb::client::BundleList { bundles },
                 ))
             }
+            Some(admin_request::Request::SplitBundle(u)) => {
+                let bundle = strata_metastore::tables::NamespaceBundle {
+                    namespace: u.namespace.parse()?,
+                    range: u.range.parse().map_err(BrokerError::InvalidPolicy)?,
+                };
+                service.split_bundle(&bundle).await?;
+                Ok(admin_response::Response::Done(Done {}))
+            }
             Some(admin_request::Request::UnloadBundle(u)) => {
                 let bundle = strata_metastore::tables::NamespaceBundle {
                     namespace: u.namespace.parse()?,

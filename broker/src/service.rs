@@ -219,6 +219,67 @@ impl BrokerService {
         Ok(())
     }
 
+    /// Splits a bundle at its midpoint. Its owner (or, if nobody owns it, the broker asked)
+    /// takes both halves before the namespace's layout names them, then writes the new layout
+    /// by compare-and-set, then gives up the old bundle: no lookup can place a topic in a
+    /// half another broker holds. Loaded topics stay where they are.
+    pub async fn split_bundle(&self, bundle: &NamespaceBundle) -> Result<(), BrokerError> {
+        let ownership = self.ownership.get().ok_or(BrokerError::ShuttingDown)?;
+        let row = self
+            .tables
+            .namespaces
+            .get(&bundle.namespace)
+            .await?
+            .ok_or_else(|| BrokerError::NamespaceNotFound(bundle.namespace.to_string()))?;
+        let layout = Self::layout(&row.record);
+        let split = layout.split(bundle.range).ok_or_else(|| {
+            BrokerError::InvalidPolicy(format!(
+                "{} is not a bundle of {} that can be split",
+                bundle.range, bundle.namespace
+            ))
+        })?;
+        if let Acquired::OwnedBy(r) = ownership.acquire(bundle).await? {
+            return Err(BrokerError::NotOwner {
+                topic: bundle.to_string(),
+                broker_id: r.broker_id.0,
+                address: r.address,
+            });
+        }
+        let halves: Vec<NamespaceBundle> = split
+            .ranges()
+            .into_iter()
+            .filter(|r| r.lower() >= bundle.range.lower() && r.upper() <= bundle.range.upper())
+            .map(|range| NamespaceBundle {
+                namespace: bundle.namespace.clone(),
+                range,
+            })
+            .collect();
+        for half in &halves {
+            if let Acquired::OwnedBy(r) = ownership.acquire(half).await? {
+                return Err(BrokerError::InvalidPolicy(format!(
+                    "bundle {half} is already owned by {}",
+                    r.broker_id
+                )));
+            }
+        }
+        let mut policies = row.record.clone();
+        policies.bundles = Some(split.boundaries().to_vec());
+        if let Err(e) = self
+            .tables
+            .namespaces
+            .update(&bundle.namespace, &policies, row.version)
+            .await
+        {
+            for half in &halves {
+                let _ = ownership.release(half).await;
+            }
+            return Err(e.into());
+        }
+        ownership.release(bundle).await?;
+        info!(bundle = %bundle, halves = ?halves.iter().map(|h| h.range.to_string()).collect::<Vec<_>>(), "bundle split");
+        Ok(())
+    }
+
     /// Drops every loaded topic: its ledger is closed if this broker still can, else left to
     /// the new owner's recovery.
     pub async fn unload_all(&self) {

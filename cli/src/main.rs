@@ -151,6 +151,8 @@ enum NamespacesCommand {
     Bundles { namespace: String },
     /// Unload every owned bundle of a namespace at its owner; lookups assign them again.
     Unload { namespace: String },
+    /// Split one bundle (a range as `bundles` prints it) in two at its midpoint.
+    SplitBundle { namespace: String, range: String },
 }
 
 #[derive(Subcommand)]
@@ -366,6 +368,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         };
                         println!("{} {owner}", b.range);
                     }
+                }
+                NamespacesCommand::SplitBundle { namespace, range } => {
+                    client.split_bundle(&namespace, &range).await?;
                 }
                 NamespacesCommand::Unload { namespace } => {
                     let n = client.unload_namespace(&namespace).await?;

@@ -2,8 +2,9 @@
 
 use strata_proto::pb::client::{
     AdminRequest, BundleInfo, ClientFrame, CreateNamespace, CreateTopic, DeleteNamespace,
-    DeleteTopic, GetNamespace, ListNamespaces, ListTopics, NamespaceBundles, TopicStats,
-    TopicStatsReply, UnloadBundle, admin_request, admin_response, client_frame, server_frame,
+    DeleteTopic, GetNamespace, ListNamespaces, ListTopics, NamespaceBundles, SplitBundle,
+    TopicStats, TopicStatsReply, UnloadBundle, admin_request, admin_response, client_frame,
+    server_frame,
 };
 
 use crate::connection::{next_frame, open_stream};
@@ -193,5 +194,25 @@ impl Client {
             unloaded += 1;
         }
         Ok(unloaded)
+    }
+
+    /// Splits the bundle `range` (as `namespace_bundles` lists it) in two at its owner.
+    pub async fn split_bundle(&self, namespace: &str, range: &str) -> Result<(), ClientError> {
+        let owner = self
+            .namespace_bundles(namespace)
+            .await?
+            .into_iter()
+            .find(|b| b.range == range)
+            .map(|b| b.owner_address)
+            .unwrap_or_default();
+        let request = admin_request::Request::SplitBundle(SplitBundle {
+            namespace: namespace.to_owned(),
+            range: range.to_owned(),
+        });
+        if owner.is_empty() {
+            return self.admin(request).await.map(drop);
+        }
+        let conn = self.connection_to(&owner).await?;
+        self.admin_on(&conn, request).await.map(drop)
     }
 }

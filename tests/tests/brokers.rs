@@ -288,3 +288,72 @@ async fn unloading_a_namespace_reassigns_its_bundles_and_keeps_the_data() {
     }
     cluster.shutdown().await;
 }
+
+/// Splitting an owned bundle leaves its owner holding both halves, with its topics still
+/// served and no bundle left without an owner in the new layout; a bad range is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn splitting_a_bundle_keeps_both_halves_at_the_owner() {
+    let (_dir, cluster, brokers) = start().await;
+    let client = client_of(&brokers[0]).await;
+    let topic = "persistent://public/default/split-me";
+    produce(&client, topic, 5).await;
+    let owner = client.lookup(topic).await.expect("lookup");
+    let before = client
+        .namespace_bundles("public/default")
+        .await
+        .expect("bundles");
+    let target = before
+        .iter()
+        .find(|b| b.owner_id == owner.broker_id && !b.owner_id.is_empty())
+        .expect("an owned bundle")
+        .range
+        .clone();
+    let owned_bundles = before
+        .iter()
+        .filter(|b| b.owner_id == owner.broker_id)
+        .count();
+    client
+        .split_bundle("public/default", &target)
+        .await
+        .expect("split");
+    let after = client
+        .namespace_bundles("public/default")
+        .await
+        .expect("bundles");
+    assert_eq!(after.len(), 5, "one bundle more");
+    assert!(
+        !after.iter().any(|b| b.range == target),
+        "the old range is gone"
+    );
+    assert_eq!(
+        after
+            .iter()
+            .filter(|b| b.owner_id == owner.broker_id)
+            .count(),
+        owned_bundles + 1,
+        "the owner holds both halves: {after:?}"
+    );
+    assert_eq!(
+        client.lookup(topic).await.expect("lookup").broker_id,
+        owner.broker_id
+    );
+    produce(&client, topic, 5).await;
+    let stats = client.topic_stats(topic).await.expect("stats");
+    assert!(stats.entries >= 2);
+    let err = client
+        .split_bundle("public/default", "0x00000000_0x00000001")
+        .await
+        .expect_err("not a bundle");
+    assert_eq!(
+        err.code(),
+        Some(strata_client::ErrorCode::InvalidPolicy),
+        "{err}"
+    );
+    client.close().await;
+    for b in brokers {
+        b.server.shutdown().await;
+        b.service.close_all().await;
+        b.ownership.shutdown().await;
+    }
+    cluster.shutdown().await;
+}
