@@ -252,6 +252,12 @@ async fn a_corrupt_replica_is_skipped_and_counted() {
     let stats = reader_client.stats();
     assert_eq!(stats.corrupt_replicas, 1);
     assert!(stats.read_failovers >= 1);
+    assert!(
+        stats
+            .render_prometheus()
+            .contains("\nstrata_ledger_corrupt_replicas_total 1\n"),
+        "reported in metrics"
+    );
     assert_eq!(cluster.server(i).stats().storage.corrupt_reads, 1);
     cluster.shutdown().await;
 }

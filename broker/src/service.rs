@@ -78,6 +78,11 @@ impl BrokerService {
         });
     }
 
+    /// The ledger client's counters (failovers, corrupt replicas, ensemble changes...).
+    pub fn ledger_stats(&self) -> strata_bookie::LedgerClientStats {
+        self.ledgers.stats()
+    }
+
     pub fn ownership(&self) -> Option<&Arc<Ownership>> {
         self.ownership.get()
     }

@@ -144,7 +144,11 @@ pub async fn run(
 
     let ready = Arc::new(AtomicBool::new(true));
     let metrics_service = service.clone();
-    let metrics = Arc::new(move || metrics_service.metrics.render());
+    let metrics = Arc::new(move || {
+        let mut text = metrics_service.metrics.render();
+        text.push_str(&metrics_service.ledger_stats().render_prometheus());
+        text
+    });
     let http = HttpServer::start(args.http, ready.clone(), metrics).await?;
     eprintln!(
         "strata broker {broker_id}: QUIC on {quic_addr}, HTTP on {}, advertised as {address}",

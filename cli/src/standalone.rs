@@ -100,6 +100,7 @@ impl Standalone {
         let metrics_bookie = bookie.clone();
         let metrics = Arc::new(move || {
             let mut text = metrics_service.metrics.render();
+            text.push_str(&metrics_service.ledger_stats().render_prometheus());
             let s = metrics_bookie.stats();
             text.push_str(&format!(
                 "# HELP strata_bookie_corrupt_reads_total Entries whose checksum did not match\n# TYPE strata_bookie_corrupt_reads_total counter\nstrata_bookie_corrupt_reads_total {}\n",

@@ -135,6 +135,51 @@ pub struct LedgerClientStats {
     pub recoveries: u64,
 }
 
+impl LedgerClientStats {
+    /// The counters in Prometheus text format (`strata_ledger_*_total`).
+    pub fn render_prometheus(&self) -> String {
+        let rows = [
+            (
+                "ensemble_changes",
+                "Fragments added because a bookie failed",
+                self.ensemble_changes,
+            ),
+            (
+                "postponed_ensemble_changes",
+                "Ensemble changes put off for lack of a spare bookie",
+                self.postponed_changes,
+            ),
+            (
+                "read_failovers",
+                "Entry reads served by another replica after one failed",
+                self.read_failovers,
+            ),
+            (
+                "corrupt_replicas",
+                "Replica copies that failed their checksum on a bookie",
+                self.corrupt_replicas,
+            ),
+            (
+                "speculative_reads",
+                "Extra reads sent because a replica was slow",
+                self.speculative_reads,
+            ),
+            (
+                "recoveries",
+                "Ledgers closed by a recovery of this client",
+                self.recoveries,
+            ),
+        ];
+        let mut out = String::new();
+        for (name, help, value) in rows {
+            out.push_str(&format!(
+                "# HELP strata_ledger_{name}_total {help}\n# TYPE strata_ledger_{name}_total counter\nstrata_ledger_{name}_total {value}\n"
+            ));
+        }
+        out
+    }
+}
+
 #[derive(Default)]
 struct StatCounters {
     ensemble_changes: AtomicU64,

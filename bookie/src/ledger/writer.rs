@@ -533,10 +533,14 @@ impl Shared {
                 let replies = settle_acknowledged(&mut state, acknowledged);
                 drop(state);
                 send_replies(replies);
-                let shared = self.clone();
+                // Weak: a writer dropped meanwhile (never closed) stops retrying.
+                let shared = Arc::downgrade(self);
+                let delay = self.client.options().ensemble_retry_delay;
                 self.runtime.spawn(async move {
-                    tokio::time::sleep(shared.client.options().ensemble_retry_delay).await;
-                    shared.retry_change();
+                    tokio::time::sleep(delay).await;
+                    if let Some(shared) = shared.upgrade() {
+                        shared.retry_change();
+                    }
                 });
                 Ok(None)
             }
