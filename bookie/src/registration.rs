@@ -13,18 +13,14 @@
 //! lease expired does not wait for it; a failed compare-and-set means another process wrote
 //! the key (two bookies with one id): that is logged and the key written again.
 //!
-//! It works over anything that implements [`RegistryStore`]: [`MetaClient`] (a bookie
-//! process) and [`MetaStore`] (in process, tests and the standalone).
+//! It works over the metastore in process (`MetaStore`: tests, the standalone) or remote
+//! (`MetaClient`: a bookie process), through [`Meta`].
 
-use std::future::Future;
 use std::time::Duration;
 
-use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use strata_metastore::tables::{JsonRecord, Record, now_ms};
-use strata_metastore::{
-    Expect, KeyValue, LeaseApi, LeaseId, Meta, MetaClient, MetaError, MetaStore, Session, Written,
-};
+use strata_metastore::{Expect, KeyValue, LeaseId, Meta, MetaError, Session};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
@@ -71,73 +67,6 @@ pub enum RegistryError {
     Decode { key: String, reason: String },
 }
 
-/// The metastore calls registration needs (leases, leased puts, reads).
-pub trait RegistryStore: LeaseApi {
-    fn put_leased(
-        &self,
-        key: &str,
-        value: Bytes,
-        expect: Expect,
-        lease: LeaseId,
-    ) -> impl Future<Output = Result<Written, MetaError>> + Send;
-    fn get(&self, key: &str) -> impl Future<Output = Result<Option<KeyValue>, MetaError>> + Send;
-    fn scan(&self, prefix: &str) -> impl Future<Output = Result<Vec<KeyValue>, MetaError>> + Send;
-}
-
-impl RegistryStore for MetaStore {
-    fn put_leased(
-        &self,
-        key: &str,
-        value: Bytes,
-        expect: Expect,
-        lease: LeaseId,
-    ) -> impl Future<Output = Result<Written, MetaError>> + Send {
-        MetaStore::put_leased(self, key, value, expect, lease)
-    }
-    fn get(&self, key: &str) -> impl Future<Output = Result<Option<KeyValue>, MetaError>> + Send {
-        MetaStore::get(self, key)
-    }
-    fn scan(&self, prefix: &str) -> impl Future<Output = Result<Vec<KeyValue>, MetaError>> + Send {
-        MetaStore::scan(self, prefix)
-    }
-}
-
-impl RegistryStore for MetaClient {
-    fn put_leased(
-        &self,
-        key: &str,
-        value: Bytes,
-        expect: Expect,
-        lease: LeaseId,
-    ) -> impl Future<Output = Result<Written, MetaError>> + Send {
-        MetaClient::put_leased(self, key, value, expect, lease)
-    }
-    fn get(&self, key: &str) -> impl Future<Output = Result<Option<KeyValue>, MetaError>> + Send {
-        MetaClient::get(self, key)
-    }
-    fn scan(&self, prefix: &str) -> impl Future<Output = Result<Vec<KeyValue>, MetaError>> + Send {
-        MetaClient::scan(self, prefix)
-    }
-}
-
-impl RegistryStore for Meta {
-    fn put_leased(
-        &self,
-        key: &str,
-        value: Bytes,
-        expect: Expect,
-        lease: LeaseId,
-    ) -> impl Future<Output = Result<Written, MetaError>> + Send {
-        Meta::put_leased(self, key, value, expect, lease)
-    }
-    fn get(&self, key: &str) -> impl Future<Output = Result<Option<KeyValue>, MetaError>> + Send {
-        Meta::get(self, key)
-    }
-    fn scan(&self, prefix: &str) -> impl Future<Output = Result<Vec<KeyValue>, MetaError>> + Send {
-        Meta::scan(self, prefix)
-    }
-}
-
 /// A registration read back, with the lease it is bound to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RegisteredBookie {
@@ -160,10 +89,11 @@ fn decode(kv: KeyValue) -> Result<RegisteredBookie, RegistryError> {
 }
 
 /// The registration of `bookie_id`, if it is registered.
-pub async fn get_bookie<R: RegistryStore>(
-    meta: &R,
+pub async fn get_bookie(
+    meta: &(impl Clone + Into<Meta>),
     bookie_id: &str,
 ) -> Result<Option<RegisteredBookie>, RegistryError> {
+    let meta: Meta = meta.clone().into();
     match meta.get(&registration_key(bookie_id)).await? {
         Some(kv) => decode(kv).map(Some),
         None => Ok(None),
@@ -172,9 +102,10 @@ pub async fn get_bookie<R: RegistryStore>(
 
 /// Every registered bookie, in id order. A record that does not decode is an error naming
 /// its key.
-pub async fn list_bookies<R: RegistryStore>(
-    meta: &R,
+pub async fn list_bookies(
+    meta: &(impl Clone + Into<Meta>),
 ) -> Result<Vec<RegisteredBookie>, RegistryError> {
+    let meta: Meta = meta.clone().into();
     meta.scan(BOOKIES_AVAILABLE_PREFIX)
         .await?
         .into_iter()
@@ -231,15 +162,15 @@ impl std::fmt::Debug for Registration {
 impl Registration {
     /// Starts registering in the background; `disk` supplies the free-space figures and the
     /// writable flag ([`crate::server::BookieServer::disk_status`]).
-    pub fn start<R: RegistryStore>(
-        meta: R,
+    pub fn start(
+        meta: impl Into<Meta>,
         config: RegistrationConfig,
         disk: watch::Receiver<DiskStatus>,
     ) -> Registration {
         let (lease_tx, lease) = watch::channel(None);
         let stop = CancellationToken::new();
         let key = registration_key(&config.bookie_id);
-        let task = tokio::spawn(run(meta, config, disk, lease_tx, stop.clone()));
+        let task = tokio::spawn(run(meta.into(), config, disk, lease_tx, stop.clone()));
         Registration {
             key,
             lease,
@@ -283,8 +214,8 @@ enum SessionEnd {
     Lost(String),
 }
 
-async fn run<R: RegistryStore>(
-    meta: R,
+async fn run(
+    meta: Meta,
     config: RegistrationConfig,
     mut disk: watch::Receiver<DiskStatus>,
     lease_tx: watch::Sender<Option<LeaseId>>,
@@ -333,8 +264,8 @@ async fn run<R: RegistryStore>(
     }
 }
 
-async fn keep_registered<R: RegistryStore>(
-    meta: &R,
+async fn keep_registered(
+    meta: &Meta,
     config: &RegistrationConfig,
     session: &Session,
     registered_ms: u64,

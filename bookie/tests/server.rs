@@ -1,6 +1,8 @@
 //! Bookie server tests: real QUIC on 127.0.0.1 (port 0), real RocksDB in temporary
 //! directories, the real `BookieClient`; registration against a real one-voter metastore.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,7 +11,6 @@ use bytes::{BufMut, Bytes, BytesMut};
 use prost::Message as _;
 use strata_bookie::registration::{self, BOOKIES_AVAILABLE_PREFIX};
 use strata_bookie::server::{DiskStatus, DiskThreshold};
-use strata_bookie::storage::{CF_ENTRIES, CF_LEDGERS, format};
 use strata_bookie::{
     BookieClient, BookieClientOptions, BookieRpcError, BookieServer, BookieStorage, Registration,
     RegistrationConfig, ServerConfig, StorageOptions,
@@ -290,21 +291,6 @@ async fn missing_entries_and_ledgers_are_typed_errors() {
     b.server.shutdown().await;
 }
 
-/// Flips one payload byte of a stored entry value directly in the bookie's RocksDB (the
-/// server stopped), keeping the stored checksum.
-fn corrupt_entry_on_disk(db_dir: &Path, ledger: LedgerId, entry: EntryId) {
-    let mut options = rocksdb::Options::default();
-    options.create_if_missing(false);
-    let db = rocksdb::DB::open_cf(&options, db_dir, [CF_ENTRIES, CF_LEDGERS]).expect("open db");
-    let cf = db.cf_handle(CF_ENTRIES).expect("entries cf");
-    let key = format::entry_key(ledger, entry);
-    let mut value = db.get_cf(&cf, key).expect("get").expect("entry stored");
-    let last = value.len() - 1;
-    value[last] ^= 0x20;
-    db.put_cf(&cf, key, value).expect("put");
-    db.flush_cf(&cf).expect("flush");
-}
-
 /// A byte flipped in a stored entry comes back over the wire as a typed `ChecksumMismatch`
 /// (never the bytes), counted on the server; the neighbouring entries still read fine.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -321,7 +307,7 @@ async fn corrupt_entry_is_a_typed_checksum_mismatch_over_the_wire() {
     let Bookie { dir, server, .. } = b;
     server.shutdown().await;
 
-    corrupt_entry_on_disk(&dir.path().join("bookie"), ledger, EntryId(1));
+    support::corrupt_entry_on_disk(&dir.path().join("bookie"), ledger, EntryId(1));
 
     let storage =
         BookieStorage::open(&dir.path().join("bookie"), StorageOptions::default()).expect("reopen");

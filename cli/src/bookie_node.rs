@@ -74,23 +74,12 @@ pub struct BookieArgs {
 impl BookieArgs {
     /// The advertised address and the bookie id, checked.
     fn identity(&self) -> anyhow::Result<(String, String)> {
-        let address = match &self.advertised_address {
-            Some(a) => {
-                if !a.contains(':') {
-                    anyhow::bail!("--advertised-address {a:?} has no :port");
-                }
-                a.clone()
-            }
-            None if self.listen.ip().is_unspecified() => anyhow::bail!(
-                "--listen {} is not an address others can reach: give --advertised-address HOST:PORT",
-                self.listen
-            ),
-            None => self.listen.to_string(),
-        };
-        let id = self.bookie_id.clone().unwrap_or_else(|| address.clone());
-        if id.is_empty() || id.contains('/') || id.chars().any(char::is_whitespace) {
-            anyhow::bail!("bookie id {id:?} must be non-empty, without '/' or whitespace");
-        }
+        let (address, id) = crate::cluster::node_identity(
+            self.listen,
+            self.advertised_address.as_deref(),
+            self.bookie_id.as_deref(),
+            "bookie",
+        )?;
         if !(0.0..100.0).contains(&self.min_free_percent) {
             anyhow::bail!(
                 "--min-free-percent {} must be at least 0 and below 100",

@@ -59,20 +59,12 @@ pub struct BrokerArgs {
 impl BrokerArgs {
     /// The advertised address and the broker id, checked.
     fn identity(&self) -> anyhow::Result<(String, String)> {
-        let address = match &self.advertised_address {
-            Some(a) if a.contains(':') => a.clone(),
-            Some(a) => anyhow::bail!("--advertised-address {a:?} has no :port"),
-            None if self.listen.ip().is_unspecified() => anyhow::bail!(
-                "--listen {} is not an address others can reach: give --advertised-address HOST:PORT",
-                self.listen
-            ),
-            None => self.listen.to_string(),
-        };
-        let id = self.broker_id.clone().unwrap_or_else(|| address.clone());
-        if id.is_empty() || id.contains('/') || id.chars().any(char::is_whitespace) {
-            anyhow::bail!("broker id {id:?} must be non-empty, without '/' or whitespace");
-        }
-        Ok((address, id))
+        crate::cluster::node_identity(
+            self.listen,
+            self.advertised_address.as_deref(),
+            self.broker_id.as_deref(),
+            "broker",
+        )
     }
 }
 

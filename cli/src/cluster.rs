@@ -98,6 +98,29 @@ pub enum MetastoreCommand {
     },
 }
 
+/// A node's advertised address (`--advertised-address`, else `--listen`, which must then be
+/// reachable) and its id (`id`, else the address), checked; `role` names the node in errors.
+pub fn node_identity(
+    listen: std::net::SocketAddr,
+    advertised: Option<&str>,
+    id: Option<&str>,
+    role: &str,
+) -> anyhow::Result<(String, String)> {
+    let address = match advertised {
+        Some(a) if a.contains(':') => a.to_owned(),
+        Some(a) => anyhow::bail!("--advertised-address {a:?} has no :port"),
+        None if listen.ip().is_unspecified() => anyhow::bail!(
+            "--listen {listen} is not an address others can reach: give --advertised-address HOST:PORT"
+        ),
+        None => listen.to_string(),
+    };
+    let id = id.map_or_else(|| address.clone(), str::to_owned);
+    if id.is_empty() || id.contains('/') || id.chars().any(char::is_whitespace) {
+        anyhow::bail!("{role} id {id:?} must be non-empty, without '/' or whitespace");
+    }
+    Ok((address, id))
+}
+
 /// Splits `host:port[,host:port...]`.
 pub fn node_addrs(s: &str) -> Vec<String> {
     s.split(',')

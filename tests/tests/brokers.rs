@@ -87,6 +87,16 @@ async fn start() -> (tempfile::TempDir, LocalCluster, Vec<TestBroker>) {
     (dir, cluster, vec![a, b])
 }
 
+/// Stops every broker (gracefully) and the cluster.
+async fn stop_all(brokers: Vec<TestBroker>, cluster: LocalCluster) {
+    for b in brokers {
+        b.server.shutdown().await;
+        b.service.close_all().await;
+        b.ownership.shutdown().await;
+    }
+    cluster.shutdown().await;
+}
+
 /// Produces `n` messages to `topic` and returns once all are acknowledged.
 async fn produce(client: &Client, topic: &str, n: usize) {
     let producer = client.producer(topic).create().await.expect("producer");
@@ -160,12 +170,7 @@ async fn topics_are_served_by_their_bundle_owner_and_clients_are_redirected() {
     }
     client_a.close().await;
     client_b.close().await;
-    for b in brokers {
-        b.server.shutdown().await;
-        b.service.close_all().await;
-        b.ownership.shutdown().await;
-    }
-    cluster.shutdown().await;
+    stop_all(brokers, cluster).await;
 }
 
 /// The owner of a topic stops without closing its ledgers (as a crash would leave them):
@@ -219,12 +224,7 @@ async fn a_stopped_brokers_topics_are_taken_over_with_nothing_lost() {
     assert!(outcome.is_err(), "a write by the old owner must fail");
     produce(&client_a, &topic, 3).await;
     client_a.close().await;
-    for b in brokers {
-        b.server.shutdown().await;
-        b.service.close_all().await;
-        b.ownership.shutdown().await;
-    }
-    cluster.shutdown().await;
+    stop_all(brokers, cluster).await;
 }
 
 /// Unloading a namespace closes its topics at their owners and gives the bundles up; the next
@@ -281,12 +281,7 @@ async fn unloading_a_namespace_reassigns_its_bundles_and_keeps_the_data() {
         consumer.close().await.expect("close");
     }
     client.close().await;
-    for b in brokers {
-        b.server.shutdown().await;
-        b.service.close_all().await;
-        b.ownership.shutdown().await;
-    }
-    cluster.shutdown().await;
+    stop_all(brokers, cluster).await;
 }
 
 /// Splitting an owned bundle leaves its owner holding both halves, with its topics still
@@ -350,10 +345,5 @@ async fn splitting_a_bundle_keeps_both_halves_at_the_owner() {
         "{err}"
     );
     client.close().await;
-    for b in brokers {
-        b.server.shutdown().await;
-        b.service.close_all().await;
-        b.ownership.shutdown().await;
-    }
-    cluster.shutdown().await;
+    stop_all(brokers, cluster).await;
 }
