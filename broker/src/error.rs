@@ -28,6 +28,9 @@ pub enum BrokerError {
     Corrupt(String),
     #[error("broker is shutting down")]
     ShuttingDown,
+    /// A transient condition the client resolves by retrying after a pause.
+    #[error("retry later: {0}")]
+    Retry(String),
     #[error(
         "subscription {subscription}'s cursor was changed elsewhere (topic deleted or re-created); reconnect"
     )]
@@ -64,7 +67,7 @@ impl BrokerError {
                 ErrorCode::StorageError
             }
             Self::Meta(_) => ErrorCode::MetadataError,
-            Self::ShuttingDown => ErrorCode::ServiceNotReady,
+            Self::ShuttingDown | Self::Retry(_) => ErrorCode::ServiceNotReady,
             Self::CursorFenced { .. } => ErrorCode::MetadataError,
             Self::TopicDeleted(_) => ErrorCode::TopicNotFound,
             Self::NotOwner { .. } => ErrorCode::NotOwner,

@@ -6,18 +6,20 @@
 //!
 //! - [`server`]: QUIC accept loop, handshake and per-stream sessions (admin, producer, consumer).
 //! - [`service`]: the topic registry: create, load (auto-create), list, delete.
-//! - [`topic`]: a loaded topic: publish and subscriptions.
+//! - [`topic`]: a loaded topic: publish (deduplicated) and subscriptions.
+//! - [`dedup`]: which producer batches a topic stored, as a plain struct (no I/O).
 //! - [`managed_ledger`]: the topic's log over ledgers, with rollover and crash recovery.
 //! - [`subscription`]: cursor, exclusive consumer, dispatcher with permits, ack persistence.
 //! - [`cursor`]: the acknowledgement state as a plain struct (no I/O).
 //! - [`metrics`]: counters exposed on `/metrics`.
 //!
 //! Everything it keeps in the metastore goes through the typed tables of
-//! [`strata_metastore::tables`] (namespaces, topics, managed ledgers, cursors).
+//! [`strata_metastore::tables`] (namespaces, topics, managed ledgers, cursors, dedup snapshots).
 
 pub mod admin;
 pub mod bundles;
 pub mod cursor;
+pub mod dedup;
 pub mod error;
 pub mod managed_ledger;
 pub mod metrics;

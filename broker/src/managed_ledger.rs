@@ -198,6 +198,16 @@ impl ManagedLedger {
         }))
     }
 
+    /// After a failed append: recovers the failed ledger and opens a new one now, so the
+    /// log's tail is settled before anyone reads it back.
+    pub async fn repair(&self) -> Result<(), BrokerError> {
+        let mut write = self.write.lock().await;
+        if self.failed.load(std::sync::atomic::Ordering::Acquire) {
+            self.replace_failed_ledger(&mut write).await?;
+        }
+        Ok(())
+    }
+
     fn current_writer(&self) -> Result<Arc<LedgerWriter>, BrokerError> {
         if self.deleted.load(std::sync::atomic::Ordering::Acquire) {
             return Err(BrokerError::TopicDeleted(self.topic.to_string()));

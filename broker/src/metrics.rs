@@ -9,6 +9,7 @@ pub struct BrokerMetrics {
     pub entries_in: AtomicU64,
     pub messages_out: AtomicU64,
     pub publish_errors: AtomicU64,
+    pub duplicates: AtomicU64,
     pub connections: AtomicU64,
     pub producers: AtomicU64,
     pub consumers: AtomicU64,
@@ -25,7 +26,7 @@ impl BrokerMetrics {
 
     /// Prometheus text exposition format.
     pub fn render(&self) -> String {
-        let rows: [(&str, &str, &str, &AtomicU64); 8] = [
+        let rows: [(&str, &str, &str, &AtomicU64); 9] = [
             (
                 "strata_broker_messages_in_total",
                 "counter",
@@ -55,6 +56,12 @@ impl BrokerMetrics {
                 "counter",
                 "Batches that failed to store",
                 &self.publish_errors,
+            ),
+            (
+                "strata_broker_duplicate_batches_total",
+                "counter",
+                "Resent producer batches recognised as already stored",
+                &self.duplicates,
             ),
             (
                 "strata_broker_connections",

@@ -25,9 +25,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::managed_ledger::PendingAppend;
 use crate::metrics::BrokerMetrics;
 use crate::service::BrokerService;
+use crate::topic::Published;
 use crate::{BrokerError, subscription::Subscription};
 
 /// Ack receipts a consumer session may have outstanding before it stops reading acks.
@@ -341,19 +341,14 @@ async fn producer_session(
         Ok(t) => t,
         Err(e) => return fail(writer, &e.to_wire()).await,
     };
-    static NEXT_PRODUCER: AtomicU64 = AtomicU64::new(1);
     let name = if open.producer_name.is_empty() {
-        format!(
-            "strata-{}-{}",
-            std::process::id(),
-            NEXT_PRODUCER.fetch_add(1, Ordering::Relaxed)
-        )
+        generated_producer_name()
     } else {
         open.producer_name
     };
     let ready = ProducerReady {
         producer_name: name.clone(),
-        last_sequence_id: 0,
+        last_sequence_id: topic.last_sequence_id(&name).await,
     };
     writer
         .send(&ServerFrame {
@@ -365,29 +360,39 @@ async fn producer_session(
     let span = info_span!("producer", topic = %topic.name(), producer = %name);
     // Receipts are written by their own task, in order, as entries become durable.
     let (receipts_tx, mut receipts_rx) =
-        mpsc::channel::<(u64, u32, u64, Result<PendingAppend, BrokerError>)>(4096);
+        mpsc::channel::<(u64, u32, u64, Result<Published, BrokerError>)>(4096);
     let receipt_writer = async {
-        while let Some((sequence_id, count, bytes, pending)) = receipts_rx.recv().await {
-            let receipt = match pending {
-                Ok(fut) => match fut.await {
+        while let Some((sequence_id, count, bytes, published)) = receipts_rx.recv().await {
+            let receipt = match published {
+                Ok(Published::Stored(fut)) => match fut.await {
                     Ok(pos) => {
+                        topic.persisted(&name, sequence_id, pos).await;
                         BrokerMetrics::add(&service.metrics.entries_in, 1);
                         BrokerMetrics::add(&service.metrics.messages_in, u64::from(count));
                         BrokerMetrics::add(&service.metrics.bytes_in, bytes);
-                        let id = MessageId {
-                            ledger: pos.ledger,
-                            entry: pos.entry,
-                            batch_index: 0,
-                        };
                         SendReceipt {
                             sequence_id,
-                            message_id: Some(id.into()),
+                            message_id: Some(MessageId::at(pos, 0).into()),
                             count,
                             error: None,
+                            duplicate: false,
                         }
                     }
-                    Err(e) => failed_receipt(service, sequence_id, &e),
+                    Err(e) => {
+                        topic.publish_failed().await;
+                        failed_receipt(service, sequence_id, &e)
+                    }
                 },
+                Ok(Published::Duplicate(pos)) => {
+                    BrokerMetrics::add(&service.metrics.duplicates, 1);
+                    SendReceipt {
+                        sequence_id,
+                        message_id: pos.map(|p| MessageId::at(p, 0).into()),
+                        count,
+                        error: None,
+                        duplicate: true,
+                    }
+                }
                 Err(e) => failed_receipt(service, sequence_id, &e),
             };
             let failed = receipt.error.is_some();
@@ -399,13 +404,15 @@ async fn producer_session(
                 .map_err(|e| e.to_string())?;
             if failed {
                 // Stop at the first batch not stored, so what this producer stored is an
-                // in-order prefix of what it sent; the client fails its later sends.
+                // in-order prefix of what it sent; the client resends the rest on a new
+                // session (or fails it, if the error is not one to retry).
                 return Err("a batch could not be stored; producer session ended".to_owned());
             }
         }
         Ok::<(), String>(())
     };
     // Owns the receipt sender: when reading ends, the receipt writer drains and ends too.
+    let (topic, name) = (&topic, &name);
     let frame_reader = async move {
         loop {
             let frame = match reader.recv::<ClientFrame>().await {
@@ -433,11 +440,11 @@ async fn producer_session(
                     }
                     let count = batch.messages.len() as u32;
                     let bytes: u64 = batch.messages.iter().map(|m| m.payload.len() as u64).sum();
-                    let pending = topic
-                        .publish(&name, batch.sequence_id, batch.messages)
+                    let published = topic
+                        .publish(name, batch.sequence_id, batch.messages)
                         .await;
                     if receipts_tx
-                        .send((batch.sequence_id, count, bytes, pending))
+                        .send((batch.sequence_id, count, bytes, published))
                         .await
                         .is_err()
                     {
@@ -487,7 +494,24 @@ fn failed_receipt(service: &BrokerService, sequence_id: u64, e: &BrokerError) ->
         message_id: None,
         count: 0,
         error: Some(e.to_wire().into()),
+        duplicate: false,
     }
+}
+
+/// A name for a producer that brought none. Dedup state is kept per name for as long as the
+/// topic lives, so the name must never be handed out again, by any broker: a clock reading in
+/// nanoseconds plus a per-process counter makes a collision practically impossible.
+fn generated_producer_name() -> String {
+    static NEXT_PRODUCER: AtomicU64 = AtomicU64::new(1);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!(
+        "strata-{nanos:x}-{}-{}",
+        std::process::id(),
+        NEXT_PRODUCER.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 async fn open_topic(

@@ -456,7 +456,9 @@ impl BrokerService {
                     config,
                 )
                 .await?;
-                Ok(Arc::new(Topic::new(name.clone(), ml, self.tables.clone())))
+                Ok(Arc::new(
+                    Topic::load(name.clone(), ml, self.tables.clone()).await?,
+                ))
             })
             .await;
         match loaded {

@@ -1,37 +1,69 @@
-//! A loaded topic: its managed ledger and its subscriptions.
+//! A loaded topic: its managed ledger, its producers' dedup state and its subscriptions.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use prost::Message as _;
-use strata_metastore::tables::{Tables, now_ms};
-use strata_proto::TopicName;
+use strata_metastore::Expect;
+use strata_metastore::tables::{DedupRecord, Tables, now_ms};
 use strata_proto::pb::client::{InitialPosition, Message, StoredBatch};
+use strata_proto::{Position, TopicName};
 use tokio::sync::Mutex;
+use tracing::{info, warn};
 
 use crate::BrokerError;
+use crate::dedup::{DedupState, Verdict};
 use crate::managed_ledger::{ManagedLedger, PendingAppend};
 use crate::subscription::Subscription;
 
 /// Format version written into every stored batch.
 pub const STORED_BATCH_FORMAT: u32 = 1;
 
+/// Entries read at a time when replaying the log into the dedup state.
+const REPLAY_BATCH: usize = 256;
+
+/// What became of a published batch.
+pub enum Published {
+    /// Handed to the log; resolves once durable.
+    Stored(PendingAppend),
+    /// Stored before (a resend); the position when still known.
+    Duplicate(Option<Position>),
+}
+
+struct Dedup {
+    state: DedupState,
+    /// A write failed: the log's tail is uncertain until the state is rebuilt from it.
+    stale: bool,
+}
+
 pub struct Topic {
     name: TopicName,
     ml: Arc<ManagedLedger>,
     tables: Tables,
+    /// Also serialises publishes, so the log's order is the order of the dedup decisions.
+    dedup: Mutex<Dedup>,
     subscriptions: Mutex<HashMap<String, Arc<Subscription>>>,
 }
 
 impl Topic {
-    pub fn new(name: TopicName, ml: Arc<ManagedLedger>, tables: Tables) -> Self {
-        Self {
+    /// Loads a topic over its opened log, rebuilding the producers' dedup state.
+    pub async fn load(
+        name: TopicName,
+        ml: Arc<ManagedLedger>,
+        tables: Tables,
+    ) -> Result<Self, BrokerError> {
+        let state = rebuild_dedup(&ml, &tables).await?;
+        Ok(Self {
             name,
             ml,
             tables,
+            dedup: Mutex::new(Dedup {
+                state,
+                stale: false,
+            }),
             subscriptions: Mutex::new(HashMap::new()),
-        }
+        })
     }
 
     pub fn name(&self) -> &TopicName {
@@ -42,13 +74,31 @@ impl Topic {
         &self.ml
     }
 
-    /// Stores one producer batch as one entry; the future resolves once it is durable.
+    /// Stores one producer batch as one entry unless that producer's batch with this
+    /// sequence id was stored before.
     pub async fn publish(
         &self,
         producer_name: &str,
         sequence_id: u64,
         messages: Vec<Message>,
-    ) -> Result<PendingAppend, BrokerError> {
+    ) -> Result<Published, BrokerError> {
+        let mut dedup = self.dedup.lock().await;
+        if dedup.stale {
+            // A failed write may or may not have reached the log: settle the log (recover the
+            // failed ledger), then read back what it holds before deciding anything.
+            self.ml.repair().await?;
+            dedup.state = rebuild_dedup(&self.ml, &self.tables).await?;
+            dedup.stale = false;
+        }
+        match dedup.state.check(producer_name, sequence_id) {
+            Verdict::New => {}
+            Verdict::Duplicate(position) => return Ok(Published::Duplicate(position)),
+            Verdict::InFlight => {
+                return Err(BrokerError::Retry(format!(
+                    "batch {sequence_id} of producer {producer_name} is still being stored"
+                )));
+            }
+        }
         let batch = StoredBatch {
             format_version: STORED_BATCH_FORMAT,
             producer_name: producer_name.to_owned(),
@@ -56,7 +106,58 @@ impl Topic {
             publish_time_ms: now_ms(),
             messages,
         };
-        self.ml.append(Bytes::from(batch.encode_to_vec())).await
+        let pending = match self.ml.append(Bytes::from(batch.encode_to_vec())).await {
+            Ok(p) => p,
+            Err(e) => {
+                dedup.stale = true;
+                return Err(e);
+            }
+        };
+        if !dedup.state.snapshot_due() {
+            return Ok(Published::Stored(pending));
+        }
+        // Every batch pushed so far lies at or before this one in the log, so once it is
+        // durable the pushed marks describe exactly the log up to its position.
+        let marks = dedup.state.pushed_marks();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (tables, topic) = (self.tables.clone(), self.name.clone());
+        tokio::spawn(async move {
+            let outcome = pending.await;
+            if let Ok(position) = &outcome {
+                let record = DedupRecord {
+                    position: Some(*position),
+                    producers: marks,
+                };
+                // Any writer's snapshot is consistent with the log (it is taken only after its
+                // position is durable), so an older one overwriting a newer costs replay only.
+                if let Err(e) = tables.dedup.put(&topic, &record, Expect::Any).await {
+                    warn!(%topic, error = %e, "dedup snapshot not written");
+                }
+            }
+            let _ = tx.send(outcome);
+        });
+        Ok(Published::Stored(Box::pin(async move {
+            rx.await.unwrap_or(Err(BrokerError::ShuttingDown))
+        })))
+    }
+
+    /// Records a batch as durable (called in the producer's order, as receipts go out).
+    pub async fn persisted(&self, producer_name: &str, sequence_id: u64, position: Position) {
+        self.dedup
+            .lock()
+            .await
+            .state
+            .persisted(producer_name, sequence_id, position);
+    }
+
+    /// A batch could not be stored: the dedup state is rebuilt before the next publish.
+    pub async fn publish_failed(&self) {
+        self.dedup.lock().await.stale = true;
+    }
+
+    /// Highest sequence id stored for `producer_name` (0: none).
+    pub async fn last_sequence_id(&self, producer_name: &str) -> u64 {
+        self.dedup.lock().await.state.last_persisted(producer_name)
     }
 
     /// The named subscription, created at `initial` if new.
@@ -97,6 +198,42 @@ impl Topic {
             sub.terminate(&gone).await;
         }
         self.tables.cursors.delete_all(&self.name).await?;
+        self.tables.dedup.delete(&self.name, Expect::Any).await?;
         Ok(())
     }
+}
+
+/// The dedup state of a topic's log: its last snapshot plus every entry after it.
+async fn rebuild_dedup(ml: &ManagedLedger, tables: &Tables) -> Result<DedupState, BrokerError> {
+    let snapshot = tables
+        .dedup
+        .get(ml.topic())
+        .await?
+        .map(|row| row.record)
+        .unwrap_or_default();
+    let mut state = DedupState::from_snapshot(&snapshot);
+    // A snapshot position no longer in the log was trimmed away: replay what remains.
+    let mut next = match snapshot.position {
+        Some(p) if ml.contains(p) => ml.next_position(p),
+        _ => ml.first_position(),
+    };
+    let mut replayed = 0u64;
+    while let Some(from) = next {
+        let entries = ml.read(from, REPLAY_BATCH).await?;
+        let Some(&(last, _)) = entries.last() else {
+            break;
+        };
+        for (position, data) in &entries {
+            let batch = StoredBatch::decode(data.clone()).map_err(|e| {
+                BrokerError::Corrupt(format!("entry {position} of {}: {e}", ml.topic()))
+            })?;
+            state.replayed(&batch.producer_name, batch.sequence_id, *position);
+        }
+        replayed += entries.len() as u64;
+        next = ml.next_position(last);
+    }
+    if replayed > 0 {
+        info!(topic = %ml.topic(), replayed, "dedup state rebuilt from the log");
+    }
+    Ok(state)
 }

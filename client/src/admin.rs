@@ -15,7 +15,8 @@ impl Client {
         &self,
         request: admin_request::Request,
     ) -> Result<admin_response::Response, ClientError> {
-        self.admin_on(self.connection(), request).await
+        let conn = self.service_connection().await?;
+        self.admin_on(&conn, request).await
     }
 
     /// An admin request about `topic`, sent to the broker that owns it.

@@ -14,7 +14,8 @@ use crate::ClientError;
 /// Where and how to connect.
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
-    /// `quic://host:port`
+    /// `quic://host:port`, or several brokers as `quic://host1:port1,host2:port2`: the
+    /// client talks to the first that answers and moves to the next when it goes away.
     pub url: String,
     /// CA certificate (PEM) to verify the broker; required for non-loopback brokers.
     pub tls_ca: Option<PathBuf>,
@@ -35,6 +36,22 @@ impl Default for ClientOptions {
             tuning: TransportTuning::default(),
         }
     }
+}
+
+/// The broker URLs of a service URL: `quic://a:1,b:2` gives `quic://a:1` and `quic://b:2`.
+pub(crate) fn service_urls(url: &str) -> Result<Vec<String>, ClientError> {
+    let rest = url.strip_prefix("quic://").ok_or_else(|| ClientError::InvalidUrl {
+        url: url.to_owned(),
+        reason: "must start with quic://".to_owned(),
+    })?;
+    let urls: Vec<String> = rest
+        .split(',')
+        .map(|hostport| format!("quic://{}", hostport.trim()))
+        .collect();
+    for u in &urls {
+        parse_url(u)?;
+    }
+    Ok(urls)
 }
 
 /// Splits `quic://host:port` into host and resolved address.
@@ -161,5 +178,13 @@ mod tests {
             let err = parse_url(bad).expect_err(bad).to_string();
             assert!(err.contains(why), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn service_urls_split_on_commas_and_check_each() {
+        let urls = service_urls("quic://127.0.0.1:1, 127.0.0.1:2").expect("valid");
+        assert_eq!(urls, ["quic://127.0.0.1:1", "quic://127.0.0.1:2"]);
+        let err = service_urls("quic://127.0.0.1:1,nohost").expect_err("bad second");
+        assert!(err.to_string().contains(":port"), "{err}");
     }
 }

@@ -1,9 +1,17 @@
 //! A consumer: messages are pushed by the broker up to the permits granted with `Flow`
 //! frames (the receiver queue size), and more permits are granted as the application takes
 //! messages, so a slow application slows the broker instead of growing a buffer.
+//!
+//! When the session breaks (the broker died or gave the topic up) the consumer subscribes
+//! again at the topic's new owner. That broker redelivers from the durable cursor, so it may
+//! resend messages this consumer already queued: an exclusive consumer receives in log order,
+//! so it drops every redelivered message at or before the last one it queued, and re-sends
+//! the ack of those the application had acknowledged (an ack not yet durable when the old
+//! broker died would otherwise be lost).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use strata_proto::pb::client::{
@@ -13,6 +21,7 @@ use strata_proto::pb::client::{
 use strata_proto::{MessageId, TopicName};
 use strata_transport::{FrameReader, FrameWriter};
 use tokio::sync::{Mutex, mpsc, oneshot};
+use tracing::{debug, info};
 
 use crate::connection::next_frame;
 use crate::{Client, ClientError};
@@ -37,6 +46,7 @@ pub struct ConsumerBuilder {
     initial_position: InitialPosition,
     receiver_queue_size: u32,
     name: String,
+    reconnect_timeout: Duration,
 }
 
 impl ConsumerBuilder {
@@ -48,7 +58,15 @@ impl ConsumerBuilder {
             initial_position: InitialPosition::Latest,
             receiver_queue_size: 1000,
             name: String::new(),
+            reconnect_timeout: Duration::from_secs(30),
         }
+    }
+
+    /// How long the consumer keeps trying to subscribe again after its session broke
+    /// before `receive` fails.
+    pub fn reconnect_timeout(mut self, d: Duration) -> Self {
+        self.reconnect_timeout = d;
+        self
     }
 
     /// Where a new subscription starts (an existing one resumes at its cursor).
@@ -80,20 +98,28 @@ impl ConsumerBuilder {
                 consumer_name: self.name.clone(),
             })),
         };
-        let (mut writer, reader, ready) = self.client.open_session(&self.topic, &open).await?;
-        if !matches!(ready.frame, Some(server_frame::Frame::ConsumerReady(_))) {
-            return Err(ClientError::Protocol(format!(
-                "expected ConsumerReady, got {ready:?}"
-            )));
-        }
-        writer.send(&flow(self.receiver_queue_size)).await?;
+        let (writer, reader) = subscribe(&self.client, &topic, &open, self.receiver_queue_size).await?;
         let (tx, rx) = mpsc::unbounded_channel();
         let receipts: Receipts = Arc::new(Mutex::new(Some(HashMap::new())));
-        let reader_task = tokio::spawn(read_deliveries(reader, tx, receipts.clone()));
+        let writer = Arc::new(Mutex::new(writer));
+        let acks = Arc::new(std::sync::Mutex::new(AckLog::default()));
+        let link = Link {
+            client: self.client.clone(),
+            topic: topic.clone(),
+            open,
+            queue_size: self.receiver_queue_size,
+            reconnect_timeout: self.reconnect_timeout,
+            writer: writer.clone(),
+            receipts: receipts.clone(),
+            acks: acks.clone(),
+            tx,
+        };
+        let reader_task = tokio::spawn(link.run(reader));
         Ok(Consumer {
             rx,
-            writer: Arc::new(Mutex::new(writer)),
+            writer,
             receipts,
+            acks,
             next_request: 1,
             taken_since_flow: 0,
             queue_size: self.receiver_queue_size,
@@ -104,6 +130,61 @@ impl ConsumerBuilder {
     }
 }
 
+/// Opens a consumer session at the topic's owner and grants it `permits`.
+async fn subscribe(
+    client: &Client,
+    topic: &TopicName,
+    open: &ClientFrame,
+    permits: u32,
+) -> Result<(FrameWriter, FrameReader), ClientError> {
+    let (mut writer, reader, ready) = client.open_session(&topic.to_string(), open).await?;
+    if !matches!(ready.frame, Some(server_frame::Frame::ConsumerReady(_))) {
+        return Err(ClientError::Protocol(format!(
+            "expected ConsumerReady, got {ready:?}"
+        )));
+    }
+    writer.send(&flow(permits)).await?;
+    Ok((writer, reader))
+}
+
+/// Acks the application made that a new session may need again: the broker that took the
+/// topic over may not have them if they were not yet durable.
+#[derive(Debug, Default)]
+struct AckLog {
+    cumulative: Option<MessageId>,
+    individual: BTreeSet<MessageId>,
+}
+
+/// Individual acks remembered for a resend (the oldest are forgotten beyond it).
+const MAX_REMEMBERED_ACKS: usize = 100_000;
+
+impl AckLog {
+    fn individual(&mut self, id: MessageId) {
+        if self.cumulative.is_some_and(|c| id <= c) {
+            return;
+        }
+        self.individual.insert(id);
+        if self.individual.len() > MAX_REMEMBERED_ACKS {
+            self.individual.pop_first();
+        }
+    }
+
+    fn cumulative(&mut self, id: MessageId) {
+        if self.cumulative.is_some_and(|c| c >= id) {
+            return;
+        }
+        self.cumulative = Some(id);
+        self.individual = self.individual.split_off(&MessageId {
+            batch_index: id.batch_index.saturating_add(1),
+            ..id
+        });
+    }
+
+    fn covers(&self, id: MessageId) -> bool {
+        self.cumulative.is_some_and(|c| id <= c) || self.individual.contains(&id)
+    }
+}
+
 /// Waiters for ack receipts by request id; `None` once the stream has ended.
 type Receipts = Arc<Mutex<Option<HashMap<u64, oneshot::Sender<Result<(), ClientError>>>>>>;
 
@@ -111,6 +192,7 @@ pub struct Consumer {
     rx: mpsc::UnboundedReceiver<Result<ReceivedMessage, ClientError>>,
     writer: Arc<Mutex<FrameWriter>>,
     receipts: Receipts,
+    acks: Arc<std::sync::Mutex<AckLog>>,
     next_request: u64,
     taken_since_flow: u32,
     queue_size: u32,
@@ -145,7 +227,12 @@ impl Consumer {
         // Re-grant permits in halves of the queue, as Pulsar's client does.
         if self.taken_since_flow >= (self.queue_size / 2).max(1) {
             let permits = std::mem::take(&mut self.taken_since_flow);
-            self.writer.lock().await.send(&flow(permits)).await?;
+            let sent = self.writer.lock().await.send(&flow(permits)).await;
+            match sent.map_err(ClientError::from) {
+                // A new session is being opened, and it starts with a full queue of permits.
+                Err(e) if e.is_retryable() => debug!(error = %e, "flow not sent: session broken"),
+                other => other?,
+            }
         }
         Ok(msg)
     }
@@ -161,24 +248,35 @@ impl Consumer {
             cumulative,
             request_id,
         };
-        self.writer
+        let sent = self
+            .writer
             .lock()
             .await
             .send(&ClientFrame {
                 frame: Some(client_frame::Frame::Ack(ack)),
             })
-            .await?;
-        Ok(())
+            .await;
+        match sent.map_err(ClientError::from) {
+            // The session broke and is being replaced: the ack is remembered and sent again
+            // when the new session redelivers the message.
+            Err(e) if e.is_retryable() => {
+                debug!(error = %e, "ack not sent: session broken");
+                Ok(())
+            }
+            other => other,
+        }
     }
 
     /// Acknowledges one message. Durable at the latest when [`Consumer::flush_acks`] or
     /// [`Consumer::close`] returns.
     pub async fn ack(&self, id: MessageId) -> Result<(), ClientError> {
+        lock_acks(&self.acks).individual(id);
         self.send_ack(vec![id], false, 0).await
     }
 
     /// Acknowledges every message up to and including `id`.
     pub async fn ack_cumulative(&self, id: MessageId) -> Result<(), ClientError> {
+        lock_acks(&self.acks).cumulative(id);
         self.send_ack(vec![id], true, 0).await
     }
 
@@ -205,67 +303,185 @@ impl Consumer {
     }
 }
 
-async fn read_deliveries(
-    mut reader: FrameReader,
-    tx: mpsc::UnboundedSender<Result<ReceivedMessage, ClientError>>,
+fn lock_acks(acks: &std::sync::Mutex<AckLog>) -> std::sync::MutexGuard<'_, AckLog> {
+    acks.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The consumer's link to its broker: reads deliveries and receipts, and subscribes again
+/// when the session breaks.
+struct Link {
+    client: Client,
+    topic: TopicName,
+    open: ClientFrame,
+    queue_size: u32,
+    reconnect_timeout: Duration,
+    writer: Arc<Mutex<FrameWriter>>,
     receipts: Receipts,
-) {
-    loop {
-        let frame = match next_frame(&mut reader).await {
-            Ok(Some(f)) => f,
-            Ok(None) => break,
-            Err(e) => {
-                let _ = tx.send(Err(e));
-                break;
+    acks: Arc<std::sync::Mutex<AckLog>>,
+    tx: mpsc::UnboundedSender<Result<ReceivedMessage, ClientError>>,
+}
+
+impl Link {
+    async fn run(self, mut reader: FrameReader) {
+        // The last message queued for the application: a redelivery at or before it after a
+        // reconnect was queued already (an exclusive subscription delivers in log order).
+        let mut last_queued: Option<MessageId> = None;
+        loop {
+            let cause = match self.read(&mut reader, &mut last_queued).await {
+                Ok(()) => return,
+                Err(e) => e,
+            };
+            self.fail_receipts().await;
+            if !(matches!(cause, ClientError::Closed(_)) || cause.is_retryable()) {
+                let _ = self.tx.send(Err(cause));
+                return;
             }
-        };
-        match frame.frame {
-            Some(server_frame::Frame::Delivery(d)) => {
-                for m in d.messages {
-                    let (Some(id), Some(msg)) = (m.id, m.message) else {
-                        continue;
-                    };
-                    let received = ReceivedMessage {
-                        id: id.into(),
-                        payload: msg.payload,
-                        key: msg.key,
-                        properties: msg.properties,
-                        producer_name: m.producer_name,
-                        publish_time_ms: m.publish_time_ms,
-                        event_time_ms: msg.event_time_ms,
-                        redelivery_count: m.redelivery_count,
-                    };
-                    if tx.send(Ok(received)).is_err() {
-                        return;
-                    }
+            match self.resubscribe(&cause).await {
+                Ok(r) => reader = r,
+                Err(e) => {
+                    let _ = self.tx.send(Err(e));
+                    return;
                 }
-            }
-            Some(server_frame::Frame::AckReceipt(r)) => {
-                let waiter = receipts
-                    .lock()
-                    .await
-                    .as_mut()
-                    .and_then(|w| w.remove(&r.request_id));
-                if let Some(waiter) = waiter {
-                    let _ = waiter.send(match r.error {
-                        Some(e) => Err(ClientError::Server(e.into())),
-                        None => Ok(()),
-                    });
-                } else if let Some(e) = r.error {
-                    // An ack without a waiter failed (e.g. an unknown message id): surface it.
-                    let _ = tx.send(Err(ClientError::Server(e.into())));
-                }
-            }
-            other => {
-                let _ = tx.send(Err(ClientError::Protocol(format!(
-                    "unexpected frame on consumer stream: {other:?}"
-                ))));
-                break;
             }
         }
     }
-    let waiters = receipts.lock().await.take().unwrap_or_default();
-    for (_, waiter) in waiters {
-        let _ = waiter.send(Err(ClientError::Closed("consumer")));
+
+    /// Reads one session until it ends. `Ok` when the application is gone.
+    async fn read(
+        &self,
+        reader: &mut FrameReader,
+        last_queued: &mut Option<MessageId>,
+    ) -> Result<(), ClientError> {
+        loop {
+            let frame = next_frame(reader)
+                .await?
+                .ok_or(ClientError::Closed("consumer stream"))?;
+            match frame.frame {
+                Some(server_frame::Frame::Delivery(d)) => {
+                    let mut re_ack = Vec::new();
+                    let mut dropped = 0u32;
+                    for m in d.messages {
+                        let (Some(id), Some(msg)) = (m.id, m.message) else {
+                            continue;
+                        };
+                        let id = MessageId::from(id);
+                        if last_queued.is_some_and(|last| id <= last) {
+                            dropped += 1;
+                            if lock_acks(&self.acks).covers(id) {
+                                re_ack.push(id);
+                            }
+                            continue;
+                        }
+                        *last_queued = Some(id);
+                        let received = ReceivedMessage {
+                            id,
+                            payload: msg.payload,
+                            key: msg.key,
+                            properties: msg.properties,
+                            producer_name: m.producer_name,
+                            publish_time_ms: m.publish_time_ms,
+                            event_time_ms: msg.event_time_ms,
+                            redelivery_count: m.redelivery_count,
+                        };
+                        if self.tx.send(Ok(received)).is_err() {
+                            return Ok(());
+                        }
+                    }
+                    if dropped > 0 {
+                        // The dropped messages used permits the application never takes back.
+                        let mut writer = self.writer.lock().await;
+                        writer.send(&flow(dropped)).await?;
+                        if !re_ack.is_empty() {
+                            debug!(count = re_ack.len(), "re-acknowledging redelivered messages");
+                            let ack = Ack {
+                                message_ids: re_ack.into_iter().map(Into::into).collect(),
+                                cumulative: false,
+                                request_id: 0,
+                            };
+                            writer
+                                .send(&ClientFrame {
+                                    frame: Some(client_frame::Frame::Ack(ack)),
+                                })
+                                .await?;
+                        }
+                    }
+                }
+                Some(server_frame::Frame::AckReceipt(r)) => {
+                    let waiter = self
+                        .receipts
+                        .lock()
+                        .await
+                        .as_mut()
+                        .and_then(|w| w.remove(&r.request_id));
+                    if let Some(waiter) = waiter {
+                        let _ = waiter.send(match r.error {
+                            Some(e) => Err(ClientError::Server(e.into())),
+                            None => Ok(()),
+                        });
+                    } else if let Some(e) = r.error {
+                        // An ack without a waiter failed (e.g. an unknown message id): surface it.
+                        let _ = self.tx.send(Err(ClientError::Server(e.into())));
+                    }
+                }
+                other => {
+                    return Err(ClientError::Protocol(format!(
+                        "unexpected frame on consumer stream: {other:?}"
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Nobody will answer the receipts asked of a session that ended.
+    async fn fail_receipts(&self) {
+        let waiters = self
+            .receipts
+            .lock()
+            .await
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default();
+        for (_, waiter) in waiters {
+            let _ = waiter.send(Err(ClientError::Closed("consumer session")));
+        }
+    }
+
+    /// Subscribes again at the topic's owner, retrying with backoff up to the timeout.
+    async fn resubscribe(&self, cause: &ClientError) -> Result<FrameReader, ClientError> {
+        info!(topic = %self.topic, error = %cause, "consumer session broke; subscribing again");
+        let deadline = tokio::time::Instant::now() + self.reconnect_timeout;
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match subscribe(&self.client, &self.topic, &self.open, self.queue_size).await {
+                Ok((writer, reader)) => {
+                    *self.writer.lock().await = writer;
+                    return Ok(reader);
+                }
+                // The old session may still hold the subscription on that broker for a moment.
+                Err(e)
+                    if e.is_retryable()
+                        || e.code() == Some(strata_proto::ErrorCode::SubscriptionBusy) =>
+                {
+                    if tokio::time::Instant::now() + backoff > deadline {
+                        return Err(e);
+                    }
+                    debug!(error = %e, ?backoff, "resubscribe failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        // Receipts can never be answered once the link is gone.
+        if let Ok(mut r) = self.receipts.try_lock() {
+            for (_, waiter) in r.take().unwrap_or_default() {
+                let _ = waiter.send(Err(ClientError::Closed("consumer")));
+            }
+        }
     }
 }

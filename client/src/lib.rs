@@ -36,7 +36,7 @@ use std::sync::Arc;
 pub use connection::ClientOptions;
 pub use consumer::{Consumer, ConsumerBuilder, ReceivedMessage};
 pub use error::ClientError;
-pub use producer::{OutgoingMessage, Producer, ProducerBuilder, SendFuture};
+pub use producer::{OutgoingMessage, Producer, ProducerBuilder, SendFuture, UNKNOWN_MESSAGE_ID};
 pub use routing::TopicOwner;
 pub use strata_proto::pb::client::InitialPosition;
 pub use strata_proto::{ErrorCode, MessageId};
@@ -50,25 +50,43 @@ pub struct Client {
 
 struct Inner {
     options: ClientOptions,
-    endpoint: quinn::Endpoint,
-    connection: quinn::Connection,
+    /// The brokers of the service URL, tried in turn for lookups and admin requests.
+    urls: Vec<String>,
+    /// The connection lookups and admin requests go to, and the index of its URL.
+    service: tokio::sync::Mutex<(connection::Connected, usize)>,
     /// Connections to the brokers lookups sent sessions to, by address.
     pool: tokio::sync::Mutex<std::collections::HashMap<String, connection::Connected>>,
 }
 
 impl Client {
-    /// Connects and performs the version handshake.
+    /// Connects to the first broker of the service URL that answers, and performs the
+    /// version handshake.
     pub async fn connect(options: ClientOptions) -> Result<Self, ClientError> {
         strata_transport::install_crypto_provider();
-        let c = connection::connect(&options).await?;
+        let urls = connection::service_urls(&options.url)?;
+        let (c, index) = connect_any(&options, &urls, 0).await?;
         Ok(Self {
             inner: Arc::new(Inner {
                 options,
-                endpoint: c.endpoint,
-                connection: c.connection,
+                urls,
+                service: tokio::sync::Mutex::new((c, index)),
                 pool: tokio::sync::Mutex::new(std::collections::HashMap::new()),
             }),
         })
+    }
+
+    /// The connection for lookups and admin requests, moving to the next broker of the
+    /// service URL if the current one has gone away.
+    pub(crate) async fn service_connection(&self) -> Result<quinn::Connection, ClientError> {
+        let mut service = self.inner.service.lock().await;
+        if service.0.connection.close_reason().is_none() {
+            return Ok(service.0.connection.clone());
+        }
+        let next = (service.1 + 1) % self.inner.urls.len();
+        let (c, index) = connect_any(&self.inner.options, &self.inner.urls, next).await?;
+        tracing::info!(url = %self.inner.urls[index], "service connection moved");
+        *service = (c, index);
+        Ok(service.0.connection.clone())
     }
 
     /// Starts building a producer for `topic`.
@@ -79,10 +97,6 @@ impl Client {
     /// Starts building a consumer of `subscription` on `topic`.
     pub fn consumer(&self, topic: &str, subscription: &str) -> ConsumerBuilder {
         ConsumerBuilder::new(self.clone(), topic, subscription)
-    }
-
-    pub(crate) fn connection(&self) -> &quinn::Connection {
-        &self.inner.connection
     }
 
     pub(crate) fn max_frame_size(&self) -> usize {
@@ -104,9 +118,33 @@ impl Client {
                 .close(quinn::VarInt::from_u32(0), b"client closed");
             c.endpoint.wait_idle().await;
         }
-        self.inner
+        let service = self.inner.service.lock().await;
+        service
+            .0
             .connection
             .close(quinn::VarInt::from_u32(0), b"client closed");
-        self.inner.endpoint.wait_idle().await;
+        service.0.endpoint.wait_idle().await;
     }
+}
+
+/// Connects to the first of `urls` that answers, starting at `start` and going round once.
+async fn connect_any(
+    options: &ClientOptions,
+    urls: &[String],
+    start: usize,
+) -> Result<(connection::Connected, usize), ClientError> {
+    let mut last = None;
+    for i in 0..urls.len() {
+        let index = (start + i) % urls.len();
+        let mut attempt = options.clone();
+        attempt.url = urls[index].clone();
+        match connection::connect(&attempt).await {
+            Ok(c) => return Ok((c, index)),
+            Err(e) => {
+                tracing::debug!(url = %urls[index], error = %e, "broker not reachable");
+                last = Some(e);
+            }
+        }
+    }
+    Err(last.unwrap_or(ClientError::Closed("client")))
 }

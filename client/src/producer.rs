@@ -2,10 +2,17 @@
 //! which the broker stores as one entry. Each send resolves to its `MessageId` once the
 //! broker says the batch is durable. At most `max_pending_messages` can be unconfirmed:
 //! beyond that, `send` waits (back-pressure) instead of buffering without bound.
+//!
+//! When the session breaks (the broker died, lost the topic, or failed a write) the producer
+//! reconnects to whichever broker owns the topic now and resends every unconfirmed batch with
+//! its sequence id, in order. The broker's dedup recognises batches it already stored, so a
+//! resend is never stored twice. Sends fail only when the error is not one to retry or the
+//! producer could not reconnect within `send_timeout`.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -14,9 +21,10 @@ use bytes::Bytes;
 use strata_proto::pb::client::{
     ClientFrame, Message, ProducerOpen, SendBatch, client_frame, server_frame,
 };
-use strata_proto::{MessageId, TopicName, WireError};
+use strata_proto::{ErrorCode, MessageId, TopicName, WireError};
 use strata_transport::{FrameReader, FrameWriter};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tracing::{debug, info};
 
 use crate::connection::next_frame;
 use crate::{Client, ClientError};
@@ -47,6 +55,7 @@ pub struct ProducerBuilder {
     batch_max_bytes: usize,
     batch_max_delay: Duration,
     max_pending_messages: usize,
+    send_timeout: Duration,
 }
 
 impl ProducerBuilder {
@@ -59,10 +68,13 @@ impl ProducerBuilder {
             batch_max_bytes: 128 * 1024,
             batch_max_delay: Duration::from_millis(1),
             max_pending_messages: 10_000,
+            send_timeout: Duration::from_secs(30),
         }
     }
 
-    /// Producer name (the broker picks one when unset).
+    /// Producer name (the broker picks one when unset). A producer created again with the
+    /// same name continues its sequence ids, so the broker drops what the previous instance
+    /// already stored.
     pub fn name(mut self, name: &str) -> Self {
         self.name = name.to_owned();
         self
@@ -92,48 +104,55 @@ impl ProducerBuilder {
         self
     }
 
+    /// How long the producer keeps trying to reconnect after its session broke before it
+    /// fails the unconfirmed sends.
+    pub fn send_timeout(mut self, d: Duration) -> Self {
+        self.send_timeout = d;
+        self
+    }
+
     /// Opens the producer session.
     pub async fn create(self) -> Result<Producer, ClientError> {
         let topic = TopicName::parse(&self.topic)?;
-        let open = ClientFrame {
-            frame: Some(client_frame::Frame::ProducerOpen(ProducerOpen {
-                topic: topic.to_string(),
-                producer_name: self.name.clone(),
-            })),
-        };
-        let max = self.client.max_frame_size();
-        let (writer, reader, ready) = self.client.open_session(&self.topic, &open).await?;
-        let name = match ready.frame {
-            Some(server_frame::Frame::ProducerReady(r)) => r.producer_name,
-            other => {
-                return Err(ClientError::Protocol(format!(
-                    "expected ProducerReady, got {other:?}"
-                )));
-            }
-        };
+        let session = Arc::new(Session {
+            client: self.client.clone(),
+            topic: topic.clone(),
+            name: Mutex::new(self.name.clone()),
+            in_flight: Mutex::new(VecDeque::new()),
+            slot: tokio::sync::Mutex::new(None),
+            broken: Notify::new(),
+            batcher_done: AtomicBool::new(false),
+            failed: Mutex::new(None),
+            send_timeout: self.send_timeout,
+        });
+        let (writer, reader, ready) = session.open().await?;
+        *session.slot.lock().await = Some(writer);
         let (tx, rx) = mpsc::channel(self.max_pending_messages.min(65_536));
-        let in_flight: InFlight = Arc::new(Mutex::new(VecDeque::new()));
         let batcher = Batcher {
             rx,
-            writer,
-            in_flight: in_flight.clone(),
+            session: session.clone(),
+            next_sequence_id: ready.last_sequence_id + 1,
             max_messages: self.batch_max_messages,
             max_bytes: self.batch_max_bytes,
             max_delay: self.batch_max_delay,
-            max_frame_size: max,
+            max_frame_size: self.client.max_frame_size(),
         };
         let batch_task = tokio::spawn(batcher.run());
-        let receipt_task = tokio::spawn(read_receipts(reader, in_flight));
+        let receipt_task = tokio::spawn(drive_session(session.clone(), reader));
         Ok(Producer {
             tx,
             permits: Arc::new(Semaphore::new(self.max_pending_messages)),
-            name,
+            name: lock(&session.name).clone(),
             topic,
             batch_task,
             receipt_task,
         })
     }
 }
+
+/// The message id a send resolves to when its batch was resent after a reconnect, the broker
+/// had already stored it, and it no longer knows where (it keeps the last 1024 per producer).
+pub const UNKNOWN_MESSAGE_ID: MessageId = MessageId::new(u64::MAX, u64::MAX, u32::MAX);
 
 type Reply = oneshot::Sender<Result<MessageId, ClientError>>;
 
@@ -143,8 +162,126 @@ struct Queued {
     _permit: OwnedSemaphorePermit,
 }
 
-/// Batches written and awaiting their receipt, oldest first.
-type InFlight = Arc<Mutex<VecDeque<(u64, Vec<Queued>)>>>;
+/// A batch written and awaiting its receipt, kept encoded to be resent after a reconnect.
+struct InFlightBatch {
+    sequence_id: u64,
+    frame: Bytes,
+    messages: Vec<Queued>,
+}
+
+/// The producer's link to its broker, replaced when it breaks.
+struct Session {
+    client: Client,
+    topic: TopicName,
+    /// The name the broker confirmed (or the one asked for, before the first session).
+    name: Mutex<String>,
+    /// Batches written and awaiting their receipt, oldest first.
+    in_flight: Mutex<VecDeque<InFlightBatch>>,
+    /// The stream batches are written to; `None` while reconnecting. Held across a
+    /// reconnect's resends, so new batches queue behind them.
+    slot: tokio::sync::Mutex<Option<FrameWriter>>,
+    /// A write failed: the receipt task reconnects.
+    broken: Notify,
+    /// Every batch was written: the stream is finished after the last one.
+    batcher_done: AtomicBool,
+    /// The producer gave up: why (later sends fail with it).
+    failed: Mutex<Option<WireError>>,
+    send_timeout: Duration,
+}
+
+impl Session {
+    /// Opens a producer session at the topic's owner.
+    async fn open(
+        &self,
+    ) -> Result<(FrameWriter, FrameReader, strata_proto::pb::client::ProducerReady), ClientError>
+    {
+        let open = ClientFrame {
+            frame: Some(client_frame::Frame::ProducerOpen(ProducerOpen {
+                topic: self.topic.to_string(),
+                producer_name: lock(&self.name).clone(),
+            })),
+        };
+        let (writer, reader, ready) = self
+            .client
+            .open_session(&self.topic.to_string(), &open)
+            .await?;
+        match ready.frame {
+            Some(server_frame::Frame::ProducerReady(r)) => {
+                *lock(&self.name) = r.producer_name.clone();
+                Ok((writer, reader, r))
+            }
+            other => Err(ClientError::Protocol(format!(
+                "expected ProducerReady, got {other:?}"
+            ))),
+        }
+    }
+
+    /// Opens a new session and resends every unconfirmed batch on it, retrying with backoff
+    /// for up to `send_timeout`. Returns the new session's receipt stream.
+    async fn reconnect(&self, cause: &ClientError) -> Result<FrameReader, ClientError> {
+        let mut slot = self.slot.lock().await;
+        *slot = None;
+        info!(topic = %self.topic, error = %cause, "producer session broke; reconnecting");
+        let deadline = tokio::time::Instant::now() + self.send_timeout;
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let attempt = async {
+                let (mut writer, reader, _) = self.open().await?;
+                let frames: Vec<Bytes> = lock(&self.in_flight)
+                    .iter()
+                    .map(|b| b.frame.clone())
+                    .collect();
+                for frame in &frames {
+                    writer.send_encoded(frame.clone()).await?;
+                }
+                if self.batcher_done.load(Ordering::Acquire) {
+                    writer.finish();
+                }
+                debug!(resent = frames.len(), "producer session reopened");
+                Ok::<_, ClientError>((writer, reader))
+            };
+            match attempt.await {
+                Ok((writer, reader)) => {
+                    *slot = Some(writer);
+                    return Ok(reader);
+                }
+                Err(e) if !should_reconnect(&e) => return Err(e),
+                Err(e) => {
+                    if tokio::time::Instant::now() + backoff > deadline {
+                        return Err(e);
+                    }
+                    debug!(error = %e, ?backoff, "producer reconnect failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+
+    /// Fails every unconfirmed send, and any later one, with `e`.
+    fn give_up(&self, e: WireError) {
+        *lock(&self.failed) = Some(e.clone());
+        let batches: Vec<InFlightBatch> = lock(&self.in_flight).drain(..).collect();
+        for batch in batches {
+            for q in batch.messages {
+                let _ = q.reply.send(Err(ClientError::Server(e.clone())));
+            }
+        }
+    }
+}
+
+/// Whether a broken session is worth reopening: the broker or the network failed, not the
+/// request.
+fn should_reconnect(e: &ClientError) -> bool {
+    matches!(e, ClientError::Closed(_)) || e.is_retryable()
+}
+
+fn as_wire(e: &ClientError) -> WireError {
+    match e {
+        ClientError::Server(w) => w.clone(),
+        other => WireError::new(ErrorCode::Unknown, other.to_string()),
+    }
+}
 
 pub struct Producer {
     tx: mpsc::Sender<Queued>,
@@ -215,7 +352,8 @@ impl Producer {
         self.send_async(message).await?.await
     }
 
-    /// Sends what is queued and waits until every message sent so far is confirmed.
+    /// Sends what is queued and waits until every message sent so far is confirmed (or
+    /// failed).
     pub async fn close(self) -> Result<(), ClientError> {
         drop(self.tx);
         let _ = self.batch_task.await;
@@ -226,8 +364,8 @@ impl Producer {
 
 struct Batcher {
     rx: mpsc::Receiver<Queued>,
-    writer: FrameWriter,
-    in_flight: InFlight,
+    session: Arc<Session>,
+    next_sequence_id: u64,
     max_messages: usize,
     max_bytes: usize,
     max_delay: Duration,
@@ -236,7 +374,6 @@ struct Batcher {
 
 impl Batcher {
     async fn run(mut self) {
-        let mut sequence_id = 0u64;
         while let Some(first) = self.rx.recv().await {
             let mut bytes = first.message.payload.len();
             let mut batch = vec![first];
@@ -260,21 +397,26 @@ impl Batcher {
                     None => break,
                 }
             }
-            sequence_id += 1;
-            if let Err(e) = self.write(sequence_id, batch).await {
-                fail_all(&self.in_flight, &e);
-                self.rx.close();
-                while let Some(q) = self.rx.recv().await {
-                    let _ = q.reply.send(Err(ClientError::Closed("producer")));
+            if let Some(e) = lock(&self.session.failed).clone() {
+                for q in batch {
+                    let _ = q.reply.send(Err(ClientError::Server(e.clone())));
                 }
-                return;
+                self.rx.close();
+                continue;
             }
+            self.write(batch).await;
         }
-        self.writer.finish();
+        self.session.batcher_done.store(true, Ordering::Release);
+        if let Some(w) = self.session.slot.lock().await.as_mut() {
+            w.finish();
+        }
     }
 
-    async fn write(&mut self, sequence_id: u64, batch: Vec<Queued>) -> Result<(), WireError> {
+    /// Writes one batch. A write that fails leaves the batch in flight and asks for a
+    /// reconnect, which resends it.
+    async fn write(&mut self, batch: Vec<Queued>) {
         let messages: Vec<Message> = batch.iter().map(|q| q.message.clone()).collect();
+        let sequence_id = self.next_sequence_id;
         let frame = ClientFrame {
             frame: Some(client_frame::Frame::Send(SendBatch {
                 sequence_id,
@@ -285,20 +427,27 @@ impl Batcher {
             Ok(e) => e,
             Err(e) => {
                 // Only this batch is too large: fail it, keep the producer.
-                let err = WireError::new(strata_proto::ErrorCode::FrameTooLarge, e.to_string());
+                let err = WireError::new(ErrorCode::FrameTooLarge, e.to_string());
                 for q in batch {
                     let _ = q.reply.send(Err(ClientError::Server(err.clone())));
                 }
-                return Ok(());
+                return;
             }
         };
-        lock(&self.in_flight).push_back((sequence_id, batch));
-        self.writer.send_encoded(encoded).await.map_err(|e| {
-            WireError::new(
-                strata_proto::ErrorCode::Unknown,
-                format!("producer stream: {e}"),
-            )
-        })
+        self.next_sequence_id += 1;
+        let mut slot = self.session.slot.lock().await;
+        lock(&self.session.in_flight).push_back(InFlightBatch {
+            sequence_id,
+            frame: encoded.clone(),
+            messages: batch,
+        });
+        if let Some(writer) = slot.as_mut()
+            && let Err(e) = writer.send_encoded(encoded).await
+        {
+            debug!(error = %e, "producer stream write failed");
+            *slot = None;
+            self.session.broken.notify_one();
+        }
     }
 }
 
@@ -306,70 +455,91 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn fail_all(in_flight: &InFlight, e: &WireError) {
-    for (_, batch) in lock(in_flight).drain(..) {
-        for q in batch {
-            let _ = q.reply.send(Err(ClientError::Server(e.clone())));
+/// Reads receipts, completing sends in order; reconnects when the session breaks.
+async fn drive_session(session: Arc<Session>, mut reader: FrameReader) {
+    loop {
+        let cause = loop {
+            let frame = tokio::select! {
+                f = next_frame(&mut reader) => f,
+                _ = session.broken.notified() => {
+                    if session.slot.lock().await.is_some() {
+                        continue; // a stale signal: a reconnect already happened
+                    }
+                    break ClientError::Closed("producer stream");
+                }
+            };
+            match frame {
+                Ok(Some(frame)) => {
+                    if let Err(e) = complete(&session, frame) {
+                        break e;
+                    }
+                }
+                Ok(None) => {
+                    if session.batcher_done.load(Ordering::Acquire)
+                        && lock(&session.in_flight).is_empty()
+                    {
+                        return; // closed: every batch confirmed
+                    }
+                    break ClientError::Closed("producer stream");
+                }
+                Err(e) => break e,
+            }
+        };
+        if !should_reconnect(&cause) {
+            session.give_up(as_wire(&cause));
+            return;
+        }
+        match session.reconnect(&cause).await {
+            Ok(r) => reader = r,
+            Err(e) => {
+                session.give_up(as_wire(&e));
+                return;
+            }
         }
     }
 }
 
-async fn read_receipts(mut reader: FrameReader, in_flight: InFlight) {
-    let end = loop {
-        let frame = match next_frame(&mut reader).await {
-            Ok(Some(f)) => f,
-            Ok(None) => {
-                break WireError::new(
-                    strata_proto::ErrorCode::Unknown,
-                    "producer stream closed by the broker",
-                );
-            }
-            Err(ClientError::Server(e)) => break e,
-            Err(e) => break WireError::new(strata_proto::ErrorCode::Unknown, e.to_string()),
-        };
-        let Some(server_frame::Frame::Receipt(receipt)) = frame.frame else {
-            break WireError::new(
-                strata_proto::ErrorCode::ProtocolViolation,
-                "expected a SendReceipt",
-            );
-        };
-        let Some((seq, batch)) = lock(&in_flight).pop_front() else {
-            break WireError::new(
-                strata_proto::ErrorCode::ProtocolViolation,
-                "receipt for no pending batch",
-            );
-        };
-        if seq != receipt.sequence_id {
-            break WireError::new(
-                strata_proto::ErrorCode::ProtocolViolation,
-                format!(
-                    "receipt for batch {} while {seq} is oldest",
-                    receipt.sequence_id
-                ),
-            );
-        }
-        match (receipt.message_id, receipt.error) {
-            (Some(first), None) => {
-                let first = MessageId::from(first);
-                for (i, q) in batch.into_iter().enumerate() {
-                    let _ = q.reply.send(Ok(MessageId {
-                        batch_index: i as u32,
-                        ..first
-                    }));
-                }
-            }
-            (_, error) => {
-                let e: WireError = error.map(Into::into).unwrap_or_else(|| {
-                    WireError::new(strata_proto::ErrorCode::Unknown, "receipt without id")
-                });
-                for q in batch {
-                    let _ = q.reply.send(Err(ClientError::Server(e.clone())));
-                }
-            }
-        }
+/// Completes the oldest in-flight batch with a receipt. A failed batch stays in flight: the
+/// error decides between a resend on a new session and giving up.
+fn complete(
+    session: &Session,
+    frame: strata_proto::pb::client::ServerFrame,
+) -> Result<(), ClientError> {
+    let Some(server_frame::Frame::Receipt(receipt)) = frame.frame else {
+        return Err(ClientError::Protocol("expected a SendReceipt".into()));
     };
-    if lock(&in_flight).is_empty() {
-        return;
+    let mut in_flight = lock(&session.in_flight);
+    let Some(oldest) = in_flight.front() else {
+        return Err(ClientError::Protocol("receipt for no pending batch".into()));
+    };
+    if oldest.sequence_id != receipt.sequence_id {
+        return Err(ClientError::Protocol(format!(
+            "receipt for batch {} while {} is oldest",
+            receipt.sequence_id, oldest.sequence_id
+        )));
     }
-    fail_all(&in_flight, &end);
+    if let Some(e) = receipt.error {
+        return Err(ClientError::Server(e.into()));
+    }
+    let first = match (receipt.message_id, receipt.duplicate) {
+        (Some(id), _) => MessageId::from(id),
+        (None, true) => UNKNOWN_MESSAGE_ID,
+        (None, false) => return Err(ClientError::Protocol("receipt without id".into())),
+    };
+    let Some(batch) = in_flight.pop_front() else {
+        return Ok(());
+    };
+    drop(in_flight);
+    for (i, q) in batch.messages.into_iter().enumerate() {
+        let id = if first == UNKNOWN_MESSAGE_ID {
+            first
+        } else {
+            MessageId {
+                batch_index: i as u32,
+                ..first
+            }
+        };
+        let _ = q.reply.send(Ok(id));
+    }
+    Ok(())
 }

@@ -47,9 +47,9 @@ impl Client {
         &self,
         address: &str,
     ) -> Result<quinn::Connection, ClientError> {
-        let first = self.connection();
+        let first = self.service_connection().await?;
         if address.parse::<SocketAddr>().ok() == Some(first.remote_address()) {
-            return Ok(first.clone());
+            return Ok(first);
         }
         let mut pool = self.inner.pool.lock().await;
         if let Some(c) = pool.get(address)

@@ -65,6 +65,15 @@ impl MessageId {
         }
     }
 
+    /// The message at `batch_index` of the entry at `position`.
+    pub const fn at(position: Position, batch_index: u32) -> Self {
+        Self {
+            ledger: position.ledger,
+            entry: position.entry,
+            batch_index,
+        }
+    }
+
     pub const fn position(&self) -> Position {
         Position {
             ledger: self.ledger,

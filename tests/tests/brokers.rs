@@ -2,118 +2,12 @@
 //! bundle ownership, lookups and redirects, and takeover of a stopped broker's topics with
 //! their ledgers fenced.
 
-use std::sync::Arc;
-use std::time::Duration;
+mod support;
 
-use strata_bookie::local_cluster::{LocalCluster, LocalClusterOptions};
-use strata_bookie::{BookieClientOptions, LedgerClientOptions};
 use strata_broker::BrokerError;
-use strata_broker::ownership::{Ownership, OwnershipConfig};
-use strata_broker::server::{BrokerServer, ServerConfig};
-use strata_broker::service::{BrokerConfig, BrokerService};
-use strata_client::{Client, ClientOptions, InitialPosition};
-use strata_metastore::tables::NamespacePolicies;
+use strata_client::InitialPosition;
 use strata_proto::TopicName;
-use strata_transport::{ServerTls, TransportTuning};
-
-struct TestBroker {
-    id: String,
-    service: Arc<BrokerService>,
-    server: BrokerServer,
-    ownership: Arc<Ownership>,
-    address: String,
-}
-
-async fn start_broker(cluster: &LocalCluster, dir: &std::path::Path, id: &str) -> TestBroker {
-    let ledgers = cluster.ledger_client(
-        BookieClientOptions {
-            request_timeout: Duration::from_secs(3),
-            ..BookieClientOptions::default()
-        },
-        LedgerClientOptions::default(),
-    );
-    let service = BrokerService::new(cluster.meta.clone(), ledgers, BrokerConfig::default());
-    service
-        .ensure_namespace(
-            &"public/default".parse().expect("ns"),
-            &NamespacePolicies::default(),
-        )
-        .await
-        .expect("namespace");
-    let (tls, _) = ServerTls::dev_in_dir(&dir.join(id), &[]).expect("tls");
-    let server = BrokerServer::start(
-        service.clone(),
-        ServerConfig {
-            listen: "127.0.0.1:0".parse().expect("addr"),
-            max_frame_size: strata_proto::DEFAULT_MAX_FRAME_SIZE,
-            tuning: TransportTuning::default(),
-        },
-        &tls,
-    )
-    .expect("server");
-    let address = server.local_addr().expect("addr").to_string();
-    let mut config = OwnershipConfig::new(id, address.clone());
-    config.session_ttl = Duration::from_secs(2);
-    config.refresh_interval = Duration::from_millis(500);
-    let ownership = Ownership::start(cluster.meta.clone(), config)
-        .await
-        .expect("ownership");
-    service.enable_ownership(ownership.clone());
-    TestBroker {
-        id: id.to_owned(),
-        service,
-        server,
-        ownership,
-        address,
-    }
-}
-
-async fn client_of(broker: &TestBroker) -> Client {
-    Client::connect(ClientOptions {
-        url: format!("quic://{}", broker.address),
-        ..ClientOptions::default()
-    })
-    .await
-    .expect("connect")
-}
-
-async fn start() -> (tempfile::TempDir, LocalCluster, Vec<TestBroker>) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cluster = LocalCluster::start(&dir.path().join("cluster"), LocalClusterOptions::default())
-        .await
-        .expect("cluster");
-    let a = start_broker(&cluster, dir.path(), "broker-a").await;
-    let b = start_broker(&cluster, dir.path(), "broker-b").await;
-    (dir, cluster, vec![a, b])
-}
-
-/// Stops every broker (gracefully) and the cluster.
-async fn stop_all(brokers: Vec<TestBroker>, cluster: LocalCluster) {
-    for b in brokers {
-        b.server.shutdown().await;
-        b.service.close_all().await;
-        b.ownership.shutdown().await;
-    }
-    cluster.shutdown().await;
-}
-
-/// Produces `n` messages to `topic` and returns once all are acknowledged.
-async fn produce(client: &Client, topic: &str, n: usize) {
-    let producer = client.producer(topic).create().await.expect("producer");
-    let mut sends = Vec::new();
-    for i in 0..n {
-        sends.push(
-            producer
-                .send_async(format!("{topic} #{i}"))
-                .await
-                .expect("queued"),
-        );
-    }
-    for s in sends {
-        s.await.expect("acknowledged");
-    }
-    producer.close().await.expect("close producer");
-}
+use support::{client_of, crash, produce, start, stop_all, topic_owned_by};
 
 /// Every lookup, at either broker, names the same owner; topics spread over both brokers;
 /// a client connected to one broker produces and consumes topics owned by the other
@@ -180,23 +74,12 @@ async fn topics_are_served_by_their_bundle_owner_and_clients_are_redirected() {
 async fn a_stopped_brokers_topics_are_taken_over_with_nothing_lost() {
     let (_dir, cluster, mut brokers) = start().await;
     let client_a = client_of(&brokers[0]).await;
-    // A topic owned by broker-b.
-    let mut topic = None;
-    for i in 0..32 {
-        let t = format!("persistent://public/default/takeover-{i}");
-        if client_a.lookup(&t).await.expect("lookup").broker_id == "broker-b" {
-            topic = Some(t);
-            break;
-        }
-    }
-    let topic = topic.expect("a topic for broker-b");
+    let topic = topic_owned_by(&client_a, "broker-b", "takeover").await;
     produce(&client_a, &topic, 100).await;
     let b = brokers.pop().expect("b");
     let name: TopicName = topic.parse().expect("topic");
     let zombie = b.service.topic(&name, false).await.expect("loaded at b");
-    // "Crash": connections drop and the lease goes, but the ledger stays OPEN.
-    b.server.shutdown().await;
-    b.ownership.shutdown().await;
+    let _b = crash(b).await;
 
     let owner = client_a.lookup(&topic).await.expect("lookup");
     assert_eq!(owner.broker_id, "broker-a");

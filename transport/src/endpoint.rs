@@ -30,8 +30,10 @@ impl Default for TransportTuning {
             connection_receive_window: 64 * 1024 * 1024,
             send_window: 64 * 1024 * 1024,
             max_concurrent_bidi_streams: 4096,
-            keep_alive: Duration::from_secs(5),
-            idle_timeout: Duration::from_secs(30),
+            // A peer killed without closing its connection (kill -9, a host gone) is noticed
+            // after idle_timeout: short enough for failover to follow a broker's lease.
+            keep_alive: Duration::from_secs(2),
+            idle_timeout: Duration::from_secs(10),
         }
     }
 }

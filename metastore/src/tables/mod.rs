@@ -11,6 +11,7 @@
 //! | [`managed_ledgers`]   | `/managed-ledgers/<tenant>/<ns>/<topic>`           | [`ManagedLedgerRecord`]  |
 //! | [`ledgers`]           | `/ledgers/<id, 20 digits>`                         | protobuf `LedgerMetadata`|
 //! | [`cursors`]           | `/cursors/<tenant>/<ns>/<topic>/<subscription>`    | [`CursorRecord`]         |
+//! | [`dedup`]             | `/dedup/<tenant>/<ns>/<topic>`                     | [`DedupRecord`]          |
 //! | [`counters`]          | `/counters/<name>`                                 | u64 big-endian           |
 //!
 //! Records are JSON objects with a `format_version` ([`JsonRecord`]), except ledger metadata
@@ -28,10 +29,11 @@
 //! - `record`: [`Record`] and [`JsonRecord`], the versioned encodings.
 //! - `error`: [`TableError`], [`DecodeError`].
 //! - one module per table, defining its keys and record: [`tenants`], [`namespaces`],
-//!   [`topics`], [`ownership`], [`managed_ledgers`], [`ledgers`], [`cursors`], [`counters`].
+//!   [`topics`], [`ownership`], [`managed_ledgers`], [`ledgers`], [`cursors`], [`dedup`], [`counters`].
 
 pub mod counters;
 pub mod cursors;
+pub mod dedup;
 mod error;
 pub mod ledgers;
 pub mod managed_ledgers;
@@ -47,6 +49,7 @@ mod tests;
 
 pub use counters::{Counter, Counters};
 pub use cursors::{CursorKey, CursorRecord, Cursors, EntryAck};
+pub use dedup::{Dedup, DedupRecord};
 pub use error::{DecodeError, TableError};
 pub use ledgers::Ledgers;
 pub use managed_ledgers::{LedgerInfo, ManagedLedgerRecord, ManagedLedgers};
@@ -70,6 +73,7 @@ pub struct Tables {
     pub managed_ledgers: Table<ManagedLedgers>,
     pub ledgers: Table<Ledgers>,
     pub cursors: Table<Cursors>,
+    pub dedup: Table<Dedup>,
     pub counters: Counters,
     meta: Meta,
 }
@@ -92,6 +96,7 @@ impl Tables {
             managed_ledgers: Table::new(meta.clone()),
             ledgers: Table::new(meta.clone()),
             cursors: Table::new(meta.clone()),
+            dedup: Table::new(meta.clone()),
             counters: Counters::new(meta.clone()),
             meta,
         }

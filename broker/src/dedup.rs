@@ -1,0 +1,214 @@
+//! Producer deduplication as a plain struct: which (producer name, sequence id) batches a
+//! topic has stored, so a batch resent after a reconnect or a broker failover is not stored
+//! twice. No I/O here; [`crate::topic::Topic`] feeds it and persists its snapshots.
+//!
+//! As in Pulsar, each producer has two marks: `pushed`, the highest sequence id handed to the
+//! log, and `persisted`, the highest one known durable. A batch at or below `persisted` is a
+//! duplicate; one above `persisted` but at or below `pushed` is still being written, and the
+//! producer is told to retry once it is settled; anything above `pushed` is new.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use strata_metastore::tables::DedupRecord;
+use strata_proto::Position;
+
+/// Publishes between two snapshots (bounds the replay after a failover).
+pub const SNAPSHOT_EVERY: u64 = 1000;
+
+/// Recent (sequence id, position) pairs kept per producer, to answer a duplicate with the
+/// position the batch was stored at.
+const RECENT_PER_PRODUCER: usize = 1024;
+
+/// What to do with an incoming batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Not seen before: store it.
+    New,
+    /// Already stored; the position when still known.
+    Duplicate(Option<Position>),
+    /// Handed to the log but not yet durable (or its write failed): retry later.
+    InFlight,
+}
+
+#[derive(Debug, Default, Clone)]
+struct ProducerMarks {
+    pushed: u64,
+    persisted: u64,
+    recent: VecDeque<(u64, Position)>,
+}
+
+impl ProducerMarks {
+    fn remember(&mut self, sequence_id: u64, position: Position) {
+        if self.recent.back().is_some_and(|(s, _)| *s >= sequence_id) {
+            return;
+        }
+        if self.recent.len() == RECENT_PER_PRODUCER {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((sequence_id, position));
+    }
+
+    fn position_of(&self, sequence_id: u64) -> Option<Position> {
+        let i = self
+            .recent
+            .binary_search_by_key(&sequence_id, |(s, _)| *s)
+            .ok()?;
+        Some(self.recent[i].1)
+    }
+}
+
+/// A topic's dedup state.
+#[derive(Debug, Default)]
+pub struct DedupState {
+    producers: HashMap<String, ProducerMarks>,
+    publishes_since_snapshot: u64,
+}
+
+impl DedupState {
+    /// The state a snapshot describes (replay the entries after its position next).
+    pub fn from_snapshot(record: &DedupRecord) -> Self {
+        let producers = record
+            .producers
+            .iter()
+            .map(|(name, &seq)| {
+                let marks = ProducerMarks {
+                    pushed: seq,
+                    persisted: seq,
+                    recent: VecDeque::new(),
+                };
+                (name.clone(), marks)
+            })
+            .collect();
+        Self {
+            producers,
+            publishes_since_snapshot: 0,
+        }
+    }
+
+    /// Decides about a batch; a `New` one counts as pushed from now on.
+    pub fn check(&mut self, producer: &str, sequence_id: u64) -> Verdict {
+        let marks = self.producers.entry(producer.to_owned()).or_default();
+        if sequence_id <= marks.persisted {
+            return Verdict::Duplicate(marks.position_of(sequence_id));
+        }
+        if sequence_id <= marks.pushed {
+            return Verdict::InFlight;
+        }
+        marks.pushed = sequence_id;
+        self.publishes_since_snapshot += 1;
+        Verdict::New
+    }
+
+    /// A pushed batch became durable at `position`.
+    pub fn persisted(&mut self, producer: &str, sequence_id: u64, position: Position) {
+        let marks = self.producers.entry(producer.to_owned()).or_default();
+        marks.persisted = marks.persisted.max(sequence_id);
+        marks.pushed = marks.pushed.max(sequence_id);
+        marks.remember(sequence_id, position);
+    }
+
+    /// A batch read back from the log while rebuilding the state.
+    pub fn replayed(&mut self, producer: &str, sequence_id: u64, position: Position) {
+        self.persisted(producer, sequence_id, position);
+    }
+
+    /// Highest sequence id stored for `producer` (0: none).
+    pub fn last_persisted(&self, producer: &str) -> u64 {
+        self.producers.get(producer).map_or(0, |m| m.persisted)
+    }
+
+    /// Whether enough was published since the last snapshot to take another; resets the count.
+    pub fn snapshot_due(&mut self) -> bool {
+        if self.publishes_since_snapshot < SNAPSHOT_EVERY {
+            return false;
+        }
+        self.publishes_since_snapshot = 0;
+        true
+    }
+
+    /// The pushed marks, to be written as a snapshot once every pushed batch is durable.
+    pub fn pushed_marks(&self) -> BTreeMap<String, u64> {
+        self.producers
+            .iter()
+            .filter(|(_, m)| m.pushed > 0)
+            .map(|(name, m)| (name.clone(), m.pushed))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pos(e: u64) -> Position {
+        Position::new(7, e)
+    }
+
+    /// A batch is new once; after it is durable a resend is a duplicate with its position;
+    /// before that, a resend is in flight.
+    #[test]
+    fn a_resend_is_in_flight_then_duplicate() {
+        let mut d = DedupState::default();
+        assert_eq!(d.check("p", 1), Verdict::New);
+        assert_eq!(d.check("p", 1), Verdict::InFlight);
+        d.persisted("p", 1, pos(0));
+        assert_eq!(d.check("p", 1), Verdict::Duplicate(Some(pos(0))));
+        assert_eq!(d.check("p", 2), Verdict::New);
+        assert_eq!(d.check("q", 1), Verdict::New, "producers are independent");
+    }
+
+    /// Sequence ids only move forward: an older one than the last stored is a duplicate.
+    #[test]
+    fn older_sequence_ids_are_duplicates() {
+        let mut d = DedupState::default();
+        assert_eq!(d.check("p", 10), Verdict::New);
+        d.persisted("p", 10, pos(3));
+        assert_eq!(d.check("p", 4), Verdict::Duplicate(None));
+        assert_eq!(d.last_persisted("p"), 10);
+    }
+
+    /// A snapshot plus a replay of the entries after it gives back the same decisions.
+    #[test]
+    fn snapshot_and_replay_restore_the_marks() {
+        let mut d = DedupState::default();
+        for seq in 1..=3 {
+            assert_eq!(d.check("p", seq), Verdict::New);
+        }
+        let snapshot = DedupRecord {
+            position: Some(pos(2)),
+            producers: d.pushed_marks(),
+        };
+        let mut restored = DedupState::from_snapshot(&snapshot);
+        restored.replayed("p", 4, pos(3));
+        assert_eq!(restored.check("p", 3), Verdict::Duplicate(None));
+        assert_eq!(restored.check("p", 4), Verdict::Duplicate(Some(pos(3))));
+        assert_eq!(restored.check("p", 5), Verdict::New);
+    }
+
+    /// Snapshots fall due every SNAPSHOT_EVERY new batches; duplicates do not count.
+    #[test]
+    fn snapshots_fall_due_by_new_batches() {
+        let mut d = DedupState::default();
+        for seq in 1..SNAPSHOT_EVERY {
+            d.check("p", seq);
+            d.check("p", seq);
+        }
+        assert!(!d.snapshot_due());
+        d.check("p", SNAPSHOT_EVERY);
+        assert!(d.snapshot_due());
+        assert!(!d.snapshot_due(), "the count restarts");
+    }
+
+    /// Only the most recent positions are kept per producer.
+    #[test]
+    fn recent_positions_are_bounded() {
+        let mut d = DedupState::default();
+        let n = RECENT_PER_PRODUCER as u64 + 10;
+        for seq in 1..=n {
+            d.check("p", seq);
+            d.persisted("p", seq, pos(seq));
+        }
+        assert_eq!(d.check("p", 1), Verdict::Duplicate(None));
+        assert_eq!(d.check("p", n), Verdict::Duplicate(Some(pos(n))));
+    }
+}
