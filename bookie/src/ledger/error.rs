@@ -42,7 +42,7 @@ pub enum LedgerError {
         requested: EntryId,
         last_add_confirmed: Option<EntryId>,
     },
-    /// `first > last` in a read.
+    /// `first > last` in a read, or a range too long to count (`0..=u64::MAX`).
     #[error("ledger {ledger}: invalid entry range {first}..={last}")]
     InvalidRange {
         ledger: LedgerId,

@@ -12,11 +12,15 @@ use super::entry::{self, StoredEntry};
 use super::quorum::{IndexSet, ReadPlan, ReadStep};
 use super::{LedgerClient, LedgerError, bump, metadata};
 use crate::BookieRpcError;
+use crate::server::BookieEntry;
+
+type ReplicaAnswer = (usize, Option<Result<BookieEntry, BookieRpcError>>);
 
 impl LedgerClient {
     /// Reads `entry` from one of its replicas under `md`: in write-set order, the next one
     /// after an error (a corrupt copy included, which is counted and logged), and the next one
-    /// too when a replica is slower than the speculative delay. The first copy wins.
+    /// too when a replica is slower than the speculative delay. The first copy wins. The read
+    /// fails with a denial (see [`is_denial`]) only when every replica denied the entry.
     pub(crate) async fn read_entry(
         &self,
         id: LedgerId,
@@ -55,21 +59,22 @@ impl LedgerClient {
         let send = |index: usize| {
             let client = self.clone();
             let bookie = bookies[index].clone();
-            let answers = answers.clone();
+            let answer = AnswerOnce {
+                index,
+                answers: Some(answers.clone()),
+            };
             tokio::spawn(async move {
                 let result = client.cluster().read(&bookie, id, entry, false).await;
-                let _ = answers.send((index, result));
+                answer.send(result);
             });
         };
-        let mut last_error = None;
+        let mut last_error: Option<LedgerError> = None;
         let mut step = plan.start(Instant::now());
         loop {
             match step {
                 ReadStep::Send(index) => send(index),
                 ReadStep::Done => unreachable_done(id, entry)?,
-                ReadStep::Failed => {
-                    return Err(last_error.map_or(LedgerError::Shutdown(id), LedgerError::Bookie));
-                }
+                ReadStep::Failed => return Err(last_error.unwrap_or(LedgerError::Shutdown(id))),
                 ReadStep::Wait => {}
             }
             let deadline = plan.poll_timeout().map(tokio::time::Instant::from_std);
@@ -87,8 +92,8 @@ impl LedgerClient {
             let Some((index, result)) = answer else {
                 return Err(LedgerError::Shutdown(id));
             };
-            match result {
-                Ok(read) => {
+            let error = match result {
+                Some(Ok(read)) => {
                     if plan.on_success(index) {
                         if index != plan.order()[0] {
                             bump(&self.inner.stats.read_failovers);
@@ -96,18 +101,64 @@ impl LedgerClient {
                         return Ok(read.payload);
                     }
                     step = ReadStep::Wait;
+                    continue;
                 }
-                Err(e) => {
+                Some(Err(e)) => {
                     if let BookieRpcError::ChecksumMismatch { bookie, .. } = &e {
                         bump(&self.inner.stats.corrupt_replicas);
                         tracing::error!(ledger = %id, entry = %entry, bookie, "corrupt replica: reading another copy");
                     } else {
                         tracing::debug!(ledger = %id, entry = %entry, error = %e, "replica read failed");
                     }
-                    last_error = Some(e);
-                    step = plan.on_error(index, Instant::now());
+                    LedgerError::Bookie(e)
                 }
+                None => {
+                    tracing::warn!(ledger = %id, entry = %entry, bookie = %bookies[index], "replica read task ended without an answer");
+                    LedgerError::Shutdown(id)
+                }
+            };
+            // A denial never hides another error, so the read fails with one only when
+            // every replica denied the entry (which `LedgerReader::read` acts on).
+            if last_error.is_none() || !is_denial(&error) {
+                last_error = Some(error);
             }
+            step = plan.on_error(index, Instant::now());
+        }
+    }
+}
+
+/// Whether a read failed because the replica has no such entry (or no such ledger: its copy
+/// was deleted) rather than because it could not answer.
+pub(crate) fn is_denial(error: &LedgerError) -> bool {
+    matches!(
+        error,
+        LedgerError::Bookie(
+            BookieRpcError::NoSuchEntry { .. } | BookieRpcError::NoSuchLedger { .. }
+        )
+    )
+}
+
+/// Delivers one replica's answer to the read loop. A read task that ends without answering
+/// (it panicked, or was dropped at runtime shutdown) delivers `None` from `drop`: the loop
+/// holds a sender itself, so the channel never closes and would otherwise wait forever.
+struct AnswerOnce {
+    index: usize,
+    answers: Option<mpsc::UnboundedSender<ReplicaAnswer>>,
+}
+
+impl AnswerOnce {
+    fn send(mut self, result: Result<BookieEntry, BookieRpcError>) {
+        if let Some(answers) = self.answers.take() {
+            // The read may be over already (another replica won): nobody listens then.
+            let _ = answers.send((self.index, Some(result)));
+        }
+    }
+}
+
+impl Drop for AnswerOnce {
+    fn drop(&mut self) {
+        if let Some(answers) = self.answers.take() {
+            let _ = answers.send((self.index, None));
         }
     }
 }

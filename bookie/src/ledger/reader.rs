@@ -8,6 +8,7 @@ use strata_proto::pb::bookie::LedgerMetadata;
 use strata_proto::{EntryId, LedgerId};
 use tokio::sync::mpsc;
 
+use super::read::is_denial;
 use super::{LedgerClient, LedgerError, is_closed, metadata};
 
 /// Reads one ledger. Reads are bounded by the last readable entry: the last entry of a CLOSED
@@ -187,7 +188,9 @@ impl LedgerReader {
     }
 
     /// Reads entries `first..=last`. If `last` is beyond the last readable entry, refreshes it
-    /// once, then fails with [`LedgerError::ReadBeyondLastAddConfirmed`].
+    /// once, then fails with [`LedgerError::ReadBeyondLastAddConfirmed`]. If every replica of
+    /// an entry denies it, re-reads the metadata once and, if it changed (re-replication moved
+    /// the fragment), reads again.
     pub async fn read(
         &self,
         first: EntryId,
@@ -212,7 +215,20 @@ impl LedgerReader {
             }
         }
         let md = self.lock().metadata.clone();
-        self.client.read_range(self.id, &md, first, last).await
+        match self.client.read_range(self.id, &md, first, last).await {
+            // Every entry asked for is readable, so a copy exists: denied by every replica
+            // this metadata names, it was moved to other bookies after this reader read it.
+            Err(e) if is_denial(&e) => {
+                let (current, _) = self.client.metadata(self.id).await?;
+                if current.fragments == md.fragments {
+                    return Err(e);
+                }
+                tracing::debug!(ledger = %self.id, error = %e, "replicas denied a readable entry: reading again under newer metadata");
+                self.adopt(current.clone(), None);
+                self.client.read_range(self.id, &current, first, last).await
+            }
+            read => read,
+        }
     }
 }
 
@@ -225,10 +241,11 @@ impl LedgerClient {
         first: EntryId,
         last: EntryId,
     ) -> Result<Vec<(EntryId, Bytes)>, LedgerError> {
-        let mut out = Vec::with_capacity((last.0 - first.0 + 1).min(4096) as usize);
+        let count = range_len(id, first, last)?;
+        let mut out = Vec::with_capacity(count.min(4096) as usize);
         let chunk = self.options().read_concurrency.max(1) as u64;
         let mut next = first.0;
-        while next <= last.0 {
+        loop {
             let end = last.0.min(next.saturating_add(chunk - 1));
             let reads: Vec<_> = (next..=end)
                 .map(|e| {
@@ -240,8 +257,47 @@ impl LedgerClient {
                 let stored = read.await.map_err(|_| LedgerError::Shutdown(id))??;
                 out.push((EntryId(e), stored.payload));
             }
+            // Stop at `last` rather than test `next <= last`: `end + 1` overflows at u64::MAX.
+            if end == last.0 {
+                return Ok(out);
+            }
             next = end + 1;
         }
-        Ok(out)
+    }
+}
+
+/// How many entries `first..=last` holds: [`LedgerError::InvalidRange`] if `first > last` or
+/// the count does not fit a `u64` (`0..=u64::MAX`).
+fn range_len(id: LedgerId, first: EntryId, last: EntryId) -> Result<u64, LedgerError> {
+    last.0
+        .checked_sub(first.0)
+        .and_then(|n| n.checked_add(1))
+        .ok_or(LedgerError::InvalidRange {
+            ledger: id,
+            first,
+            last,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A range's length is counted without overflow: an inverted range or one of 2^64
+    /// entries is a typed error, never a panic or a wrapped count.
+    #[test]
+    fn range_length_is_checked() {
+        let id = LedgerId(1);
+        let len = |first, last| range_len(id, EntryId(first), EntryId(last));
+        assert_eq!(len(5, 5).ok(), Some(1));
+        assert_eq!(len(0, 9).ok(), Some(10));
+        assert_eq!(len(1, u64::MAX).ok(), Some(u64::MAX));
+        assert_eq!(len(u64::MAX, u64::MAX).ok(), Some(1));
+        for (first, last) in [(6, 5), (u64::MAX, 0), (0, u64::MAX)] {
+            assert!(
+                matches!(len(first, last), Err(LedgerError::InvalidRange { .. })),
+                "{first}..={last}"
+            );
+        }
     }
 }

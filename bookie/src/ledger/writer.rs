@@ -48,8 +48,6 @@ struct State {
     /// The metadata as this writer last wrote it, and its metastore version.
     metadata: LedgerMetadata,
     metadata_version: u64,
-    /// An ensemble change task is running.
-    changing: bool,
     /// Bookies that failed on this writer: never chosen as replacements again.
     failed_bookies: Vec<String>,
     /// Why the writer stopped, once it did.
@@ -57,6 +55,15 @@ struct State {
     closing: bool,
     /// Set once `close` wrote CLOSED metadata: the last entry it closed at.
     closed_at: Option<Option<EntryId>>,
+}
+
+impl State {
+    /// An ensemble change is in progress. Read from the quorum rather than kept in a flag of
+    /// its own, so it ends under the same lock hold as the quorum's change: no add, `close`
+    /// or retry can see the change over while this still says otherwise, or the reverse.
+    fn changing(&self) -> bool {
+        self.quorum.changing().is_some()
+    }
 }
 
 struct Outstanding {
@@ -110,7 +117,6 @@ impl LedgerWriter {
             confirmed_bytes: 0,
             metadata,
             metadata_version: version,
-            changing: false,
             failed_bookies: Vec::new(),
             stopped: None,
             closing: false,
@@ -222,7 +228,7 @@ impl LedgerWriter {
                 if let Some(LedgerError::Fenced(_)) = state.stopped {
                     return Err(LedgerError::Fenced(id));
                 }
-                if state.outstanding.is_empty() && !state.changing {
+                if state.outstanding.is_empty() && !state.changing() {
                     break;
                 }
             }
@@ -379,7 +385,6 @@ impl Shared {
             state.failed_bookies.push(bookie.to_owned());
         }
         if let FailureAction::ChangeEnsemble(change) = action {
-            state.changing = true;
             drop(state);
             let shared = self.clone();
             self.runtime
@@ -405,7 +410,8 @@ impl Shared {
                 None => break,
             }
         }
-        self.lock().changing = false;
+        // The change ended (and `changing()` turned false) under the lock hold that ended it
+        // in the quorum: ensemble_changed, postpone_change or stop.
         self.idle.notify_waiters();
     }
 
@@ -462,8 +468,25 @@ impl Shared {
                     return Ok(self.changed(target, written.version, &replacements));
                 }
                 Err(TableError::VersionMismatch { .. }) => {
-                    let Ok((current, version)) = self.client.metadata(self.id).await else {
-                        return Err(Stop::EnsembleChangeFailed);
+                    let (current, version) = match self.client.metadata(self.id).await {
+                        Ok(read) => read,
+                        // The metastore is briefly unavailable: that is no reason to give up
+                        // the ledger. Wait and go round again (the CAS fails on the stale
+                        // version and the metadata is read again).
+                        Err(e) if e.is_retryable() => {
+                            tracing::warn!(ledger = %self.id, error = %e, "ensemble change: cannot re-read the metadata; retrying");
+                            tokio::time::sleep(self.client.options().ensemble_retry_delay).await;
+                            // Stopped meanwhile (fenced by an add): nothing left to change.
+                            if self.lock().stopped.is_some() {
+                                return Ok(None);
+                            }
+                            continue;
+                        }
+                        // Deleted, or a record this version cannot read: definitive.
+                        Err(e) => {
+                            tracing::error!(ledger = %self.id, error = %e, "ensemble change: cannot re-read the metadata");
+                            return Err(Stop::EnsembleChangeFailed);
+                        }
                     };
                     if !matches!(metadata::state(self.id, &current), Ok(LedgerState::Open)) {
                         return Err(Stop::Fenced);
@@ -499,7 +522,11 @@ impl Shared {
         let changed = match state.quorum.ensemble_changed(replacements) {
             Ok(changed) => changed,
             Err(e) => {
+                drop(state);
                 tracing::error!(ledger = %self.id, error = %e, "ensemble change refused by the quorum tracker");
+                // Unless it stopped already, the quorum still holds the change open and
+                // acknowledges nothing: without a stop the writer (and `close`) would hang.
+                self.stop(Stop::EnsembleChangeFailed);
                 return None;
             }
         };
@@ -554,11 +581,13 @@ impl Shared {
     /// Looks for replacements again after a postponed change.
     fn retry_change(self: &Arc<Self>) {
         let mut state = self.lock();
-        if state.changing || state.closed_at.is_some() {
+        // A closing writer is draining its last adds (which Qa bookies acknowledge without
+        // the change), and a stopped one has nothing to write.
+        if state.changing() || state.closing || state.stopped.is_some() || state.closed_at.is_some()
+        {
             return;
         }
         if let Some(change) = state.quorum.retry_change() {
-            state.changing = true;
             drop(state);
             let shared = self.clone();
             self.runtime
