@@ -13,8 +13,13 @@ pub const DEFAULT_BUNDLES: u32 = 4;
 /// bits the bundle boundaries cut. Stable across versions and platforms, which the placement
 /// of existing topics depends on.
 pub fn topic_hash(topic: &TopicName) -> u32 {
+    stable_hash(topic.to_string().as_bytes())
+}
+
+/// The hash behind [`topic_hash`], for any bytes (message keys use it too).
+pub fn stable_hash(bytes: &[u8]) -> u32 {
     let mut hash: u32 = 0x811c_9dc5;
-    for byte in topic.to_string().bytes() {
+    for &byte in bytes {
         hash ^= u32::from(byte);
         hash = hash.wrapping_mul(0x0100_0193);
     }

@@ -16,6 +16,14 @@ pub enum BrokerError {
     NamespaceNotFound(String),
     #[error("subscription {subscription} on {topic} already has an exclusive consumer")]
     SubscriptionBusy { topic: String, subscription: String },
+    #[error(
+        "subscription {subscription} is {existing} while it has consumers; a {requested} consumer cannot join"
+    )]
+    IncompatibleSubscription {
+        subscription: String,
+        existing: String,
+        requested: String,
+    },
     #[error("message id {0} does not exist on this subscription")]
     InvalidMessageId(String),
     #[error("protocol violation: {0}")]
@@ -59,6 +67,7 @@ impl BrokerError {
             Self::TopicAlreadyExists(_) => ErrorCode::TopicAlreadyExists,
             Self::NamespaceNotFound(_) => ErrorCode::NamespaceNotFound,
             Self::SubscriptionBusy { .. } => ErrorCode::SubscriptionBusy,
+            Self::IncompatibleSubscription { .. } => ErrorCode::IncompatibleSubscription,
             Self::InvalidMessageId(_) => ErrorCode::InvalidMessageId,
             Self::Protocol(_) => ErrorCode::ProtocolViolation,
             Self::Ledger(_) | Self::Corrupt(_) => ErrorCode::StorageError,

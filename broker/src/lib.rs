@@ -9,7 +9,9 @@
 //! - [`topic`]: a loaded topic: publish (deduplicated) and subscriptions.
 //! - [`dedup`]: which producer batches a topic stored, as a plain struct (no I/O).
 //! - [`managed_ledger`]: the topic's log over ledgers, with rollover and crash recovery.
-//! - [`subscription`]: cursor, exclusive consumer, dispatcher with permits, ack persistence.
+//! - [`subscription`]: cursor, consumers by subscription type, dispatcher with permits,
+//!   redelivery, ack persistence.
+//! - [`dispatch`]: key_shared's key ring and the redelivery backoff, as plain functions.
 //! - [`cursor`]: the acknowledgement state as a plain struct (no I/O).
 //! - [`metrics`]: counters exposed on `/metrics`.
 //!
@@ -20,6 +22,7 @@ pub mod admin;
 pub mod bundles;
 pub mod cursor;
 pub mod dedup;
+pub mod dispatch;
 pub mod error;
 pub mod managed_ledger;
 pub mod metrics;

@@ -12,7 +12,8 @@ use prost::Message as _;
 use quinn::{Connection, Endpoint, RecvStream, SendStream};
 use strata_proto::pb::client::{
     AckReceipt, AdminRequest, AdminResponse, ClientFrame, ConsumerOpen, ConsumerReady, Done,
-    InitialPosition, ProducerOpen, ProducerReady, SendReceipt, ServerFrame, TopicList,
+    InitialPosition, ProducerOpen, ProducerReady, SendReceipt, ServerFrame, SubscriptionType,
+    TopicList,
     TopicStatsReply, admin_request, admin_response, client_frame, server_frame,
 };
 use strata_proto::{ErrorCode, MessageId, NamespaceName, TopicName, WireError};
@@ -28,7 +29,10 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::metrics::BrokerMetrics;
 use crate::service::BrokerService;
 use crate::topic::Published;
-use crate::{BrokerError, subscription::Subscription};
+use crate::BrokerError;
+use crate::subscription::{
+    ConsumerOptions, DEFAULT_MAX_REDELIVERY_DELAY, DEFAULT_REDELIVERY_DELAY, Subscription,
+};
 
 /// Ack receipts a consumer session may have outstanding before it stops reading acks.
 const MAX_PENDING_ACK_RECEIPTS: usize = 1024;
@@ -227,18 +231,15 @@ async fn handle_admin(service: &BrokerService, req: AdminRequest) -> AdminRespon
                     let sub = topic
                         .subscription(&sub_name, InitialPosition::Earliest)
                         .await?;
-                    let (md, backlog) = sub.stats().await;
+                    let st = sub.stats().await;
                     subscriptions.push(strata_proto::pb::client::SubscriptionStats {
                         name: sub_name,
-                        mark_delete: md.map(|p| {
-                            MessageId {
-                                ledger: p.ledger,
-                                entry: p.entry,
-                                batch_index: 0,
-                            }
-                            .into()
-                        }),
-                        backlog_entries: backlog,
+                        mark_delete: st.mark_delete.map(|p| MessageId::at(p, 0).into()),
+                        backlog_entries: st.backlog_entries,
+                        sub_type: st.sub_type as i32,
+                        consumers: st.consumers,
+                        unacked: st.unacked,
+                        redelivering: st.redelivering,
                     });
                 }
                 Ok(admin_response::Response::Stats(TopicStatsReply {
@@ -528,6 +529,20 @@ async fn fail(writer: &mut FrameWriter, e: &WireError) -> Result<(), String> {
     Err(e.to_string())
 }
 
+/// What the consumer asked for, with the broker's defaults for what it left unset.
+fn consumer_options(open: &ConsumerOpen, max_frame_size: usize) -> ConsumerOptions {
+    let ms = |v: u64| (v > 0).then(|| std::time::Duration::from_millis(v));
+    ConsumerOptions {
+        sub_type: SubscriptionType::try_from(open.sub_type).unwrap_or(SubscriptionType::Exclusive),
+        name: open.consumer_name.clone(),
+        max_frame_size,
+        ack_timeout: ms(open.ack_timeout_ms),
+        redelivery_delay: ms(open.redelivery_delay_ms).unwrap_or(DEFAULT_REDELIVERY_DELAY),
+        max_redelivery_delay: ms(open.max_redelivery_delay_ms)
+            .unwrap_or(DEFAULT_MAX_REDELIVERY_DELAY),
+    }
+}
+
 async fn consumer_session(
     service: &Arc<BrokerService>,
     open: ConsumerOpen,
@@ -559,7 +574,8 @@ async fn consumer_session(
     static NEXT_CONSUMER: AtomicU64 = AtomicU64::new(1);
     let consumer_id = NEXT_CONSUMER.fetch_add(1, Ordering::Relaxed);
     let (tx, mut rx) = mpsc::channel::<ServerFrame>(CONSUMER_QUEUE);
-    if let Err(e) = sub.attach(consumer_id, tx.clone(), max_frame_size).await {
+    let options = consumer_options(&open, max_frame_size);
+    if let Err(e) = sub.attach(consumer_id, tx.clone(), options).await {
         return fail(&mut writer, &e.to_wire()).await;
     }
     BrokerMetrics::add(&service.metrics.consumers, 1);
@@ -599,6 +615,21 @@ async fn consumer_session(
             };
             match frame.frame {
                 Some(client_frame::Frame::Flow(f)) => sub.add_permits(consumer_id, f.permits).await,
+                Some(client_frame::Frame::Nack(nack)) => {
+                    let ids = nack.message_ids.into_iter().map(MessageId::from).collect();
+                    if let Err(e) = sub.negative_ack(consumer_id, ids).await {
+                        // Like a failed ack without a receipt: reported, the session goes on.
+                        let receipt = AckReceipt {
+                            request_id: 0,
+                            error: Some(e.to_wire().into()),
+                        };
+                        let _ = tx
+                            .send(ServerFrame {
+                                frame: Some(server_frame::Frame::AckReceipt(receipt)),
+                            })
+                            .await;
+                    }
+                }
                 Some(client_frame::Frame::Ack(ack)) => {
                     let ids = ack.message_ids.into_iter().map(MessageId::from).collect();
                     let outcome = sub.apply_acks(consumer_id, ids, ack.cumulative).await;
@@ -632,7 +663,7 @@ async fn consumer_session(
                 }
                 other => {
                     return Err(format!(
-                        "consumer stream expects Flow or Ack frames, got {other:?}"
+                        "consumer stream expects Flow, Ack or Nack frames, got {other:?}"
                     ));
                 }
             }

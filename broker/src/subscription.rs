@@ -1,24 +1,42 @@
-//! A subscription: its cursor, its (exclusive) consumer and the dispatcher that pushes
-//! messages to that consumer under flow-control permits.
+//! A subscription: its cursor, its consumers and the dispatcher that pushes messages to them
+//! under flow-control permits, as the subscription type says:
+//!
+//! - exclusive: one consumer;
+//! - failover: the earliest attached consumer gets everything; when it leaves, the next one
+//!   gets its unacknowledged messages and everything after;
+//! - shared: each message to one consumer, round robin among those with permits;
+//! - key_shared: each key to one consumer through a consistent-hash ring ([`KeyRing`]). A
+//!   key goes to a consumer only while no other consumer holds unacknowledged messages of it
+//!   (a join moves keys whose old consumer may still be working on them), and messages given
+//!   back by a consumer that left go out before any later message of their key, so each
+//!   key's order holds while consumers come and go.
+//!
+//! Messages negatively acknowledged, or not acknowledged within a consumer's ack timeout,
+//! are delivered again after a delay that doubles with each redelivery.
 //!
 //! Acks change the in-memory cursor at once; a flusher task writes the cursor to the
 //! metastore, coalescing bursts of acks into one write. An ack that asks for a receipt is
 //! answered only once a cursor state that includes it is durable.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 
+use bytes::Bytes;
 use prost::Message as _;
 use strata_metastore::tables::{CursorKey, TableError, Tables};
 use strata_proto::pb::client::{
-    DeliveredMessage, Delivery, InitialPosition, ServerFrame, StoredBatch, server_frame,
+    DeliveredMessage, Delivery, InitialPosition, ServerFrame, StoredBatch, SubscriptionType,
+    server_frame,
 };
 use strata_proto::{MessageId, Position, TopicName};
 use tokio::sync::{Mutex, Notify, mpsc, watch};
+use tokio::time::Instant;
 use tracing::{debug, instrument, warn};
 
 use crate::BrokerError;
 use crate::cursor::CursorState;
+use crate::dispatch::{KeyRing, key_hash, redelivery_delay};
 use crate::managed_ledger::ManagedLedger;
 
 /// Most entries read from storage in one go by a dispatcher.
@@ -27,29 +45,130 @@ const MAX_READ_ENTRIES: usize = 256;
 /// Most bytes per `Delivery` frame (less when the configured frame limit is smaller).
 const MAX_DELIVERY_FRAME_BYTES: usize = 1024 * 1024;
 
+/// Redelivery delays when the consumer names none.
+pub const DEFAULT_REDELIVERY_DELAY: Duration = Duration::from_secs(1);
+pub const DEFAULT_MAX_REDELIVERY_DELAY: Duration = Duration::from_secs(60);
+
 /// Frames to one consumer's stream writer.
 pub type ConsumerTx = mpsc::Sender<ServerFrame>;
+
+/// What a consumer asked for when it subscribed.
+#[derive(Debug, Clone)]
+pub struct ConsumerOptions {
+    pub sub_type: SubscriptionType,
+    pub name: String,
+    /// Largest frame the consumer's stream may carry.
+    pub max_frame_size: usize,
+    pub ack_timeout: Option<Duration>,
+    pub redelivery_delay: Duration,
+    pub max_redelivery_delay: Duration,
+}
 
 struct Attached {
     id: u64,
     tx: ConsumerTx,
+    options: ConsumerOptions,
     /// Largest Delivery frame this consumer's stream may carry.
     max_frame_bytes: usize,
     /// Messages the consumer can still take.
     permits: i64,
 }
 
+/// A delivered message not yet acknowledged: who has it, until when.
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    consumer: u64,
+    ack_deadline: Option<Instant>,
+    key_hash: u32,
+}
+
+/// A delivered entry not fully acknowledged.
+#[derive(Debug, Default)]
+struct PendingEntry {
+    batch_size: u32,
+    held: BTreeMap<u32, Held>,
+}
+
+/// A message waiting to be delivered again.
+#[derive(Debug, Clone, Copy)]
+struct Redelivery {
+    due: Instant,
+    key_hash: u32,
+}
+
 struct SubState {
     cursor: CursorState,
     /// Next entry to read for delivery.
     read_position: Option<Position>,
-    /// Delivered entries not yet fully acknowledged, with their batch sizes.
-    pending: BTreeMap<Position, u32>,
-    consumer: Option<Attached>,
+    /// Delivered entries not yet fully acknowledged.
+    pending: BTreeMap<Position, PendingEntry>,
+    /// Messages to deliver again, oldest first; they go out before anything new.
+    redeliver: BTreeMap<MessageId, Redelivery>,
+    /// Negative acks and ack timeouts per message (in memory only, as in Pulsar).
+    redelivery_counts: HashMap<MessageId, u32>,
+    /// In the order they attached.
+    consumers: Vec<Attached>,
+    sub_type: SubscriptionType,
+    ring: KeyRing,
+    /// Where the shared round robin continues.
+    next_shared: usize,
+    /// A dispatcher task is running.
+    dispatching: bool,
     /// Sequence number of the latest cursor change.
     change_seq: u64,
     /// Messages per entry seen last, to read about as many entries as the permits cover.
     messages_per_entry: u32,
+}
+
+impl SubState {
+    fn consumer_mut(&mut self, id: u64) -> Option<&mut Attached> {
+        self.consumers.iter_mut().find(|c| c.id == id)
+    }
+
+    fn rebuild_ring(&mut self) {
+        self.ring = KeyRing::new(
+            self.consumers
+                .iter()
+                .map(|c| (c.id, c.options.name.as_str())),
+        );
+    }
+
+    /// Takes every message `consumer` holds back for redelivery (due now, count unchanged).
+    fn release_held_by(&mut self, consumer: u64) {
+        let now = Instant::now();
+        for (pos, entry) in self.pending.iter_mut() {
+            entry.held.retain(|&index, held| {
+                if held.consumer != consumer {
+                    return true;
+                }
+                let id = MessageId::at(*pos, index);
+                self.redeliver.insert(
+                    id,
+                    Redelivery {
+                        due: now,
+                        key_hash: held.key_hash,
+                    },
+                );
+                false
+            });
+        }
+    }
+
+    /// Forgets what was delivered: the next consumer starts again at the cursor.
+    fn reset_delivery(&mut self, ml: &ManagedLedger) {
+        self.pending.clear();
+        self.redeliver.clear();
+        self.read_position = next_unacked(ml, &self.cursor);
+    }
+
+    /// Whether `id` is out with a consumer or waiting for redelivery.
+    fn is_out(&self, id: MessageId) -> bool {
+        self.redeliver.contains_key(&id)
+            || self
+                .pending
+                .get(&id.position())
+                .is_some_and(|e| e.held.contains_key(&id.batch_index))
+    }
 }
 
 pub struct Subscription {
@@ -66,6 +185,19 @@ pub struct Subscription {
     /// The cursor record was changed by someone else (the topic was deleted or re-created):
     /// this subscription object no longer owns it and persists nothing more.
     flusher_stopped: std::sync::atomic::AtomicBool,
+}
+
+/// A subscription's figures for stats.
+#[derive(Debug, Clone)]
+pub struct SubscriptionStats {
+    pub sub_type: SubscriptionType,
+    pub mark_delete: Option<Position>,
+    pub backlog_entries: u64,
+    pub consumers: u32,
+    /// Messages delivered and not yet acknowledged.
+    pub unacked: u64,
+    /// Messages waiting to be delivered again.
+    pub redelivering: u64,
 }
 
 impl Subscription {
@@ -102,7 +234,13 @@ impl Subscription {
                 cursor,
                 read_position,
                 pending: BTreeMap::new(),
-                consumer: None,
+                redeliver: BTreeMap::new(),
+                redelivery_counts: HashMap::new(),
+                consumers: Vec::new(),
+                sub_type: SubscriptionType::Exclusive,
+                ring: KeyRing::default(),
+                next_shared: 0,
+                dispatching: false,
                 change_seq: 0,
                 messages_per_entry: 1,
             }),
@@ -124,62 +262,88 @@ impl Subscription {
         &self.name
     }
 
-    /// Attaches the exclusive consumer and starts dispatching to it.
+    /// Attaches a consumer and makes sure a dispatcher runs.
     pub async fn attach(
         self: &Arc<Self>,
         consumer_id: u64,
         tx: ConsumerTx,
-        max_frame_size: usize,
+        options: ConsumerOptions,
     ) -> Result<(), BrokerError> {
         let mut st = self.state.lock().await;
-        if st.consumer.is_some() {
-            return Err(BrokerError::SubscriptionBusy {
-                topic: self.topic.to_string(),
-                subscription: self.name.clone(),
-            });
+        if let Some(first) = st.consumers.first() {
+            if st.sub_type != options.sub_type {
+                return Err(BrokerError::IncompatibleSubscription {
+                    subscription: self.name.clone(),
+                    existing: st.sub_type.as_str_name().to_lowercase(),
+                    requested: options.sub_type.as_str_name().to_lowercase(),
+                });
+            }
+            if st.sub_type == SubscriptionType::Exclusive {
+                debug!(existing = first.id, "exclusive subscription busy");
+                return Err(BrokerError::SubscriptionBusy {
+                    topic: self.topic.to_string(),
+                    subscription: self.name.clone(),
+                });
+            }
+        } else {
+            st.sub_type = options.sub_type;
         }
         // Headroom for the frame's own fields; a lone message always fits (checked at publish).
-        let max_frame_bytes = max_frame_size
+        let max_frame_bytes = options
+            .max_frame_size
             .saturating_sub(1024)
             .min(MAX_DELIVERY_FRAME_BYTES);
-        st.consumer = Some(Attached {
+        st.consumers.push(Attached {
             id: consumer_id,
             tx,
+            options,
             max_frame_bytes,
             permits: 0,
         });
+        st.rebuild_ring();
+        let start = !st.dispatching;
+        st.dispatching = true;
         drop(st);
-        tokio::spawn(dispatcher(self.clone(), consumer_id));
+        if start {
+            tokio::spawn(dispatcher(self.clone()));
+        }
+        self.wake_dispatcher.notify_one();
         Ok(())
     }
 
-    /// Detaches the consumer; its unacknowledged messages go to the next consumer.
+    /// Detaches a consumer; its unacknowledged messages go to the others (or, when it was
+    /// the last, to whoever subscribes next).
     pub async fn detach(&self, consumer_id: u64) {
         let mut st = self.state.lock().await;
-        if st.consumer.as_ref().is_some_and(|c| c.id == consumer_id) {
-            st.consumer = None;
-            st.pending.clear();
-            st.read_position = next_unacked(&self.ml, &st.cursor);
-            drop(st);
-            self.wake_dispatcher.notify_waiters();
+        let Some(i) = st.consumers.iter().position(|c| c.id == consumer_id) else {
+            return;
+        };
+        st.consumers.remove(i);
+        if st.consumers.is_empty() {
+            st.reset_delivery(&self.ml);
+        } else {
+            st.release_held_by(consumer_id);
+            st.rebuild_ring();
         }
+        drop(st);
+        self.wake_dispatcher.notify_one();
     }
 
-    /// Ends the attached consumer's session with `error` (e.g. the topic was deleted).
+    /// Ends every attached consumer's session with `error` (e.g. the topic was deleted).
     pub async fn terminate(&self, error: &BrokerError) {
-        let consumer = self.state.lock().await.consumer.take();
-        if let Some(c) = consumer {
-            let frame = ServerFrame {
-                frame: Some(server_frame::Frame::Error(error.to_wire().into())),
-            };
-            let _ = c.tx.send(frame).await;
-        }
-        self.wake_dispatcher.notify_waiters();
+        let consumers: Vec<Attached> = {
+            let mut st = self.state.lock().await;
+            let gone = std::mem::take(&mut st.consumers);
+            st.reset_delivery(&self.ml);
+            gone
+        };
+        send_error(consumers.iter().map(|c| c.tx.clone()), error).await;
+        self.wake_dispatcher.notify_one();
     }
 
     pub async fn add_permits(&self, consumer_id: u64, permits: u32) {
         let mut st = self.state.lock().await;
-        if let Some(c) = st.consumer.as_mut().filter(|c| c.id == consumer_id) {
+        if let Some(c) = st.consumer_mut(consumer_id) {
             c.permits = c.permits.saturating_add(i64::from(permits));
             drop(st);
             self.wake_dispatcher.notify_one();
@@ -197,9 +361,19 @@ impl Subscription {
         let seq = {
             let mut st = self.state.lock().await;
             let st = &mut *st;
-            if st.consumer.as_ref().is_none_or(|c| c.id != consumer_id) {
+            if st.consumer_mut(consumer_id).is_none() {
                 return Err(BrokerError::Protocol(
                     "ack from a consumer that is not attached".into(),
+                ));
+            }
+            if cumulative
+                && matches!(
+                    st.sub_type,
+                    SubscriptionType::Shared | SubscriptionType::KeyShared
+                )
+            {
+                return Err(BrokerError::Protocol(
+                    "cumulative acks are for exclusive and failover subscriptions".into(),
                 ));
             }
             let mut changed = false;
@@ -226,7 +400,53 @@ impl Subscription {
             }
         };
         self.wake_flusher.notify_one();
+        // An ack may unblock a key_shared consumer that joined late.
+        self.wake_dispatcher.notify_one();
         Ok(seq)
+    }
+
+    /// Asks for messages to be delivered again after the redelivery delay.
+    pub async fn negative_ack(
+        &self,
+        consumer_id: u64,
+        ids: Vec<MessageId>,
+    ) -> Result<(), BrokerError> {
+        let mut st = self.state.lock().await;
+        let st = &mut *st;
+        let Some(c) = st.consumer_mut(consumer_id) else {
+            return Err(BrokerError::Protocol(
+                "nack from a consumer that is not attached".into(),
+            ));
+        };
+        let (base, max) = (c.options.redelivery_delay, c.options.max_redelivery_delay);
+        let mut first_error = None;
+        for id in ids {
+            let held = st
+                .pending
+                .get_mut(&id.position())
+                .and_then(|e| e.held.remove(&id.batch_index));
+            match held {
+                Some(held) => {
+                    let count = st.redelivery_counts.entry(id).or_insert(0);
+                    *count = count.saturating_add(1);
+                    let due = Instant::now() + redelivery_delay(*count, base, max);
+                    st.redeliver.insert(
+                        id,
+                        Redelivery {
+                            due,
+                            key_hash: held.key_hash,
+                        },
+                    );
+                }
+                None if st.cursor.is_acked(id) || st.redeliver.contains_key(&id) => {}
+                None => {
+                    first_error =
+                        first_error.or(Some(BrokerError::InvalidMessageId(id.to_string())));
+                }
+            }
+        }
+        self.wake_dispatcher.notify_one();
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Waits until the cursor state with change sequence `seq` is durable in the metastore.
@@ -260,7 +480,7 @@ impl Subscription {
         cumulative: bool,
     ) -> Result<bool, BrokerError> {
         let pos = id.position();
-        let Some(&batch_size) = st.pending.get(&pos) else {
+        let Some(batch_size) = st.pending.get(&pos).map(|e| e.batch_size) else {
             if st.cursor.is_acked(id) {
                 return Ok(false);
             }
@@ -272,10 +492,24 @@ impl Subscription {
         let changed = if cumulative {
             let before = self.ml.prev_position(pos);
             let changed = st.cursor.ack_cumulative(id, batch_size, before);
-            let whole = id.batch_index + 1 >= batch_size;
-            st.pending.retain(|p, _| *p > pos || (*p == pos && !whole));
+            st.pending.retain(|p, e| {
+                if *p < pos {
+                    return false;
+                }
+                if *p == pos {
+                    e.held.retain(|index, _| *index > id.batch_index);
+                }
+                true
+            });
+            st.redeliver.retain(|r, _| *r > id);
+            st.redelivery_counts.retain(|r, _| *r > id);
             changed
         } else {
+            if let Some(e) = st.pending.get_mut(&pos) {
+                e.held.remove(&id.batch_index);
+            }
+            st.redeliver.remove(&id);
+            st.redelivery_counts.remove(&id);
             st.cursor.ack_individual(id, batch_size)
         };
         if st.cursor.is_entry_acked(pos) {
@@ -284,8 +518,8 @@ impl Subscription {
         Ok(changed)
     }
 
-    /// Cursor summary for stats: mark-delete and unacknowledged entries behind the log end.
-    pub async fn stats(&self) -> (Option<Position>, u64) {
+    /// The subscription's figures for stats.
+    pub async fn stats(&self) -> SubscriptionStats {
         let st = self.state.lock().await;
         let md = st.cursor.mark_delete;
         let backlog = match (md, self.ml.last_confirmed()) {
@@ -297,7 +531,14 @@ impl Subscription {
                 .saturating_sub(md.map(|m| m.entry.0 + 1).unwrap_or(0)),
             _ => 0,
         };
-        (md, backlog)
+        SubscriptionStats {
+            sub_type: st.sub_type,
+            mark_delete: md,
+            backlog_entries: backlog,
+            consumers: st.consumers.len() as u32,
+            unacked: st.pending.values().map(|e| e.held.len() as u64).sum(),
+            redelivering: st.redeliver.len() as u64,
+        }
     }
 }
 
@@ -305,6 +546,15 @@ fn next_unacked(ml: &ManagedLedger, cursor: &CursorState) -> Option<Position> {
     match cursor.mark_delete {
         Some(md) => ml.next_position(md),
         None => ml.first_position(),
+    }
+}
+
+async fn send_error(txs: impl Iterator<Item = ConsumerTx>, error: &BrokerError) {
+    for tx in txs {
+        let frame = ServerFrame {
+            frame: Some(server_frame::Frame::Error(error.to_wire().into())),
+        };
+        let _ = tx.send(frame).await;
     }
 }
 
@@ -358,155 +608,405 @@ impl Drop for Subscription {
     }
 }
 
-/// Pushes messages to the attached consumer while it has permits.
-async fn dispatcher(sub: Arc<Subscription>, consumer_id: u64) {
+/// Pushes messages to the subscription's consumers while they have permits; ends when the
+/// last consumer leaves.
+async fn dispatcher(sub: Arc<Subscription>) {
     let mut appends = sub.ml.subscribe_appends();
     loop {
         let wake = sub.wake_dispatcher.notified();
         tokio::pin!(wake);
         wake.as_mut().enable();
-        match dispatch_once(&sub, consumer_id).await {
-            Ok(DispatchOutcome::Delivered) => continue,
-            Ok(DispatchOutcome::Detached) => return,
-            Ok(DispatchOutcome::Idle) => {}
+        let next_due = match dispatch_once(&sub).await {
+            Ok(DispatchOutcome::Progress) => continue,
+            Ok(DispatchOutcome::Stopped) => return,
+            Ok(DispatchOutcome::Idle(next_due)) => next_due,
             Err(e) => {
                 warn!(topic = %sub.topic, subscription = %sub.name, error = %e, "dispatch failed");
-                let frame = ServerFrame {
-                    frame: Some(server_frame::Frame::Error(e.to_wire().into())),
+                let consumers: Vec<ConsumerTx> = {
+                    let mut st = sub.state.lock().await;
+                    let gone = std::mem::take(&mut st.consumers);
+                    st.reset_delivery(&sub.ml);
+                    st.dispatching = false;
+                    gone.into_iter().map(|c| c.tx).collect()
                 };
-                let tx = sub
-                    .state
-                    .lock()
-                    .await
-                    .consumer
-                    .as_ref()
-                    .filter(|c| c.id == consumer_id)
-                    .map(|c| c.tx.clone());
-                if let Some(tx) = tx {
-                    let _ = tx.send(frame).await;
-                }
-                sub.detach(consumer_id).await;
+                send_error(consumers.into_iter(), &e).await;
                 return;
             }
-        }
+        };
+        let timer = async {
+            match next_due {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = &mut wake => {}
+            _ = timer => {}
             changed = appends.changed() => if changed.is_err() { return },
         }
     }
 }
 
 enum DispatchOutcome {
-    Delivered,
-    Idle,
-    Detached,
+    /// Something was delivered or skipped: go again.
+    Progress,
+    /// Nothing to do until woken, or until this time (a redelivery or ack timeout falls due).
+    Idle(Option<Instant>),
+    /// No consumer left; the dispatcher ended.
+    Stopped,
 }
 
-async fn dispatch_once(
-    sub: &Subscription,
-    consumer_id: u64,
-) -> Result<DispatchOutcome, BrokerError> {
-    let (from, permits, messages_per_entry, max_frame_bytes) = {
+/// One message being handed out.
+struct Outgoing {
+    id: MessageId,
+    batch_size: u32,
+    message: strata_proto::pb::client::Message,
+    producer_name: String,
+    publish_time_ms: u64,
+}
+
+/// What a dispatch round plans to read, decided under the lock.
+struct ReadPlan {
+    redeliveries: HashSet<MessageId>,
+    from: Option<Position>,
+    want: usize,
+}
+
+async fn dispatch_once(sub: &Subscription) -> Result<DispatchOutcome, BrokerError> {
+    let plan = {
         let mut st = sub.state.lock().await;
-        let Some(c) = st.consumer.as_ref().filter(|c| c.id == consumer_id) else {
-            return Ok(DispatchOutcome::Detached);
-        };
-        let permits = c.permits;
-        let c_max_frame = c.max_frame_bytes;
+        if st.consumers.is_empty() {
+            st.dispatching = false;
+            return Ok(DispatchOutcome::Stopped);
+        }
+        expire_ack_timeouts(&mut st);
+        let permits: i64 = st.consumers.iter().map(|c| c.permits.max(0)).sum();
+        if permits <= 0 {
+            return Ok(DispatchOutcome::Idle(next_due(&st)));
+        }
+        let now = Instant::now();
+        let redeliveries: HashSet<MessageId> = st
+            .redeliver
+            .iter()
+            .filter(|(_, r)| r.due <= now)
+            .map(|(id, _)| *id)
+            .take(permits as usize)
+            .collect();
         if st.read_position.is_none() {
             st.read_position = next_unacked(&sub.ml, &st.cursor);
         }
-        match st.read_position {
-            Some(p) if permits > 0 => (p, permits, st.messages_per_entry.max(1), c_max_frame),
-            _ => return Ok(DispatchOutcome::Idle),
+        let want = (permits as usize)
+            .div_ceil(st.messages_per_entry.max(1) as usize)
+            .clamp(1, MAX_READ_ENTRIES);
+        ReadPlan {
+            redeliveries,
+            from: st.read_position,
+            want,
         }
     };
-    // Enough entries to cover the permits, judging by the last batch size seen.
-    let want = (permits as usize)
-        .div_ceil(messages_per_entry as usize)
-        .clamp(1, MAX_READ_ENTRIES);
-    let entries = sub.ml.read(from, want).await?;
-    if entries.is_empty() {
-        return Ok(DispatchOutcome::Idle);
+    // Read without the lock: acks and flow go on meanwhile.
+    let mut again: Vec<(Position, Bytes)> = Vec::new();
+    for pos in plan
+        .redeliveries
+        .iter()
+        .map(MessageId::position)
+        .collect::<std::collections::BTreeSet<_>>()
+    {
+        again.extend(sub.ml.read(pos, 1).await?);
     }
+    let fresh = match plan.from {
+        Some(from) => sub.ml.read(from, plan.want).await?,
+        None => Vec::new(),
+    };
     let mut st = sub.state.lock().await;
-    // The consumer may have left, or been replaced, while we read.
-    if st.read_position != Some(from) || st.consumer.as_ref().is_none_or(|c| c.id != consumer_id) {
-        return Ok(DispatchOutcome::Delivered);
+    let st = &mut *st;
+    if st.consumers.is_empty() {
+        st.dispatching = false;
+        return Ok(DispatchOutcome::Stopped);
     }
-    // Permits count messages, as in Pulsar: stop before an entry that would start past them
-    // (an entry is delivered whole, so the last one may overshoot a little).
-    let mut frames = vec![Delivery {
-        messages: Vec::new(),
-    }];
-    let mut frame_bytes = 0usize;
-    let mut count = 0i64;
-    let mut last_included = None;
-    for (pos, data) in entries {
-        if count >= permits {
-            break;
-        }
-        last_included = Some(pos);
-        let batch = StoredBatch::decode(data)
-            .map_err(|e| BrokerError::Corrupt(format!("entry {pos} of {}: {e}", sub.topic)))?;
+    let held_by_key = if st.sub_type == SubscriptionType::KeyShared {
+        st.pending
+            .values()
+            .flat_map(|e| e.held.values().map(|h| (h.key_hash, h.consumer)))
+            .collect()
+    } else {
+        HashMap::new()
+    };
+    let mut round = Round {
+        // Keys with an older message still waiting: their later messages wait too (key_shared).
+        blocked: st.redeliver.values().map(|r| r.key_hash).collect(),
+        held_by_key,
+        ..Round::default()
+    };
+    let mut progress = false;
+    for (pos, data) in &again {
+        let batch = decode(sub, *pos, data)?;
         let batch_size = batch.messages.len() as u32;
-        st.messages_per_entry = batch_size.max(1);
-        if st.cursor.is_entry_acked(pos) || batch_size == 0 {
-            continue;
-        }
         for (index, message) in batch.messages.into_iter().enumerate() {
-            let id = MessageId {
-                ledger: pos.ledger,
-                entry: pos.entry,
-                batch_index: index as u32,
-            };
-            if st.cursor.is_acked(id) {
+            let id = MessageId::at(*pos, index as u32);
+            if !plan.redeliveries.contains(&id) || !st.redeliver.contains_key(&id) {
+                continue; // acked, or not due, since the plan was made
+            }
+            let hash = key_hash(&message.key);
+            // Its own wait no longer blocks its key; an older one of the same key still does.
+            let older_waiting = st
+                .redeliver
+                .range(..id)
+                .any(|(_, r)| r.key_hash == hash);
+            if older_waiting && st.sub_type == SubscriptionType::KeyShared {
                 continue;
             }
-            let delivered = DeliveredMessage {
-                id: Some(id.into()),
-                message: Some(message),
+            let out = Outgoing {
+                id,
+                batch_size,
+                message,
                 producer_name: batch.producer_name.clone(),
                 publish_time_ms: batch.publish_time_ms,
-                redelivery_count: 0,
             };
-            // Start a new frame before this message would take the current one past the
-            // limit (a message alone always fits: the broker refuses larger ones at publish).
-            let size = delivered.encoded_len() + 8;
-            if frame_bytes > 0 && frame_bytes + size > max_frame_bytes {
-                frames.push(Delivery {
-                    messages: Vec::new(),
-                });
-                frame_bytes = 0;
-            }
-            frame_bytes += size;
-            count += 1;
-            if let Some(frame) = frames.last_mut() {
-                frame.messages.push(delivered);
+            if round.assign(st, out, hash, true, false) {
+                st.redeliver.remove(&id);
+                progress = true;
             }
         }
-        st.pending.insert(pos, batch_size);
     }
-    let Some(last_pos) = last_included else {
-        return Ok(DispatchOutcome::Idle);
-    };
-    st.read_position = sub.ml.next_position(last_pos);
-    let Some(c) = st.consumer.as_mut() else {
-        return Ok(DispatchOutcome::Detached);
-    };
-    c.permits -= count;
-    let tx = c.tx.clone();
-    drop(st);
-    if count > 0 {
+    if plan.from.is_some() && st.read_position == plan.from {
+        for (pos, data) in &fresh {
+            let batch = decode(sub, *pos, data)?;
+            let batch_size = batch.messages.len() as u32;
+            st.messages_per_entry = batch_size.max(1);
+            if st.cursor.is_entry_acked(*pos) || batch_size == 0 {
+                st.read_position = sub.ml.next_position(*pos);
+                progress = true;
+                continue;
+            }
+            // Stop before an entry no consumer can start on (permits count messages, as in
+            // Pulsar; an entry started is handed out whole, so the last one may overshoot).
+            if !round.any_permits(st) {
+                break;
+            }
+            let mut started = false;
+            for (index, message) in batch.messages.into_iter().enumerate() {
+                let id = MessageId::at(*pos, index as u32);
+                if st.cursor.is_acked(id) || st.is_out(id) {
+                    continue;
+                }
+                let hash = key_hash(&message.key);
+                let out = Outgoing {
+                    id,
+                    batch_size,
+                    message,
+                    producer_name: batch.producer_name.clone(),
+                    publish_time_ms: batch.publish_time_ms,
+                };
+                if round.assign(st, out, hash, false, started) {
+                    started = true;
+                } else {
+                    // Nobody may take it now: it waits, first in line for its key.
+                    st.pending.entry(*pos).or_default().batch_size = batch_size;
+                    st.redeliver.insert(
+                        id,
+                        Redelivery {
+                            due: Instant::now(),
+                            key_hash: hash,
+                        },
+                    );
+                    round.blocked.insert(hash);
+                }
+            }
+            st.read_position = sub.ml.next_position(*pos);
+            progress = true;
+        }
+    }
+    let frames = round.into_frames(st);
+    for (tx, delivery) in frames {
+        let count = delivery.messages.len();
         debug!(topic = %sub.topic, count, "delivering");
-        for delivery in frames.into_iter().filter(|d| !d.messages.is_empty()) {
-            let frame = ServerFrame {
-                frame: Some(server_frame::Frame::Delivery(delivery)),
-            };
-            if tx.send(frame).await.is_err() {
-                return Ok(DispatchOutcome::Detached);
+        let frame = ServerFrame {
+            frame: Some(server_frame::Frame::Delivery(delivery)),
+        };
+        // A consumer gone meanwhile is detached by its session; its messages come back then.
+        let _ = tx.send(frame).await;
+    }
+    Ok(if progress {
+        DispatchOutcome::Progress
+    } else {
+        DispatchOutcome::Idle(next_due(st))
+    })
+}
+
+fn decode(sub: &Subscription, pos: Position, data: &Bytes) -> Result<StoredBatch, BrokerError> {
+    StoredBatch::decode(data.clone())
+        .map_err(|e| BrokerError::Corrupt(format!("entry {pos} of {}: {e}", sub.topic)))
+}
+
+/// Moves messages whose consumer did not ack them in time back for redelivery.
+fn expire_ack_timeouts(st: &mut SubState) {
+    let now = Instant::now();
+    let mut expired = Vec::new();
+    for (pos, entry) in st.pending.iter_mut() {
+        entry.held.retain(|&index, held| {
+            if held.ack_deadline.is_some_and(|d| d <= now) {
+                expired.push((MessageId::at(*pos, index), *held));
+                return false;
+            }
+            true
+        });
+    }
+    for (id, held) in expired {
+        let count = st.redelivery_counts.entry(id).or_insert(0);
+        *count = count.saturating_add(1);
+        let delay = st
+            .consumers
+            .iter()
+            .find(|c| c.id == held.consumer)
+            .map(|c| {
+                redelivery_delay(
+                    *count,
+                    c.options.redelivery_delay,
+                    c.options.max_redelivery_delay,
+                )
+            })
+            .unwrap_or_default();
+        st.redeliver.insert(
+            id,
+            Redelivery {
+                due: now + delay,
+                key_hash: held.key_hash,
+            },
+        );
+    }
+}
+
+/// The earliest future time a redelivery or an ack timeout falls due.
+fn next_due(st: &SubState) -> Option<Instant> {
+    let now = Instant::now();
+    let redelivery = st.redeliver.values().map(|r| r.due).filter(|d| *d > now);
+    let timeouts = st
+        .pending
+        .values()
+        .flat_map(|e| e.held.values().filter_map(|h| h.ack_deadline));
+    redelivery.chain(timeouts).min()
+}
+
+/// The messages one dispatch round hands out, per consumer.
+#[derive(Default)]
+struct Round {
+    /// Consumer id → its frames.
+    frames: HashMap<u64, Vec<Delivery>>,
+    frame_bytes: HashMap<u64, usize>,
+    /// Key hashes that must not be handed out this round (an older message waits).
+    blocked: HashSet<u32>,
+    /// key_shared: which consumer holds unacknowledged messages of a key hash.
+    held_by_key: HashMap<u32, u64>,
+}
+
+impl Round {
+    fn any_permits(&self, st: &SubState) -> bool {
+        st.consumers.iter().any(|c| c.permits > 0)
+    }
+
+    /// Hands one message to the consumer the subscription type picks; false if none may
+    /// take it now.
+    /// `overshoot`: the message continues an entry already started this round, which is
+    /// handed out whole even past the permits (as Pulsar does), so an entry is read once.
+    fn assign(
+        &mut self,
+        st: &mut SubState,
+        out: Outgoing,
+        hash: u32,
+        redelivered: bool,
+        overshoot: bool,
+    ) -> bool {
+        if !redelivered && st.sub_type == SubscriptionType::KeyShared && self.blocked.contains(&hash)
+        {
+            return false;
+        }
+        let Some(index) = pick(st, hash, &self.held_by_key, overshoot) else {
+            return false;
+        };
+        let count = st.redelivery_counts.get(&out.id).copied().unwrap_or(0);
+        let c = &mut st.consumers[index];
+        c.permits -= 1;
+        let consumer = c.id;
+        self.held_by_key.insert(hash, consumer);
+        let max_frame_bytes = c.max_frame_bytes;
+        let ack_deadline = c.options.ack_timeout.map(|t| Instant::now() + t);
+        let entry = st.pending.entry(out.id.position()).or_default();
+        entry.batch_size = out.batch_size;
+        entry.held.insert(
+            out.id.batch_index,
+            Held {
+                consumer,
+                ack_deadline,
+                key_hash: hash,
+            },
+        );
+        let delivered = DeliveredMessage {
+            id: Some(out.id.into()),
+            message: Some(out.message),
+            producer_name: out.producer_name,
+            publish_time_ms: out.publish_time_ms,
+            redelivery_count: count,
+        };
+        // Start a new frame before this message would take the current one past the limit
+        // (a message alone always fits: the broker refuses larger ones at publish).
+        let size = delivered.encoded_len() + 8;
+        let frames = self.frames.entry(consumer).or_default();
+        let bytes = self.frame_bytes.entry(consumer).or_default();
+        if frames.is_empty() || (*bytes > 0 && *bytes + size > max_frame_bytes) {
+            frames.push(Delivery {
+                messages: Vec::new(),
+            });
+            *bytes = 0;
+        }
+        *bytes += size;
+        if let Some(frame) = frames.last_mut() {
+            frame.messages.push(delivered);
+        }
+        true
+    }
+
+    fn into_frames(self, st: &SubState) -> Vec<(ConsumerTx, Delivery)> {
+        let mut out = Vec::new();
+        for (consumer, frames) in self.frames {
+            if let Some(c) = st.consumers.iter().find(|c| c.id == consumer) {
+                out.extend(frames.into_iter().map(|f| (c.tx.clone(), f)));
             }
         }
+        out
     }
-    Ok(DispatchOutcome::Delivered)
+}
+
+/// The consumer (index) that gets a message at `pos` with key hash `hash`, if any may now.
+fn pick(
+    st: &mut SubState,
+    hash: u32,
+    held_by_key: &HashMap<u32, u64>,
+    overshoot: bool,
+) -> Option<usize> {
+    let may_take = |c: &Attached| overshoot || c.permits > 0;
+    match st.sub_type {
+        SubscriptionType::Exclusive | SubscriptionType::Failover => {
+            st.consumers.first().filter(|c| may_take(c)).map(|_| 0)
+        }
+        SubscriptionType::Shared => {
+            let n = st.consumers.len();
+            let found = (0..n)
+                .map(|k| (st.next_shared + k) % n)
+                .find(|&i| st.consumers[i].permits > 0)
+                .or_else(|| overshoot.then_some(st.next_shared % n))?;
+            st.next_shared = (found + 1) % n;
+            Some(found)
+        }
+        SubscriptionType::KeyShared => {
+            let id = st.ring.consumer_for(hash)?;
+            // One consumer at a time per key: while another still holds unacknowledged
+            // messages of this key (it had the key before a join moved it), later ones wait.
+            if held_by_key.get(&hash).is_some_and(|holder| *holder != id) {
+                return None;
+            }
+            let index = st.consumers.iter().position(|c| c.id == id)?;
+            may_take(&st.consumers[index]).then_some(index)
+        }
+    }
 }

@@ -47,6 +47,19 @@ pub struct ConsumerBuilder {
     receiver_queue_size: u32,
     name: String,
     reconnect_timeout: Duration,
+    sub_type: SubscriptionType,
+    ack_timeout: Option<Duration>,
+    redelivery_delay: Option<(Duration, Duration)>,
+    dead_letter: Option<DeadLetterPolicy>,
+}
+
+/// Where messages go that were redelivered too often (Pulsar's dead-letter topic).
+#[derive(Debug, Clone)]
+pub struct DeadLetterPolicy {
+    /// A message delivered again more than this many times goes to the dead-letter topic.
+    pub max_redeliveries: u32,
+    /// Default: `<topic>-<subscription>-DLQ`.
+    pub topic: Option<String>,
 }
 
 impl ConsumerBuilder {
@@ -59,7 +72,37 @@ impl ConsumerBuilder {
             receiver_queue_size: 1000,
             name: String::new(),
             reconnect_timeout: Duration::from_secs(30),
+            sub_type: SubscriptionType::Exclusive,
+            ack_timeout: None,
+            redelivery_delay: None,
+            dead_letter: None,
         }
+    }
+
+    /// How the subscription shares messages among its consumers (default exclusive).
+    pub fn subscription_type(mut self, t: SubscriptionType) -> Self {
+        self.sub_type = t;
+        self
+    }
+
+    /// Messages not acknowledged within `d` of their delivery are delivered again.
+    pub fn ack_timeout(mut self, d: Duration) -> Self {
+        self.ack_timeout = Some(d);
+        self
+    }
+
+    /// Delay before a negatively acknowledged or timed-out message comes again, doubled for
+    /// each earlier redelivery of it up to `max` (broker default: 1 s, up to 60 s).
+    pub fn redelivery_delay(mut self, base: Duration, max: Duration) -> Self {
+        self.redelivery_delay = Some((base, max));
+        self
+    }
+
+    /// Sends messages redelivered more than `policy.max_redeliveries` times to a dead-letter
+    /// topic (and acknowledges them here) instead of to the application.
+    pub fn dead_letter(mut self, policy: DeadLetterPolicy) -> Self {
+        self.dead_letter = Some(policy);
+        self
     }
 
     /// How long the consumer keeps trying to subscribe again after its session broke
@@ -93,9 +136,14 @@ impl ConsumerBuilder {
             frame: Some(client_frame::Frame::ConsumerOpen(ConsumerOpen {
                 topic: topic.to_string(),
                 subscription: self.subscription.clone(),
-                sub_type: SubscriptionType::Exclusive as i32,
+                sub_type: self.sub_type as i32,
                 initial_position: self.initial_position as i32,
                 consumer_name: self.name.clone(),
+                ack_timeout_ms: self.ack_timeout.map_or(0, |d| d.as_millis() as u64),
+                redelivery_delay_ms: self.redelivery_delay.map_or(0, |d| d.0.as_millis() as u64),
+                max_redelivery_delay_ms: self
+                    .redelivery_delay
+                    .map_or(0, |d| d.1.as_millis() as u64),
             })),
         };
         let (writer, reader) = subscribe(&self.client, &topic, &open, self.receiver_queue_size).await?;
@@ -113,6 +161,19 @@ impl ConsumerBuilder {
             receipts: receipts.clone(),
             acks: acks.clone(),
             tx,
+            // Exclusive and failover consumers receive in log order, so a redelivery at or
+            // before what they queued is a repeat; shared ones receive out of order.
+            in_log_order: matches!(
+                self.sub_type,
+                SubscriptionType::Exclusive | SubscriptionType::Failover
+            ),
+            dead_letter: self.dead_letter.map(|p| DeadLetter {
+                topic: p.topic.unwrap_or_else(|| {
+                    format!("{}-{}-DLQ", topic, self.subscription)
+                }),
+                max_redeliveries: p.max_redeliveries,
+                producer: None,
+            }),
         };
         let reader_task = tokio::spawn(link.run(reader));
         Ok(Consumer {
@@ -274,6 +335,21 @@ impl Consumer {
         self.send_ack(vec![id], false, 0).await
     }
 
+    /// Asks for the message to be delivered again, after the redelivery delay.
+    pub async fn nack(&self, id: MessageId) -> Result<(), ClientError> {
+        let frame = ClientFrame {
+            frame: Some(client_frame::Frame::Nack(strata_proto::pb::client::Nack {
+                message_ids: vec![id.into()],
+            })),
+        };
+        let sent = self.writer.lock().await.send(&frame).await;
+        match sent.map_err(ClientError::from) {
+            // The new session redelivers everything unacknowledged anyway.
+            Err(e) if e.is_retryable() => Ok(()),
+            other => other,
+        }
+    }
+
     /// Acknowledges every message up to and including `id`.
     pub async fn ack_cumulative(&self, id: MessageId) -> Result<(), ClientError> {
         lock_acks(&self.acks).cumulative(id);
@@ -319,10 +395,19 @@ struct Link {
     receipts: Receipts,
     acks: Arc<std::sync::Mutex<AckLog>>,
     tx: mpsc::UnboundedSender<Result<ReceivedMessage, ClientError>>,
+    in_log_order: bool,
+    dead_letter: Option<DeadLetter>,
+}
+
+struct DeadLetter {
+    topic: String,
+    max_redeliveries: u32,
+    /// Created on the first dead letter.
+    producer: Option<crate::Producer>,
 }
 
 impl Link {
-    async fn run(self, mut reader: FrameReader) {
+    async fn run(mut self, mut reader: FrameReader) {
         // The last message queued for the application: a redelivery at or before it after a
         // reconnect was queued already (an exclusive subscription delivers in log order).
         let mut last_queued: Option<MessageId> = None;
@@ -348,7 +433,7 @@ impl Link {
 
     /// Reads one session until it ends. `Ok` when the application is gone.
     async fn read(
-        &self,
+        &mut self,
         reader: &mut FrameReader,
         last_queued: &mut Option<MessageId>,
     ) -> Result<(), ClientError> {
@@ -365,14 +450,27 @@ impl Link {
                             continue;
                         };
                         let id = MessageId::from(id);
-                        if last_queued.is_some_and(|last| id <= last) {
+                        if let Some(dl) = self.dead_letter.as_mut()
+                            && m.redelivery_count > dl.max_redeliveries
+                        {
+                            dl.store(&self.client, &msg).await?;
+                            re_ack.push(id);
+                            dropped += 1;
+                            continue;
+                        }
+                        if self.in_log_order
+                            && m.redelivery_count == 0
+                            && last_queued.is_some_and(|last| id <= last)
+                        {
                             dropped += 1;
                             if lock_acks(&self.acks).covers(id) {
                                 re_ack.push(id);
                             }
                             continue;
                         }
-                        *last_queued = Some(id);
+                        if m.redelivery_count == 0 {
+                            *last_queued = Some(id);
+                        }
                         let received = ReceivedMessage {
                             id,
                             payload: msg.payload,
@@ -392,7 +490,7 @@ impl Link {
                         let mut writer = self.writer.lock().await;
                         writer.send(&flow(dropped)).await?;
                         if !re_ack.is_empty() {
-                            debug!(count = re_ack.len(), "re-acknowledging redelivered messages");
+                            debug!(count = re_ack.len(), "acknowledging repeats and dead letters");
                             let ack = Ack {
                                 message_ids: re_ack.into_iter().map(Into::into).collect(),
                                 cumulative: false,
@@ -472,6 +570,30 @@ impl Link {
                 Err(e) => return Err(e),
             }
         }
+    }
+}
+
+impl DeadLetter {
+    /// Stores a message in the dead-letter topic, waiting until it is durable.
+    async fn store(
+        &mut self,
+        client: &Client,
+        msg: &strata_proto::pb::client::Message,
+    ) -> Result<(), ClientError> {
+        if self.producer.is_none() {
+            self.producer = Some(client.producer(&self.topic).create().await?);
+        }
+        let Some(producer) = self.producer.as_ref() else {
+            return Err(ClientError::Closed("dead-letter producer"));
+        };
+        let outgoing = crate::OutgoingMessage {
+            payload: msg.payload.clone(),
+            key: (!msg.key.is_empty()).then(|| msg.key.clone()),
+            properties: msg.properties.clone(),
+            event_time_ms: msg.event_time_ms,
+        };
+        producer.send(outgoing).await?;
+        Ok(())
     }
 }
 

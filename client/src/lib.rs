@@ -34,11 +34,11 @@ pub mod routing;
 use std::sync::Arc;
 
 pub use connection::ClientOptions;
-pub use consumer::{Consumer, ConsumerBuilder, ReceivedMessage};
+pub use consumer::{Consumer, ConsumerBuilder, DeadLetterPolicy, ReceivedMessage};
 pub use error::ClientError;
 pub use producer::{OutgoingMessage, Producer, ProducerBuilder, SendFuture, UNKNOWN_MESSAGE_ID};
 pub use routing::TopicOwner;
-pub use strata_proto::pb::client::InitialPosition;
+pub use strata_proto::pb::client::{InitialPosition, SubscriptionType};
 pub use strata_proto::{ErrorCode, MessageId};
 
 /// A connection to a broker. Cheap to clone; producers and consumers share its connection,

@@ -39,12 +39,14 @@ pub enum ErrorCode {
     NamespaceNotEmpty = 23,
     /// A policy value is out of range (e.g. replication breaking E >= Qw >= Qa >= 1).
     InvalidPolicy = 24,
+    /// A consumer asked for a subscription type other than the one its consumers use.
+    IncompatibleSubscription = 25,
 }
 
 impl ErrorCode {
     pub fn from_u32(code: u32) -> Self {
         use ErrorCode::*;
-        const ALL: [ErrorCode; 25] = [
+        const ALL: [ErrorCode; 26] = [
             Unknown,
             IncompatibleVersion,
             FrameTooLarge,
@@ -70,6 +72,7 @@ impl ErrorCode {
             NamespaceAlreadyExists,
             NamespaceNotEmpty,
             InvalidPolicy,
+            IncompatibleSubscription,
         ];
         ALL.get(code as usize).copied().unwrap_or(Unknown)
     }
