@@ -1,6 +1,6 @@
 //! Admin requests' policy fields to and from [`NamespacePolicies`].
 
-use strata_metastore::tables::{NamespacePolicies, Record, ReplicationPolicy};
+use strata_metastore::tables::{NamespacePolicies, Record, ReplicationPolicy, RetentionPolicy};
 use strata_proto::pb::client::CreateNamespace;
 
 use crate::BrokerError;
@@ -27,6 +27,17 @@ pub fn policies_from(c: &CreateNamespace) -> Result<NamespacePolicies, BrokerErr
         _ => {
             return Err(BrokerError::InvalidPolicy(
                 "give ensemble size, write quorum and ack quorum together".into(),
+            ));
+        }
+    }
+    match (c.retention_minutes, c.retention_size_mb) {
+        (None, None) => {}
+        (Some(minutes), Some(size_mb)) => {
+            policies.retention = Some(RetentionPolicy { minutes, size_mb });
+        }
+        _ => {
+            return Err(BrokerError::InvalidPolicy(
+                "give retention minutes and size together".into(),
             ));
         }
     }

@@ -126,6 +126,11 @@ impl DedupState {
         true
     }
 
+    /// Whether every batch handed to the log is known durable (nothing in flight).
+    pub fn all_persisted(&self) -> bool {
+        self.producers.values().all(|m| m.pushed == m.persisted)
+    }
+
     /// The pushed marks, to be written as a snapshot once every pushed batch is durable.
     pub fn pushed_marks(&self) -> BTreeMap<String, u64> {
         self.producers

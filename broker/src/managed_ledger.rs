@@ -16,7 +16,9 @@ use std::sync::{Arc, RwLock};
 use bytes::Bytes;
 use strata_bookie::{LedgerClient, LedgerConfig, LedgerReader, LedgerWriter};
 use strata_metastore::Expect;
-use strata_metastore::tables::{LedgerInfo, ManagedLedgerRecord, Tables};
+use strata_metastore::tables::{
+    LedgerInfo, ManagedLedgerRecord, RetentionPolicy, Tables, now_ms,
+};
 use strata_proto::{EntryId, LedgerId, Position, TopicName};
 use tokio::sync::{Mutex, watch};
 use tracing::{info, instrument, warn};
@@ -108,6 +110,7 @@ impl ManagedLedger {
                 empty_tail = Some(last.id);
             } else if let Some(info) = record.ledgers.last_mut() {
                 info.entries = Some(entries);
+                info.closed_ms = Some(now_ms());
             }
         }
         let writer = Arc::new(client.create_ledger(config.ledger).await?);
@@ -115,6 +118,7 @@ impl ManagedLedger {
             id: writer.id(),
             entries: None,
             size_bytes: 0,
+            closed_ms: None,
         });
         let expect = if version == 0 {
             Expect::Absent
@@ -236,6 +240,7 @@ impl ManagedLedger {
             id: old.id(),
             entries: Some(last.map(|e| e.0 + 1).unwrap_or(0)),
             size_bytes: old.length_bytes(),
+            closed_ms: Some(now_ms()),
         };
         self.install_new_ledger(write, closed).await
     }
@@ -253,6 +258,7 @@ impl ManagedLedger {
                 id: old.id(),
                 entries: Some(entries),
                 size_bytes: old.length_bytes(),
+                closed_ms: Some(now_ms()),
             },
         )
         .await?;
@@ -275,6 +281,7 @@ impl ManagedLedger {
             id: writer.id(),
             entries: None,
             size_bytes: 0,
+            closed_ms: None,
         });
         self.persist_ledgers(write, &ledgers).await?;
         let mut view = self.view_write();
@@ -504,10 +511,43 @@ impl ManagedLedger {
         if let Some(l) = ledgers.last_mut() {
             l.entries = Some(last.map(|e| e.0 + 1).unwrap_or(0));
             l.size_bytes = writer.length_bytes();
+            l.closed_ms = Some(now_ms());
         }
         self.persist_ledgers(&mut write, &ledgers).await?;
         self.view_write().ledgers = ledgers;
         Ok(())
+    }
+
+    /// Deletes the closed ledgers entirely at or before `consumed` (every subscription has
+    /// acknowledged them, and the dedup snapshot covers them) that retention does not keep.
+    /// The ledger being written is never deleted. Returns the ledgers deleted.
+    pub async fn trim(
+        &self,
+        consumed: Position,
+        retention: Option<RetentionPolicy>,
+    ) -> Result<Vec<LedgerId>, BrokerError> {
+        let mut write = self.write.lock().await;
+        let ledgers = self.view_read().ledgers.clone();
+        let deletable = trimmable(&ledgers, consumed, retention, now_ms());
+        if deletable == 0 {
+            return Ok(Vec::new());
+        }
+        let (gone, kept) = ledgers.split_at(deletable);
+        // The record first: a crash after it leaves orphan ledgers (a leak), never a record
+        // naming ledgers that are gone.
+        self.persist_ledgers(&mut write, kept).await?;
+        self.view_write().ledgers = kept.to_vec();
+        let mut readers = self.readers.lock().await;
+        let mut deleted = Vec::new();
+        for l in gone {
+            readers.remove(&l.id);
+            match self.client.delete_ledger(l.id).await {
+                Ok(()) | Err(strata_bookie::LedgerError::NoSuchLedger(_)) => deleted.push(l.id),
+                Err(e) => warn!(topic = %self.topic, ledger = %l.id, error = %e, "trimmed ledger not deleted; it is orphaned"),
+            }
+        }
+        info!(topic = %self.topic, ledgers = deleted.len(), "consumed ledgers deleted");
+        Ok(deleted)
     }
 
     /// Deletes every ledger of the log and its record.
@@ -536,5 +576,97 @@ impl ManagedLedger {
             .delete(&self.topic, Expect::Any)
             .await?;
         Ok(())
+    }
+}
+
+/// How many ledgers from the front of `ledgers` may be deleted: closed, every entry at or
+/// before `consumed`, and past retention (older than its minutes, or behind `size_mb` of
+/// newer consumed data). Never the last ledger (the one being written).
+pub fn trimmable(
+    ledgers: &[LedgerInfo],
+    consumed: Position,
+    retention: Option<RetentionPolicy>,
+    now_ms: u64,
+) -> usize {
+    let fully_consumed = |l: &LedgerInfo| match l.entries {
+        Some(0) => l.id <= consumed.ledger,
+        Some(n) => l.id < consumed.ledger || (l.id == consumed.ledger && n <= consumed.entry.0 + 1),
+        None => false,
+    };
+    let candidates = ledgers
+        .iter()
+        .take(ledgers.len().saturating_sub(1))
+        .take_while(|l| fully_consumed(l))
+        .count();
+    let Some(policy) = retention else {
+        return candidates;
+    };
+    // Walk from the newest consumed ledger back: keep while both limits allow.
+    let mut kept_bytes = 0u64;
+    let mut keep_from = candidates;
+    for i in (0..candidates).rev() {
+        let l = &ledgers[i];
+        let age_ms = now_ms.saturating_sub(l.closed_ms.unwrap_or(now_ms));
+        kept_bytes += l.size_bytes;
+        let young = age_ms < policy.minutes.saturating_mul(60_000);
+        let small = kept_bytes <= policy.size_mb.saturating_mul(1024 * 1024);
+        if young && small {
+            keep_from = i;
+        } else {
+            break;
+        }
+    }
+    keep_from
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ledger(id: u64, entries: Option<u64>, size_bytes: u64, closed_ms: u64) -> LedgerInfo {
+        LedgerInfo {
+            id: LedgerId(id),
+            entries,
+            size_bytes,
+            closed_ms: entries.map(|_| closed_ms),
+        }
+    }
+
+    /// Only closed ledgers wholly at or before the consumed position go, never the open one.
+    #[test]
+    fn only_fully_consumed_closed_ledgers_are_trimmed() {
+        let ledgers = [
+            ledger(1, Some(10), 100, 0),
+            ledger(2, Some(10), 100, 0),
+            ledger(3, None, 0, 0),
+        ];
+        assert_eq!(trimmable(&ledgers, Position::new(1, 8), None, 0), 0);
+        assert_eq!(trimmable(&ledgers, Position::new(1, 9), None, 0), 1);
+        assert_eq!(trimmable(&ledgers, Position::new(2, 9), None, 0), 2);
+        assert_eq!(
+            trimmable(&ledgers, Position::new(3, 5), None, 0),
+            2,
+            "the ledger being written stays"
+        );
+    }
+
+    /// Retention keeps the newest consumed ledgers while they are young and small enough.
+    #[test]
+    fn retention_keeps_recent_consumed_ledgers_within_its_limits() {
+        let mb = 1024 * 1024;
+        let minute = 60_000;
+        let ledgers = [
+            ledger(1, Some(1), mb, 0),
+            ledger(2, Some(1), mb, 50 * minute),
+            ledger(3, Some(1), mb, 55 * minute),
+            ledger(4, None, 0, 0),
+        ];
+        let all = Position::new(3, 0);
+        let now = 60 * minute;
+        let policy = |minutes, size_mb| Some(RetentionPolicy { minutes, size_mb });
+        assert_eq!(trimmable(&ledgers, all, policy(30, 100), now), 1, "ledger 1 too old");
+        assert_eq!(trimmable(&ledgers, all, policy(120, 2), now), 1, "only 2 MB kept");
+        assert_eq!(trimmable(&ledgers, all, policy(120, 100), now), 0);
+        assert_eq!(trimmable(&ledgers, all, policy(0, 100), now), 3, "zero minutes keeps none");
     }
 }

@@ -78,6 +78,45 @@ impl BrokerService {
         });
     }
 
+    /// Runs [`BrokerService::trim_topics`] every `interval` while the service lives.
+    pub fn start_retention(self: &Arc<Self>, interval: std::time::Duration) {
+        let service = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(service) = service.upgrade() else {
+                    return;
+                };
+                service.trim_topics().await;
+            }
+        });
+    }
+
+    /// Deletes, in every loaded topic, the ledgers all its subscriptions consumed that the
+    /// namespace's retention does not keep. Returns how many ledgers went.
+    pub async fn trim_topics(&self) -> usize {
+        let cells: Vec<_> = self.topics.lock().await.values().cloned().collect();
+        let mut deleted = 0;
+        for cell in cells {
+            let Some(topic) = cell.get() else { continue };
+            let retention = match self.namespace_policies(topic.name().namespace()).await {
+                Ok(p) => p.retention,
+                Err(e) => {
+                    warn!(topic = %topic.name(), error = %e, "retention skipped: no policies");
+                    continue;
+                }
+            };
+            match topic.trim(retention).await {
+                Ok(gone) => deleted += gone.len(),
+                Err(e) => warn!(topic = %topic.name(), error = %e, "retention failed"),
+            }
+        }
+        deleted
+    }
+
     /// The ledger client's counters (failovers, corrupt replicas, ensemble changes...).
     pub fn ledger_stats(&self) -> strata_bookie::LedgerClientStats {
         self.ledgers.stats()

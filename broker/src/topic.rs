@@ -175,6 +175,50 @@ impl Topic {
         Ok(sub)
     }
 
+    /// Deletes the ledgers every subscription has consumed that `retention` does not keep.
+    /// Nothing is deleted from a topic without subscriptions (unlike Pulsar, data nobody
+    /// subscribed to yet is kept). The floor also respects the dedup snapshot, so the replay
+    /// after a failover finds every entry it needs.
+    pub async fn trim(
+        &self,
+        retention: Option<strata_metastore::tables::RetentionPolicy>,
+    ) -> Result<Vec<strata_proto::LedgerId>, BrokerError> {
+        let cursors = self.tables.cursors.list(&self.name).await?;
+        let mut floor: Option<Position> = None;
+        for (_, row) in &cursors {
+            let Some(md) = row.record.mark_delete else {
+                return Ok(Vec::new()); // a subscription has consumed nothing yet
+            };
+            floor = Some(floor.map_or(md, |f| f.min(md)));
+        }
+        let Some(consumed) = floor else {
+            return Ok(Vec::new());
+        };
+        let Some(snapshot) = self.snapshot_dedup().await? else {
+            return Ok(Vec::new());
+        };
+        self.ml.trim(consumed.min(snapshot), retention).await
+    }
+
+    /// Writes a dedup snapshot at the log's last durable entry, if no batch is in flight
+    /// (then every entry of the log is reflected in the marks). Returns the snapshot position
+    /// now stored, or None if none could be taken.
+    async fn snapshot_dedup(&self) -> Result<Option<Position>, BrokerError> {
+        let dedup = self.dedup.lock().await;
+        let Some(last) = self.ml.last_confirmed() else {
+            return Ok(None);
+        };
+        if dedup.stale || !dedup.state.all_persisted() {
+            return Ok(None);
+        }
+        let record = DedupRecord {
+            position: Some(last),
+            producers: dedup.state.pushed_marks(),
+        };
+        self.tables.dedup.put(&self.name, &record, Expect::Any).await?;
+        Ok(Some(last))
+    }
+
     /// Makes every loaded subscription's cursor durable (graceful shutdown).
     pub async fn flush_cursors(&self) {
         for sub in self.subscriptions.lock().await.values() {

@@ -106,6 +106,7 @@ pub async fn run(
         default_replication: None,
     };
     let service = BrokerService::new(meta.clone(), ledgers, config);
+    service.start_retention(RETENTION_INTERVAL);
     service
         .ensure_namespace(
             &"public/default".parse().context("default namespace")?,
@@ -156,3 +157,6 @@ pub async fn run(
     http.shutdown().await;
     Ok(())
 }
+
+/// How often consumed ledgers are checked against retention and deleted.
+pub const RETENTION_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);

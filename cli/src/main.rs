@@ -140,6 +140,13 @@ enum NamespacesCommand {
         /// Number of bundles (default 4).
         #[arg(long)]
         bundles: Option<u32>,
+        /// Keep consumed data up to this many minutes (with --retention-size-mb); by
+        /// default a ledger every subscription has consumed is deleted.
+        #[arg(long, requires = "retention_size_mb")]
+        retention_minutes: Option<u64>,
+        /// Keep up to this many MiB of consumed data (with --retention-minutes).
+        #[arg(long, requires = "retention_minutes")]
+        retention_size_mb: Option<u64>,
     },
     /// List the namespaces of a tenant.
     List { tenant: String },
@@ -336,6 +343,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     write_quorum,
                     ack_quorum,
                     bundles,
+                    retention_minutes,
+                    retention_size_mb,
                 } => {
                     client
                         .create_namespace(strata_proto::pb::client::CreateNamespace {
@@ -345,6 +354,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                             write_quorum,
                             ack_quorum,
                             bundles,
+                            retention_minutes,
+                            retention_size_mb,
                         })
                         .await?
                 }

@@ -63,6 +63,7 @@ impl Standalone {
             default_replication: Some(LedgerConfig::single()),
         };
         let service = BrokerService::new(meta.clone(), ledgers, broker_config);
+        service.start_retention(crate::broker_node::RETENTION_INTERVAL);
         let public_default = "public/default".parse().context("default namespace")?;
         service
             .ensure_namespace(&public_default, &NamespacePolicies::default())

@@ -17,6 +17,10 @@ pub struct LedgerInfo {
     pub id: LedgerId,
     pub entries: Option<u64>,
     pub size_bytes: u64,
+    /// When the ledger was closed (retention counts age from there); absent while open and
+    /// in records written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closed_ms: Option<u64>,
 }
 
 /// The ordered ledgers that make up a topic's log; the last one is the one written.

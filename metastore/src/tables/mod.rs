@@ -53,7 +53,7 @@ pub use dedup::{Dedup, DedupRecord};
 pub use error::{DecodeError, TableError};
 pub use ledgers::Ledgers;
 pub use managed_ledgers::{LedgerInfo, ManagedLedgerRecord, ManagedLedgers};
-pub use namespaces::{NamespacePolicies, Namespaces, ReplicationPolicy};
+pub use namespaces::{NamespacePolicies, Namespaces, ReplicationPolicy, RetentionPolicy};
 pub use ownership::{BrokerId, BundleRange, NamespaceBundle, Ownership, OwnershipRecord};
 pub use record::{JsonRecord, Record, now_ms};
 pub use table::{Listing, Schema, Table, TableEvent, TableWatcher, Versioned};

@@ -24,6 +24,19 @@ pub struct NamespacePolicies {
     /// `u32::MAX`); `None`: four equal bundles.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bundles: Option<Vec<u32>>,
+    /// How long and how much consumed data is kept; `None`: a ledger every subscription has
+    /// consumed is deleted at once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retention: Option<RetentionPolicy>,
+}
+
+/// Consumed data kept after every subscription has acknowledged it (Pulsar's retention): a
+/// consumed ledger is deleted once it is older than `minutes` or once the consumed ledgers
+/// after it already hold `size_mb`, whichever comes first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetentionPolicy {
+    pub minutes: u64,
+    pub size_mb: u64,
 }
 
 /// Replication of a namespace's ledgers: ensemble size E, write quorum Qw, ack quorum Qa.
@@ -40,6 +53,7 @@ impl Default for NamespacePolicies {
             auto_create_topics: true,
             replication: None,
             bundles: None,
+            retention: None,
         }
     }
 }

@@ -128,6 +128,10 @@ async fn every_table_round_trips_its_record() -> TestResult {
                 ack_quorum: 2,
             }),
             bundles: Some(vec![0, 0x8000_0000, u32::MAX]),
+            retention: Some(RetentionPolicy {
+                minutes: 60,
+                size_mb: 1024,
+            }),
         },
     )
     .await?;
@@ -166,6 +170,7 @@ async fn every_table_round_trips_its_record() -> TestResult {
         id: LedgerId(3),
         entries,
         size_bytes: 10,
+        closed_ms: None,
     };
     round_trip(
         &t.managed_ledgers,
@@ -689,6 +694,7 @@ fn existing_stored_values_decode_and_re_encode_identically() -> TestResult {
             auto_create_topics: false,
             replication: None,
             bundles: None,
+            retention: None,
         },
     )?;
     same(
@@ -701,6 +707,7 @@ fn existing_stored_values_decode_and_re_encode_identically() -> TestResult {
                 ack_quorum: 2,
             }),
             bundles: None,
+            retention: None,
         },
     )?;
     same(
@@ -717,11 +724,13 @@ fn existing_stored_values_decode_and_re_encode_identically() -> TestResult {
                     id: LedgerId(3),
                     entries: Some(12),
                     size_bytes: 400,
+                    closed_ms: None,
                 },
                 LedgerInfo {
                     id: LedgerId(5),
                     entries: None,
                     size_bytes: 0,
+                    closed_ms: None,
                 },
             ],
         },

@@ -23,6 +23,16 @@ pub struct TestBroker {
 }
 
 pub async fn start_broker(cluster: &LocalCluster, dir: &std::path::Path, id: &str) -> TestBroker {
+    start_broker_with(cluster, dir, id, BrokerConfig::default()).await
+}
+
+/// A broker with its own config (ledger rollover, replication).
+pub async fn start_broker_with(
+    cluster: &LocalCluster,
+    dir: &std::path::Path,
+    id: &str,
+    config: BrokerConfig,
+) -> TestBroker {
     let ledgers = cluster.ledger_client(
         BookieClientOptions {
             request_timeout: Duration::from_secs(3),
@@ -30,7 +40,7 @@ pub async fn start_broker(cluster: &LocalCluster, dir: &std::path::Path, id: &st
         },
         LedgerClientOptions::default(),
     );
-    let service = BrokerService::new(cluster.meta.clone(), ledgers, BrokerConfig::default());
+    let service = BrokerService::new(cluster.meta.clone(), ledgers, config);
     service
         .ensure_namespace(
             &"public/default".parse().expect("ns"),
