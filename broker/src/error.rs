@@ -24,6 +24,10 @@ pub enum BrokerError {
         existing: String,
         requested: String,
     },
+    #[error("subscription {0}'s cursor was reset; subscribe again")]
+    SubscriptionReset(String),
+    #[error("subscription {0} does not exist")]
+    SubscriptionNotFound(String),
     #[error("message id {0} does not exist on this subscription")]
     InvalidMessageId(String),
     #[error("protocol violation: {0}")]
@@ -68,6 +72,8 @@ impl BrokerError {
             Self::NamespaceNotFound(_) => ErrorCode::NamespaceNotFound,
             Self::SubscriptionBusy { .. } => ErrorCode::SubscriptionBusy,
             Self::IncompatibleSubscription { .. } => ErrorCode::IncompatibleSubscription,
+            Self::SubscriptionReset(_) => ErrorCode::SubscriptionReset,
+            Self::SubscriptionNotFound(_) => ErrorCode::TopicNotFound,
             Self::InvalidMessageId(_) => ErrorCode::InvalidMessageId,
             Self::Protocol(_) => ErrorCode::ProtocolViolation,
             Self::Ledger(_) | Self::Corrupt(_) => ErrorCode::StorageError,

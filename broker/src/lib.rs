@@ -11,6 +11,7 @@
 //! - [`managed_ledger`]: the topic's log over ledgers, with rollover and crash recovery.
 //! - [`subscription`]: cursor, consumers by subscription type, dispatcher with permits,
 //!   redelivery, ack persistence.
+//! - [`subscription_admin`]: list, reset, peek and skip a topic's subscriptions.
 //! - [`dispatch`]: key_shared's key ring and the redelivery backoff, as plain functions.
 //! - [`cursor`]: the acknowledgement state as a plain struct (no I/O).
 //! - [`metrics`]: counters exposed on `/metrics`.
@@ -30,6 +31,7 @@ pub mod ownership;
 pub mod server;
 pub mod service;
 pub mod subscription;
+pub mod subscription_admin;
 pub mod topic;
 
 pub use error::BrokerError;

@@ -484,6 +484,27 @@ impl ManagedLedger {
         Ok(r)
     }
 
+    /// The log's durable entries as an index (for searches over the whole log).
+    pub fn entry_index(&self) -> EntryIndex {
+        let view = self.view_read();
+        let mut ledgers = Vec::new();
+        let mut total = 0;
+        for l in &view.ledgers {
+            let count = match (l.entries, &view.current) {
+                (Some(n), _) => n,
+                (None, Some(w)) if w.id() == l.id => {
+                    w.last_add_confirmed().map(|e| e.0 + 1).unwrap_or(0)
+                }
+                (None, _) => 0,
+            };
+            if count > 0 {
+                ledgers.push((total, l.id));
+                total += count;
+            }
+        }
+        EntryIndex { ledgers, total }
+    }
+
     /// Entries and bytes in the log, and its ledger count.
     pub fn stats(&self) -> (u64, u64, u64) {
         let view = self.view_read();
@@ -579,6 +600,37 @@ impl ManagedLedger {
     }
 }
 
+/// The entries of a log numbered 0.. in log order, without listing them.
+#[derive(Debug, Clone)]
+pub struct EntryIndex {
+    /// (number of the ledger's first entry, ledger), ascending.
+    ledgers: Vec<(u64, LedgerId)>,
+    total: u64,
+}
+
+impl EntryIndex {
+    pub fn len(&self) -> u64 {
+        self.total
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.total == 0
+    }
+
+    /// The position of entry number `i`.
+    pub fn get(&self, i: u64) -> Option<Position> {
+        if i >= self.total {
+            return None;
+        }
+        let k = self.ledgers.partition_point(|(start, _)| *start <= i) - 1;
+        let (start, ledger) = self.ledgers[k];
+        Some(Position {
+            ledger,
+            entry: EntryId(i - start),
+        })
+    }
+}
+
 /// How many ledgers from the front of `ledgers` may be deleted: closed, every entry at or
 /// before `consumed`, and past retention (older than its minutes, or behind `size_mb` of
 /// newer consumed data). Never the last ledger (the one being written).
@@ -648,6 +700,20 @@ mod tests {
             2,
             "the ledger being written stays"
         );
+    }
+
+    /// Entry numbers map across ledgers, skipping empty ones; past the end is None.
+    #[test]
+    fn entry_index_numbers_entries_across_ledgers() {
+        let index = EntryIndex {
+            ledgers: vec![(0, LedgerId(4)), (3, LedgerId(9))],
+            total: 5,
+        };
+        assert_eq!(index.get(0), Some(Position::new(4, 0)));
+        assert_eq!(index.get(2), Some(Position::new(4, 2)));
+        assert_eq!(index.get(3), Some(Position::new(9, 0)));
+        assert_eq!(index.get(4), Some(Position::new(9, 1)));
+        assert_eq!(index.get(5), None);
     }
 
     /// Retention keeps the newest consumed ledgers while they are young and small enough.

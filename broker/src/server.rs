@@ -30,6 +30,7 @@ use crate::metrics::BrokerMetrics;
 use crate::service::BrokerService;
 use crate::topic::Published;
 use crate::BrokerError;
+use crate::subscription_admin;
 use crate::subscription::{
     ConsumerOptions, DEFAULT_MAX_REDELIVERY_DELAY, DEFAULT_REDELIVERY_DELAY, Subscription,
 };
@@ -319,6 +320,18 @@ async fn handle_admin(service: &BrokerService, req: AdminRequest) -> AdminRespon
                 };
                 service.unload_bundle(&bundle).await?;
                 Ok(admin_response::Response::Done(Done {}))
+            }
+            Some(admin_request::Request::ListSubscriptions(r)) => {
+                subscription_admin::list(service, r).await
+            }
+            Some(admin_request::Request::ResetCursor(r)) => {
+                subscription_admin::reset(service, r).await
+            }
+            Some(admin_request::Request::PeekMessages(r)) => {
+                subscription_admin::peek(service, r).await
+            }
+            Some(admin_request::Request::SkipMessages(r)) => {
+                subscription_admin::skip(service, r).await
             }
             None => Err(BrokerError::Protocol("empty admin request".into())),
         }

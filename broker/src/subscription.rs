@@ -518,6 +518,105 @@ impl Subscription {
         Ok(changed)
     }
 
+    /// The next `count` unacknowledged messages, read from the log; nothing changes.
+    pub async fn peek(&self, count: usize) -> Result<Vec<DeliveredMessage>, BrokerError> {
+        let (cursor, mut next) = {
+            let st = self.state.lock().await;
+            (st.cursor.clone(), next_unacked(&self.ml, &st.cursor))
+        };
+        let mut out = Vec::new();
+        while let Some(from) = next {
+            if out.len() >= count {
+                break;
+            }
+            let entries = self.ml.read(from, MAX_READ_ENTRIES.min(count)).await?;
+            let Some(&(last, _)) = entries.last() else {
+                break;
+            };
+            for (pos, data) in &entries {
+                let batch = decode_entry(&self.topic, *pos, data)?;
+                for (index, message) in batch.messages.into_iter().enumerate() {
+                    let id = MessageId::at(*pos, index as u32);
+                    if out.len() < count && !cursor.is_acked(id) {
+                        out.push(DeliveredMessage {
+                            id: Some(id.into()),
+                            message: Some(message),
+                            producer_name: batch.producer_name.clone(),
+                            publish_time_ms: batch.publish_time_ms,
+                            redelivery_count: 0,
+                        });
+                    }
+                }
+            }
+            next = self.ml.next_position(last);
+        }
+        Ok(out)
+    }
+
+    /// Acknowledges the next `count` unacknowledged messages; returns how many it skipped
+    /// once that is durable.
+    pub async fn skip(&self, count: usize) -> Result<usize, BrokerError> {
+        let peeked = self.peek(count).await?;
+        let seq = {
+            let mut st = self.state.lock().await;
+            let st = &mut *st;
+            for m in &peeked {
+                let Some(id) = m.id.map(MessageId::from) else {
+                    continue;
+                };
+                let batch_size = self.batch_size_of(st, id).await?;
+                st.cursor.ack_individual(id, batch_size);
+                st.redeliver.remove(&id);
+                if let Some(e) = st.pending.get_mut(&id.position()) {
+                    e.held.remove(&id.batch_index);
+                }
+            }
+            let ml = &self.ml;
+            st.cursor
+                .compact(ml.first_position(), |p| ml.next_position(p));
+            st.pending.retain(|p, _| !st.cursor.is_entry_acked(*p));
+            st.change_seq += 1;
+            st.change_seq
+        };
+        self.wake_flusher.notify_one();
+        self.wait_durable(seq).await?;
+        Ok(peeked.len())
+    }
+
+    async fn batch_size_of(&self, st: &SubState, id: MessageId) -> Result<u32, BrokerError> {
+        if let Some(e) = st.pending.get(&id.position()) {
+            return Ok(e.batch_size);
+        }
+        let entries = self.ml.read(id.position(), 1).await?;
+        let (pos, data) = entries
+            .first()
+            .ok_or_else(|| BrokerError::InvalidMessageId(id.to_string()))?;
+        Ok(decode_entry(&self.topic, *pos, data)?.messages.len() as u32)
+    }
+
+    /// Moves the cursor so the next message delivered is the one at `target` (None: the end
+    /// of the log). Connected consumers are told to subscribe again; returns once durable.
+    pub async fn reset(&self, target: Option<Position>) -> Result<(), BrokerError> {
+        let (seq, consumers) = {
+            let mut st = self.state.lock().await;
+            let mark_delete = match target {
+                Some(t) => self.ml.prev_position(t),
+                None => self.ml.last_confirmed(),
+            };
+            st.cursor = CursorState::at(mark_delete);
+            st.redelivery_counts.clear();
+            let gone = std::mem::take(&mut st.consumers);
+            st.reset_delivery(&self.ml);
+            st.change_seq += 1;
+            (st.change_seq, gone)
+        };
+        let reset = BrokerError::SubscriptionReset(self.name.clone());
+        send_error(consumers.iter().map(|c| c.tx.clone()), &reset).await;
+        self.wake_flusher.notify_one();
+        self.wake_dispatcher.notify_one();
+        self.wait_durable(seq).await
+    }
+
     /// The subscription's figures for stats.
     pub async fn stats(&self) -> SubscriptionStats {
         let st = self.state.lock().await;
@@ -835,8 +934,12 @@ async fn dispatch_once(sub: &Subscription) -> Result<DispatchOutcome, BrokerErro
 }
 
 fn decode(sub: &Subscription, pos: Position, data: &Bytes) -> Result<StoredBatch, BrokerError> {
+    decode_entry(&sub.topic, pos, data)
+}
+
+fn decode_entry(topic: &TopicName, pos: Position, data: &Bytes) -> Result<StoredBatch, BrokerError> {
     StoredBatch::decode(data.clone())
-        .map_err(|e| BrokerError::Corrupt(format!("entry {pos} of {}: {e}", sub.topic)))
+        .map_err(|e| BrokerError::Corrupt(format!("entry {pos} of {topic}: {e}")))
 }
 
 /// Moves messages whose consumer did not ack them in time back for redelivery.

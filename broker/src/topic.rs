@@ -219,6 +219,41 @@ impl Topic {
         Ok(Some(last))
     }
 
+    /// An existing subscription (never creates one).
+    pub async fn existing_subscription(&self, name: &str) -> Result<Arc<Subscription>, BrokerError> {
+        if !self.subscriptions.lock().await.contains_key(name)
+            && !self.subscription_names().await?.iter().any(|s| s == name)
+        {
+            return Err(BrokerError::SubscriptionNotFound(name.to_owned()));
+        }
+        self.subscription(name, InitialPosition::Earliest).await
+    }
+
+    /// The first entry published at or after `time_ms` (None: none yet). Entries are in
+    /// publish order, so a binary search over the log's entries finds it.
+    pub async fn first_published_at(&self, time_ms: u64) -> Result<Option<Position>, BrokerError> {
+        let index = self.ml.entry_index();
+        let (mut lo, mut hi) = (0u64, index.len());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let Some(at) = index.get(mid) else { break };
+            let entries = self.ml.read(at, 1).await?;
+            let Some((pos, data)) = entries.first() else {
+                hi = mid;
+                continue;
+            };
+            let batch = StoredBatch::decode(data.clone()).map_err(|e| {
+                BrokerError::Corrupt(format!("entry {pos} of {}: {e}", self.name))
+            })?;
+            if batch.publish_time_ms < time_ms {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        Ok(index.get(lo))
+    }
+
     /// Makes every loaded subscription's cursor durable (graceful shutdown).
     pub async fn flush_cursors(&self) {
         for sub in self.subscriptions.lock().await.values() {

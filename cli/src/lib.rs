@@ -23,3 +23,4 @@ pub mod metastore_node;
 pub mod perf;
 pub mod perf_ledger;
 pub mod standalone;
+pub mod subscriptions_admin;

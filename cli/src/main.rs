@@ -10,7 +10,7 @@ use strata_cli::commands::{self, ConnectArgs};
 use strata_cli::config::StandaloneConfig;
 use strata_cli::metastore_node;
 use strata_cli::standalone::Standalone;
-use strata_cli::{bookie_node, broker_node};
+use strata_cli::{bookie_node, broker_node, subscriptions_admin};
 use strata_cli::{perf, perf_ledger};
 use strata_client::InitialPosition;
 
@@ -82,6 +82,9 @@ enum Command {
     /// Manage namespaces (and, implicitly, tenants).
     #[command(subcommand)]
     Namespaces(NamespacesCommand),
+    /// A topic's subscriptions: list, reset, peek, skip.
+    #[command(subcommand)]
+    Subscriptions(subscriptions_admin::SubscriptionsCommand),
     /// Cluster administration: metastore membership, bookies.
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),
@@ -112,9 +115,11 @@ enum TopicsCommand {
         #[arg(default_value = "public/default")]
         namespace: String,
     },
-    /// Entries, size and subscription backlog of a topic.
+    /// Entries, size, and per subscription its type, consumers, backlog and unacked messages.
     Stats {
         topic: String,
+        #[arg(long, value_enum, default_value_t = cluster::Output::Table)]
+        output: cluster::Output,
     },
     /// The broker serving a topic: its id and address.
     Lookup {
@@ -316,22 +321,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         println!("{t}");
                     }
                 }
-                TopicsCommand::Stats { topic } => {
+                TopicsCommand::Stats { topic, output } => {
                     let s = client.topic_stats(&topic).await?;
-                    println!(
-                        "{}: entries {} ledgers {} bytes {}",
-                        s.topic, s.entries, s.ledgers, s.size_bytes
-                    );
-                    for sub in s.subscriptions {
-                        println!(
-                            "  subscription {}: backlog {} entries",
-                            sub.name, sub.backlog_entries
-                        );
-                    }
+                    subscriptions_admin::print_stats(&s, output)?;
                 }
             }
             client.close().await;
             Ok(())
+        }
+        Command::Subscriptions(cmd) => {
+            let client = cli.connect.connect().await?;
+            let outcome = subscriptions_admin::run(&client, cmd).await;
+            client.close().await;
+            outcome
         }
         Command::Namespaces(cmd) => {
             let client = cli.connect.connect().await?;

@@ -216,4 +216,76 @@ impl Client {
         let conn = self.connection_to(&owner).await?;
         self.admin_on(&conn, request).await.map(drop)
     }
+
+    /// The subscriptions of a topic.
+    pub async fn list_subscriptions(&self, topic: &str) -> Result<Vec<String>, ClientError> {
+        let request = admin_request::Request::ListSubscriptions(
+            strata_proto::pb::client::ListSubscriptions {
+                topic: topic.to_owned(),
+            },
+        );
+        match self.topic_admin(topic, request).await? {
+            admin_response::Response::Subscriptions(l) => Ok(l.subscriptions),
+            other => Err(ClientError::Protocol(format!(
+                "expected a subscription list, got {other:?}"
+            ))),
+        }
+    }
+
+    /// Moves a subscription's cursor to `target`; its consumers resubscribe from there.
+    pub async fn reset_cursor(
+        &self,
+        topic: &str,
+        subscription: &str,
+        target: strata_proto::pb::client::reset_cursor::Target,
+    ) -> Result<(), ClientError> {
+        let request =
+            admin_request::Request::ResetCursor(strata_proto::pb::client::ResetCursor {
+                topic: topic.to_owned(),
+                subscription: subscription.to_owned(),
+                target: Some(target),
+            });
+        self.topic_admin(topic, request).await.map(drop)
+    }
+
+    /// The next `count` unacknowledged messages of a subscription, left unacknowledged.
+    pub async fn peek_messages(
+        &self,
+        topic: &str,
+        subscription: &str,
+        count: u32,
+    ) -> Result<Vec<crate::ReceivedMessage>, ClientError> {
+        let request =
+            admin_request::Request::PeekMessages(strata_proto::pb::client::PeekMessages {
+                topic: topic.to_owned(),
+                subscription: subscription.to_owned(),
+                count,
+            });
+        match self.topic_admin(topic, request).await? {
+            admin_response::Response::Messages(d) => Ok(d
+                .messages
+                .into_iter()
+                .filter_map(crate::consumer::received)
+                .collect()),
+            other => Err(ClientError::Protocol(format!(
+                "expected messages, got {other:?}"
+            ))),
+        }
+    }
+
+    /// Acknowledges the next `count` unacknowledged messages of a subscription.
+    pub async fn skip_messages(
+        &self,
+        topic: &str,
+        subscription: &str,
+        count: u32,
+    ) -> Result<(), ClientError> {
+        let request =
+            admin_request::Request::SkipMessages(strata_proto::pb::client::SkipMessages {
+                topic: topic.to_owned(),
+                subscription: subscription.to_owned(),
+                count,
+            });
+        self.topic_admin(topic, request).await.map(drop)
+    }
 }

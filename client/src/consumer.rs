@@ -421,6 +421,10 @@ impl Link {
                 let _ = self.tx.send(Err(cause));
                 return;
             }
+            if cause.code() == Some(strata_proto::ErrorCode::SubscriptionReset) {
+                // The cursor moved: what comes next is wanted again, even if seen before.
+                last_queued = None;
+            }
             match self.resubscribe(&cause).await {
                 Ok(r) => reader = r,
                 Err(e) => {
@@ -606,4 +610,20 @@ impl Drop for Link {
             }
         }
     }
+}
+
+/// A delivered message as the application sees it (None if the broker left out its id or
+/// body).
+pub(crate) fn received(m: strata_proto::pb::client::DeliveredMessage) -> Option<ReceivedMessage> {
+    let (id, msg) = (m.id?, m.message?);
+    Some(ReceivedMessage {
+        id: id.into(),
+        payload: msg.payload,
+        key: msg.key,
+        properties: msg.properties,
+        producer_name: m.producer_name,
+        publish_time_ms: m.publish_time_ms,
+        event_time_ms: msg.event_time_ms,
+        redelivery_count: m.redelivery_count,
+    })
 }

@@ -41,12 +41,14 @@ pub enum ErrorCode {
     InvalidPolicy = 24,
     /// A consumer asked for a subscription type other than the one its consumers use.
     IncompatibleSubscription = 25,
+    /// The subscription's cursor was reset: resubscribe, and expect messages again from there.
+    SubscriptionReset = 26,
 }
 
 impl ErrorCode {
     pub fn from_u32(code: u32) -> Self {
         use ErrorCode::*;
-        const ALL: [ErrorCode; 26] = [
+        const ALL: [ErrorCode; 27] = [
             Unknown,
             IncompatibleVersion,
             FrameTooLarge,
@@ -73,6 +75,7 @@ impl ErrorCode {
             NamespaceNotEmpty,
             InvalidPolicy,
             IncompatibleSubscription,
+            SubscriptionReset,
         ];
         ALL.get(code as usize).copied().unwrap_or(Unknown)
     }
@@ -86,6 +89,7 @@ impl ErrorCode {
                 | ErrorCode::ServiceNotReady
                 | ErrorCode::TooManyRequests
                 | ErrorCode::NotOwner
+                | ErrorCode::SubscriptionReset
         )
     }
 }

@@ -274,3 +274,80 @@ async fn incompatible_subscription_types_are_refused() -> anyhow::Result<()> {
     server.standalone.shutdown().await?;
     Ok(())
 }
+
+/// Subscription admin: list names the subscription; peek shows the next unacknowledged
+/// messages and changes nothing; skip acknowledges them; a reset (to a message id, to a
+/// publish time) makes the connected consumer receive from there again; bad targets are
+/// typed errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_are_listed_peeked_skipped_and_reset() -> anyhow::Result<()> {
+    use strata_proto::pb::client::reset_cursor::Target;
+    let dir = tempfile::tempdir()?;
+    let server = TestStandalone::start(test_config(dir.path())).await?;
+    let c = client(&server).await?;
+    let topic = "persistent://public/default/admin-subs";
+    let mut consumer = subscribe(&c, topic, SubscriptionType::Exclusive, 100).await?;
+    let producer = c.producer(topic).batch_max_messages(1).create().await?;
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        ids.push(producer.send(format!("#{i}")).await?);
+    }
+    producer.close().await?;
+    let mut received = Vec::new();
+    for _ in 0..10 {
+        received.push(consumer.receive().await?);
+    }
+    consumer.ack_cumulative(received[4].id).await?;
+    consumer.flush_acks().await?;
+    assert_eq!(c.list_subscriptions(topic).await?, ["sub"]);
+
+    let payloads = |ms: Vec<strata_client::ReceivedMessage>| -> Vec<String> {
+        ms.iter()
+            .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+            .collect()
+    };
+    assert_eq!(payloads(c.peek_messages(topic, "sub", 3).await?), ["#5", "#6", "#7"]);
+    assert_eq!(
+        payloads(c.peek_messages(topic, "sub", 3).await?),
+        ["#5", "#6", "#7"],
+        "peeking acknowledges nothing"
+    );
+    c.skip_messages(topic, "sub", 2).await?;
+    assert_eq!(payloads(c.peek_messages(topic, "sub", 1).await?), ["#7"]);
+
+    // Reset to #3 while the consumer is connected: it is told, resubscribes, and gets #3 on.
+    c.reset_cursor(topic, "sub", Target::MessageId(ids[3].into())).await?;
+    for i in 3..10 {
+        let m = consumer.receive().await?;
+        assert_eq!(m.payload, format!("#{i}").as_bytes(), "after the reset");
+    }
+    // Reset by time: the next message is the first published at or after #6's time.
+    let t = received[6].publish_time_ms;
+    c.reset_cursor(topic, "sub", Target::PublishTimeMs(t)).await?;
+    let m = consumer.receive().await?;
+    let index: usize = std::str::from_utf8(&m.payload)?.trim_start_matches('#').parse()?;
+    assert!(m.publish_time_ms >= t && index <= 6, "{index} at {}", m.publish_time_ms);
+    assert!(
+        index == 0 || received[index - 1].publish_time_ms < t,
+        "nothing earlier was published at or after {t}"
+    );
+
+    let missing = c
+        .reset_cursor(topic, "nobody", Target::Earliest(true))
+        .await
+        .expect_err("no such subscription");
+    assert_eq!(missing.code(), Some(ErrorCode::TopicNotFound), "{missing}");
+    let bad = c
+        .reset_cursor(
+            topic,
+            "sub",
+            Target::MessageId(strata_client::MessageId::new(999_999, 0, 0).into()),
+        )
+        .await
+        .expect_err("no such message");
+    assert_eq!(bad.code(), Some(ErrorCode::InvalidMessageId), "{bad}");
+    consumer.close().await?;
+    c.close().await;
+    server.standalone.shutdown().await?;
+    Ok(())
+}
