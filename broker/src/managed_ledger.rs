@@ -75,6 +75,8 @@ pub struct ManagedLedger {
     failed: Arc<std::sync::atomic::AtomicBool>,
     /// Set by `delete`: appends fail with `TopicDeleted`.
     deleted: std::sync::atomic::AtomicBool,
+    /// The log did not exist before this open (a new or re-created topic).
+    fresh: bool,
 }
 
 impl ManagedLedger {
@@ -90,6 +92,7 @@ impl ManagedLedger {
             Some(row) => (row.record, row.version),
             None => (ManagedLedgerRecord::default(), 0),
         };
+        let fresh = version == 0;
         let mut empty_tail = None;
         if let Some(last) = record
             .ledgers
@@ -154,11 +157,23 @@ impl ManagedLedger {
             appended,
             failed: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             deleted: std::sync::atomic::AtomicBool::new(false),
+            fresh,
         }))
     }
 
     pub fn topic(&self) -> &TopicName {
         &self.topic
+    }
+
+    /// Whether the log was created by this open (nothing of an earlier topic of the same name
+    /// belongs to it).
+    pub fn is_fresh(&self) -> bool {
+        self.fresh
+    }
+
+    /// Whether the log was deleted.
+    pub fn is_deleted(&self) -> bool {
+        self.deleted.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Starts appending one entry; the returned future resolves once it is durable.

@@ -120,10 +120,12 @@ impl Topic {
         // durable the pushed marks describe exactly the log up to its position.
         let marks = dedup.state.pushed_marks();
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let (tables, topic) = (self.tables.clone(), self.name.clone());
+        let (tables, topic, ml) = (self.tables.clone(), self.name.clone(), self.ml.clone());
         tokio::spawn(async move {
             let outcome = pending.await;
-            if let Ok(position) = &outcome {
+            if let Ok(position) = &outcome
+                && !ml.is_deleted()
+            {
                 let record = DedupRecord {
                     position: Some(*position),
                     producers: marks,
@@ -284,12 +286,16 @@ impl Topic {
 
 /// The dedup state of a topic's log: its last snapshot plus every entry after it.
 async fn rebuild_dedup(ml: &ManagedLedger, tables: &Tables) -> Result<DedupState, BrokerError> {
-    let snapshot = tables
-        .dedup
-        .get(ml.topic())
-        .await?
-        .map(|row| row.record)
-        .unwrap_or_default();
+    // A snapshot left by an earlier topic of the same name (deleted, then re-created) must
+    // not mark this log's producers' batches as duplicates.
+    let snapshot = match tables.dedup.get(ml.topic()).await? {
+        Some(row) if !ml.is_fresh() => row.record,
+        Some(_) => {
+            tables.dedup.delete(ml.topic(), Expect::Any).await?;
+            DedupRecord::default()
+        }
+        None => DedupRecord::default(),
+    };
     let mut state = DedupState::from_snapshot(&snapshot);
     // A snapshot position no longer in the log was trimmed away: replay what remains.
     let mut next = match snapshot.position {
