@@ -72,7 +72,10 @@ mod tests {
         assert_eq!(first, owners(&ring, 3000), "deterministic");
         for c in 1..=3 {
             let n = first.iter().filter(|o| **o == Some(c)).count();
-            assert!((500..=1500).contains(&n), "consumer {c} got {n} of 3000 keys");
+            assert!(
+                (500..=1500).contains(&n),
+                "consumer {c} got {n} of 3000 keys"
+            );
         }
         assert_eq!(KeyRing::default().consumer_for(7), None);
     }

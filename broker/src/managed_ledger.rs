@@ -16,9 +16,7 @@ use std::sync::{Arc, RwLock};
 use bytes::Bytes;
 use strata_bookie::{LedgerClient, LedgerConfig, LedgerReader, LedgerWriter};
 use strata_metastore::Expect;
-use strata_metastore::tables::{
-    LedgerInfo, ManagedLedgerRecord, RetentionPolicy, Tables, now_ms,
-};
+use strata_metastore::tables::{LedgerInfo, ManagedLedgerRecord, RetentionPolicy, Tables, now_ms};
 use strata_proto::{EntryId, LedgerId, Position, TopicName};
 use tokio::sync::{Mutex, watch};
 use tracing::{info, instrument, warn};
@@ -579,7 +577,9 @@ impl ManagedLedger {
             readers.remove(&l.id);
             match self.client.delete_ledger(l.id).await {
                 Ok(()) | Err(strata_bookie::LedgerError::NoSuchLedger(_)) => deleted.push(l.id),
-                Err(e) => warn!(topic = %self.topic, ledger = %l.id, error = %e, "trimmed ledger not deleted; it is orphaned"),
+                Err(e) => {
+                    warn!(topic = %self.topic, ledger = %l.id, error = %e, "trimmed ledger not deleted; it is orphaned")
+                }
             }
         }
         info!(topic = %self.topic, ledgers = deleted.len(), "consumed ledgers deleted");
@@ -745,9 +745,21 @@ mod tests {
         let all = Position::new(3, 0);
         let now = 60 * minute;
         let policy = |minutes, size_mb| Some(RetentionPolicy { minutes, size_mb });
-        assert_eq!(trimmable(&ledgers, all, policy(30, 100), now), 1, "ledger 1 too old");
-        assert_eq!(trimmable(&ledgers, all, policy(120, 2), now), 1, "only 2 MB kept");
+        assert_eq!(
+            trimmable(&ledgers, all, policy(30, 100), now),
+            1,
+            "ledger 1 too old"
+        );
+        assert_eq!(
+            trimmable(&ledgers, all, policy(120, 2), now),
+            1,
+            "only 2 MB kept"
+        );
         assert_eq!(trimmable(&ledgers, all, policy(120, 100), now), 0);
-        assert_eq!(trimmable(&ledgers, all, policy(0, 100), now), 3, "zero minutes keeps none");
+        assert_eq!(
+            trimmable(&ledgers, all, policy(0, 100), now),
+            3,
+            "zero minutes keeps none"
+        );
     }
 }

@@ -13,8 +13,7 @@ use quinn::{Connection, Endpoint, RecvStream, SendStream};
 use strata_proto::pb::client::{
     AckReceipt, AdminRequest, AdminResponse, ClientFrame, ConsumerOpen, ConsumerReady, Done,
     InitialPosition, ProducerOpen, ProducerReady, SendReceipt, ServerFrame, SubscriptionType,
-    TopicList,
-    TopicStatsReply, admin_request, admin_response, client_frame, server_frame,
+    TopicList, TopicStatsReply, admin_request, admin_response, client_frame, server_frame,
 };
 use strata_proto::{ErrorCode, MessageId, NamespaceName, TopicName, WireError};
 use strata_transport::handshake::server_handshake;
@@ -26,14 +25,14 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::BrokerError;
 use crate::metrics::BrokerMetrics;
 use crate::service::BrokerService;
-use crate::topic::Published;
-use crate::BrokerError;
-use crate::subscription_admin;
 use crate::subscription::{
     ConsumerOptions, DEFAULT_MAX_REDELIVERY_DELAY, DEFAULT_REDELIVERY_DELAY, Subscription,
 };
+use crate::subscription_admin;
+use crate::topic::Published;
 
 /// Ack receipts a consumer session may have outstanding before it stops reading acks.
 const MAX_PENDING_ACK_RECEIPTS: usize = 1024;
@@ -454,9 +453,7 @@ async fn producer_session(
                     }
                     let count = batch.messages.len() as u32;
                     let bytes: u64 = batch.messages.iter().map(|m| m.payload.len() as u64).sum();
-                    let published = topic
-                        .publish(name, batch.sequence_id, batch.messages)
-                        .await;
+                    let published = topic.publish(name, batch.sequence_id, batch.messages).await;
                     if receipts_tx
                         .send((batch.sequence_id, count, bytes, published))
                         .await

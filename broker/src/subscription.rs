@@ -534,8 +534,9 @@ impl Subscription {
                 break;
             };
             for (pos, data) in &entries {
-                let batch = decode_entry(&self.topic, *pos, data)?;
-                for (index, message) in batch.messages.into_iter().enumerate() {
+                let mut batch = decode_entry(&self.topic, *pos, data)?;
+                for (index, message) in std::mem::take(&mut batch.messages).into_iter().enumerate()
+                {
                     let id = MessageId::at(*pos, index as u32);
                     if out.len() < count && !cursor.is_acked(id) {
                         out.push(DeliveredMessage {
@@ -764,6 +765,23 @@ struct Outgoing {
     publish_time_ms: u64,
 }
 
+impl Outgoing {
+    fn new(
+        id: MessageId,
+        batch_size: u32,
+        message: strata_proto::pb::client::Message,
+        batch: &StoredBatch,
+    ) -> Self {
+        Self {
+            id,
+            batch_size,
+            message,
+            producer_name: batch.producer_name.clone(),
+            publish_time_ms: batch.publish_time_ms,
+        }
+    }
+}
+
 /// What a dispatch round plans to read, decided under the lock.
 struct ReadPlan {
     redeliveries: HashSet<MessageId>,
@@ -839,29 +857,20 @@ async fn dispatch_once(sub: &Subscription) -> Result<DispatchOutcome, BrokerErro
     };
     let mut progress = false;
     for (pos, data) in &again {
-        let batch = decode(sub, *pos, data)?;
+        let mut batch = decode(sub, *pos, data)?;
         let batch_size = batch.messages.len() as u32;
-        for (index, message) in batch.messages.into_iter().enumerate() {
+        for (index, message) in std::mem::take(&mut batch.messages).into_iter().enumerate() {
             let id = MessageId::at(*pos, index as u32);
             if !plan.redeliveries.contains(&id) || !st.redeliver.contains_key(&id) {
                 continue; // acked, or not due, since the plan was made
             }
             let hash = key_hash(&message.key);
             // Its own wait no longer blocks its key; an older one of the same key still does.
-            let older_waiting = st
-                .redeliver
-                .range(..id)
-                .any(|(_, r)| r.key_hash == hash);
+            let older_waiting = st.redeliver.range(..id).any(|(_, r)| r.key_hash == hash);
             if older_waiting && st.sub_type == SubscriptionType::KeyShared {
                 continue;
             }
-            let out = Outgoing {
-                id,
-                batch_size,
-                message,
-                producer_name: batch.producer_name.clone(),
-                publish_time_ms: batch.publish_time_ms,
-            };
+            let out = Outgoing::new(id, batch_size, message, &batch);
             if round.assign(st, out, hash, true, false) {
                 st.redeliver.remove(&id);
                 progress = true;
@@ -870,7 +879,7 @@ async fn dispatch_once(sub: &Subscription) -> Result<DispatchOutcome, BrokerErro
     }
     if plan.from.is_some() && st.read_position == plan.from {
         for (pos, data) in &fresh {
-            let batch = decode(sub, *pos, data)?;
+            let mut batch = decode(sub, *pos, data)?;
             let batch_size = batch.messages.len() as u32;
             st.messages_per_entry = batch_size.max(1);
             if st.cursor.is_entry_acked(*pos) || batch_size == 0 {
@@ -884,19 +893,13 @@ async fn dispatch_once(sub: &Subscription) -> Result<DispatchOutcome, BrokerErro
                 break;
             }
             let mut started = false;
-            for (index, message) in batch.messages.into_iter().enumerate() {
+            for (index, message) in std::mem::take(&mut batch.messages).into_iter().enumerate() {
                 let id = MessageId::at(*pos, index as u32);
                 if st.cursor.is_acked(id) || st.is_out(id) {
                     continue;
                 }
                 let hash = key_hash(&message.key);
-                let out = Outgoing {
-                    id,
-                    batch_size,
-                    message,
-                    producer_name: batch.producer_name.clone(),
-                    publish_time_ms: batch.publish_time_ms,
-                };
+                let out = Outgoing::new(id, batch_size, message, &batch);
                 if round.assign(st, out, hash, false, started) {
                     started = true;
                 } else {
@@ -937,7 +940,11 @@ fn decode(sub: &Subscription, pos: Position, data: &Bytes) -> Result<StoredBatch
     decode_entry(&sub.topic, pos, data)
 }
 
-fn decode_entry(topic: &TopicName, pos: Position, data: &Bytes) -> Result<StoredBatch, BrokerError> {
+fn decode_entry(
+    topic: &TopicName,
+    pos: Position,
+    data: &Bytes,
+) -> Result<StoredBatch, BrokerError> {
     StoredBatch::decode(data.clone())
         .map_err(|e| BrokerError::Corrupt(format!("entry {pos} of {topic}: {e}")))
 }
@@ -1020,7 +1027,9 @@ impl Round {
         redelivered: bool,
         overshoot: bool,
     ) -> bool {
-        if !redelivered && st.sub_type == SubscriptionType::KeyShared && self.blocked.contains(&hash)
+        if !redelivered
+            && st.sub_type == SubscriptionType::KeyShared
+            && self.blocked.contains(&hash)
         {
             return false;
         }

@@ -217,12 +217,18 @@ impl Topic {
             position: Some(last),
             producers: dedup.state.pushed_marks(),
         };
-        self.tables.dedup.put(&self.name, &record, Expect::Any).await?;
+        self.tables
+            .dedup
+            .put(&self.name, &record, Expect::Any)
+            .await?;
         Ok(Some(last))
     }
 
     /// An existing subscription (never creates one).
-    pub async fn existing_subscription(&self, name: &str) -> Result<Arc<Subscription>, BrokerError> {
+    pub async fn existing_subscription(
+        &self,
+        name: &str,
+    ) -> Result<Arc<Subscription>, BrokerError> {
         if !self.subscriptions.lock().await.contains_key(name)
             && !self.subscription_names().await?.iter().any(|s| s == name)
         {
@@ -244,9 +250,8 @@ impl Topic {
                 hi = mid;
                 continue;
             };
-            let batch = StoredBatch::decode(data.clone()).map_err(|e| {
-                BrokerError::Corrupt(format!("entry {pos} of {}: {e}", self.name))
-            })?;
+            let batch = StoredBatch::decode(data.clone())
+                .map_err(|e| BrokerError::Corrupt(format!("entry {pos} of {}: {e}", self.name)))?;
             if batch.publish_time_ms < time_ms {
                 lo = mid + 1;
             } else {

@@ -117,7 +117,10 @@ pub async fn run(client: &Client, cmd: SubscriptionsCommand) -> anyhow::Result<(
 /// `ledger:entry[:batch-index]`.
 fn parse_message_id(s: &str) -> anyhow::Result<strata_proto::pb::common::MessageIdData> {
     let parts: Vec<&str> = s.split(':').collect();
-    let num = |p: &str| p.parse::<u64>().with_context(|| format!("{p:?} in message id {s:?}"));
+    let num = |p: &str| {
+        p.parse::<u64>()
+            .with_context(|| format!("{p:?} in message id {s:?}"))
+    };
     match parts.as_slice() {
         [l, e] | [l, e, _] => Ok(strata_proto::pb::common::MessageIdData {
             ledger_id: num(l)?,

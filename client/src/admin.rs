@@ -239,12 +239,11 @@ impl Client {
         subscription: &str,
         target: strata_proto::pb::client::reset_cursor::Target,
     ) -> Result<(), ClientError> {
-        let request =
-            admin_request::Request::ResetCursor(strata_proto::pb::client::ResetCursor {
-                topic: topic.to_owned(),
-                subscription: subscription.to_owned(),
-                target: Some(target),
-            });
+        let request = admin_request::Request::ResetCursor(strata_proto::pb::client::ResetCursor {
+            topic: topic.to_owned(),
+            subscription: subscription.to_owned(),
+            target: Some(target),
+        });
         self.topic_admin(topic, request).await.map(drop)
     }
 

@@ -40,10 +40,12 @@ impl Default for ClientOptions {
 
 /// The broker URLs of a service URL: `quic://a:1,b:2` gives `quic://a:1` and `quic://b:2`.
 pub(crate) fn service_urls(url: &str) -> Result<Vec<String>, ClientError> {
-    let rest = url.strip_prefix("quic://").ok_or_else(|| ClientError::InvalidUrl {
-        url: url.to_owned(),
-        reason: "must start with quic://".to_owned(),
-    })?;
+    let rest = url
+        .strip_prefix("quic://")
+        .ok_or_else(|| ClientError::InvalidUrl {
+            url: url.to_owned(),
+            reason: "must start with quic://".to_owned(),
+        })?;
     let urls: Vec<String> = rest
         .split(',')
         .map(|hostport| format!("quic://{}", hostport.trim()))

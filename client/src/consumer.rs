@@ -146,7 +146,8 @@ impl ConsumerBuilder {
                     .map_or(0, |d| d.1.as_millis() as u64),
             })),
         };
-        let (writer, reader) = subscribe(&self.client, &topic, &open, self.receiver_queue_size).await?;
+        let (writer, reader) =
+            subscribe(&self.client, &topic, &open, self.receiver_queue_size).await?;
         let (tx, rx) = mpsc::unbounded_channel();
         let receipts: Receipts = Arc::new(Mutex::new(Some(HashMap::new())));
         let writer = Arc::new(Mutex::new(writer));
@@ -168,9 +169,9 @@ impl ConsumerBuilder {
                 SubscriptionType::Exclusive | SubscriptionType::Failover
             ),
             dead_letter: self.dead_letter.map(|p| DeadLetter {
-                topic: p.topic.unwrap_or_else(|| {
-                    format!("{}-{}-DLQ", topic, self.subscription)
-                }),
+                topic: p
+                    .topic
+                    .unwrap_or_else(|| format!("{}-{}-DLQ", topic, self.subscription)),
                 max_redeliveries: p.max_redeliveries,
                 producer: None,
             }),
@@ -450,20 +451,20 @@ impl Link {
                     let mut re_ack = Vec::new();
                     let mut dropped = 0u32;
                     for m in d.messages {
-                        let (Some(id), Some(msg)) = (m.id, m.message) else {
+                        let Some(received) = received(m) else {
                             continue;
                         };
-                        let id = MessageId::from(id);
+                        let (id, count) = (received.id, received.redelivery_count);
                         if let Some(dl) = self.dead_letter.as_mut()
-                            && m.redelivery_count > dl.max_redeliveries
+                            && count > dl.max_redeliveries
                         {
-                            dl.store(&self.client, &msg).await?;
+                            dl.store(&self.client, &received).await?;
                             re_ack.push(id);
                             dropped += 1;
                             continue;
                         }
                         if self.in_log_order
-                            && m.redelivery_count == 0
+                            && count == 0
                             && last_queued.is_some_and(|last| id <= last)
                         {
                             dropped += 1;
@@ -472,19 +473,9 @@ impl Link {
                             }
                             continue;
                         }
-                        if m.redelivery_count == 0 {
+                        if count == 0 {
                             *last_queued = Some(id);
                         }
-                        let received = ReceivedMessage {
-                            id,
-                            payload: msg.payload,
-                            key: msg.key,
-                            properties: msg.properties,
-                            producer_name: m.producer_name,
-                            publish_time_ms: m.publish_time_ms,
-                            event_time_ms: msg.event_time_ms,
-                            redelivery_count: m.redelivery_count,
-                        };
                         if self.tx.send(Ok(received)).is_err() {
                             return Ok(());
                         }
@@ -494,7 +485,10 @@ impl Link {
                         let mut writer = self.writer.lock().await;
                         writer.send(&flow(dropped)).await?;
                         if !re_ack.is_empty() {
-                            debug!(count = re_ack.len(), "acknowledging repeats and dead letters");
+                            debug!(
+                                count = re_ack.len(),
+                                "acknowledging repeats and dead letters"
+                            );
                             let ack = Ack {
                                 message_ids: re_ack.into_iter().map(Into::into).collect(),
                                 cumulative: false,
@@ -579,11 +573,7 @@ impl Link {
 
 impl DeadLetter {
     /// Stores a message in the dead-letter topic, waiting until it is durable.
-    async fn store(
-        &mut self,
-        client: &Client,
-        msg: &strata_proto::pb::client::Message,
-    ) -> Result<(), ClientError> {
+    async fn store(&mut self, client: &Client, msg: &ReceivedMessage) -> Result<(), ClientError> {
         if self.producer.is_none() {
             self.producer = Some(client.producer(&self.topic).create().await?);
         }

@@ -193,8 +193,14 @@ impl Session {
     /// Opens a producer session at the topic's owner.
     async fn open(
         &self,
-    ) -> Result<(FrameWriter, FrameReader, strata_proto::pb::client::ProducerReady), ClientError>
-    {
+    ) -> Result<
+        (
+            FrameWriter,
+            FrameReader,
+            strata_proto::pb::client::ProducerReady,
+        ),
+        ClientError,
+    > {
         let open = ClientFrame {
             frame: Some(client_frame::Frame::ProducerOpen(ProducerOpen {
                 topic: self.topic.to_string(),

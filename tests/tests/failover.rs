@@ -43,7 +43,12 @@ async fn assert_log_holds_exactly(client: &strata_client::Client, topic: &str, n
     producer.send("sentinel").await.expect("sentinel");
     producer.close().await.expect("close");
     let next = consumer.receive().await.expect("receive sentinel");
-    assert_eq!(next.payload, "sentinel".as_bytes(), "nothing after #{}", n - 1);
+    assert_eq!(
+        next.payload,
+        "sentinel".as_bytes(),
+        "nothing after #{}",
+        n - 1
+    );
     consumer.close().await.expect("close");
 }
 
@@ -85,7 +90,10 @@ async fn the_new_owner_recognises_batches_the_old_owner_stored() {
         .expect("a snapshot was written")
         .record;
     assert!(
-        snapshot.producers.get("orders-1").is_some_and(|s| *s >= 1000),
+        snapshot
+            .producers
+            .get("orders-1")
+            .is_some_and(|s| *s >= 1000),
         "{snapshot:?}"
     );
     let taken = a.service.topic(&name, true).await.expect("taken over by a");

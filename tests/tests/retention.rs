@@ -96,7 +96,11 @@ async fn consumed_ledgers_are_deleted_unless_retention_keeps_them() {
     }
     let before = ledgers_of(&tables, topic).await;
     assert!(before.len() >= 10, "rolled over: {before:?}");
-    assert_eq!(broker.service.trim_topics().await, 0, "'second' has consumed nothing");
+    assert_eq!(
+        broker.service.trim_topics().await,
+        0,
+        "'second' has consumed nothing"
+    );
 
     for t in [topic, kept] {
         consume(&client, t, "second", 100).await;
@@ -104,9 +108,21 @@ async fn consumed_ledgers_are_deleted_unless_retention_keeps_them() {
     let kept_before = ledgers_of(&tables, kept).await;
     let deleted = broker.service.trim_topics().await;
     let after = ledgers_of(&tables, topic).await;
-    assert_eq!(deleted, before.len() - after.len(), "only the consumed topic's");
-    assert_eq!(after.len(), 1, "only the ledger being written stays: {after:?}");
-    assert_eq!(ledgers_of(&tables, kept).await, kept_before, "retention keeps them");
+    assert_eq!(
+        deleted,
+        before.len() - after.len(),
+        "only the consumed topic's"
+    );
+    assert_eq!(
+        after.len(),
+        1,
+        "only the ledger being written stays: {after:?}"
+    );
+    assert_eq!(
+        ledgers_of(&tables, kept).await,
+        kept_before,
+        "retention keeps them"
+    );
     for id in &before[..before.len() - 1] {
         assert!(
             tables.ledgers.get(id).await.expect("read").is_none(),

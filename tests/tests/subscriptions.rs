@@ -99,7 +99,11 @@ async fn failover_hands_over_to_the_next_consumer() -> anyhow::Result<()> {
     produce(&c, topic, numbered(20)).await?;
     for i in 0..20 {
         let m = active.receive().await?;
-        assert_eq!(m.payload, format!("#{i}").as_bytes(), "the active one gets all");
+        assert_eq!(
+            m.payload,
+            format!("#{i}").as_bytes(),
+            "the active one gets all"
+        );
         if i < 10 {
             active.ack_cumulative(m.id).await?;
         }
@@ -150,7 +154,10 @@ async fn key_shared_keeps_each_keys_order_while_a_consumer_joins() -> anyhow::Re
                     Ok(m) => m,
                     Err(_) => return,
                 };
-                let seq: usize = std::str::from_utf8(&m.payload).expect("utf8").parse().expect("seq");
+                let seq: usize = std::str::from_utf8(&m.payload)
+                    .expect("utf8")
+                    .parse()
+                    .expect("seq");
                 let t = tick.fetch_add(1, Ordering::SeqCst);
                 log.lock().expect("log").push((t, name, m.key.clone(), seq));
                 consumer.ack(m.id).await.expect("ack");
@@ -158,12 +165,21 @@ async fn key_shared_keeps_each_keys_order_while_a_consumer_joins() -> anyhow::Re
             }
         })
     };
-    let a = spawn_consumer(subscribe(&c, topic, SubscriptionType::KeyShared, 20).await?, 0);
-    let b = spawn_consumer(subscribe(&c, topic, SubscriptionType::KeyShared, 20).await?, 1);
+    let a = spawn_consumer(
+        subscribe(&c, topic, SubscriptionType::KeyShared, 20).await?,
+        0,
+    );
+    let b = spawn_consumer(
+        subscribe(&c, topic, SubscriptionType::KeyShared, 20).await?,
+        1,
+    );
     produce(&c, topic, messages(0, PER_KEY / 2)).await?;
     let mut done_rx = done.clone();
     done_rx.wait_for(|n| *n >= KEYS * PER_KEY / 4).await?;
-    let joined = spawn_consumer(subscribe(&c, topic, SubscriptionType::KeyShared, 20).await?, 2);
+    let joined = spawn_consumer(
+        subscribe(&c, topic, SubscriptionType::KeyShared, 20).await?,
+        2,
+    );
     produce(&c, topic, messages(PER_KEY / 2, PER_KEY)).await?;
     done_rx.wait_for(|n| *n >= KEYS * PER_KEY).await?;
     let mut log = log.lock().expect("log").clone();
@@ -177,7 +193,10 @@ async fn key_shared_keeps_each_keys_order_while_a_consumer_joins() -> anyhow::Re
         last.insert(key.clone(), *seq);
     }
     assert_eq!(log.len(), KEYS * PER_KEY, "each message once");
-    assert!(consumers_used.contains(&2), "the consumer that joined got keys");
+    assert!(
+        consumers_used.contains(&2),
+        "the consumer that joined got keys"
+    );
     for t in [a, b, joined] {
         t.abort();
     }
@@ -254,11 +273,10 @@ async fn incompatible_subscription_types_are_refused() -> anyhow::Result<()> {
     let topic = "persistent://public/default/incompatible";
     let mut shared = subscribe(&c, topic, SubscriptionType::Shared, 10).await?;
     for t in [SubscriptionType::Exclusive, SubscriptionType::KeyShared] {
-        let err = subscribe(&c, topic, t, 10)
-            .await
-            .err()
-            .expect("refused");
-        let code = err.downcast_ref::<strata_client::ClientError>().and_then(|e| e.code());
+        let err = subscribe(&c, topic, t, 10).await.err().expect("refused");
+        let code = err
+            .downcast_ref::<strata_client::ClientError>()
+            .and_then(|e| e.code());
         assert_eq!(code, Some(ErrorCode::IncompatibleSubscription), "{err}");
     }
     produce(&c, topic, numbered(1)).await?;
@@ -306,7 +324,10 @@ async fn subscriptions_are_listed_peeked_skipped_and_reset() -> anyhow::Result<(
             .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
             .collect()
     };
-    assert_eq!(payloads(c.peek_messages(topic, "sub", 3).await?), ["#5", "#6", "#7"]);
+    assert_eq!(
+        payloads(c.peek_messages(topic, "sub", 3).await?),
+        ["#5", "#6", "#7"]
+    );
     assert_eq!(
         payloads(c.peek_messages(topic, "sub", 3).await?),
         ["#5", "#6", "#7"],
@@ -316,17 +337,25 @@ async fn subscriptions_are_listed_peeked_skipped_and_reset() -> anyhow::Result<(
     assert_eq!(payloads(c.peek_messages(topic, "sub", 1).await?), ["#7"]);
 
     // Reset to #3 while the consumer is connected: it is told, resubscribes, and gets #3 on.
-    c.reset_cursor(topic, "sub", Target::MessageId(ids[3].into())).await?;
+    c.reset_cursor(topic, "sub", Target::MessageId(ids[3].into()))
+        .await?;
     for i in 3..10 {
         let m = consumer.receive().await?;
         assert_eq!(m.payload, format!("#{i}").as_bytes(), "after the reset");
     }
     // Reset by time: the next message is the first published at or after #6's time.
     let t = received[6].publish_time_ms;
-    c.reset_cursor(topic, "sub", Target::PublishTimeMs(t)).await?;
+    c.reset_cursor(topic, "sub", Target::PublishTimeMs(t))
+        .await?;
     let m = consumer.receive().await?;
-    let index: usize = std::str::from_utf8(&m.payload)?.trim_start_matches('#').parse()?;
-    assert!(m.publish_time_ms >= t && index <= 6, "{index} at {}", m.publish_time_ms);
+    let index: usize = std::str::from_utf8(&m.payload)?
+        .trim_start_matches('#')
+        .parse()?;
+    assert!(
+        m.publish_time_ms >= t && index <= 6,
+        "{index} at {}",
+        m.publish_time_ms
+    );
     assert!(
         index == 0 || received[index - 1].publish_time_ms < t,
         "nothing earlier was published at or after {t}"

@@ -123,7 +123,6 @@ pub async fn produce(client: &Client, topic: &str, n: usize) {
     producer.close().await.expect("close producer");
 }
 
-
 /// A client whose service URL lists every broker, so it survives any one of them going.
 pub async fn client_of_all(brokers: &[TestBroker]) -> Client {
     let hosts: Vec<&str> = brokers.iter().map(|b| b.address.as_str()).collect();
