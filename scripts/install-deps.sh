@@ -6,7 +6,8 @@ if ! command -v cargo >/dev/null 2>&1; then
   echo "error: cargo not found: install Rust (https://rustup.rs) first" >&2
   exit 1
 fi
-if [ -z "$(ls /usr/lib/llvm-*/lib/libclang*.so* 2>/dev/null)" ] && ! dpkg -s libclang-dev >/dev/null 2>&1; then
+# libclang.so itself: libclang-cpp.so, which other packages bring, is not what bindgen loads.
+if [ -z "$(ls /usr/lib/llvm-*/lib/libclang.so* 2>/dev/null)" ] && ! dpkg -s libclang-dev >/dev/null 2>&1; then
   SUDO=""
   [ "$(id -u)" = 0 ] || SUDO=sudo
   export DEBIAN_FRONTEND=noninteractive

@@ -534,9 +534,8 @@ impl Subscription {
                 break;
             };
             for (pos, data) in &entries {
-                let mut batch = decode_entry(&self.topic, *pos, data)?;
-                for (index, message) in std::mem::take(&mut batch.messages).into_iter().enumerate()
-                {
+                let batch = decode_entry(&self.topic, *pos, data)?;
+                for (index, message) in batch.messages.into_iter().enumerate() {
                     let id = MessageId::at(*pos, index as u32);
                     if out.len() < count && !cursor.is_acked(id) {
                         out.push(DeliveredMessage {
@@ -866,8 +865,9 @@ async fn dispatch_once(sub: &Subscription) -> Result<DispatchOutcome, BrokerErro
             }
             let hash = key_hash(&message.key);
             // Its own wait no longer blocks its key; an older one of the same key still does.
-            let older_waiting = st.redeliver.range(..id).any(|(_, r)| r.key_hash == hash);
-            if older_waiting && st.sub_type == SubscriptionType::KeyShared {
+            if st.sub_type == SubscriptionType::KeyShared
+                && st.redeliver.range(..id).any(|(_, r)| r.key_hash == hash)
+            {
                 continue;
             }
             let out = Outgoing::new(id, batch_size, message, &batch);
