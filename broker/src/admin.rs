@@ -1,10 +1,14 @@
 //! Admin requests' policy fields to and from [`NamespacePolicies`].
 
-use strata_metastore::tables::{NamespacePolicies, Record, ReplicationPolicy, RetentionPolicy};
+use strata_metastore::tables::{
+    BacklogQuota, BacklogQuotaPolicy, LedgerRolloverPolicy, NamespacePolicies, Record,
+    ReplicationPolicy, RetentionPolicy,
+};
 use strata_proto::pb::client::CreateNamespace;
 
 use crate::BrokerError;
 use crate::bundles::BundleLayout;
+use crate::managed_ledger::ManagedLedgerConfig;
 
 /// Most bundles a namespace may be created with.
 pub const MAX_BUNDLES: u32 = 1024;
@@ -12,6 +16,15 @@ pub const MAX_BUNDLES: u32 = 1024;
 /// The policies a `CreateNamespace` asks for; unset fields keep the defaults.
 pub fn policies_from(c: &CreateNamespace) -> Result<NamespacePolicies, BrokerError> {
     let mut policies = NamespacePolicies::default();
+    apply_changes(&mut policies, c)?;
+    Ok(policies)
+}
+
+/// Sets the fields of `c` that are set onto `policies` (an update keeps the rest).
+pub fn apply_changes(
+    policies: &mut NamespacePolicies,
+    c: &CreateNamespace,
+) -> Result<(), BrokerError> {
     if let Some(auto) = c.auto_create_topics {
         policies.auto_create_topics = auto;
     }
@@ -49,7 +62,64 @@ pub fn policies_from(c: &CreateNamespace) -> Result<NamespacePolicies, BrokerErr
         }
         policies.bundles = Some(BundleLayout::equal(n).boundaries().to_vec());
     }
-    Ok(policies)
+    if let Some(limit_mb) = c.backlog_quota_mb {
+        let policy = match c.backlog_quota_policy.as_deref() {
+            None | Some("producer_exception") => BacklogQuotaPolicy::ProducerException,
+            Some("consumer_backlog_eviction") => BacklogQuotaPolicy::ConsumerBacklogEviction,
+            Some(other) => {
+                return Err(BrokerError::InvalidPolicy(format!(
+                    "backlog quota policy must be producer_exception or consumer_backlog_eviction, got {other:?}"
+                )));
+            }
+        };
+        if limit_mb == 0 {
+            return Err(BrokerError::InvalidPolicy(
+                "a backlog quota must be at least 1 MB".into(),
+            ));
+        }
+        policies.backlog_quota = Some(BacklogQuota { limit_mb, policy });
+    } else if c.backlog_quota_policy.is_some() {
+        return Err(BrokerError::InvalidPolicy(
+            "a backlog quota policy needs a limit".into(),
+        ));
+    }
+    let rollover = (
+        c.rollover_max_entries,
+        c.rollover_max_size_mb,
+        c.rollover_max_minutes,
+    );
+    if rollover != (None, None, None) {
+        if [rollover.0, rollover.1, rollover.2].contains(&Some(0)) {
+            return Err(BrokerError::InvalidPolicy(
+                "ledger rollover limits must be at least 1".into(),
+            ));
+        }
+        let mut r = policies.ledger_rollover.unwrap_or_default();
+        r.max_entries = rollover.0.or(r.max_entries);
+        r.max_size_mb = rollover.1.or(r.max_size_mb);
+        r.max_minutes = rollover.2.or(r.max_minutes);
+        policies.ledger_rollover = Some(r);
+    }
+    Ok(())
+}
+
+/// The managed-ledger configuration of a topic in a namespace with `policy`: the broker's
+/// `base`, with the limits the policy sets.
+pub fn with_rollover(
+    mut base: ManagedLedgerConfig,
+    policy: Option<LedgerRolloverPolicy>,
+) -> ManagedLedgerConfig {
+    let Some(p) = policy else { return base };
+    if let Some(n) = p.max_entries {
+        base.max_entries_per_ledger = n;
+    }
+    if let Some(mb) = p.max_size_mb {
+        base.max_ledger_bytes = mb.saturating_mul(1024 * 1024);
+    }
+    if let Some(minutes) = p.max_minutes {
+        base.max_ledger_age = Some(std::time::Duration::from_secs(minutes.saturating_mul(60)));
+    }
+    base
 }
 
 /// The stored JSON of the policies (what `strata namespaces policies` prints).

@@ -16,19 +16,7 @@ pub fn topic_hash(topic: &TopicName) -> u32 {
     stable_hash(topic.to_string().as_bytes())
 }
 
-/// The hash behind [`topic_hash`], for any bytes (message keys use it too).
-pub fn stable_hash(bytes: &[u8]) -> u32 {
-    let mut hash: u32 = 0x811c_9dc5;
-    for &byte in bytes {
-        hash ^= u32::from(byte);
-        hash = hash.wrapping_mul(0x0100_0193);
-    }
-    hash ^= hash >> 16;
-    hash = hash.wrapping_mul(0x85eb_ca6b);
-    hash ^= hash >> 13;
-    hash = hash.wrapping_mul(0xc2b2_ae35);
-    hash ^ (hash >> 16)
-}
+pub use strata_proto::stable_hash;
 
 /// The bundles of a namespace: sorted boundaries from 0 to `u32::MAX`; bundle i is
 /// `[boundaries[i], boundaries[i + 1])`, the last one including `u32::MAX`.

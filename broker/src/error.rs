@@ -53,6 +53,24 @@ pub enum BrokerError {
     NamespaceAlreadyExists(String),
     #[error("namespace {namespace} still has {topics} topic(s); delete them first")]
     NamespaceNotEmpty { namespace: String, topics: usize },
+    #[error("tenant {0} does not exist")]
+    TenantNotFound(String),
+    #[error("tenant {0} already exists")]
+    TenantAlreadyExists(String),
+    #[error("tenant {tenant} still has {namespaces} namespace(s); delete them first")]
+    TenantNotEmpty { tenant: String, namespaces: usize },
+    #[error("{0} is a partitioned topic: producers and consumers use its partitions")]
+    PartitionedTopic(String),
+    #[error("{topic}: {reason}")]
+    InvalidPartitions { topic: String, reason: String },
+    #[error(
+        "topic {topic}'s backlog ({backlog_mb} MB) is over its quota of {limit_mb} MB; consumers must catch up"
+    )]
+    BacklogQuotaExceeded {
+        topic: String,
+        backlog_mb: u64,
+        limit_mb: u64,
+    },
     #[error("invalid policy: {0}")]
     InvalidPolicy(String),
     #[error("topic {topic} is served by broker {broker_id} at {address}; look it up again")]
@@ -89,6 +107,13 @@ impl BrokerError {
             Self::NamespaceAlreadyExists(_) => ErrorCode::NamespaceAlreadyExists,
             Self::NamespaceNotEmpty { .. } => ErrorCode::NamespaceNotEmpty,
             Self::InvalidPolicy(_) => ErrorCode::InvalidPolicy,
+            Self::TenantNotFound(_) => ErrorCode::TenantNotFound,
+            Self::TenantAlreadyExists(_) => ErrorCode::TenantAlreadyExists,
+            Self::TenantNotEmpty { .. } => ErrorCode::TenantNotEmpty,
+            Self::PartitionedTopic(_) | Self::InvalidPartitions { .. } => {
+                ErrorCode::InvalidTopicName
+            }
+            Self::BacklogQuotaExceeded { .. } => ErrorCode::BacklogQuotaExceeded,
         }
     }
 

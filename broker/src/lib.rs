@@ -12,6 +12,8 @@
 //! - [`subscription`]: cursor, consumers by subscription type, dispatcher with permits,
 //!   redelivery, ack persistence.
 //! - [`subscription_admin`]: list, reset, peek and skip a topic's subscriptions.
+//! - [`tenancy`]: tenants and partitioned topics.
+//! - [`backlog`]: backlog size and the backlog quota's eviction point (no I/O).
 //! - [`dispatch`]: key_shared's key ring and the redelivery backoff, as plain functions.
 //! - [`cursor`]: the acknowledgement state as a plain struct (no I/O).
 //! - [`metrics`]: counters exposed on `/metrics`.
@@ -20,6 +22,7 @@
 //! [`strata_metastore::tables`] (namespaces, topics, managed ledgers, cursors, dedup snapshots).
 
 pub mod admin;
+pub mod backlog;
 pub mod bundles;
 pub mod cursor;
 pub mod dedup;
@@ -32,6 +35,7 @@ pub mod server;
 pub mod service;
 pub mod subscription;
 pub mod subscription_admin;
+pub mod tenancy;
 pub mod topic;
 
 pub use error::BrokerError;

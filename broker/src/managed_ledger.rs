@@ -32,6 +32,8 @@ pub type PendingAppend =
 pub struct ManagedLedgerConfig {
     pub max_entries_per_ledger: u64,
     pub max_ledger_bytes: u64,
+    /// Roll over a ledger this old on the next append; `None`: no age limit.
+    pub max_ledger_age: Option<std::time::Duration>,
     pub ledger: LedgerConfig,
 }
 
@@ -40,6 +42,7 @@ impl Default for ManagedLedgerConfig {
         Self {
             max_entries_per_ledger: 50_000,
             max_ledger_bytes: 512 * 1024 * 1024,
+            max_ledger_age: None,
             ledger: LedgerConfig {
                 ensemble_size: 1,
                 write_quorum: 1,
@@ -58,6 +61,8 @@ struct LogView {
 /// Writer-side state, serialised by an async lock (rollover awaits the metastore).
 struct WriteState {
     record_version: u64,
+    /// When the ledger being written was opened (for the age limit).
+    ledger_opened: std::time::Instant,
 }
 
 pub struct ManagedLedger {
@@ -146,6 +151,7 @@ impl ManagedLedger {
             config,
             write: Mutex::new(WriteState {
                 record_version: version,
+                ledger_opened: std::time::Instant::now(),
             }),
             view: RwLock::new(LogView {
                 ledgers: record.ledgers,
@@ -181,8 +187,13 @@ impl ManagedLedger {
             self.replace_failed_ledger(&mut write).await?;
         }
         let writer = self.current_writer()?;
+        let too_old = self
+            .config
+            .max_ledger_age
+            .is_some_and(|age| write.ledger_opened.elapsed() >= age);
         let writer = if writer.entries_added() >= self.config.max_entries_per_ledger
             || writer.length_bytes() >= self.config.max_ledger_bytes
+            || (too_old && writer.entries_added() > 0)
         {
             self.rollover(&mut write).await?
         } else {
@@ -297,6 +308,7 @@ impl ManagedLedger {
             closed_ms: None,
         });
         self.persist_ledgers(write, &ledgers).await?;
+        write.ledger_opened = std::time::Instant::now();
         let mut view = self.view_write();
         view.ledgers = ledgers;
         view.current = Some(writer.clone());
@@ -516,6 +528,18 @@ impl ManagedLedger {
             }
         }
         EntryIndex { ledgers, total }
+    }
+
+    /// The log's ledgers in order, the open one with its current size.
+    pub fn ledgers_with_sizes(&self) -> Vec<LedgerInfo> {
+        let view = self.view_read();
+        let mut ledgers = view.ledgers.clone();
+        if let (Some(w), Some(last)) = (&view.current, ledgers.last_mut())
+            && last.id == w.id()
+        {
+            last.size_bytes = w.length_bytes();
+        }
+        ledgers
     }
 
     /// Entries and bytes in the log, and its ledger count.

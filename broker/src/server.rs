@@ -220,6 +220,7 @@ async fn handle_admin(service: &BrokerService, req: AdminRequest) -> AdminRespon
                 };
                 Ok(admin_response::Response::Topics(TopicList {
                     topics: service.list_topics(&ns).await?,
+                    partitioned: service.list_partitioned_topics(&ns).await?,
                 }))
             }
             Some(admin_request::Request::TopicStats(s)) => {
@@ -263,6 +264,21 @@ async fn handle_admin(service: &BrokerService, req: AdminRequest) -> AdminRespon
                 let ns: NamespaceName = c.namespace.parse()?;
                 service
                     .create_namespace(&ns, &crate::admin::policies_from(&c)?)
+                    .await?;
+                Ok(admin_response::Response::Done(Done {}))
+            }
+            Some(admin_request::Request::UpdateNamespace(c)) => {
+                let ns: NamespaceName = c.namespace.parse()?;
+                service
+                    .update_namespace(&ns, |p| {
+                        if c.bundles.is_some() {
+                            // Re-cutting bundles would move loaded topics between owners.
+                            return Err(BrokerError::InvalidPolicy(
+                                "bundles are changed with split-bundle, not an update".into(),
+                            ));
+                        }
+                        crate::admin::apply_changes(p, &c)
+                    })
                     .await?;
                 Ok(admin_response::Response::Done(Done {}))
             }
@@ -332,6 +348,41 @@ async fn handle_admin(service: &BrokerService, req: AdminRequest) -> AdminRespon
             Some(admin_request::Request::SkipMessages(r)) => {
                 subscription_admin::skip(service, r).await
             }
+            Some(admin_request::Request::CreatePartitionedTopic(c)) => {
+                let topic = TopicName::parse(&c.topic)?;
+                service
+                    .create_partitioned_topic(&topic, c.partitions)
+                    .await?;
+                Ok(admin_response::Response::Done(Done {}))
+            }
+            Some(admin_request::Request::DeletePartitionedTopic(d)) => {
+                let topic = TopicName::parse(&d.topic)?;
+                service.delete_partitioned_topic(&topic).await?;
+                Ok(admin_response::Response::Done(Done {}))
+            }
+            Some(admin_request::Request::PartitionedTopicMetadata(m)) => {
+                let topic = TopicName::parse(&m.topic)?;
+                let partitions = service.partitions_of(&topic).await?;
+                Ok(admin_response::Response::Partitioned(
+                    strata_proto::pb::client::PartitionedTopicInfo {
+                        topic: topic.to_string(),
+                        partitions,
+                    },
+                ))
+            }
+            Some(admin_request::Request::CreateTenant(c)) => {
+                service.create_tenant(&c.tenant, c.admin_roles).await?;
+                Ok(admin_response::Response::Done(Done {}))
+            }
+            Some(admin_request::Request::ListTenants(_)) => Ok(admin_response::Response::Tenants(
+                strata_proto::pb::client::TenantList {
+                    tenants: service.list_tenants().await?,
+                },
+            )),
+            Some(admin_request::Request::DeleteTenant(d)) => {
+                service.delete_tenant(&d.tenant).await?;
+                Ok(admin_response::Response::Done(Done {}))
+            }
             None => Err(BrokerError::Protocol("empty admin request".into())),
         }
     }
@@ -354,6 +405,9 @@ async fn producer_session(
         Ok(t) => t,
         Err(e) => return fail(writer, &e.to_wire()).await,
     };
+    if let Some(e) = topic.quota_refusal() {
+        return fail(writer, &e.to_wire()).await;
+    }
     let name = if open.producer_name.is_empty() {
         generated_producer_name()
     } else {

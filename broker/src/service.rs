@@ -29,7 +29,7 @@ pub struct BrokerConfig {
 }
 
 pub struct BrokerService {
-    tables: Tables,
+    pub(crate) tables: Tables,
     ledgers: LedgerClient,
     config: BrokerConfig,
     topics: Mutex<HashMap<TopicName, Arc<OnceCell<Arc<Topic>>>>>,
@@ -95,21 +95,25 @@ impl BrokerService {
         });
     }
 
-    /// Deletes, in every loaded topic, the ledgers all its subscriptions consumed that the
-    /// namespace's retention does not keep. Returns how many ledgers went.
+    /// Applies the namespace's backlog quota to every loaded topic, then deletes the ledgers
+    /// all its subscriptions consumed that the retention policy does not keep. Returns how
+    /// many ledgers went.
     pub async fn trim_topics(&self) -> usize {
         let cells: Vec<_> = self.topics.lock().await.values().cloned().collect();
         let mut deleted = 0;
         for cell in cells {
             let Some(topic) = cell.get() else { continue };
-            let retention = match self.namespace_policies(topic.name().namespace()).await {
-                Ok(p) => p.retention,
+            let policies = match self.namespace_policies(topic.name().namespace()).await {
+                Ok(p) => p,
                 Err(e) => {
                     warn!(topic = %topic.name(), error = %e, "retention skipped: no policies");
                     continue;
                 }
             };
-            match topic.trim(retention).await {
+            if let Err(e) = topic.enforce_backlog_quota(policies.backlog_quota).await {
+                warn!(topic = %topic.name(), error = %e, "backlog quota check failed");
+            }
+            match topic.trim(policies.retention).await {
                 Ok(gone) => deleted += gone.len(),
                 Err(e) => warn!(topic = %topic.name(), error = %e, "retention failed"),
             }
@@ -349,7 +353,7 @@ impl BrokerService {
         }
     }
 
-    async fn namespace_policies(
+    pub(crate) async fn namespace_policies(
         &self,
         ns: &NamespaceName,
     ) -> Result<NamespacePolicies, BrokerError> {
@@ -387,6 +391,39 @@ impl BrokerService {
                 Err(BrokerError::NamespaceAlreadyExists(ns.to_string()))
             }
             Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Changes an existing namespace's policies; `change` edits them (compare-and-set, so
+    /// two concurrent updates do not lose each other's changes).
+    pub async fn update_namespace(
+        &self,
+        ns: &NamespaceName,
+        change: impl Fn(&mut NamespacePolicies) -> Result<(), BrokerError>,
+    ) -> Result<(), BrokerError> {
+        loop {
+            let row = self
+                .tables
+                .namespaces
+                .get(ns)
+                .await?
+                .ok_or_else(|| BrokerError::NamespaceNotFound(ns.to_string()))?;
+            let mut policies = row.record;
+            change(&mut policies)?;
+            validate_policies(&policies)?;
+            match self
+                .tables
+                .namespaces
+                .update(ns, &policies, row.version)
+                .await
+            {
+                Ok(_) => {
+                    info!(namespace = %ns, "namespace policies updated");
+                    return Ok(());
+                }
+                Err(TableError::VersionMismatch { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
         }
     }
 
@@ -436,6 +473,7 @@ impl BrokerService {
     /// Creates a topic explicitly.
     pub async fn create_topic(&self, name: &TopicName) -> Result<(), BrokerError> {
         self.namespace_policies(name.namespace()).await?;
+        self.check_not_partitioned(name).await?;
         match self.put_topic_record(name).await {
             Err(BrokerError::Meta(TableError::VersionMismatch { .. })) => {
                 Err(BrokerError::TopicAlreadyExists(name.to_string()))
@@ -481,12 +519,16 @@ impl BrokerService {
                     if !(create_if_missing && policies.auto_create_topics) {
                         return Err(BrokerError::TopicNotFound(name.to_string()));
                     }
+                    self.check_not_partitioned(name).await?;
                     match self.put_topic_record(name).await {
                         Ok(()) | Err(BrokerError::Meta(TableError::VersionMismatch { .. })) => {}
                         Err(e) => return Err(e),
                     }
                 }
-                let mut config = self.config.managed_ledger.clone();
+                let mut config = crate::admin::with_rollover(
+                    self.config.managed_ledger.clone(),
+                    policies.ledger_rollover,
+                );
                 config.ledger = self.replication(&policies).await?;
                 let ml = ManagedLedger::open(
                     name.clone(),

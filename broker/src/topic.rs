@@ -6,19 +6,24 @@ use std::sync::Arc;
 use bytes::Bytes;
 use prost::Message as _;
 use strata_metastore::Expect;
-use strata_metastore::tables::{DedupRecord, Tables, now_ms};
+use strata_metastore::tables::{
+    BacklogQuota, BacklogQuotaPolicy, DedupRecord, LedgerInfo, Tables, now_ms,
+};
 use strata_proto::pb::client::{InitialPosition, Message, StoredBatch};
 use strata_proto::{Position, TopicName};
 use tokio::sync::Mutex;
 use tracing::{info, warn};
 
 use crate::BrokerError;
+use crate::backlog;
 use crate::dedup::{DedupState, Verdict};
 use crate::managed_ledger::{ManagedLedger, PendingAppend};
 use crate::subscription::Subscription;
 
 /// Format version written into every stored batch.
 pub const STORED_BATCH_FORMAT: u32 = 1;
+
+const MB: u64 = 1024 * 1024;
 
 /// Entries read at a time when replaying the log into the dedup state.
 const REPLAY_BATCH: usize = 256;
@@ -44,6 +49,9 @@ pub struct Topic {
     /// Also serialises publishes, so the log's order is the order of the dedup decisions.
     dedup: Mutex<Dedup>,
     subscriptions: Mutex<HashMap<String, Arc<Subscription>>>,
+    /// Backlog and limit (MB) while the backlog is over a `producer_exception` quota:
+    /// publishes are refused.
+    over_quota: std::sync::Mutex<Option<(u64, u64)>>,
 }
 
 impl Topic {
@@ -63,6 +71,7 @@ impl Topic {
                 stale: false,
             }),
             subscriptions: Mutex::new(HashMap::new()),
+            over_quota: std::sync::Mutex::new(None),
         })
     }
 
@@ -82,6 +91,9 @@ impl Topic {
         sequence_id: u64,
         messages: Vec<Message>,
     ) -> Result<Published, BrokerError> {
+        if let Some(e) = self.quota_refusal() {
+            return Err(e);
+        }
         let mut dedup = self.dedup.lock().await;
         if dedup.stale {
             // A failed write may or may not have reached the log: settle the log (recover the
@@ -200,6 +212,66 @@ impl Topic {
             return Ok(Vec::new());
         };
         self.ml.trim(consumed.min(snapshot), retention).await
+    }
+
+    /// Checks the backlog against the namespace's quota: over a `producer_exception` quota,
+    /// publishes are refused until the next check finds the backlog fits; over a
+    /// `consumer_backlog_eviction` quota, subscriptions behind the newest ledgers that fit
+    /// skip to them. Returns the backlog in bytes.
+    pub async fn enforce_backlog_quota(
+        &self,
+        quota: Option<BacklogQuota>,
+    ) -> Result<u64, BrokerError> {
+        let cursors = self.tables.cursors.list(&self.name).await?;
+        let mut slowest: Option<Option<Position>> = None;
+        for (_, row) in &cursors {
+            let md = row.record.mark_delete;
+            slowest = Some(slowest.map_or(md, |s| s.min(md)));
+        }
+        let ledgers = self.ml.ledgers_with_sizes();
+        // Without subscriptions nobody has a backlog.
+        let backlog = slowest.map_or(0, |s| backlog::backlog_bytes(&ledgers, s));
+        let refusal = match quota {
+            Some(q) if backlog > q.limit_mb.saturating_mul(MB) => match q.policy {
+                BacklogQuotaPolicy::ProducerException => Some((backlog / MB, q.limit_mb)),
+                BacklogQuotaPolicy::ConsumerBacklogEviction => {
+                    self.evict(&ledgers, q.limit_mb.saturating_mul(MB)).await?;
+                    None
+                }
+            },
+            _ => None,
+        };
+        *self.over_quota.lock().unwrap_or_else(|p| p.into_inner()) = refusal;
+        Ok(backlog)
+    }
+
+    /// Moves every subscription behind the newest ledgers that fit in `limit` to their start.
+    async fn evict(&self, ledgers: &[LedgerInfo], limit: u64) -> Result<(), BrokerError> {
+        let Some(keep_from) = backlog::eviction_start(ledgers, limit) else {
+            return Ok(());
+        };
+        let start = Position {
+            ledger: keep_from,
+            entry: strata_proto::EntryId(0),
+        };
+        for name in self.subscription_names().await? {
+            let sub = self.existing_subscription(&name).await?;
+            if sub.stats().await.mark_delete.is_none_or(|md| md < start) {
+                warn!(topic = %self.name, subscription = %name, to = %start, "backlog quota: subscription skips its oldest messages");
+                sub.reset(Some(start)).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The error publishes get while the topic is over a `producer_exception` quota.
+    pub fn quota_refusal(&self) -> Option<BrokerError> {
+        let over = *self.over_quota.lock().unwrap_or_else(|p| p.into_inner());
+        over.map(|(backlog_mb, limit_mb)| BrokerError::BacklogQuotaExceeded {
+            topic: self.name.to_string(),
+            backlog_mb,
+            limit_mb,
+        })
     }
 
     /// Writes a dedup snapshot at the log's last durable entry, if no batch is in flight

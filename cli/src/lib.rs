@@ -9,7 +9,9 @@
 //! - [`http`]: the HTTP side port (`/healthz`, `/readyz`, `/metrics`).
 //! - [`metastore_node`]: `strata metastore` (one raft voter) and `strata meta` (its client).
 //! - [`cluster`]: `strata cluster metastore status|add|promote|remove` (membership).
-//! - [`commands`]: `produce`, `consume`, `topics`.
+//! - [`commands`]: `produce`, `consume`.
+//! - [`tenancy_admin`]: `tenants`, `namespaces`, `topics` (partitioned included).
+//! - [`subscriptions_admin`]: `subscriptions`, `topics stats`.
 //! - [`perf`]: `perf produce` / `perf consume` load generators.
 
 pub mod bookie_node;
@@ -24,3 +26,4 @@ pub mod perf;
 pub mod perf_ledger;
 pub mod standalone;
 pub mod subscriptions_admin;
+pub mod tenancy_admin;

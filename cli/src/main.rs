@@ -10,6 +10,7 @@ use strata_cli::commands::{self, ConnectArgs};
 use strata_cli::config::StandaloneConfig;
 use strata_cli::metastore_node;
 use strata_cli::standalone::Standalone;
+use strata_cli::tenancy_admin::{self, NamespacesCommand, TenantsCommand, TopicsCommand};
 use strata_cli::{bookie_node, broker_node, subscriptions_admin};
 use strata_cli::{perf, perf_ledger};
 use strata_client::InitialPosition;
@@ -76,12 +77,15 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Start::Earliest)]
         initial_position: Start,
     },
-    /// Manage topics.
+    /// Manage tenants.
     #[command(subcommand)]
-    Topics(TopicsCommand),
-    /// Manage namespaces (and, implicitly, tenants).
+    Tenants(TenantsCommand),
+    /// Manage namespaces and their policies.
     #[command(subcommand)]
     Namespaces(NamespacesCommand),
+    /// Manage topics, partitioned or not.
+    #[command(subcommand)]
+    Topics(TopicsCommand),
     /// A topic's subscriptions: list, reset, peek, skip.
     #[command(subcommand)]
     Subscriptions(subscriptions_admin::SubscriptionsCommand),
@@ -100,71 +104,6 @@ enum Command {
 enum Start {
     Earliest,
     Latest,
-}
-
-#[derive(Subcommand)]
-enum TopicsCommand {
-    Create {
-        topic: String,
-    },
-    Delete {
-        topic: String,
-    },
-    /// List topics of a namespace (default public/default).
-    List {
-        #[arg(default_value = "public/default")]
-        namespace: String,
-    },
-    /// Entries, size, and per subscription its type, consumers, backlog and unacked messages.
-    Stats {
-        topic: String,
-        #[arg(long, value_enum, default_value_t = cluster::Output::Table)]
-        output: cluster::Output,
-    },
-    /// The broker serving a topic: its id and address.
-    Lookup {
-        topic: String,
-    },
-}
-
-#[derive(Subcommand)]
-enum NamespacesCommand {
-    /// Create `tenant/namespace` (the tenant too, if new).
-    Create {
-        namespace: String,
-        /// Refuse producers and consumers on topics that were not created first.
-        #[arg(long)]
-        no_auto_create_topics: bool,
-        /// Replication of the namespace's ledgers: ensemble size (with the two quorums).
-        #[arg(long, requires_all = ["write_quorum", "ack_quorum"])]
-        ensemble: Option<u32>,
-        #[arg(long, requires_all = ["ensemble", "ack_quorum"])]
-        write_quorum: Option<u32>,
-        #[arg(long, requires_all = ["ensemble", "write_quorum"])]
-        ack_quorum: Option<u32>,
-        /// Number of bundles (default 4).
-        #[arg(long)]
-        bundles: Option<u32>,
-        /// Keep consumed data up to this many minutes (with --retention-size-mb); by
-        /// default a ledger every subscription has consumed is deleted.
-        #[arg(long, requires = "retention_size_mb")]
-        retention_minutes: Option<u64>,
-        /// Keep up to this many MiB of consumed data (with --retention-minutes).
-        #[arg(long, requires = "retention_minutes")]
-        retention_size_mb: Option<u64>,
-    },
-    /// List the namespaces of a tenant.
-    List { tenant: String },
-    /// Delete an empty namespace.
-    Delete { namespace: String },
-    /// Print a namespace's policies (JSON).
-    Policies { namespace: String },
-    /// List a namespace's bundles and the broker owning each.
-    Bundles { namespace: String },
-    /// Unload every owned bundle of a namespace at its owner; lookups assign them again.
-    Unload { namespace: String },
-    /// Split one bundle (a range as `bundles` prints it) in two at its midpoint.
-    SplitBundle { namespace: String, range: String },
 }
 
 #[derive(Subcommand)]
@@ -307,27 +246,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             client.close().await;
             Ok(())
         }
+        Command::Tenants(cmd) => {
+            let client = cli.connect.connect().await?;
+            let outcome = tenancy_admin::tenants(&client, cmd).await;
+            client.close().await;
+            outcome
+        }
         Command::Topics(cmd) => {
             let client = cli.connect.connect().await?;
-            match cmd {
-                TopicsCommand::Create { topic } => client.create_topic(&topic).await?,
-                TopicsCommand::Lookup { topic } => {
-                    let owner = client.lookup(&topic).await?;
-                    println!("{} {}", owner.broker_id, owner.address);
-                }
-                TopicsCommand::Delete { topic } => client.delete_topic(&topic).await?,
-                TopicsCommand::List { namespace } => {
-                    for t in client.list_topics(&namespace).await? {
-                        println!("{t}");
-                    }
-                }
-                TopicsCommand::Stats { topic, output } => {
-                    let s = client.topic_stats(&topic).await?;
-                    subscriptions_admin::print_stats(&s, output)?;
-                }
-            }
+            let outcome = tenancy_admin::topics(&client, cmd).await;
             client.close().await;
-            Ok(())
+            outcome
         }
         Command::Subscriptions(cmd) => {
             let client = cli.connect.connect().await?;
@@ -337,61 +266,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Namespaces(cmd) => {
             let client = cli.connect.connect().await?;
-            match cmd {
-                NamespacesCommand::Create {
-                    namespace,
-                    no_auto_create_topics,
-                    ensemble,
-                    write_quorum,
-                    ack_quorum,
-                    bundles,
-                    retention_minutes,
-                    retention_size_mb,
-                } => {
-                    client
-                        .create_namespace(strata_proto::pb::client::CreateNamespace {
-                            namespace,
-                            auto_create_topics: Some(!no_auto_create_topics),
-                            ensemble_size: ensemble,
-                            write_quorum,
-                            ack_quorum,
-                            bundles,
-                            retention_minutes,
-                            retention_size_mb,
-                        })
-                        .await?
-                }
-                NamespacesCommand::List { tenant } => {
-                    for ns in client.list_namespaces(&tenant).await? {
-                        println!("{ns}");
-                    }
-                }
-                NamespacesCommand::Delete { namespace } => {
-                    client.delete_namespace(&namespace).await?
-                }
-                NamespacesCommand::Policies { namespace } => {
-                    println!("{}", client.namespace_policies(&namespace).await?);
-                }
-                NamespacesCommand::Bundles { namespace } => {
-                    for b in client.namespace_bundles(&namespace).await? {
-                        let owner = if b.owner_id.is_empty() {
-                            "unowned".to_owned()
-                        } else {
-                            format!("{} {}", b.owner_id, b.owner_address)
-                        };
-                        println!("{} {owner}", b.range);
-                    }
-                }
-                NamespacesCommand::SplitBundle { namespace, range } => {
-                    client.split_bundle(&namespace, &range).await?;
-                }
-                NamespacesCommand::Unload { namespace } => {
-                    let n = client.unload_namespace(&namespace).await?;
-                    eprintln!("unloaded {n} bundle(s)");
-                }
-            }
+            let outcome = tenancy_admin::namespaces(&client, cmd).await;
             client.close().await;
-            Ok(())
+            outcome
         }
         Command::Perf(cmd) => {
             match cmd {

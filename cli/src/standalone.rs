@@ -58,6 +58,7 @@ impl Standalone {
                 max_entries_per_ledger: config.max_entries_per_ledger,
                 max_ledger_bytes: config.max_ledger_bytes,
                 ledger: LedgerConfig::single(),
+                ..ManagedLedgerConfig::default()
             },
             // One bookie: every ledger is E = Qw = Qa = 1.
             default_replication: Some(LedgerConfig::single()),

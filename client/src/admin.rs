@@ -20,7 +20,7 @@ impl Client {
     }
 
     /// An admin request about `topic`, sent to the broker that owns it.
-    async fn topic_admin(
+    pub(crate) async fn topic_admin(
         &self,
         topic: &str,
         request: admin_request::Request,
@@ -254,6 +254,7 @@ impl Client {
         subscription: &str,
         count: u32,
     ) -> Result<Vec<crate::ReceivedMessage>, ClientError> {
+        let name = strata_proto::TopicName::parse(topic)?;
         let request =
             admin_request::Request::PeekMessages(strata_proto::pb::client::PeekMessages {
                 topic: topic.to_owned(),
@@ -264,7 +265,7 @@ impl Client {
             admin_response::Response::Messages(d) => Ok(d
                 .messages
                 .into_iter()
-                .filter_map(crate::consumer::received)
+                .filter_map(|m| crate::consumer::received(&name, m))
                 .collect()),
             other => Err(ClientError::Protocol(format!(
                 "expected messages, got {other:?}"

@@ -29,6 +29,8 @@ use crate::{Client, ClientError};
 /// A message as received, with its id for acknowledging it.
 #[derive(Debug, Clone)]
 pub struct ReceivedMessage {
+    /// The topic it came from: the partition's name on a partitioned topic.
+    pub topic: TopicName,
     pub id: MessageId,
     pub payload: Bytes,
     pub key: String,
@@ -129,12 +131,38 @@ impl ConsumerBuilder {
         self
     }
 
-    /// Opens the consumer session (exclusive subscription).
+    /// Subscribes: one session per partition of a partitioned topic (their messages merged
+    /// into one stream), else one.
     pub async fn subscribe(self) -> Result<Consumer, ClientError> {
         let topic = TopicName::parse(&self.topic)?;
+        let partitions = self.client.partition_names(&topic).await?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut parts = Vec::with_capacity(partitions.len());
+        for (index, partition) in partitions.into_iter().enumerate() {
+            parts.push(
+                self.open_partition(&topic, partition, index, tx.clone())
+                    .await?,
+            );
+        }
+        Ok(Consumer {
+            rx,
+            parts,
+            ledger_partition: HashMap::new(),
+            topic,
+            subscription: self.subscription,
+        })
+    }
+
+    async fn open_partition(
+        &self,
+        topic: &TopicName,
+        partition: TopicName,
+        index: usize,
+        tx: Delivered,
+    ) -> Result<PartitionConsumer, ClientError> {
         let open = ClientFrame {
             frame: Some(client_frame::Frame::ConsumerOpen(ConsumerOpen {
-                topic: topic.to_string(),
+                topic: partition.to_string(),
                 subscription: self.subscription.clone(),
                 sub_type: self.sub_type as i32,
                 initial_position: self.initial_position as i32,
@@ -147,14 +175,14 @@ impl ConsumerBuilder {
             })),
         };
         let (writer, reader) =
-            subscribe(&self.client, &topic, &open, self.receiver_queue_size).await?;
-        let (tx, rx) = mpsc::unbounded_channel();
+            subscribe(&self.client, &partition, &open, self.receiver_queue_size).await?;
         let receipts: Receipts = Arc::new(Mutex::new(Some(HashMap::new())));
         let writer = Arc::new(Mutex::new(writer));
         let acks = Arc::new(std::sync::Mutex::new(AckLog::default()));
         let link = Link {
             client: self.client.clone(),
-            topic: topic.clone(),
+            topic: partition,
+            partition: index,
             open,
             queue_size: self.receiver_queue_size,
             reconnect_timeout: self.reconnect_timeout,
@@ -168,7 +196,8 @@ impl ConsumerBuilder {
                 self.sub_type,
                 SubscriptionType::Exclusive | SubscriptionType::Failover
             ),
-            dead_letter: self.dead_letter.map(|p| DeadLetter {
+            // One dead-letter topic for all partitions, named after the partitioned topic.
+            dead_letter: self.dead_letter.clone().map(|p| DeadLetter {
                 topic: p
                     .topic
                     .unwrap_or_else(|| format!("{}-{}-DLQ", topic, self.subscription)),
@@ -177,20 +206,20 @@ impl ConsumerBuilder {
             }),
         };
         let reader_task = tokio::spawn(link.run(reader));
-        Ok(Consumer {
-            rx,
+        Ok(PartitionConsumer {
             writer,
             receipts,
             acks,
             next_request: 1,
             taken_since_flow: 0,
             queue_size: self.receiver_queue_size,
-            topic,
-            subscription: self.subscription,
             reader_task,
         })
     }
 }
+
+/// Where links put what they receive: the partition index with a message or an error.
+type Delivered = mpsc::UnboundedSender<(usize, Result<ReceivedMessage, ClientError>)>;
 
 /// Opens a consumer session at the topic's owner and grants it `permits`.
 async fn subscribe(
@@ -250,16 +279,26 @@ impl AckLog {
 /// Waiters for ack receipts by request id; `None` once the stream has ended.
 type Receipts = Arc<Mutex<Option<HashMap<u64, oneshot::Sender<Result<(), ClientError>>>>>>;
 
+/// A consumer of one subscription; on a partitioned topic, of that subscription on every
+/// partition, with their messages merged into one stream (each partition in its own order).
 pub struct Consumer {
-    rx: mpsc::UnboundedReceiver<Result<ReceivedMessage, ClientError>>,
+    rx: mpsc::UnboundedReceiver<(usize, Result<ReceivedMessage, ClientError>)>,
+    parts: Vec<PartitionConsumer>,
+    /// The partition of every ledger a message came from: ledger ids are unique in the
+    /// cluster, so a message id names its partition once its ledger has been seen.
+    ledger_partition: HashMap<strata_proto::LedgerId, usize>,
+    topic: TopicName,
+    subscription: String,
+}
+
+/// The session of one partition (or of the topic, when not partitioned).
+struct PartitionConsumer {
     writer: Arc<Mutex<FrameWriter>>,
     receipts: Receipts,
     acks: Arc<std::sync::Mutex<AckLog>>,
     next_request: u64,
     taken_since_flow: u32,
     queue_size: u32,
-    topic: TopicName,
-    subscription: String,
     reader_task: tokio::task::JoinHandle<()>,
 }
 
@@ -278,15 +317,97 @@ impl Consumer {
         &self.subscription
     }
 
+    /// How many partitions the consumer reads (1 for a topic that is not partitioned).
+    pub fn partitions(&self) -> usize {
+        self.parts.len()
+    }
+
     /// The next message, waiting for one to arrive.
     pub async fn receive(&mut self) -> Result<ReceivedMessage, ClientError> {
-        let msg = self
+        let (index, msg) = self
             .rx
             .recv()
             .await
-            .unwrap_or(Err(ClientError::Closed("consumer")))?;
+            .unwrap_or((0, Err(ClientError::Closed("consumer"))));
+        let msg = msg?;
+        if self.parts.len() > 1 {
+            self.ledger_partition.insert(msg.id.ledger, index);
+        }
+        self.parts[index].taken().await?;
+        Ok(msg)
+    }
+
+    /// The partition session a message id belongs to.
+    fn part(&self, id: MessageId) -> Result<&PartitionConsumer, ClientError> {
+        if self.parts.len() == 1 {
+            return Ok(&self.parts[0]);
+        }
+        self.ledger_partition
+            .get(&id.ledger)
+            .map(|&i| &self.parts[i])
+            .ok_or_else(|| {
+                ClientError::Server(strata_proto::WireError::new(
+                    strata_proto::ErrorCode::InvalidMessageId,
+                    format!("{id} was not received by this consumer"),
+                ))
+            })
+    }
+
+    /// Acknowledges one message. Durable at the latest when [`Consumer::flush_acks`] or
+    /// [`Consumer::close`] returns.
+    pub async fn ack(&self, id: MessageId) -> Result<(), ClientError> {
+        let part = self.part(id)?;
+        lock_acks(&part.acks).individual(id);
+        part.send_ack(vec![id], false, 0).await
+    }
+
+    /// Asks for the message to be delivered again, after the redelivery delay.
+    pub async fn nack(&self, id: MessageId) -> Result<(), ClientError> {
+        let frame = ClientFrame {
+            frame: Some(client_frame::Frame::Nack(strata_proto::pb::client::Nack {
+                message_ids: vec![id.into()],
+            })),
+        };
+        let sent = self.part(id)?.writer.lock().await.send(&frame).await;
+        match sent.map_err(ClientError::from) {
+            // The new session redelivers everything unacknowledged anyway.
+            Err(e) if e.is_retryable() => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Acknowledges every message up to and including `id` (of `id`'s partition, on a
+    /// partitioned topic).
+    pub async fn ack_cumulative(&self, id: MessageId) -> Result<(), ClientError> {
+        let part = self.part(id)?;
+        lock_acks(&part.acks).cumulative(id);
+        part.send_ack(vec![id], true, 0).await
+    }
+
+    /// Waits until every ack sent so far is durable on the broker side.
+    pub async fn flush_acks(&mut self) -> Result<(), ClientError> {
+        for part in &mut self.parts {
+            part.flush_acks().await?;
+        }
+        Ok(())
+    }
+
+    /// Makes acks durable, then ends the sessions.
+    pub async fn close(mut self) -> Result<(), ClientError> {
+        self.flush_acks().await?;
+        for part in &self.parts {
+            part.writer.lock().await.finish();
+            part.reader_task.abort();
+        }
+        Ok(())
+    }
+}
+
+impl PartitionConsumer {
+    /// The application took a message: grant permits back, in halves of the queue as
+    /// Pulsar's client does.
+    async fn taken(&mut self) -> Result<(), ClientError> {
         self.taken_since_flow += 1;
-        // Re-grant permits in halves of the queue, as Pulsar's client does.
         if self.taken_since_flow >= (self.queue_size / 2).max(1) {
             let permits = std::mem::take(&mut self.taken_since_flow);
             let sent = self.writer.lock().await.send(&flow(permits)).await;
@@ -296,7 +417,7 @@ impl Consumer {
                 other => other?,
             }
         }
-        Ok(msg)
+        Ok(())
     }
 
     async fn send_ack(
@@ -329,36 +450,7 @@ impl Consumer {
         }
     }
 
-    /// Acknowledges one message. Durable at the latest when [`Consumer::flush_acks`] or
-    /// [`Consumer::close`] returns.
-    pub async fn ack(&self, id: MessageId) -> Result<(), ClientError> {
-        lock_acks(&self.acks).individual(id);
-        self.send_ack(vec![id], false, 0).await
-    }
-
-    /// Asks for the message to be delivered again, after the redelivery delay.
-    pub async fn nack(&self, id: MessageId) -> Result<(), ClientError> {
-        let frame = ClientFrame {
-            frame: Some(client_frame::Frame::Nack(strata_proto::pb::client::Nack {
-                message_ids: vec![id.into()],
-            })),
-        };
-        let sent = self.writer.lock().await.send(&frame).await;
-        match sent.map_err(ClientError::from) {
-            // The new session redelivers everything unacknowledged anyway.
-            Err(e) if e.is_retryable() => Ok(()),
-            other => other,
-        }
-    }
-
-    /// Acknowledges every message up to and including `id`.
-    pub async fn ack_cumulative(&self, id: MessageId) -> Result<(), ClientError> {
-        lock_acks(&self.acks).cumulative(id);
-        self.send_ack(vec![id], true, 0).await
-    }
-
-    /// Waits until every ack sent so far is durable on the broker side.
-    pub async fn flush_acks(&mut self) -> Result<(), ClientError> {
+    async fn flush_acks(&mut self) -> Result<(), ClientError> {
         let request_id = self.next_request;
         self.next_request += 1;
         let (tx, rx) = oneshot::channel();
@@ -369,14 +461,6 @@ impl Consumer {
         };
         self.send_ack(Vec::new(), false, request_id).await?;
         rx.await.unwrap_or(Err(ClientError::Closed("consumer")))
-    }
-
-    /// Makes acks durable, then ends the session.
-    pub async fn close(mut self) -> Result<(), ClientError> {
-        self.flush_acks().await?;
-        self.writer.lock().await.finish();
-        self.reader_task.abort();
-        Ok(())
     }
 }
 
@@ -389,13 +473,15 @@ fn lock_acks(acks: &std::sync::Mutex<AckLog>) -> std::sync::MutexGuard<'_, AckLo
 struct Link {
     client: Client,
     topic: TopicName,
+    /// The partition index this link reads (0 when not partitioned).
+    partition: usize,
     open: ClientFrame,
     queue_size: u32,
     reconnect_timeout: Duration,
     writer: Arc<Mutex<FrameWriter>>,
     receipts: Receipts,
     acks: Arc<std::sync::Mutex<AckLog>>,
-    tx: mpsc::UnboundedSender<Result<ReceivedMessage, ClientError>>,
+    tx: Delivered,
     in_log_order: bool,
     dead_letter: Option<DeadLetter>,
 }
@@ -419,7 +505,7 @@ impl Link {
             };
             self.fail_receipts().await;
             if !(matches!(cause, ClientError::Closed(_)) || cause.is_retryable()) {
-                let _ = self.tx.send(Err(cause));
+                let _ = self.tx.send((self.partition, Err(cause)));
                 return;
             }
             if cause.code() == Some(strata_proto::ErrorCode::SubscriptionReset) {
@@ -429,7 +515,7 @@ impl Link {
             match self.resubscribe(&cause).await {
                 Ok(r) => reader = r,
                 Err(e) => {
-                    let _ = self.tx.send(Err(e));
+                    let _ = self.tx.send((self.partition, Err(e)));
                     return;
                 }
             }
@@ -451,7 +537,7 @@ impl Link {
                     let mut re_ack = Vec::new();
                     let mut dropped = 0u32;
                     for m in d.messages {
-                        let Some(received) = received(m) else {
+                        let Some(received) = received(&self.topic, m) else {
                             continue;
                         };
                         let (id, count) = (received.id, received.redelivery_count);
@@ -476,7 +562,7 @@ impl Link {
                         if count == 0 {
                             *last_queued = Some(id);
                         }
-                        if self.tx.send(Ok(received)).is_err() {
+                        if self.tx.send((self.partition, Ok(received))).is_err() {
                             return Ok(());
                         }
                     }
@@ -516,7 +602,9 @@ impl Link {
                         });
                     } else if let Some(e) = r.error {
                         // An ack without a waiter failed (e.g. an unknown message id): surface it.
-                        let _ = self.tx.send(Err(ClientError::Server(e.into())));
+                        let _ = self
+                            .tx
+                            .send((self.partition, Err(ClientError::Server(e.into()))));
                     }
                 }
                 other => {
@@ -604,9 +692,13 @@ impl Drop for Link {
 
 /// A delivered message as the application sees it (None if the broker left out its id or
 /// body).
-pub(crate) fn received(m: strata_proto::pb::client::DeliveredMessage) -> Option<ReceivedMessage> {
+pub(crate) fn received(
+    topic: &TopicName,
+    m: strata_proto::pb::client::DeliveredMessage,
+) -> Option<ReceivedMessage> {
     let (id, msg) = (m.id?, m.message?);
     Some(ReceivedMessage {
+        topic: topic.clone(),
         id: id.into(),
         payload: msg.payload,
         key: msg.key,

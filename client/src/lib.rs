@@ -21,7 +21,9 @@
 //! - [`connection`]: URL, TLS trust and handshake.
 //! - [`producer`]: batching producer with a bounded pending queue (back-pressure).
 //! - [`consumer`]: consumer with flow-control permits, individual and cumulative acks.
-//! - [`admin`]: topic administration.
+//! - [`admin`]: topic administration; [`tenancy`]: tenants, partitioned topics, policy
+//!   changes.
+//! - [`router`]: which partition a message goes to.
 //! - [`routing`]: lookups, and sessions opened on the broker that owns the topic.
 
 pub mod admin;
@@ -29,7 +31,9 @@ pub mod connection;
 pub mod consumer;
 pub mod error;
 pub mod producer;
+pub mod router;
 pub mod routing;
+pub mod tenancy;
 
 use std::sync::Arc;
 

@@ -27,6 +27,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tracing::{debug, info};
 
 use crate::connection::next_frame;
+use crate::router::MessageRouter;
 use crate::{Client, ClientError};
 
 /// A message to send: payload plus optional key and properties.
@@ -111,13 +112,38 @@ impl ProducerBuilder {
         self
     }
 
-    /// Opens the producer session.
+    /// Opens the producer: one session per partition of a partitioned topic, else one.
     pub async fn create(self) -> Result<Producer, ClientError> {
         let topic = TopicName::parse(&self.topic)?;
+        let partitions = self.client.partition_names(&topic).await?;
+        let permits = Arc::new(Semaphore::new(self.max_pending_messages));
+        let mut parts = Vec::with_capacity(partitions.len());
+        let mut name = self.name.clone();
+        for partition in partitions {
+            // Every partition's session carries the same name: the first one's, which the
+            // broker picks when none was asked for.
+            let part = self.open_partition(partition, &name).await?;
+            name = part.name.clone();
+            parts.push(part);
+        }
+        Ok(Producer {
+            router: MessageRouter::new(parts.len(), self.batch_max_messages, self.batch_max_delay),
+            parts,
+            permits,
+            name,
+            topic,
+        })
+    }
+
+    async fn open_partition(
+        &self,
+        topic: TopicName,
+        name: &str,
+    ) -> Result<PartitionProducer, ClientError> {
         let session = Arc::new(Session {
             client: self.client.clone(),
-            topic: topic.clone(),
-            name: Mutex::new(self.name.clone()),
+            topic,
+            name: Mutex::new(name.to_owned()),
             in_flight: Mutex::new(VecDeque::new()),
             slot: tokio::sync::Mutex::new(None),
             broken: Notify::new(),
@@ -139,11 +165,9 @@ impl ProducerBuilder {
         };
         let batch_task = tokio::spawn(batcher.run());
         let receipt_task = tokio::spawn(drive_session(session.clone(), reader));
-        Ok(Producer {
+        Ok(PartitionProducer {
             tx,
-            permits: Arc::new(Semaphore::new(self.max_pending_messages)),
             name: lock(&session.name).clone(),
-            topic,
             batch_task,
             receipt_task,
         })
@@ -289,11 +313,21 @@ fn as_wire(e: &ClientError) -> WireError {
     }
 }
 
+/// A producer of one topic; for a partitioned topic, one session per partition and a
+/// router choosing the partition of each message.
 pub struct Producer {
-    tx: mpsc::Sender<Queued>,
+    parts: Vec<PartitionProducer>,
+    router: MessageRouter,
+    /// Unconfirmed messages over every partition.
     permits: Arc<Semaphore>,
     name: String,
     topic: TopicName,
+}
+
+/// The session of one partition (or of the topic, when not partitioned).
+struct PartitionProducer {
+    tx: mpsc::Sender<Queued>,
+    name: String,
     batch_task: tokio::task::JoinHandle<()>,
     receipt_task: tokio::task::JoinHandle<()>,
 }
@@ -319,8 +353,14 @@ impl Producer {
         &self.topic
     }
 
+    /// How many partitions the producer writes to (1 for a topic that is not partitioned).
+    pub fn partitions(&self) -> usize {
+        self.parts.len()
+    }
+
     /// Queues a message, waiting only while the pending queue is full; the returned future
-    /// resolves once the message is stored. Use it to keep many messages in flight.
+    /// resolves once the message is stored. Use it to keep many messages in flight. A keyed
+    /// message goes to the partition of its key's hash, so one key's messages stay in order.
     pub async fn send_async(
         &self,
         message: impl Into<OutgoingMessage>,
@@ -332,6 +372,7 @@ impl Producer {
             .acquire_owned()
             .await
             .map_err(|_| ClientError::Closed("producer"))?;
+        let part = &self.parts[self.router.partition(m.key.as_deref())];
         let (reply, rx) = oneshot::channel();
         let message = Message {
             payload: m.payload,
@@ -339,7 +380,7 @@ impl Producer {
             properties: m.properties,
             event_time_ms: m.event_time_ms,
         };
-        self.tx
+        part.tx
             .send(Queued {
                 message,
                 reply,
@@ -361,9 +402,12 @@ impl Producer {
     /// Sends what is queued and waits until every message sent so far is confirmed (or
     /// failed).
     pub async fn close(self) -> Result<(), ClientError> {
-        drop(self.tx);
-        let _ = self.batch_task.await;
-        let _ = self.receipt_task.await;
+        for part in self.parts {
+            debug!(producer = %part.name, "closing");
+            drop(part.tx);
+            let _ = part.batch_task.await;
+            let _ = part.receipt_task.await;
+        }
         Ok(())
     }
 }

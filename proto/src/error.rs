@@ -43,12 +43,18 @@ pub enum ErrorCode {
     IncompatibleSubscription = 25,
     /// The subscription's cursor was reset: resubscribe, and expect messages again from there.
     SubscriptionReset = 26,
+    TenantNotFound = 27,
+    TenantAlreadyExists = 28,
+    /// A tenant cannot be deleted while it has namespaces.
+    TenantNotEmpty = 29,
+    /// The topic's backlog is over its namespace's quota and the policy refuses producers.
+    BacklogQuotaExceeded = 30,
 }
 
 impl ErrorCode {
     pub fn from_u32(code: u32) -> Self {
         use ErrorCode::*;
-        const ALL: [ErrorCode; 27] = [
+        const ALL: [ErrorCode; 31] = [
             Unknown,
             IncompatibleVersion,
             FrameTooLarge,
@@ -76,6 +82,10 @@ impl ErrorCode {
             InvalidPolicy,
             IncompatibleSubscription,
             SubscriptionReset,
+            TenantNotFound,
+            TenantAlreadyExists,
+            TenantNotEmpty,
+            BacklogQuotaExceeded,
         ];
         ALL.get(code as usize).copied().unwrap_or(Unknown)
     }

@@ -9,18 +9,21 @@
 //! - [`topic`]: the validated [`TopicName`] (`persistent://tenant/namespace/topic`).
 //! - [`frame`]: the length-prefixed frame codec with a maximum frame size.
 //! - [`handshake`]: protocol version negotiation.
+//! - [`hash`]: the stable hash of topic names and message keys.
 //! - [`error`]: stable numeric error codes carried on the wire.
 //! - [`pb`]: the prost types generated from `schemas/*.proto` at build time.
 
 pub mod error;
 pub mod frame;
 pub mod handshake;
+pub mod hash;
 pub mod ids;
 pub mod topic;
 
 pub use error::{ErrorCode, WireError};
 pub use frame::{DEFAULT_MAX_FRAME_SIZE, FrameDecoder, FrameError, encode_frame};
 pub use handshake::{MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, negotiate};
+pub use hash::stable_hash;
 pub use ids::{EntryId, LedgerId, MessageId, Position};
 pub use topic::{NamespaceName, TopicName, TopicNameError};
 

@@ -53,12 +53,17 @@ pub use dedup::{Dedup, DedupRecord};
 pub use error::{DecodeError, TableError};
 pub use ledgers::Ledgers;
 pub use managed_ledgers::{LedgerInfo, ManagedLedgerRecord, ManagedLedgers};
-pub use namespaces::{NamespacePolicies, Namespaces, ReplicationPolicy, RetentionPolicy};
+pub use namespaces::{
+    BacklogQuota, BacklogQuotaPolicy, LedgerRolloverPolicy, NamespacePolicies, Namespaces,
+    ReplicationPolicy, RetentionPolicy,
+};
 pub use ownership::{BrokerId, BundleRange, NamespaceBundle, Ownership, OwnershipRecord};
 pub use record::{JsonRecord, Record, now_ms};
 pub use table::{Listing, Schema, Table, TableEvent, TableWatcher, Versioned};
 pub use tenants::{TenantName, TenantRecord, Tenants};
-pub use topics::{PartitionedTopicRecord, PartitionedTopics, TopicRecord, Topics};
+pub use topics::{
+    PartitionedTopicRecord, PartitionedTopics, TopicRecord, Topics, partition_name, partition_of,
+};
 
 use crate::Meta;
 

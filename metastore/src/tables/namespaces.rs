@@ -28,6 +28,44 @@ pub struct NamespacePolicies {
     /// consumed is deleted at once.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retention: Option<RetentionPolicy>,
+    /// How much unconsumed data a topic may hold; `None`: no limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backlog_quota: Option<BacklogQuota>,
+    /// When a topic's ledger is closed and a new one opened; `None`: the broker's defaults.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ledger_rollover: Option<LedgerRolloverPolicy>,
+}
+
+/// A limit on a topic's backlog (Pulsar's backlog quota): the bytes from its slowest
+/// subscription's position to the end of the log, counted in whole ledgers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BacklogQuota {
+    pub limit_mb: u64,
+    pub policy: BacklogQuotaPolicy,
+}
+
+/// What happens to a topic over its backlog quota.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BacklogQuotaPolicy {
+    /// New messages are refused with `BacklogQuotaExceeded` until consumers catch up.
+    ProducerException,
+    /// The slowest subscriptions skip their oldest ledgers until the backlog fits again.
+    ConsumerBacklogEviction,
+}
+
+/// When a topic's ledger rolls over to a new one: at whichever limit comes first. Unset
+/// fields keep the broker's defaults.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LedgerRolloverPolicy {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_entries: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_size_mb: Option<u64>,
+    /// Age of the ledger being written, checked when a message is appended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_minutes: Option<u64>,
 }
 
 /// Consumed data kept after every subscription has acknowledged it (Pulsar's retention): a
@@ -54,6 +92,8 @@ impl Default for NamespacePolicies {
             replication: None,
             bundles: None,
             retention: None,
+            backlog_quota: None,
+            ledger_rollover: None,
         }
     }
 }

@@ -132,6 +132,15 @@ async fn every_table_round_trips_its_record() -> TestResult {
                 minutes: 60,
                 size_mb: 1024,
             }),
+            backlog_quota: Some(BacklogQuota {
+                limit_mb: 10,
+                policy: BacklogQuotaPolicy::ConsumerBacklogEviction,
+            }),
+            ledger_rollover: Some(LedgerRolloverPolicy {
+                max_entries: Some(100),
+                max_size_mb: None,
+                max_minutes: Some(30),
+            }),
         },
     )
     .await?;
@@ -695,6 +704,8 @@ fn existing_stored_values_decode_and_re_encode_identically() -> TestResult {
             replication: None,
             bundles: None,
             retention: None,
+            backlog_quota: None,
+            ledger_rollover: None,
         },
     )?;
     same(
@@ -708,6 +719,8 @@ fn existing_stored_values_decode_and_re_encode_identically() -> TestResult {
             }),
             bundles: None,
             retention: None,
+            backlog_quota: None,
+            ledger_rollover: None,
         },
     )?;
     same(
