@@ -64,7 +64,11 @@ pub fn apply_changes(
     }
     if let Some(limit_mb) = c.backlog_quota_mb {
         let policy = match c.backlog_quota_policy.as_deref() {
-            None | Some("producer_exception") => BacklogQuotaPolicy::ProducerException,
+            // An update of the limit alone keeps the policy in force.
+            None => policies
+                .backlog_quota
+                .map_or(BacklogQuotaPolicy::ProducerException, |q| q.policy),
+            Some("producer_exception") => BacklogQuotaPolicy::ProducerException,
             Some("consumer_backlog_eviction") => BacklogQuotaPolicy::ConsumerBacklogEviction,
             Some(other) => {
                 return Err(BrokerError::InvalidPolicy(format!(

@@ -78,6 +78,16 @@ mod tests {
         assert_eq!(backlog_bytes(&[], None), 0);
     }
 
+    /// A subscription caught up on the open ledger has no backlog, however large that
+    /// ledger is (its durable entry count is known), so a quota cannot block a topic whose
+    /// consumers are up to date.
+    #[test]
+    fn a_caught_up_subscription_has_no_backlog() {
+        let log = [ledger(1, Some(10), 100), ledger(2, Some(4), 5_000)];
+        assert_eq!(backlog_bytes(&log, Some(at(2, 3))), 0);
+        assert_eq!(backlog_bytes(&log, Some(at(2, 2))), 5_000);
+    }
+
     /// Eviction keeps the newest ledgers that fit, never the open one's predecessor beyond
     /// the limit, and always the open ledger.
     #[test]

@@ -86,6 +86,14 @@ impl DedupState {
     }
 
     /// Decides about a batch; a `New` one counts as pushed from now on.
+    /// Whether [`DedupState::check`] would answer `New`, without recording anything (so a
+    /// batch refused for another reason leaves no trace).
+    pub fn is_new(&self, producer: &str, sequence_id: u64) -> bool {
+        self.producers
+            .get(producer)
+            .is_none_or(|m| sequence_id > m.pushed.max(m.persisted))
+    }
+
     pub fn check(&mut self, producer: &str, sequence_id: u64) -> Verdict {
         let marks = self.producers.entry(producer.to_owned()).or_default();
         if sequence_id <= marks.persisted {
@@ -147,6 +155,21 @@ mod tests {
 
     fn pos(e: u64) -> Position {
         Position::new(7, e)
+    }
+
+    /// `is_new` agrees with `check` and records nothing: a batch refused after asking it
+    /// (over a quota, say) leaves the state as it was.
+    #[test]
+    fn is_new_records_nothing() {
+        let mut d = DedupState::default();
+        assert!(d.is_new("p", 1));
+        assert!(d.is_new("p", 1), "asking twice changes nothing");
+        assert!(d.all_persisted());
+        assert_eq!(d.check("p", 1), Verdict::New);
+        assert!(!d.is_new("p", 1), "in flight");
+        d.persisted("p", 1, pos(0));
+        assert!(!d.is_new("p", 1), "stored");
+        assert!(d.is_new("p", 2));
     }
 
     /// A batch is new once; after it is durable a resend is a duplicate with its position;

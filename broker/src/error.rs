@@ -63,6 +63,8 @@ pub enum BrokerError {
     PartitionedTopic(String),
     #[error("{topic}: {reason}")]
     InvalidPartitions { topic: String, reason: String },
+    #[error("{topic}: {reason}")]
+    PartitionConflict { topic: String, reason: String },
     #[error(
         "topic {topic}'s backlog ({backlog_mb} MB) is over its quota of {limit_mb} MB; consumers must catch up"
     )]
@@ -71,6 +73,8 @@ pub enum BrokerError {
         backlog_mb: u64,
         limit_mb: u64,
     },
+    #[error(transparent)]
+    Txn(#[from] strata_metastore::txn_coordinator::CoordinatorError),
     #[error("invalid policy: {0}")]
     InvalidPolicy(String),
     #[error("topic {topic} is served by broker {broker_id} at {address}; look it up again")]
@@ -110,14 +114,35 @@ impl BrokerError {
             Self::TenantNotFound(_) => ErrorCode::TenantNotFound,
             Self::TenantAlreadyExists(_) => ErrorCode::TenantAlreadyExists,
             Self::TenantNotEmpty { .. } => ErrorCode::TenantNotEmpty,
-            Self::PartitionedTopic(_) | Self::InvalidPartitions { .. } => {
-                ErrorCode::InvalidTopicName
+            Self::InvalidPartitions { .. } => ErrorCode::InvalidTopicName,
+            Self::PartitionedTopic(_) | Self::PartitionConflict { .. } => {
+                ErrorCode::PreconditionFailed
             }
             Self::BacklogQuotaExceeded { .. } => ErrorCode::BacklogQuotaExceeded,
+            Self::Txn(e) => txn_code(e),
         }
     }
 
     pub fn to_wire(&self) -> WireError {
         WireError::new(self.code(), self.to_string())
+    }
+}
+
+fn txn_code(e: &strata_metastore::txn_coordinator::CoordinatorError) -> ErrorCode {
+    use strata_metastore::tables::TxnRuleError as Rule;
+    use strata_metastore::txn_coordinator::CoordinatorError as C;
+    match e {
+        C::NotFound(_) => ErrorCode::TransactionNotFound,
+        C::Rule(Rule::NotOwner { .. }) => ErrorCode::TransactionNotOwner,
+        C::Rule(Rule::NotOpen { .. } | Rule::AlreadyDecided { .. }) => {
+            ErrorCode::TransactionNotOpen
+        }
+        C::Rule(Rule::MissingLastPosition { .. } | Rule::BadRange { .. }) => {
+            ErrorCode::ProtocolViolation
+        }
+        C::TooManyOpen { .. } => ErrorCode::TooManyTransactions,
+        C::InvalidTimeout { .. } => ErrorCode::InvalidPolicy,
+        C::Table(TableError::Decode { .. } | TableError::Encode { .. }) => ErrorCode::StorageError,
+        C::Table(_) => ErrorCode::MetadataError,
     }
 }

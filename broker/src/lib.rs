@@ -15,6 +15,10 @@
 //! - [`tenancy`]: tenants and partitioned topics.
 //! - [`backlog`]: backlog size and the backlog quota's eviction point (no I/O).
 //! - [`dispatch`]: key_shared's key ring and the redelivery backoff, as plain functions.
+//! - [`txn_admin`]: begin, end, show and list transactions (the coordinator is in the
+//!   metastore crate).
+//! - [`txn_buffer`]: a partition's open and decided transactions, its stable position and
+//!   what read-committed subscriptions may deliver (no I/O).
 //! - [`cursor`]: the acknowledgement state as a plain struct (no I/O).
 //! - [`metrics`]: counters exposed on `/metrics`.
 //!
@@ -37,6 +41,8 @@ pub mod subscription;
 pub mod subscription_admin;
 pub mod tenancy;
 pub mod topic;
+pub mod txn_admin;
+pub mod txn_buffer;
 
 pub use error::BrokerError;
 pub use server::{BrokerServer, ServerConfig};

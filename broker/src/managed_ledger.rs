@@ -530,7 +530,18 @@ impl ManagedLedger {
         EntryIndex { ledgers, total }
     }
 
-    /// The log's ledgers in order, the open one with its current size.
+    /// Where the next entry appended goes, unless the ledger rolls over first (then it goes
+    /// later in the log): the first position of a transaction about to write.
+    pub fn next_position_hint(&self) -> Result<Position, BrokerError> {
+        let writer = self.current_writer()?;
+        Ok(Position {
+            ledger: writer.id(),
+            entry: EntryId(writer.entries_added()),
+        })
+    }
+
+    /// The log's ledgers in order, the open one with its current size and durable entries
+    /// (so a subscription caught up on it has no backlog there).
     pub fn ledgers_with_sizes(&self) -> Vec<LedgerInfo> {
         let view = self.view_read();
         let mut ledgers = view.ledgers.clone();
@@ -538,6 +549,7 @@ impl ManagedLedger {
             && last.id == w.id()
         {
             last.size_bytes = w.length_bytes();
+            last.entries = Some(w.last_add_confirmed().map_or(0, |e| e.0 + 1));
         }
         ledgers
     }

@@ -209,7 +209,12 @@ async fn handle_admin(service: &BrokerService, req: AdminRequest) -> AdminRespon
                 Ok(admin_response::Response::Done(Done {}))
             }
             Some(admin_request::Request::DeleteTopic(d)) => {
-                service.delete_topic(&TopicName::parse(&d.topic)?).await?;
+                let topic = TopicName::parse(&d.topic)?;
+                if d.partition {
+                    service.delete_topic_or_partition(&topic).await?;
+                } else {
+                    service.delete_topic(&topic).await?;
+                }
                 Ok(admin_response::Response::Done(Done {}))
             }
             Some(admin_request::Request::ListTopics(l)) => {
@@ -383,6 +388,14 @@ async fn handle_admin(service: &BrokerService, req: AdminRequest) -> AdminRespon
                 service.delete_tenant(&d.tenant).await?;
                 Ok(admin_response::Response::Done(Done {}))
             }
+            Some(admin_request::Request::BeginTxn(r)) => crate::txn_admin::begin(service, r).await,
+            Some(admin_request::Request::EndTxn(r)) => crate::txn_admin::end(service, r).await,
+            Some(admin_request::Request::GetTxn(r)) => {
+                crate::txn_admin::get(service, r.txn_id).await
+            }
+            Some(admin_request::Request::ListTxns(r)) => {
+                crate::txn_admin::list(service, r.open_only).await
+            }
             None => Err(BrokerError::Protocol("empty admin request".into())),
         }
     }
@@ -408,6 +421,7 @@ async fn producer_session(
     if let Some(e) = topic.quota_refusal() {
         return fail(writer, &e.to_wire()).await;
     }
+    let client_id = open.client_id;
     let name = if open.producer_name.is_empty() {
         generated_producer_name()
     } else {
@@ -479,7 +493,7 @@ async fn producer_session(
         Ok::<(), String>(())
     };
     // Owns the receipt sender: when reading ends, the receipt writer drains and ends too.
-    let (topic, name) = (&topic, &name);
+    let (topic, name, client_id) = (&topic, &name, &client_id);
     let frame_reader = async move {
         loop {
             let frame = match reader.recv::<ClientFrame>().await {
@@ -507,7 +521,11 @@ async fn producer_session(
                     }
                     let count = batch.messages.len() as u32;
                     let bytes: u64 = batch.messages.iter().map(|m| m.payload.len() as u64).sum();
-                    let published = topic.publish(name, batch.sequence_id, batch.messages).await;
+                    let txn = (batch.txn_id != 0)
+                        .then_some((strata_proto::TxnId(batch.txn_id), client_id.as_str()));
+                    let published = topic
+                        .publish(name, batch.sequence_id, batch.messages, txn)
+                        .await;
                     if receipts_tx
                         .send((batch.sequence_id, count, bytes, published))
                         .await
@@ -604,6 +622,7 @@ fn consumer_options(open: &ConsumerOpen, max_frame_size: usize) -> ConsumerOptio
         redelivery_delay: ms(open.redelivery_delay_ms).unwrap_or(DEFAULT_REDELIVERY_DELAY),
         max_redelivery_delay: ms(open.max_redelivery_delay_ms)
             .unwrap_or(DEFAULT_MAX_REDELIVERY_DELAY),
+        read_uncommitted: open.read_uncommitted,
     }
 }
 

@@ -5,8 +5,8 @@ use std::sync::{Arc, OnceLock};
 
 use strata_bookie::{LedgerClient, LedgerConfig};
 use strata_metastore::tables::{
-    BrokerId, NamespaceBundle, NamespacePolicies, TableError, Tables, TenantName, TenantRecord,
-    TopicRecord, now_ms,
+    BrokerId, NamespaceBundle, NamespacePolicies, TableError, TableEvent, Tables, TenantName,
+    TenantRecord, TopicRecord, now_ms,
 };
 use strata_metastore::{Expect, Meta};
 use strata_proto::{NamespaceName, TopicName};
@@ -26,6 +26,7 @@ pub struct BrokerConfig {
     /// Replication of ledgers in namespaces without a replication policy; `None`: what the
     /// ledger client picks from the bookies registered (E3/Qw3/Qa2 on three or more).
     pub default_replication: Option<LedgerConfig>,
+    pub txn_limits: strata_metastore::txn_coordinator::TxnLimits,
 }
 
 pub struct BrokerService {
@@ -37,6 +38,8 @@ pub struct BrokerService {
     /// broker (in-process tests of the layers below).
     ownership: OnceLock<Arc<Ownership>>,
     pub metrics: BrokerMetrics,
+    /// Transactions: their records and decisions live in the metastore.
+    pub txns: strata_metastore::txn_coordinator::TxnCoordinator,
 }
 
 /// Who serves a topic, from [`BrokerService::lookup`].
@@ -48,14 +51,21 @@ pub struct TopicOwner {
 
 impl BrokerService {
     pub fn new(meta: impl Into<Meta>, ledgers: LedgerClient, config: BrokerConfig) -> Arc<Self> {
-        Arc::new(Self {
-            tables: Tables::new(meta),
+        let tables = Tables::new(meta);
+        let service = Arc::new(Self {
+            txns: strata_metastore::txn_coordinator::TxnCoordinator::new(
+                tables.clone(),
+                config.txn_limits,
+            ),
+            tables,
             ledgers,
             config,
             topics: Mutex::new(HashMap::new()),
             ownership: OnceLock::new(),
             metrics: BrokerMetrics::default(),
-        })
+        });
+        service.start_txn_watch();
+        service
     }
 
     /// Serves only the bundles `ownership` holds from now on, and unloads every topic when
@@ -119,6 +129,67 @@ impl BrokerService {
             }
         }
         deleted
+    }
+
+    /// Follows the coordinator's decisions, so loaded topics release what their open
+    /// transactions held back. After the watch (re)starts, the open transactions of every
+    /// loaded topic are checked against their records, so a decision made while the watch was
+    /// down is not missed.
+    fn start_txn_watch(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut backoff = std::time::Duration::from_millis(100);
+            loop {
+                let Some(service) = weak.upgrade() else {
+                    return;
+                };
+                let watcher = service.tables.txns.watch(&(), 0).await;
+                let mut watcher = match watcher {
+                    Ok(w) => w,
+                    Err(e) => {
+                        drop(service);
+                        warn!(error = %e, "transaction watch failed; retrying");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+                        continue;
+                    }
+                };
+                backoff = std::time::Duration::from_millis(100);
+                service.reconcile_txns().await;
+                drop(service);
+                while let Some(event) = watcher.next().await {
+                    let Some(service) = weak.upgrade() else {
+                        return;
+                    };
+                    if let Ok(TableEvent::Put { key, value }) = event {
+                        for topic in service.loaded_topics().await {
+                            topic.txn_decided(key, &value.record).await;
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    async fn loaded_topics(&self) -> Vec<Arc<Topic>> {
+        self.topics
+            .lock()
+            .await
+            .values()
+            .filter_map(|c| c.get().cloned())
+            .collect()
+    }
+
+    /// Applies the current record of every transaction open in a loaded topic.
+    async fn reconcile_txns(&self) {
+        for topic in self.loaded_topics().await {
+            for id in topic.open_txns() {
+                match self.txns.get(id).await {
+                    Ok(row) => topic.txn_decided(id, &row.record).await,
+                    Err(e) => warn!(txn = %id, error = %e, "transaction state unknown"),
+                }
+            }
+        }
     }
 
     /// The ledger client's counters (failovers, corrupt replicas, ensemble changes...).
@@ -442,11 +513,12 @@ impl BrokerService {
     /// Deletes an empty namespace.
     pub async fn delete_namespace(&self, ns: &NamespaceName) -> Result<(), BrokerError> {
         self.namespace_policies(ns).await?;
-        let topics = self.tables.topics.list_keys(ns).await?;
-        if !topics.is_empty() {
+        let topics = self.tables.topics.list_keys(ns).await?.len()
+            + self.tables.partitioned_topics.list_keys(ns).await?.len();
+        if topics > 0 {
             return Err(BrokerError::NamespaceNotEmpty {
                 namespace: ns.to_string(),
-                topics: topics.len(),
+                topics,
             });
         }
         self.tables.namespaces.delete(ns, Expect::Any).await?;
@@ -473,22 +545,45 @@ impl BrokerService {
     /// Creates a topic explicitly.
     pub async fn create_topic(&self, name: &TopicName) -> Result<(), BrokerError> {
         self.namespace_policies(name.namespace()).await?;
-        self.check_not_partitioned(name).await?;
+        match self.check_not_partitioned(name).await {
+            Err(BrokerError::PartitionedTopic(_)) => {
+                return Err(BrokerError::TopicAlreadyExists(name.to_string()));
+            }
+            other => other?,
+        }
         match self.put_topic_record(name).await {
-            Err(BrokerError::Meta(TableError::VersionMismatch { .. })) => {
+            Ok(true) => Ok(()),
+            Ok(false) | Err(BrokerError::PartitionedTopic(_)) => {
                 Err(BrokerError::TopicAlreadyExists(name.to_string()))
             }
-            other => other,
+            Err(e) => Err(e),
         }
     }
 
-    async fn put_topic_record(&self, name: &TopicName) -> Result<(), BrokerError> {
+    /// Writes a topic's record if neither it nor a partitioned topic of that name exists
+    /// (one transaction, so a concurrent partitioned-topic creation cannot slip between the
+    /// check and the write). `Ok(false)` if the topic exists.
+    async fn put_topic_record(&self, name: &TopicName) -> Result<bool, BrokerError> {
         let record = TopicRecord {
             created_ms: now_ms(),
         };
-        self.tables.topics.create(name, &record).await?;
+        let t = &self.tables;
+        let txn = strata_metastore::types::Txn {
+            compares: vec![
+                t.topics.version_is(name, Expect::Absent),
+                t.partitioned_topics.version_is(name, Expect::Absent),
+            ],
+            success: vec![t.topics.put_op(name, &record)?],
+            failure: Vec::new(),
+        };
+        if !t.meta().txn(txn).await.map_err(TableError::from)?.succeeded {
+            if self.partitions_of(name).await? > 0 {
+                return Err(BrokerError::PartitionedTopic(name.to_string()));
+            }
+            return Ok(false);
+        }
         info!(topic = %name, "topic created");
-        Ok(())
+        Ok(true)
     }
 
     /// Topics of a namespace, full names, sorted.
@@ -520,10 +615,8 @@ impl BrokerService {
                         return Err(BrokerError::TopicNotFound(name.to_string()));
                     }
                     self.check_not_partitioned(name).await?;
-                    match self.put_topic_record(name).await {
-                        Ok(()) | Err(BrokerError::Meta(TableError::VersionMismatch { .. })) => {}
-                        Err(e) => return Err(e),
-                    }
+                    // Ok(false): created meanwhile by someone else, as good.
+                    self.put_topic_record(name).await?;
                 }
                 let mut config = crate::admin::with_rollover(
                     self.config.managed_ledger.clone(),
@@ -538,7 +631,7 @@ impl BrokerService {
                 )
                 .await?;
                 Ok(Arc::new(
-                    Topic::load(name.clone(), ml, self.tables.clone()).await?,
+                    Topic::load(name.clone(), ml, self.tables.clone(), self.txns.clone()).await?,
                 ))
             })
             .await;
@@ -562,6 +655,13 @@ impl BrokerService {
 
     /// Deletes a topic: its ledgers, cursors and record.
     pub async fn delete_topic(&self, name: &TopicName) -> Result<(), BrokerError> {
+        self.check_not_a_partition(name).await?;
+        self.delete_topic_or_partition(name).await
+    }
+
+    /// Deletes a topic, also one partition of a partitioned topic (its deletion does that
+    /// for each partition).
+    pub async fn delete_topic_or_partition(&self, name: &TopicName) -> Result<(), BrokerError> {
         let topic = self.topic(name, false).await?;
         topic.delete().await?;
         self.tables.topics.delete(name, Expect::Any).await?;

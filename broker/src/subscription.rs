@@ -29,7 +29,7 @@ use strata_proto::pb::client::{
     DeliveredMessage, Delivery, InitialPosition, ServerFrame, StoredBatch, SubscriptionType,
     server_frame,
 };
-use strata_proto::{MessageId, Position, TopicName};
+use strata_proto::{MessageId, Position, TopicName, TxnId};
 use tokio::sync::{Mutex, Notify, mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, instrument, warn};
@@ -38,6 +38,8 @@ use crate::BrokerError;
 use crate::cursor::CursorState;
 use crate::dispatch::{KeyRing, key_hash, redelivery_delay};
 use crate::managed_ledger::ManagedLedger;
+use crate::topic::SharedTxns;
+use crate::txn_buffer::Visibility;
 
 /// Most entries read from storage in one go by a dispatcher.
 const MAX_READ_ENTRIES: usize = 256;
@@ -62,6 +64,8 @@ pub struct ConsumerOptions {
     pub ack_timeout: Option<Duration>,
     pub redelivery_delay: Duration,
     pub max_redelivery_delay: Duration,
+    /// Deliver messages of open and aborted transactions too.
+    pub read_uncommitted: bool,
 }
 
 struct Attached {
@@ -118,6 +122,9 @@ struct SubState {
     change_seq: u64,
     /// Messages per entry seen last, to read about as many entries as the permits cover.
     messages_per_entry: u32,
+    /// Transactional entries are delivered once committed, in log order (the first
+    /// consumer's choice, as the subscription type).
+    read_committed: bool,
 }
 
 impl SubState {
@@ -175,6 +182,8 @@ pub struct Subscription {
     topic: TopicName,
     name: String,
     ml: Arc<ManagedLedger>,
+    /// The partition's transactions, for read-committed delivery.
+    txns: SharedTxns,
     tables: Tables,
     state: Mutex<SubState>,
     wake_dispatcher: Notify,
@@ -208,6 +217,7 @@ impl Subscription {
         tables: Tables,
         name: &str,
         initial: InitialPosition,
+        txns: SharedTxns,
     ) -> Result<Arc<Self>, BrokerError> {
         let topic = ml.topic().clone();
         let key = CursorKey::new(topic.clone(), name);
@@ -243,7 +253,9 @@ impl Subscription {
                 dispatching: false,
                 change_seq: 0,
                 messages_per_entry: 1,
+                read_committed: true,
             }),
+            txns,
             wake_dispatcher: Notify::new(),
             wake_flusher: Arc::new(Notify::new()),
             persisted,
@@ -287,6 +299,7 @@ impl Subscription {
             }
         } else {
             st.sub_type = options.sub_type;
+            st.read_committed = !options.read_uncommitted;
         }
         // Headroom for the frame's own fields; a lone message always fits (checked at publish).
         let max_frame_bytes = options
@@ -594,6 +607,38 @@ impl Subscription {
         Ok(decode_entry(&self.topic, *pos, data)?.messages.len() as u32)
     }
 
+    /// Makes the dispatcher look again (a transaction was decided).
+    pub fn wake(&self) {
+        self.wake_dispatcher.notify_one();
+    }
+
+    /// Moves the cursor forward so every entry up to and including `to` counts as
+    /// acknowledged (the backlog quota's eviction). Unlike [`Subscription::reset`] it never
+    /// moves back, keeps the acknowledgements after `to` and leaves consumers connected.
+    /// Returns whether the cursor moved; durable with the next flush.
+    pub async fn skip_to(&self, to: Position) -> bool {
+        {
+            let mut st = self.state.lock().await;
+            let st = &mut *st;
+            if st.cursor.mark_delete.is_some_and(|md| md >= to) {
+                return false;
+            }
+            // A whole entry (a batch of one, acknowledged at its only index) moves the
+            // mark-delete there and drops the individual acks it covers.
+            st.cursor.ack_cumulative(MessageId::at(to, 0), 1, None);
+            st.pending.retain(|p, _| *p > to);
+            st.redeliver.retain(|id, _| id.position() > to);
+            st.redelivery_counts.retain(|id, _| id.position() > to);
+            if st.read_position.is_some_and(|r| r <= to) {
+                st.read_position = next_unacked(&self.ml, &st.cursor);
+            }
+            st.change_seq += 1;
+        }
+        self.wake_flusher.notify_one();
+        self.wake_dispatcher.notify_one();
+        true
+    }
+
     /// Moves the cursor so the next message delivered is the one at `target` (None: the end
     /// of the log). Connected consumers are told to subscribe again; returns once durable.
     pub async fn reset(&self, target: Option<Position>) -> Result<(), BrokerError> {
@@ -881,6 +926,36 @@ async fn dispatch_once(sub: &Subscription) -> Result<DispatchOutcome, BrokerErro
         for (pos, data) in &fresh {
             let mut batch = decode(sub, *pos, data)?;
             let batch_size = batch.messages.len() as u32;
+            if st.read_committed {
+                let txn = (batch.txn_id != 0).then_some(TxnId(batch.txn_id));
+                let visibility = sub
+                    .txns
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .buffer
+                    .visibility(txn, *pos);
+                match visibility {
+                    Visibility::Deliver => {}
+                    // Nothing passes an open transaction: wait for its decision (the
+                    // topic wakes this dispatcher then).
+                    Visibility::Wait => break,
+                    // Never delivered: acknowledged, so the cursor moves past it.
+                    Visibility::Skip => {
+                        for index in 0..batch_size {
+                            st.cursor
+                                .ack_individual(MessageId::at(*pos, index), batch_size);
+                        }
+                        let ml = &sub.ml;
+                        st.cursor
+                            .compact(ml.first_position(), |p| ml.next_position(p));
+                        st.change_seq += 1;
+                        sub.wake_flusher.notify_one();
+                        st.read_position = sub.ml.next_position(*pos);
+                        progress = true;
+                        continue;
+                    }
+                }
+            }
             st.messages_per_entry = batch_size.max(1);
             if st.cursor.is_entry_acked(*pos) || batch_size == 0 {
                 st.read_position = sub.ml.next_position(*pos);

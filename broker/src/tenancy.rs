@@ -74,10 +74,9 @@ impl BrokerService {
         partitions: u32,
     ) -> Result<(), BrokerError> {
         if partitions == 0 || partitions > MAX_PARTITIONS {
-            return Err(BrokerError::InvalidPartitions {
-                topic: topic.to_string(),
-                reason: format!("partitions must be 1 to {MAX_PARTITIONS}, got {partitions}"),
-            });
+            return Err(BrokerError::InvalidPolicy(format!(
+                "{topic}: partitions must be 1 to {MAX_PARTITIONS}, got {partitions}"
+            )));
         }
         if partition_of(topic).is_some() {
             return Err(BrokerError::InvalidPartitions {
@@ -149,7 +148,7 @@ impl BrokerService {
         };
         for name in row.record.partition_names(topic)? {
             if self.tables.topics.get(&name).await?.is_some() {
-                return Err(BrokerError::InvalidPartitions {
+                return Err(BrokerError::PartitionConflict {
                     topic: topic.to_string(),
                     reason: format!("partition {name} still exists; delete the partitions first"),
                 });
@@ -163,6 +162,20 @@ impl BrokerService {
         Ok(())
     }
 
+    /// Refuses to delete one partition of a partitioned topic on its own (the partitioned
+    /// topic would name a partition that is gone).
+    pub(crate) async fn check_not_a_partition(&self, topic: &TopicName) -> Result<(), BrokerError> {
+        if let Some((base, index)) = partition_of(topic)
+            && index < self.partitions_of(&base).await?
+        {
+            return Err(BrokerError::PartitionConflict {
+                topic: topic.to_string(),
+                reason: format!("a partition of {base}; delete the partitioned topic instead"),
+            });
+        }
+        Ok(())
+    }
+
     /// Refuses to create a plain topic where a partitioned topic (or a partition of one that
     /// is out of range) would be shadowed: `x` when `x` is partitioned, `x-partition-7` when
     /// `x` has fewer than 8 partitions.
@@ -173,7 +186,7 @@ impl BrokerService {
         if let Some((base, index)) = partition_of(topic) {
             let partitions = self.partitions_of(&base).await?;
             if partitions > 0 && index >= partitions {
-                return Err(BrokerError::InvalidPartitions {
+                return Err(BrokerError::PartitionConflict {
                     topic: topic.to_string(),
                     reason: format!("{base} has only {partitions} partitions"),
                 });

@@ -7,10 +7,12 @@ use bytes::Bytes;
 use prost::Message as _;
 use strata_metastore::Expect;
 use strata_metastore::tables::{
-    BacklogQuota, BacklogQuotaPolicy, DedupRecord, LedgerInfo, Tables, now_ms,
+    BacklogQuota, BacklogQuotaPolicy, DedupRecord, LedgerInfo, Tables, TxnRecord, TxnRuleError,
+    TxnState, now_ms,
 };
+use strata_metastore::txn_coordinator::{CoordinatorError, TxnCoordinator};
 use strata_proto::pb::client::{InitialPosition, Message, StoredBatch};
-use strata_proto::{Position, TopicName};
+use strata_proto::{Position, TopicName, TxnId};
 use tokio::sync::Mutex;
 use tracing::{info, warn};
 
@@ -19,6 +21,7 @@ use crate::backlog;
 use crate::dedup::{DedupState, Verdict};
 use crate::managed_ledger::{ManagedLedger, PendingAppend};
 use crate::subscription::Subscription;
+use crate::txn_buffer::{Outcome, TxnBuffer};
 
 /// Format version written into every stored batch.
 pub const STORED_BATCH_FORMAT: u32 = 1;
@@ -49,6 +52,9 @@ pub struct Topic {
     /// Also serialises publishes, so the log's order is the order of the dedup decisions.
     dedup: Mutex<Dedup>,
     subscriptions: Mutex<HashMap<String, Arc<Subscription>>>,
+    /// The transactions that wrote here: open ones hold read-committed readers back.
+    txns: SharedTxns,
+    coordinator: TxnCoordinator,
     /// Backlog and limit (MB) while the backlog is over a `producer_exception` quota:
     /// publishes are refused.
     over_quota: std::sync::Mutex<Option<(u64, u64)>>,
@@ -60,8 +66,10 @@ impl Topic {
         name: TopicName,
         ml: Arc<ManagedLedger>,
         tables: Tables,
+        coordinator: TxnCoordinator,
     ) -> Result<Self, BrokerError> {
         let state = rebuild_dedup(&ml, &tables).await?;
+        let txns = Arc::new(std::sync::Mutex::new(rebuild_txns(&name, &tables).await?));
         Ok(Self {
             name,
             ml,
@@ -71,6 +79,8 @@ impl Topic {
                 stale: false,
             }),
             subscriptions: Mutex::new(HashMap::new()),
+            txns,
+            coordinator,
             over_quota: std::sync::Mutex::new(None),
         })
     }
@@ -90,10 +100,8 @@ impl Topic {
         producer_name: &str,
         sequence_id: u64,
         messages: Vec<Message>,
+        txn: Option<(TxnId, &str)>,
     ) -> Result<Published, BrokerError> {
-        if let Some(e) = self.quota_refusal() {
-            return Err(e);
-        }
         let mut dedup = self.dedup.lock().await;
         if dedup.stale {
             // A failed write may or may not have reached the log: settle the log (recover the
@@ -101,6 +109,16 @@ impl Topic {
             self.ml.repair().await?;
             dedup.state = rebuild_dedup(&self.ml, &self.tables).await?;
             dedup.stale = false;
+        }
+        // Refusals come before the dedup state records the batch, and only for a new one:
+        // a resend already stored is answered as such.
+        if dedup.state.is_new(producer_name, sequence_id) {
+            if let Some(e) = self.quota_refusal() {
+                return Err(e);
+            }
+            if let Some((txn, client)) = txn {
+                self.join_txn(txn, client).await?;
+            }
         }
         match dedup.state.check(producer_name, sequence_id) {
             Verdict::New => {}
@@ -117,6 +135,7 @@ impl Topic {
             sequence_id,
             publish_time_ms: now_ms(),
             messages,
+            txn_id: txn.map_or(0, |(t, _)| t.0),
         };
         let pending = match self.ml.append(Bytes::from(batch.encode_to_vec())).await {
             Ok(p) => p,
@@ -184,7 +203,14 @@ impl Topic {
         if let Some(s) = subs.get(name) {
             return Ok(s.clone());
         }
-        let sub = Subscription::open(self.ml.clone(), self.tables.clone(), name, initial).await?;
+        let sub = Subscription::open(
+            self.ml.clone(),
+            self.tables.clone(),
+            name,
+            initial,
+            self.txns.clone(),
+        )
+        .await?;
         subs.insert(name.to_owned(), sub.clone());
         Ok(sub)
     }
@@ -254,14 +280,90 @@ impl Topic {
             ledger: keep_from,
             entry: strata_proto::EntryId(0),
         };
+        // The last entry before the ledgers kept: everything up to it is skipped.
+        let Some(last_skipped) = self.ml.prev_position(start) else {
+            return Ok(());
+        };
         for name in self.subscription_names().await? {
             let sub = self.existing_subscription(&name).await?;
-            if sub.stats().await.mark_delete.is_none_or(|md| md < start) {
-                warn!(topic = %self.name, subscription = %name, to = %start, "backlog quota: subscription skips its oldest messages");
-                sub.reset(Some(start)).await?;
+            if sub.skip_to(last_skipped).await {
+                warn!(topic = %self.name, subscription = %name, to = %last_skipped, "backlog quota: subscription skipped its oldest messages");
             }
         }
         Ok(())
+    }
+
+    fn txn_state(&self) -> std::sync::MutexGuard<'_, PartitionTxns> {
+        self.txns.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes sure `client`'s transaction `txn` may write here: open, and registered with the
+    /// coordinator as a participant (one metastore write, the first time only). Called under
+    /// the publish lock, so the first position registered is where its first entry goes (or
+    /// before it, if the ledger rolls over: a stable position may only err early).
+    async fn join_txn(&self, txn: TxnId, client: &str) -> Result<(), BrokerError> {
+        let first = {
+            let mut state = self.txn_state();
+            if let Some(outcome) = state.buffer.outcome(txn) {
+                let state = match outcome {
+                    Outcome::Committed { .. } => TxnState::Committed,
+                    Outcome::Aborted => TxnState::Aborted,
+                };
+                return Err(
+                    CoordinatorError::Rule(TxnRuleError::NotOpen { id: txn, state }).into(),
+                );
+            }
+            if state.buffer.is_open(txn) {
+                if state.owners.get(&txn).is_some_and(|o| o != client) {
+                    return Err(CoordinatorError::Rule(TxnRuleError::NotOwner { id: txn }).into());
+                }
+                return Ok(());
+            }
+            // Open before registering: a decision arriving right after the registration
+            // must find it.
+            let first = self.ml.next_position_hint()?;
+            state.buffer.opened(txn, first);
+            state.owners.insert(txn, client.to_owned());
+            first
+        };
+        if let Err(e) = self
+            .coordinator
+            .register_partition(txn, client, &self.name, first)
+            .await
+        {
+            let mut state = self.txn_state();
+            state.buffer.cancel(txn);
+            state.owners.remove(&txn);
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// The coordinator decided `txn`: read-committed subscriptions may move on.
+    pub async fn txn_decided(&self, txn: TxnId, record: &TxnRecord) {
+        if record.state.is_open() {
+            return;
+        }
+        {
+            let mut state = self.txn_state();
+            if !state.buffer.is_open(txn) {
+                return; // not a participant, or decided already
+            }
+            state.buffer.decided(txn, outcome_here(&self.name, record));
+            state.owners.remove(&txn);
+        }
+        for sub in self.subscriptions.lock().await.values() {
+            sub.wake();
+        }
+    }
+
+    /// The transactions open here (to check their records after a missed decision).
+    pub fn open_txns(&self) -> Vec<TxnId> {
+        self.txn_state()
+            .buffer
+            .open_transactions()
+            .map(|(t, _)| t)
+            .collect()
     }
 
     /// The error publishes get while the topic is over a `producer_exception` quota.
@@ -396,6 +498,48 @@ async fn rebuild_dedup(ml: &ManagedLedger, tables: &Tables) -> Result<DedupState
     }
     if replayed > 0 {
         info!(topic = %ml.topic(), replayed, "dedup state rebuilt from the log");
+    }
+    Ok(state)
+}
+
+/// A partition's transactions and who owns the open ones, shared by the topic (writes) and
+/// its subscriptions (read-committed delivery).
+#[derive(Debug, Default)]
+pub struct PartitionTxns {
+    pub buffer: TxnBuffer,
+    pub owners: HashMap<TxnId, String>,
+}
+
+pub type SharedTxns = Arc<std::sync::Mutex<PartitionTxns>>;
+
+/// What a decided transaction's record means for `topic`'s entries.
+fn outcome_here(topic: &TopicName, record: &TxnRecord) -> Outcome {
+    let last = record
+        .partitions
+        .get(&topic.to_string())
+        .and_then(|p| p.last);
+    match (record.state, last) {
+        (TxnState::Committed, Some(last)) => Outcome::Committed { last },
+        // A commit fixes a last position for every partition registered, so a committed
+        // record without one here never happens; delivering nothing is the safe reading.
+        _ => Outcome::Aborted,
+    }
+}
+
+/// The transactions that wrote to `topic`, from their records: open ones with their first
+/// position, decided ones with their outcome.
+async fn rebuild_txns(topic: &TopicName, tables: &Tables) -> Result<PartitionTxns, BrokerError> {
+    let mut state = PartitionTxns::default();
+    for ((_, id), mark) in tables.txn_partitions.list(topic).await? {
+        let Some(row) = tables.txns.get(&id).await? else {
+            continue;
+        };
+        state.buffer.opened(id, mark.record.first);
+        if row.record.state.is_open() {
+            state.owners.insert(id, row.record.owner.clone());
+        } else {
+            state.buffer.decided(id, outcome_here(topic, &row.record));
+        }
     }
     Ok(state)
 }

@@ -104,6 +104,7 @@ pub async fn run(
             ..ManagedLedgerConfig::default()
         },
         default_replication: None,
+        ..BrokerConfig::default()
     };
     let service = BrokerService::new(meta.clone(), ledgers, config);
     service.start_retention(RETENTION_INTERVAL);

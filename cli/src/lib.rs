@@ -11,6 +11,7 @@
 //! - [`cluster`]: `strata cluster metastore status|add|promote|remove` (membership).
 //! - [`commands`]: `produce`, `consume`.
 //! - [`tenancy_admin`]: `tenants`, `namespaces`, `topics` (partitioned included).
+//! - [`txn_admin`]: `txn list|show|abort`.
 //! - [`subscriptions_admin`]: `subscriptions`, `topics stats`.
 //! - [`perf`]: `perf produce` / `perf consume` load generators.
 
@@ -27,3 +28,4 @@ pub mod perf_ledger;
 pub mod standalone;
 pub mod subscriptions_admin;
 pub mod tenancy_admin;
+pub mod txn_admin;

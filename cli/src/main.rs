@@ -11,7 +11,7 @@ use strata_cli::config::StandaloneConfig;
 use strata_cli::metastore_node;
 use strata_cli::standalone::Standalone;
 use strata_cli::tenancy_admin::{self, NamespacesCommand, TenantsCommand, TopicsCommand};
-use strata_cli::{bookie_node, broker_node, subscriptions_admin};
+use strata_cli::{bookie_node, broker_node, subscriptions_admin, txn_admin};
 use strata_cli::{perf, perf_ledger};
 use strata_client::InitialPosition;
 
@@ -89,6 +89,9 @@ enum Command {
     /// A topic's subscriptions: list, reset, peek, skip.
     #[command(subcommand)]
     Subscriptions(subscriptions_admin::SubscriptionsCommand),
+    /// Transactions: list, show, abort.
+    #[command(subcommand)]
+    Txn(txn_admin::TxnCommand),
     /// Cluster administration: metastore membership, bookies.
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),
@@ -255,6 +258,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Topics(cmd) => {
             let client = cli.connect.connect().await?;
             let outcome = tenancy_admin::topics(&client, cmd).await;
+            client.close().await;
+            outcome
+        }
+        Command::Txn(cmd) => {
+            let client = cli.connect.connect().await?;
+            let outcome = txn_admin::run(&client, cmd).await;
             client.close().await;
             outcome
         }

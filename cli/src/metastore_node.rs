@@ -69,6 +69,9 @@ pub fn parse_members(s: &str) -> anyhow::Result<BTreeMap<u64, String>> {
     Ok(members)
 }
 
+/// How often the leader looks for transactions past their deadline.
+pub const TXN_EXPIRY_INTERVAL: Duration = Duration::from_millis(500);
+
 /// Runs one voter until `shutdown` resolves.
 pub async fn run(
     args: MetastoreArgs,
@@ -116,6 +119,9 @@ pub async fn run(
             args.node_id
         );
     }
+    // Times transactions out while this node leads; any node may lead next.
+    let expiry =
+        strata_metastore::txn_coordinator::spawn_expiry(store.clone(), TXN_EXPIRY_INTERVAL);
     let waiter = store.clone();
     let ready_flag = ready.clone();
     tokio::spawn(async move {
@@ -128,6 +134,7 @@ pub async fn run(
         }
     });
     shutdown.await?;
+    expiry.abort();
     http.shutdown().await;
     store.shutdown().await?;
     Ok(())

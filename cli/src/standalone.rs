@@ -35,6 +35,8 @@ pub struct Standalone {
     http: HttpServer,
     service: Arc<BrokerService>,
     meta: MetaStore,
+    /// Times transactions out (this one-voter metastore always leads).
+    txn_expiry: tokio::task::JoinHandle<()>,
 }
 
 impl Standalone {
@@ -62,6 +64,7 @@ impl Standalone {
             },
             // One bookie: every ledger is E = Qw = Qa = 1.
             default_replication: Some(LedgerConfig::single()),
+            ..BrokerConfig::default()
         };
         let service = BrokerService::new(meta.clone(), ledgers, broker_config);
         service.start_retention(crate::broker_node::RETENTION_INTERVAL);
@@ -96,6 +99,10 @@ impl Standalone {
         )
         .await?;
         service.enable_ownership(ownership);
+        let txn_expiry = strata_metastore::txn_coordinator::spawn_expiry(
+            meta.clone(),
+            crate::metastore_node::TXN_EXPIRY_INTERVAL,
+        );
 
         let ready = Arc::new(AtomicBool::new(false));
         let metrics_service = service.clone();
@@ -121,6 +128,7 @@ impl Standalone {
             http,
             service,
             meta,
+            txn_expiry,
         })
     }
 
@@ -137,6 +145,7 @@ impl Standalone {
             ownership.shutdown().await;
         }
         self.http.shutdown().await;
+        self.txn_expiry.abort();
         self.meta.shutdown().await?;
         Ok(())
     }

@@ -221,9 +221,9 @@ async fn owner_sigkill_under_load_loses_and_duplicates_nothing() {
         .iter()
         .position(|(a, _)| *a == owner)
         .expect("the owner is one of ours");
-    let at_kill = acked.load(Ordering::Acquire);
     let killed = Instant::now();
-    cluster.brokers[victim].1.kill();
+    cluster.brokers[victim].1.kill(); // returns once the process is reaped
+    let at_kill = acked.load(Ordering::Acquire);
     // Served again: a message sent after the kill is acknowledged.
     tokio::time::timeout(
         Duration::from_secs(SESSION_TTL_SECS) + TAKEOVER_MARGIN,

@@ -70,10 +70,21 @@ impl Client {
 
     /// Deletes a topic with its messages and subscriptions.
     pub async fn delete_topic(&self, topic: &str) -> Result<(), ClientError> {
+        self.delete_at_owner(topic, false).await
+    }
+
+    /// Deletes a topic at its owner; `partition`: one partition of a partitioned topic
+    /// being deleted.
+    pub(crate) async fn delete_at_owner(
+        &self,
+        topic: &str,
+        partition: bool,
+    ) -> Result<(), ClientError> {
         self.topic_admin(
             topic,
             admin_request::Request::DeleteTopic(DeleteTopic {
                 topic: topic.to_owned(),
+                partition,
             }),
         )
         .await

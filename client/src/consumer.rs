@@ -53,6 +53,7 @@ pub struct ConsumerBuilder {
     ack_timeout: Option<Duration>,
     redelivery_delay: Option<(Duration, Duration)>,
     dead_letter: Option<DeadLetterPolicy>,
+    read_uncommitted: bool,
 }
 
 /// Where messages go that were redelivered too often (Pulsar's dead-letter topic).
@@ -78,6 +79,7 @@ impl ConsumerBuilder {
             ack_timeout: None,
             redelivery_delay: None,
             dead_letter: None,
+            read_uncommitted: false,
         }
     }
 
@@ -131,6 +133,13 @@ impl ConsumerBuilder {
         self
     }
 
+    /// Receive messages of open and aborted transactions too (default: only committed
+    /// ones, in log order). The subscription's first consumer decides.
+    pub fn read_uncommitted(mut self, yes: bool) -> Self {
+        self.read_uncommitted = yes;
+        self
+    }
+
     /// Subscribes: one session per partition of a partitioned topic (their messages merged
     /// into one stream), else one.
     pub async fn subscribe(self) -> Result<Consumer, ClientError> {
@@ -150,6 +159,7 @@ impl ConsumerBuilder {
             ledger_partition: HashMap::new(),
             topic,
             subscription: self.subscription,
+            failed: None,
         })
     }
 
@@ -172,6 +182,7 @@ impl ConsumerBuilder {
                 max_redelivery_delay_ms: self
                     .redelivery_delay
                     .map_or(0, |d| d.1.as_millis() as u64),
+                read_uncommitted: self.read_uncommitted,
             })),
         };
         let (writer, reader) =
@@ -218,8 +229,10 @@ impl ConsumerBuilder {
     }
 }
 
-/// Where links put what they receive: the partition index with a message or an error.
-type Delivered = mpsc::UnboundedSender<(usize, Result<ReceivedMessage, ClientError>)>;
+/// What links put in the consumer's queue: the partition index, a message or an error,
+/// and whether the error ended that partition's link for good.
+type Item = (usize, Result<ReceivedMessage, ClientError>, bool);
+type Delivered = mpsc::UnboundedSender<Item>;
 
 /// Opens a consumer session at the topic's owner and grants it `permits`.
 async fn subscribe(
@@ -282,13 +295,16 @@ type Receipts = Arc<Mutex<Option<HashMap<u64, oneshot::Sender<Result<(), ClientE
 /// A consumer of one subscription; on a partitioned topic, of that subscription on every
 /// partition, with their messages merged into one stream (each partition in its own order).
 pub struct Consumer {
-    rx: mpsc::UnboundedReceiver<(usize, Result<ReceivedMessage, ClientError>)>,
+    rx: mpsc::UnboundedReceiver<Item>,
     parts: Vec<PartitionConsumer>,
     /// The partition of every ledger a message came from: ledger ids are unique in the
     /// cluster, so a message id names its partition once its ledger has been seen.
     ledger_partition: HashMap<strata_proto::LedgerId, usize>,
     topic: TopicName,
     subscription: String,
+    /// A partition's session failed for good: every later receive fails with it, so a
+    /// partitioned consumer never goes on silently without one of its partitions.
+    failed: Option<strata_proto::WireError>,
 }
 
 /// The session of one partition (or of the topic, when not partitioned).
@@ -324,12 +340,29 @@ impl Consumer {
 
     /// The next message, waiting for one to arrive.
     pub async fn receive(&mut self) -> Result<ReceivedMessage, ClientError> {
-        let (index, msg) = self
-            .rx
-            .recv()
-            .await
-            .unwrap_or((0, Err(ClientError::Closed("consumer"))));
-        let msg = msg?;
+        if let Some(e) = &self.failed {
+            return Err(ClientError::Server(e.clone()));
+        }
+        let (index, msg, fatal) =
+            self.rx
+                .recv()
+                .await
+                .unwrap_or((0, Err(ClientError::Closed("consumer")), true));
+        let msg = match msg {
+            Ok(m) => m,
+            Err(e) => {
+                if fatal {
+                    self.failed = Some(match &e {
+                        ClientError::Server(w) => w.clone(),
+                        other => strata_proto::WireError::new(
+                            strata_proto::ErrorCode::Unknown,
+                            other.to_string(),
+                        ),
+                    });
+                }
+                return Err(e);
+            }
+        };
         if self.parts.len() > 1 {
             self.ledger_partition.insert(msg.id.ledger, index);
         }
@@ -392,14 +425,24 @@ impl Consumer {
         Ok(())
     }
 
-    /// Makes acks durable, then ends the sessions.
+    /// Makes acks durable, then ends the sessions (every one of them, even if a flush
+    /// failed; the first error is returned).
     pub async fn close(mut self) -> Result<(), ClientError> {
-        self.flush_acks().await?;
-        for part in &self.parts {
+        let mut first_error = None;
+        for part in &mut self.parts {
+            if let Err(e) = part.flush_acks().await {
+                first_error.get_or_insert(e);
+            }
             part.writer.lock().await.finish();
-            part.reader_task.abort();
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+impl Drop for PartitionConsumer {
+    fn drop(&mut self) {
+        // The link would otherwise keep the session (and an exclusive subscription) open.
+        self.reader_task.abort();
     }
 }
 
@@ -505,7 +548,7 @@ impl Link {
             };
             self.fail_receipts().await;
             if !(matches!(cause, ClientError::Closed(_)) || cause.is_retryable()) {
-                let _ = self.tx.send((self.partition, Err(cause)));
+                let _ = self.tx.send((self.partition, Err(cause), true));
                 return;
             }
             if cause.code() == Some(strata_proto::ErrorCode::SubscriptionReset) {
@@ -515,7 +558,7 @@ impl Link {
             match self.resubscribe(&cause).await {
                 Ok(r) => reader = r,
                 Err(e) => {
-                    let _ = self.tx.send((self.partition, Err(e)));
+                    let _ = self.tx.send((self.partition, Err(e), true));
                     return;
                 }
             }
@@ -562,7 +605,7 @@ impl Link {
                         if count == 0 {
                             *last_queued = Some(id);
                         }
-                        if self.tx.send((self.partition, Ok(received))).is_err() {
+                        if self.tx.send((self.partition, Ok(received), false)).is_err() {
                             return Ok(());
                         }
                     }
@@ -602,9 +645,11 @@ impl Link {
                         });
                     } else if let Some(e) = r.error {
                         // An ack without a waiter failed (e.g. an unknown message id): surface it.
-                        let _ = self
-                            .tx
-                            .send((self.partition, Err(ClientError::Server(e.into()))));
+                        let _ = self.tx.send((
+                            self.partition,
+                            Err(ClientError::Server(e.into())),
+                            false,
+                        ));
                     }
                 }
                 other => {

@@ -23,6 +23,7 @@
 //! - [`consumer`]: consumer with flow-control permits, individual and cumulative acks.
 //! - [`admin`]: topic administration; [`tenancy`]: tenants, partitioned topics, policy
 //!   changes.
+//! - [`transaction`]: begin, commit and abort transactions.
 //! - [`router`]: which partition a message goes to.
 //! - [`routing`]: lookups, and sessions opened on the broker that owns the topic.
 
@@ -34,6 +35,7 @@ pub mod producer;
 pub mod router;
 pub mod routing;
 pub mod tenancy;
+pub mod transaction;
 
 use std::sync::Arc;
 
@@ -43,7 +45,8 @@ pub use error::ClientError;
 pub use producer::{OutgoingMessage, Producer, ProducerBuilder, SendFuture, UNKNOWN_MESSAGE_ID};
 pub use routing::TopicOwner;
 pub use strata_proto::pb::client::{InitialPosition, SubscriptionType};
-pub use strata_proto::{ErrorCode, MessageId};
+pub use strata_proto::{ErrorCode, MessageId, TxnId};
+pub use transaction::{Transaction, TransactionBuilder};
 
 /// A connection to a broker. Cheap to clone; producers and consumers share its connection,
 /// each on its own stream.
@@ -54,6 +57,8 @@ pub struct Client {
 
 struct Inner {
     options: ClientOptions,
+    /// Unique per `Client`: owns the transactions it begins.
+    client_id: String,
     /// The brokers of the service URL, tried in turn for lookups and admin requests.
     urls: Vec<String>,
     /// The connection lookups and admin requests go to, and the index of its URL.
@@ -71,6 +76,7 @@ impl Client {
         let (c, index) = connect_any(&options, &urls, 0).await?;
         Ok(Self {
             inner: Arc::new(Inner {
+                client_id: unique_client_id(&options.name),
                 options,
                 urls,
                 service: tokio::sync::Mutex::new((c, index)),
@@ -103,6 +109,11 @@ impl Client {
         ConsumerBuilder::new(self.clone(), topic, subscription)
     }
 
+    /// This client's unique id (the owner of its transactions).
+    pub fn client_id(&self) -> &str {
+        &self.inner.client_id
+    }
+
     pub(crate) fn max_frame_size(&self) -> usize {
         self.inner.options.max_frame_size
     }
@@ -129,6 +140,16 @@ impl Client {
             .close(quinn::VarInt::from_u32(0), b"client closed");
         service.0.endpoint.wait_idle().await;
     }
+}
+
+/// `<name>-<pid>-<nanos>-<n>`: distinct for every client of every process.
+fn unique_client_id(name: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{name}-{}-{nanos}-{n}", std::process::id())
 }
 
 /// Connects to the first of `urls` that answers, starting at `start` and going round once.

@@ -132,6 +132,7 @@ impl ProducerBuilder {
             permits,
             name,
             topic,
+            client_id: self.client.client_id().to_owned(),
         })
     }
 
@@ -182,8 +183,25 @@ type Reply = oneshot::Sender<Result<MessageId, ClientError>>;
 
 struct Queued {
     message: Message,
+    /// The transaction the message is sent in, told when the send settles.
+    txn: Option<crate::Transaction>,
     reply: Reply,
     _permit: OwnedSemaphorePermit,
+}
+
+impl Queued {
+    /// Answers the sender, telling the transaction first (so its commit sees the send).
+    fn settle(self, topic: &TopicName, result: Result<MessageId, ClientError>) {
+        if let Some(txn) = &self.txn {
+            let stored = match &result {
+                Ok(id) if *id == UNKNOWN_MESSAGE_ID => None,
+                Ok(id) => Some(Ok(id.position())),
+                Err(e) => Some(Err(e)),
+            };
+            txn.send_settled(&topic.to_string(), stored);
+        }
+        let _ = self.reply.send(result);
+    }
 }
 
 /// A batch written and awaiting its receipt, kept encoded to be resent after a reconnect.
@@ -229,6 +247,7 @@ impl Session {
             frame: Some(client_frame::Frame::ProducerOpen(ProducerOpen {
                 topic: self.topic.to_string(),
                 producer_name: lock(&self.name).clone(),
+                client_id: self.client.client_id().to_owned(),
             })),
         };
         let (writer, reader, ready) = self
@@ -276,6 +295,11 @@ impl Session {
                     return Ok(reader);
                 }
                 Err(e) if !should_reconnect(&e) => return Err(e),
+                Err(e) if over_quota(&e) => {
+                    self.fail_in_flight(&as_wire(&e));
+                    debug!(error = %e, "topic over its backlog quota; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
                 Err(e) => {
                     if tokio::time::Instant::now() + backoff > deadline {
                         return Err(e);
@@ -291,19 +315,53 @@ impl Session {
     /// Fails every unconfirmed send, and any later one, with `e`.
     fn give_up(&self, e: WireError) {
         *lock(&self.failed) = Some(e.clone());
+        self.fail_in_flight(&e);
+    }
+
+    /// Fails the oldest unconfirmed batch (the one the broker refused) with `e`.
+    fn fail_oldest(&self, e: &WireError) {
+        let oldest = lock(&self.in_flight).pop_front();
+        for q in oldest.into_iter().flat_map(|b| b.messages) {
+            q.settle(&self.topic, Err(ClientError::Server(e.clone())));
+        }
+    }
+
+    /// Fails every unconfirmed batch with `e`.
+    fn fail_in_flight(&self, e: &WireError) {
         let batches: Vec<InFlightBatch> = lock(&self.in_flight).drain(..).collect();
         for batch in batches {
             for q in batch.messages {
-                let _ = q.reply.send(Err(ClientError::Server(e.clone())));
+                q.settle(&self.topic, Err(ClientError::Server(e.clone())));
             }
         }
     }
 }
 
 /// Whether a broken session is worth reopening: the broker or the network failed, not the
-/// request.
+/// request; or the broker refused one batch (it fails alone, the rest is resent).
 fn should_reconnect(e: &ClientError) -> bool {
-    matches!(e, ClientError::Closed(_)) || e.is_retryable()
+    matches!(e, ClientError::Closed(_)) || e.is_retryable() || batch_refused(e)
+}
+
+/// The broker refused the oldest batch for a reason of its own: its transaction is over
+/// (or not this client's), or the topic is over its backlog quota.
+fn batch_refused(e: &ClientError) -> bool {
+    matches!(
+        e.code(),
+        Some(
+            ErrorCode::BacklogQuotaExceeded
+                | ErrorCode::TransactionNotOpen
+                | ErrorCode::TransactionNotOwner
+                | ErrorCode::TransactionNotFound
+        )
+    )
+}
+
+/// The topic refuses messages until its consumers catch up: the unconfirmed sends fail
+/// with it, and the producer keeps reconnecting (later sends wait) until the quota allows
+/// it again, as Pulsar's `producer_exception` policy does.
+fn over_quota(e: &ClientError) -> bool {
+    e.code() == Some(ErrorCode::BacklogQuotaExceeded)
 }
 
 fn as_wire(e: &ClientError) -> WireError {
@@ -322,6 +380,8 @@ pub struct Producer {
     permits: Arc<Semaphore>,
     name: String,
     topic: TopicName,
+    /// The client's id: transactions of other clients are refused.
+    client_id: String,
 }
 
 /// The session of one partition (or of the topic, when not partitioned).
@@ -365,7 +425,33 @@ impl Producer {
         &self,
         message: impl Into<OutgoingMessage>,
     ) -> Result<SendFuture, ClientError> {
-        let m = message.into();
+        self.queue(message.into(), None).await
+    }
+
+    /// As [`Producer::send_async`], in a transaction: the message is delivered only if the
+    /// transaction commits, and the commit waits for it to be stored.
+    pub async fn send_async_in(
+        &self,
+        txn: &crate::Transaction,
+        message: impl Into<OutgoingMessage>,
+    ) -> Result<SendFuture, ClientError> {
+        self.queue(message.into(), Some(txn.clone())).await
+    }
+
+    /// Sends a message in a transaction and waits until it is stored.
+    pub async fn send_in(
+        &self,
+        txn: &crate::Transaction,
+        message: impl Into<OutgoingMessage>,
+    ) -> Result<MessageId, ClientError> {
+        self.send_async_in(txn, message).await?.await
+    }
+
+    async fn queue(
+        &self,
+        m: OutgoingMessage,
+        txn: Option<crate::Transaction>,
+    ) -> Result<SendFuture, ClientError> {
         let permit = self
             .permits
             .clone()
@@ -380,14 +466,26 @@ impl Producer {
             properties: m.properties,
             event_time_ms: m.event_time_ms,
         };
-        part.tx
-            .send(Queued {
-                message,
-                reply,
-                _permit: permit,
-            })
-            .await
-            .map_err(|_| ClientError::Closed("producer"))?;
+        if let Some(t) = &txn {
+            if t.client_id() != self.client_id {
+                // Not counted as a send of the transaction: it never reaches the broker.
+                return Err(ClientError::Server(WireError::new(
+                    ErrorCode::TransactionNotOwner,
+                    format!("{} belongs to another client", t.id()),
+                )));
+            }
+            t.send_started();
+        }
+        let queued = Queued {
+            message,
+            txn,
+            reply,
+            _permit: permit,
+        };
+        if let Err(mpsc::error::SendError(q)) = part.tx.send(queued).await {
+            q.settle(&self.topic, Err(ClientError::Closed("producer")));
+            return Err(ClientError::Closed("producer"));
+        }
         Ok(SendFuture(rx))
     }
 
@@ -424,8 +522,18 @@ struct Batcher {
 
 impl Batcher {
     async fn run(mut self) {
-        while let Some(first) = self.rx.recv().await {
+        // A message of another transaction than the batch's starts the next batch.
+        let mut carried: Option<Queued> = None;
+        loop {
+            let first = match carried.take() {
+                Some(q) => q,
+                None => match self.rx.recv().await {
+                    Some(q) => q,
+                    None => break,
+                },
+            };
             let mut bytes = first.message.payload.len();
+            let batch_txn = txn_id_of(&first);
             let mut batch = vec![first];
             let deadline = tokio::time::Instant::now() + self.max_delay;
             while batch.len() < self.max_messages && bytes < self.max_bytes {
@@ -440,6 +548,10 @@ impl Batcher {
                     }
                 };
                 match next {
+                    Some(q) if txn_id_of(&q) != batch_txn => {
+                        carried = Some(q);
+                        break;
+                    }
                     Some(q) => {
                         bytes += q.message.payload.len();
                         batch.push(q);
@@ -449,7 +561,7 @@ impl Batcher {
             }
             if let Some(e) = lock(&self.session.failed).clone() {
                 for q in batch {
-                    let _ = q.reply.send(Err(ClientError::Server(e.clone())));
+                    q.settle(&self.session.topic, Err(ClientError::Server(e.clone())));
                 }
                 self.rx.close();
                 continue;
@@ -471,6 +583,7 @@ impl Batcher {
             frame: Some(client_frame::Frame::Send(SendBatch {
                 sequence_id,
                 messages,
+                txn_id: batch.first().map_or(0, txn_id_of),
             })),
         };
         let encoded = match strata_proto::encode_frame(&frame, self.max_frame_size) {
@@ -479,7 +592,7 @@ impl Batcher {
                 // Only this batch is too large: fail it, keep the producer.
                 let err = WireError::new(ErrorCode::FrameTooLarge, e.to_string());
                 for q in batch {
-                    let _ = q.reply.send(Err(ClientError::Server(err.clone())));
+                    q.settle(&self.session.topic, Err(ClientError::Server(err.clone())));
                 }
                 return;
             }
@@ -499,6 +612,10 @@ impl Batcher {
             self.session.broken.notify_one();
         }
     }
+}
+
+fn txn_id_of(q: &Queued) -> u64 {
+    q.txn.as_ref().map_or(0, |t| t.id().0)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -538,6 +655,9 @@ async fn drive_session(session: Arc<Session>, mut reader: FrameReader) {
         if !should_reconnect(&cause) {
             session.give_up(as_wire(&cause));
             return;
+        }
+        if batch_refused(&cause) {
+            session.fail_oldest(&as_wire(&cause));
         }
         match session.reconnect(&cause).await {
             Ok(r) => reader = r,
@@ -589,7 +709,7 @@ fn complete(
                 ..first
             }
         };
-        let _ = q.reply.send(Ok(id));
+        q.settle(&session.topic, Ok(id));
     }
     Ok(())
 }

@@ -111,7 +111,7 @@ impl Client {
             )));
         }
         for partition in self.partition_names(&name).await? {
-            match self.delete_topic(&partition.to_string()).await {
+            match self.delete_at_owner(&partition.to_string(), true).await {
                 Ok(()) => {}
                 Err(ClientError::Server(e)) if e.code == ErrorCode::TopicNotFound => {}
                 Err(e) => return Err(e),

@@ -34,7 +34,9 @@
 //! - `keys`: column families, key encodings and the versioned, CRC32C-checked record
 //!   envelope.
 //! - [`tables`]: typed tables (tenants, namespaces, topics, ownership, managed ledgers, ledgers,
-//!   cursors, counters) over the key space: key layouts and versioned records.
+//!   cursors, dedup snapshots, transactions, counters) over the key space: key layouts and versioned records.
+//! - [`txn_coordinator`]: begins, registers participants in, decides and times out
+//!   transactions over the `txns` tables (the expiry runs on the leader).
 //! - [`types`]: the openraft [`TypeConfig`], the replicated [`Command`], [`Expect`], [`Written`].
 //! - [`network`]: openraft's `RaftNetwork` over QUIC.
 //! - [`rpc`]: node-to-node RPC messages and the peer connection cache.
@@ -74,6 +76,7 @@ pub mod session;
 pub mod state_machine;
 pub mod store;
 pub mod tables;
+pub mod txn_coordinator;
 pub mod types;
 pub mod watch;
 

@@ -49,12 +49,25 @@ pub enum ErrorCode {
     TenantNotEmpty = 29,
     /// The topic's backlog is over its namespace's quota and the policy refuses producers.
     BacklogQuotaExceeded = 30,
+    TransactionNotFound = 31,
+    /// The transaction is decided (or timed out): no more sends, acks or the opposite
+    /// decision.
+    TransactionNotOpen = 32,
+    /// The transaction belongs to another client.
+    TransactionNotOwner = 33,
+    /// Too many open transactions for the client or the cluster.
+    TooManyTransactions = 34,
+    /// Another open transaction holds an ack on the same message.
+    TransactionConflict = 35,
+    /// The request conflicts with the current state (a partition's record while its
+    /// partitioned topic exists, a partitioned topic whose partitions still exist).
+    PreconditionFailed = 36,
 }
 
 impl ErrorCode {
     pub fn from_u32(code: u32) -> Self {
         use ErrorCode::*;
-        const ALL: [ErrorCode; 31] = [
+        const ALL: [ErrorCode; 37] = [
             Unknown,
             IncompatibleVersion,
             FrameTooLarge,
@@ -86,6 +99,12 @@ impl ErrorCode {
             TenantAlreadyExists,
             TenantNotEmpty,
             BacklogQuotaExceeded,
+            TransactionNotFound,
+            TransactionNotOpen,
+            TransactionNotOwner,
+            TooManyTransactions,
+            TransactionConflict,
+            PreconditionFailed,
         ];
         ALL.get(code as usize).copied().unwrap_or(Unknown)
     }

@@ -172,6 +172,7 @@ mod tests {
                     payload: vec![0u8; 2048].into(),
                     ..Default::default()
                 }],
+                txn_id: 0,
             })),
         };
         assert!(matches!(

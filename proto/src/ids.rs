@@ -26,6 +26,17 @@ impl fmt::Display for EntryId {
     }
 }
 
+/// Id of a transaction: unique across the cluster and its restarts, allocated by the
+/// metastore.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct TxnId(pub u64);
+
+impl fmt::Display for TxnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "txn-{}", self.0)
+    }
+}
+
 /// An entry's place in a managed ledger: ledgers are ordered by id, entries within them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Position {

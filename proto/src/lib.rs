@@ -24,7 +24,7 @@ pub use error::{ErrorCode, WireError};
 pub use frame::{DEFAULT_MAX_FRAME_SIZE, FrameDecoder, FrameError, encode_frame};
 pub use handshake::{MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, negotiate};
 pub use hash::stable_hash;
-pub use ids::{EntryId, LedgerId, MessageId, Position};
+pub use ids::{EntryId, LedgerId, MessageId, Position, TxnId};
 pub use topic::{NamespaceName, TopicName, TopicNameError};
 
 /// Generated protobuf types, one module per `.proto` package.

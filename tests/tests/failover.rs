@@ -98,7 +98,10 @@ async fn the_new_owner_recognises_batches_the_old_owner_stored() {
     );
     let taken = a.service.topic(&name, true).await.expect("taken over by a");
     assert_eq!(taken.last_sequence_id("orders-1").await, 2500);
-    match taken.publish("orders-1", 2400, message("again")).await {
+    match taken
+        .publish("orders-1", 2400, message("again"), None)
+        .await
+    {
         Ok(Published::Duplicate(Some(p))) => assert_eq!(p, ids[2399].position()),
         Ok(Published::Duplicate(None)) => panic!("a replayed batch's position is known"),
         Ok(Published::Stored(_)) => panic!("batch 2400 stored twice"),
@@ -106,7 +109,7 @@ async fn the_new_owner_recognises_batches_the_old_owner_stored() {
     }
     assert!(
         matches!(
-            taken.publish("orders-1", 10, message("again")).await,
+            taken.publish("orders-1", 10, message("again"), None).await,
             Ok(Published::Duplicate(_))
         ),
         "a batch covered by the snapshot is a duplicate"

@@ -156,7 +156,7 @@ async fn partitioned_topic_admin_refuses_shadowing_and_deletes_partitions() {
                 .and_then(code)
         }
     };
-    assert_eq!(create(topic, 0).await, Some(ErrorCode::InvalidTopicName));
+    assert_eq!(create(topic, 0).await, Some(ErrorCode::InvalidPolicy));
     assert_eq!(
         create("persistent://nowhere/ns/x", 2).await,
         Some(ErrorCode::NamespaceNotFound)
@@ -172,14 +172,14 @@ async fn partitioned_topic_admin_refuses_shadowing_and_deletes_partitions() {
         let client = client.clone();
         async move { client.create_topic(t).await.err().and_then(code) }
     };
-    assert_eq!(plain(topic).await, Some(ErrorCode::InvalidTopicName));
+    assert_eq!(plain(topic).await, Some(ErrorCode::TopicAlreadyExists));
     assert_eq!(
         plain("persistent://public/default/events-partition-2").await,
         Some(ErrorCode::TopicAlreadyExists)
     );
     assert_eq!(
         plain("persistent://public/default/events-partition-3").await,
-        Some(ErrorCode::InvalidTopicName),
+        Some(ErrorCode::PreconditionFailed),
         "beyond the partition count"
     );
     // A plain topic's name cannot be taken by a partitioned one.
@@ -187,6 +187,16 @@ async fn partitioned_topic_admin_refuses_shadowing_and_deletes_partitions() {
     assert_eq!(
         create("persistent://public/default/plain", 2).await,
         Some(ErrorCode::TopicAlreadyExists)
+    );
+
+    // One partition cannot be deleted on its own.
+    assert_eq!(
+        client
+            .delete_topic("persistent://public/default/events-partition-0")
+            .await
+            .err()
+            .and_then(code),
+        Some(ErrorCode::PreconditionFailed)
     );
 
     // Data on every partition, then delete.

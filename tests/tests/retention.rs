@@ -65,6 +65,7 @@ async fn consumed_ledgers_are_deleted_unless_retention_keeps_them() {
             ..ManagedLedgerConfig::default()
         },
         default_replication: None,
+        ..BrokerConfig::default()
     };
     let broker = start_broker_with(&cluster, dir.path(), "broker-a", config).await;
     let client = client_of(&broker).await;

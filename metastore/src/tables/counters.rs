@@ -1,7 +1,7 @@
 //! Counters: `/counters/<name>` → the 8-byte big-endian `u64` that [`MetaStore::next_id`]
 //! keeps. That encoding is the metastore's, so counters carry no `format_version`.
 
-use strata_proto::LedgerId;
+use strata_proto::{LedgerId, TxnId};
 
 use super::{DecodeError, TableError};
 use crate::Meta;
@@ -12,6 +12,8 @@ pub struct Counter(&'static str);
 
 /// Allocates ledger ids.
 pub const LEDGER_ID: Counter = Counter("/counters/ledger-id");
+/// Allocates transaction ids.
+pub const TXN_ID: Counter = Counter("/counters/txn-id");
 
 impl Counter {
     /// The counter's metastore key.
@@ -65,5 +67,10 @@ impl Counters {
     /// A new ledger id, from [`LEDGER_ID`].
     pub async fn next_ledger_id(&self) -> Result<LedgerId, TableError> {
         self.next(LEDGER_ID).await.map(LedgerId)
+    }
+
+    /// A new transaction id, from [`TXN_ID`]: never reused, across restarts too.
+    pub async fn next_txn_id(&self) -> Result<TxnId, TableError> {
+        self.next(TXN_ID).await.map(TxnId)
     }
 }

@@ -12,6 +12,9 @@
 //! | [`ledgers`]           | `/ledgers/<id, 20 digits>`                         | protobuf `LedgerMetadata`|
 //! | [`cursors`]           | `/cursors/<tenant>/<ns>/<topic>/<subscription>`    | [`CursorRecord`]         |
 //! | [`dedup`]             | `/dedup/<tenant>/<ns>/<topic>`                     | [`DedupRecord`]          |
+//! | [`txns`]              | `/txns/<id, 20 digits>`                            | [`TxnRecord`]            |
+//! | [`txns`] (deadlines)  | `/txn-deadlines/<ms, 20 digits>/<id>`              | [`DeadlineMark`]         |
+//! | [`txns`] (partitions) | `/txn-partitions/<tenant>/<ns>/<topic>/<id>`       | [`TxnPartitionMark`]     |
 //! | [`counters`]          | `/counters/<name>`                                 | u64 big-endian           |
 //!
 //! Records are JSON objects with a `format_version` ([`JsonRecord`]), except ledger metadata
@@ -43,6 +46,7 @@ mod record;
 mod table;
 pub mod tenants;
 pub mod topics;
+pub mod txns;
 
 #[cfg(test)]
 mod tests;
@@ -64,6 +68,10 @@ pub use tenants::{TenantName, TenantRecord, Tenants};
 pub use topics::{
     PartitionedTopicRecord, PartitionedTopics, TopicRecord, Topics, partition_name, partition_of,
 };
+pub use txns::{
+    DeadlineMark, Decided, TxnDeadlines, TxnPartition, TxnPartitionMark, TxnPartitions, TxnRecord,
+    TxnRuleError, TxnState, Txns,
+};
 
 use crate::Meta;
 
@@ -79,6 +87,9 @@ pub struct Tables {
     pub ledgers: Table<Ledgers>,
     pub cursors: Table<Cursors>,
     pub dedup: Table<Dedup>,
+    pub txns: Table<Txns>,
+    pub txn_deadlines: Table<TxnDeadlines>,
+    pub txn_partitions: Table<TxnPartitions>,
     pub counters: Counters,
     meta: Meta,
 }
@@ -102,6 +113,9 @@ impl Tables {
             ledgers: Table::new(meta.clone()),
             cursors: Table::new(meta.clone()),
             dedup: Table::new(meta.clone()),
+            txns: Table::new(meta.clone()),
+            txn_deadlines: Table::new(meta.clone()),
+            txn_partitions: Table::new(meta.clone()),
             counters: Counters::new(meta.clone()),
             meta,
         }

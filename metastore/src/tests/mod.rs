@@ -9,3 +9,4 @@ mod leases;
 mod membership;
 mod properties;
 mod suite;
+mod txn_coordinator;

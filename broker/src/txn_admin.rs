@@ -1,0 +1,89 @@
+//! Transaction requests from clients and operators: begin, end (commit or abort), show,
+//! list. Any broker answers them: the coordinator's state is in the metastore.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use strata_metastore::tables::TxnRecord;
+use strata_proto::pb::client::{BeginTxn, EndTxn, TxnInfo, TxnList, admin_response};
+use strata_proto::{MessageId, TopicName, TxnId};
+
+use crate::{BrokerError, BrokerService};
+
+pub async fn begin(
+    service: &BrokerService,
+    r: BeginTxn,
+) -> Result<admin_response::Response, BrokerError> {
+    if r.client_id.is_empty() {
+        return Err(BrokerError::Protocol(
+            "a transaction needs a client id".into(),
+        ));
+    }
+    let timeout = (r.timeout_ms > 0).then(|| Duration::from_millis(r.timeout_ms));
+    let (id, record) = service.txns.begin(&r.client_id, timeout).await?;
+    Ok(admin_response::Response::Txn(info(id, &record)))
+}
+
+pub async fn end(
+    service: &BrokerService,
+    r: EndTxn,
+) -> Result<admin_response::Response, BrokerError> {
+    let id = TxnId(r.txn_id);
+    let record = if r.commit {
+        let mut last = BTreeMap::new();
+        for p in r.partitions {
+            let topic = TopicName::parse(&p.topic)?;
+            let position = p
+                .last
+                .map(|m| MessageId::from(m).position())
+                .ok_or_else(|| BrokerError::Protocol(format!("no last entry for {topic}")))?;
+            last.insert(topic.to_string(), position);
+        }
+        service.txns.commit(id, &r.client_id, &last).await?
+    } else if r.operator {
+        service.txns.abort(id, None).await?
+    } else {
+        service.txns.abort(id, Some(&r.client_id)).await?
+    };
+    Ok(admin_response::Response::Txn(info(id, &record)))
+}
+
+pub async fn get(
+    service: &BrokerService,
+    txn_id: u64,
+) -> Result<admin_response::Response, BrokerError> {
+    let id = TxnId(txn_id);
+    let row = service.txns.get(id).await?;
+    Ok(admin_response::Response::Txn(info(id, &row.record)))
+}
+
+pub async fn list(
+    service: &BrokerService,
+    open_only: bool,
+) -> Result<admin_response::Response, BrokerError> {
+    let txns = service
+        .txns
+        .list(open_only)
+        .await?
+        .iter()
+        .map(|(id, r)| info(*id, r))
+        .collect();
+    Ok(admin_response::Response::Txns(TxnList { txns }))
+}
+
+fn info(id: TxnId, r: &TxnRecord) -> TxnInfo {
+    TxnInfo {
+        txn_id: id.0,
+        state: r.state.to_string(),
+        owner: r.owner.clone(),
+        created_ms: r.created_ms,
+        deadline_ms: r.deadline_ms,
+        decided_ms: r.decided_ms.unwrap_or(0),
+        partitions: r.partitions.keys().cloned().collect(),
+        subscriptions: r
+            .subscriptions
+            .iter()
+            .map(|(t, s)| format!("{t} {s}"))
+            .collect(),
+    }
+}

@@ -1,0 +1,243 @@
+//! Transactions: messages produced and acks made in one commit or abort together.
+//!
+//! ```no_run
+//! # async fn run(client: strata_client::Client) -> Result<(), strata_client::ClientError> {
+//! let txn = client.new_transaction().timeout(std::time::Duration::from_secs(30)).begin().await?;
+//! // ... sends and acks in `txn` ...
+//! txn.commit().await?; // all of it, or (after an error) none of it
+//! # Ok(()) }
+//! ```
+//!
+//! The client remembers, per partition, the last entry a send of the transaction was stored
+//! at; `commit` waits until every send is acknowledged and passes those positions to the
+//! coordinator, which treats anything the transaction wrote after them as aborted. A failed
+//! send makes `commit` abort the transaction and fail.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use strata_proto::pb::client::{
+    BeginTxn, EndTxn, PartitionEnd, TxnInfo, admin_request, admin_response,
+};
+use strata_proto::{ErrorCode, Position, TxnId, WireError};
+use tokio::sync::Notify;
+
+use crate::{Client, ClientError};
+
+pub struct TransactionBuilder {
+    client: Client,
+    timeout: Option<Duration>,
+}
+
+impl TransactionBuilder {
+    pub(crate) fn new(client: Client) -> Self {
+        Self {
+            client,
+            timeout: None,
+        }
+    }
+
+    /// How long the transaction may stay open before the coordinator aborts it (default:
+    /// the coordinator's, 60 s).
+    pub fn timeout(mut self, d: Duration) -> Self {
+        self.timeout = Some(d);
+        self
+    }
+
+    pub async fn begin(self) -> Result<Transaction, ClientError> {
+        let request = admin_request::Request::BeginTxn(BeginTxn {
+            client_id: self.client.client_id().to_owned(),
+            timeout_ms: self.timeout.map_or(0, |d| d.as_millis().max(1) as u64),
+        });
+        let info = txn_info(self.client.admin(request).await?)?;
+        Ok(Transaction {
+            inner: Arc::new(Inner {
+                client: self.client,
+                id: TxnId(info.txn_id),
+                local: Mutex::new(Local::default()),
+                settled: Notify::new(),
+            }),
+        })
+    }
+}
+
+/// An open transaction. Cheap to clone; every clone is the same transaction.
+#[derive(Clone)]
+pub struct Transaction {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: Client,
+    id: TxnId,
+    local: Mutex<Local>,
+    /// Signalled whenever a send of the transaction settles.
+    settled: Notify,
+}
+
+#[derive(Default)]
+struct Local {
+    /// Per partition, the last entry a send was stored at.
+    last: BTreeMap<String, Position>,
+    /// Sends not yet acknowledged.
+    pending: usize,
+    /// The first send that failed.
+    failed: Option<ClientError>,
+}
+
+impl std::fmt::Debug for Transaction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transaction")
+            .field("id", &self.inner.id)
+            .finish()
+    }
+}
+
+impl Transaction {
+    pub fn id(&self) -> TxnId {
+        self.inner.id
+    }
+
+    /// The id of the client that began it (only its producers and consumers may use it).
+    pub fn client_id(&self) -> &str {
+        self.inner.client.client_id()
+    }
+
+    fn local(&self) -> std::sync::MutexGuard<'_, Local> {
+        self.inner.local.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A send of the transaction was handed to a producer.
+    pub(crate) fn send_started(&self) {
+        self.local().pending += 1;
+    }
+
+    /// A send of the transaction settled: stored on `topic` at a position (`None`: stored
+    /// before, position unknown), or failed.
+    pub(crate) fn send_settled(
+        &self,
+        topic: &str,
+        outcome: Option<Result<Position, &ClientError>>,
+    ) {
+        let mut local = self.local();
+        local.pending = local.pending.saturating_sub(1);
+        match outcome {
+            Some(Ok(p)) => {
+                let last = local.last.entry(topic.to_owned()).or_insert(p);
+                *last = (*last).max(p);
+            }
+            Some(Err(e)) if local.failed.is_none() => local.failed = Some(copy_error(e)),
+            Some(Err(_)) => {}
+            None => {}
+        }
+        drop(local);
+        self.inner.settled.notify_waiters();
+    }
+
+    /// Waits for every send, then commits. If a send failed, the transaction is aborted
+    /// instead and the send's error returned. Retrying a commit that went through answers
+    /// `Ok` again.
+    pub async fn commit(&self) -> Result<(), ClientError> {
+        loop {
+            let notified = self.inner.settled.notified();
+            if self.local().pending == 0 {
+                break;
+            }
+            notified.await;
+        }
+        let (last, failed) = {
+            let local = self.local();
+            (local.last.clone(), local.failed.as_ref().map(copy_error))
+        };
+        if let Some(e) = failed {
+            self.abort().await?;
+            return Err(e);
+        }
+        let partitions = last
+            .into_iter()
+            .map(|(topic, p)| PartitionEnd {
+                topic,
+                last: Some(strata_proto::MessageId::at(p, 0).into()),
+            })
+            .collect();
+        self.end(true, partitions).await
+    }
+
+    /// Aborts: nothing sent in the transaction is delivered, and its acks are released.
+    pub async fn abort(&self) -> Result<(), ClientError> {
+        self.end(false, Vec::new()).await
+    }
+
+    async fn end(&self, commit: bool, partitions: Vec<PartitionEnd>) -> Result<(), ClientError> {
+        let request = admin_request::Request::EndTxn(EndTxn {
+            txn_id: self.inner.id.0,
+            client_id: self.inner.client.client_id().to_owned(),
+            commit,
+            partitions,
+            operator: false,
+        });
+        txn_info(self.inner.client.admin(request).await?).map(drop)
+    }
+}
+
+fn txn_info(response: admin_response::Response) -> Result<TxnInfo, ClientError> {
+    match response {
+        admin_response::Response::Txn(t) => Ok(t),
+        other => Err(ClientError::Protocol(format!(
+            "expected a transaction, got {other:?}"
+        ))),
+    }
+}
+
+/// The error to report again later (client errors are not `Clone`).
+fn copy_error(e: &ClientError) -> ClientError {
+    match e {
+        ClientError::Server(w) => ClientError::Server(w.clone()),
+        other => ClientError::Server(WireError::new(ErrorCode::Unknown, other.to_string())),
+    }
+}
+
+impl Client {
+    /// Starts building a transaction.
+    pub fn new_transaction(&self) -> TransactionBuilder {
+        TransactionBuilder::new(self.clone())
+    }
+
+    /// An operator's view of a transaction.
+    pub async fn transaction_info(&self, id: TxnId) -> Result<TxnInfo, ClientError> {
+        txn_info(
+            self.admin(admin_request::Request::GetTxn(
+                strata_proto::pb::client::GetTxn { txn_id: id.0 },
+            ))
+            .await?,
+        )
+    }
+
+    /// Every transaction (only open ones with `open_only`).
+    pub async fn list_transactions(&self, open_only: bool) -> Result<Vec<TxnInfo>, ClientError> {
+        match self
+            .admin(admin_request::Request::ListTxns(
+                strata_proto::pb::client::ListTxns { open_only },
+            ))
+            .await?
+        {
+            admin_response::Response::Txns(l) => Ok(l.txns),
+            other => Err(ClientError::Protocol(format!(
+                "expected transactions, got {other:?}"
+            ))),
+        }
+    }
+
+    /// Aborts any client's transaction (operators).
+    pub async fn abort_transaction(&self, id: TxnId) -> Result<TxnInfo, ClientError> {
+        txn_info(
+            self.admin(admin_request::Request::EndTxn(EndTxn {
+                txn_id: id.0,
+                operator: true,
+                ..EndTxn::default()
+            }))
+            .await?,
+        )
+    }
+}

@@ -1,0 +1,214 @@
+//! The transaction coordinator on a real one-voter metastore (Raft log and state machine in
+//! RocksDB): decisions are one compare-and-set each, idempotent, final, and survive a
+//! restart; the expiry times out overdue transactions; limits and ownership are enforced.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use strata_proto::{Position, TopicName, TxnId};
+
+use crate::tables::{Tables, TxnRuleError, TxnState, now_ms};
+use crate::txn_coordinator::{CoordinatorError, TxnCoordinator, TxnLimits};
+use crate::{MetaStore, MetaStoreConfig};
+
+async fn open(dir: &std::path::Path) -> MetaStore {
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        MetaStore::open_standalone(dir, MetaStoreConfig::default()),
+    )
+    .await
+    .expect("opened in time")
+    .expect("open")
+}
+
+fn coordinator(store: &MetaStore, limits: TxnLimits) -> TxnCoordinator {
+    TxnCoordinator::new(Tables::new(store.clone()), limits)
+}
+
+fn topic(name: &str) -> TopicName {
+    TopicName::parse(name).expect("topic")
+}
+
+/// Commit fixes the ranges, answers again on a retry, refuses an abort afterwards, and the
+/// decision is still there after the metastore restarts. Ids are never reused.
+#[tokio::test]
+async fn commit_is_idempotent_final_and_durable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path()).await;
+    let c = coordinator(&store, TxnLimits::default());
+    let (id, record) = c
+        .begin("app", Some(Duration::from_secs(30)))
+        .await
+        .expect("begin");
+    assert_eq!(record.state, TxnState::Open);
+    let p0 = topic("out-partition-0");
+    c.register_partition(id, "app", &p0, Position::new(9, 4))
+        .await
+        .expect("register");
+    c.register_partition(id, "app", &p0, Position::new(9, 7))
+        .await
+        .expect("registered already: no-op");
+    c.register_subscription(id, "app", &topic("in"), "workers")
+        .await
+        .expect("register subscription");
+    let last = BTreeMap::from([(p0.to_string(), Position::new(9, 8))]);
+    let committed = c.commit(id, "app", &last).await.expect("commit");
+    assert_eq!(committed.state, TxnState::Committed);
+    assert_eq!(
+        committed.partitions[&p0.to_string()].first,
+        Position::new(9, 4)
+    );
+    assert_eq!(
+        committed.partitions[&p0.to_string()].last,
+        Some(Position::new(9, 8))
+    );
+    // A retried commit answers the same.
+    assert_eq!(
+        c.commit(id, "app", &last).await.expect("again").state,
+        TxnState::Committed
+    );
+    assert!(matches!(
+        c.abort(id, Some("app")).await,
+        Err(CoordinatorError::Rule(TxnRuleError::AlreadyDecided { .. }))
+    ));
+    assert!(matches!(
+        c.register_partition(id, "app", &topic("late"), Position::new(9, 9))
+            .await,
+        Err(CoordinatorError::Rule(TxnRuleError::NotOpen { .. }))
+    ));
+    assert!(
+        c.list(true).await.expect("list").is_empty(),
+        "no transaction is open"
+    );
+    // Every handle on the store goes before it is reopened (RocksDB's lock).
+    drop(c);
+    store.shutdown().await.expect("shutdown");
+    drop(store);
+
+    let store = open(dir.path()).await;
+    let c = coordinator(&store, TxnLimits::default());
+    assert_eq!(
+        c.get(id).await.expect("get").record.state,
+        TxnState::Committed
+    );
+    let (next, _) = c.begin("app", None).await.expect("begin after restart");
+    assert!(next > id, "ids are never reused: {next} after {id}");
+    store.shutdown().await.expect("shutdown");
+}
+
+/// Only the owner acts; an unknown id is NotFound; an abort is final and a second one
+/// answers the same; an operator may abort anyone's transaction.
+#[tokio::test]
+async fn abort_ownership_and_unknown_transactions() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path()).await;
+    let c = coordinator(&store, TxnLimits::default());
+    let (id, _) = c.begin("app", None).await.expect("begin");
+    assert!(matches!(
+        c.commit(id, "intruder", &BTreeMap::new()).await,
+        Err(CoordinatorError::Rule(TxnRuleError::NotOwner { .. }))
+    ));
+    assert!(matches!(
+        c.register_partition(id, "intruder", &topic("x"), Position::new(1, 0))
+            .await,
+        Err(CoordinatorError::Rule(TxnRuleError::NotOwner { .. }))
+    ));
+    assert!(matches!(
+        c.commit(TxnId(u64::MAX), "app", &BTreeMap::new()).await,
+        Err(CoordinatorError::NotFound(_))
+    ));
+    assert_eq!(
+        c.abort(id, Some("app")).await.expect("abort").state,
+        TxnState::Aborted
+    );
+    assert_eq!(
+        c.abort(id, Some("app")).await.expect("again").state,
+        TxnState::Aborted
+    );
+    assert!(matches!(
+        c.commit(id, "app", &BTreeMap::new()).await,
+        Err(CoordinatorError::Rule(TxnRuleError::AlreadyDecided { .. }))
+    ));
+    let (other, _) = c.begin("someone", None).await.expect("begin");
+    assert_eq!(
+        c.abort(other, None).await.expect("operator abort").state,
+        TxnState::Aborted
+    );
+    store.shutdown().await.expect("shutdown");
+}
+
+/// The expiry times out exactly the overdue open transactions; a timed-out one cannot be
+/// committed; a decided one is not touched.
+#[tokio::test]
+async fn expiry_times_out_overdue_transactions_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path()).await;
+    let c = coordinator(&store, TxnLimits::default());
+    let (short, rec) = c
+        .begin("app", Some(Duration::from_millis(10)))
+        .await
+        .expect("begin");
+    let (long, _) = c
+        .begin("app", Some(Duration::from_secs(600)))
+        .await
+        .expect("begin");
+    let (done, _) = c
+        .begin("app", Some(Duration::from_millis(10)))
+        .await
+        .expect("begin");
+    c.commit(done, "app", &BTreeMap::new())
+        .await
+        .expect("commit");
+    // "Now" is passed in: no sleeping for the deadline.
+    assert_eq!(c.expire_due(rec.deadline_ms - 1).await.expect("expire"), 0);
+    assert_eq!(c.expire_due(rec.deadline_ms + 1).await.expect("expire"), 1);
+    assert_eq!(
+        c.get(short).await.expect("get").record.state,
+        TxnState::TimedOut
+    );
+    assert_eq!(c.get(long).await.expect("get").record.state, TxnState::Open);
+    assert_eq!(
+        c.get(done).await.expect("get").record.state,
+        TxnState::Committed
+    );
+    assert!(matches!(
+        c.commit(short, "app", &BTreeMap::new()).await,
+        Err(CoordinatorError::Rule(TxnRuleError::AlreadyDecided { .. }))
+    ));
+    assert_eq!(c.expire_due(now_ms() + 3_600_000).await.expect("expire"), 1);
+    store.shutdown().await.expect("shutdown");
+}
+
+/// Open transactions are limited per client and per cluster; deciding one frees its slot;
+/// a timeout out of range is refused.
+#[tokio::test]
+async fn open_transactions_are_limited() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path()).await;
+    let c = coordinator(
+        &store,
+        TxnLimits {
+            max_open_per_client: 2,
+            max_open: 3,
+            ..TxnLimits::default()
+        },
+    );
+    let (a, _) = c.begin("a", None).await.expect("begin");
+    c.begin("a", None).await.expect("begin");
+    assert!(matches!(
+        c.begin("a", None).await,
+        Err(CoordinatorError::TooManyOpen { .. })
+    ));
+    c.begin("b", None).await.expect("another client");
+    assert!(matches!(
+        c.begin("c", None).await,
+        Err(CoordinatorError::TooManyOpen { .. })
+    ));
+    c.abort(a, Some("a")).await.expect("abort");
+    c.begin("a", None).await.expect("a slot is free again");
+    assert!(matches!(
+        c.begin("a", Some(Duration::ZERO)).await,
+        Err(CoordinatorError::InvalidTimeout { .. })
+    ));
+    store.shutdown().await.expect("shutdown");
+}

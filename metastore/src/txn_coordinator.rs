@@ -1,0 +1,304 @@
+//! The transaction coordinator: begins, registers participants in, decides and times out
+//! transactions, each step one compare-and-set of the transaction's record (one Raft entry).
+//! Any broker runs the client-facing steps against the metastore; the metastore leader runs
+//! the expiry (see [`spawn_expiry`]), so a timeout survives the failover of any node.
+//!
+//! The rules themselves (which transitions are allowed, idempotent decisions) are plain
+//! methods of [`TxnRecord`]; this module adds the reads, retries and limits.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use strata_proto::{Position, TopicName, TxnId};
+use tracing::{debug, info, warn};
+
+use crate::tables::{
+    DeadlineMark, Decided, TableError, Tables, TxnPartitionMark, TxnRecord, TxnRuleError, TxnState,
+    Versioned, now_ms,
+};
+use crate::types::Txn;
+use crate::{Expect, MetaStore};
+
+/// Bounds on transactions, so open ones cannot pile up without limit.
+#[derive(Debug, Clone, Copy)]
+pub struct TxnLimits {
+    pub max_open_per_client: usize,
+    pub max_open: usize,
+    pub default_timeout: Duration,
+    pub max_timeout: Duration,
+}
+
+impl Default for TxnLimits {
+    fn default() -> Self {
+        Self {
+            max_open_per_client: 1_000,
+            max_open: 100_000,
+            default_timeout: Duration::from_secs(60),
+            max_timeout: Duration::from_secs(3600),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CoordinatorError {
+    #[error("transaction {0} does not exist")]
+    NotFound(TxnId),
+    #[error(transparent)]
+    Rule(#[from] TxnRuleError),
+    #[error("too many open transactions {scope}: the limit is {limit}")]
+    TooManyOpen { scope: String, limit: usize },
+    #[error("transaction timeout {asked:?} is out of range (1 ms to {max:?})")]
+    InvalidTimeout { asked: Duration, max: Duration },
+    #[error("metadata: {0}")]
+    Table(#[from] TableError),
+}
+
+/// The coordinator over the metastore's transaction tables. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct TxnCoordinator {
+    tables: Tables,
+    limits: TxnLimits,
+}
+
+impl TxnCoordinator {
+    pub fn new(tables: Tables, limits: TxnLimits) -> Self {
+        Self { tables, limits }
+    }
+
+    /// Begins a transaction of `owner`; `timeout` `None` takes the default.
+    pub async fn begin(
+        &self,
+        owner: &str,
+        timeout: Option<Duration>,
+    ) -> Result<(TxnId, TxnRecord), CoordinatorError> {
+        let timeout = timeout.unwrap_or(self.limits.default_timeout);
+        if timeout.is_zero() || timeout > self.limits.max_timeout {
+            return Err(CoordinatorError::InvalidTimeout {
+                asked: timeout,
+                max: self.limits.max_timeout,
+            });
+        }
+        self.check_limits(owner).await?;
+        let id = self.tables.counters.next_txn_id().await?;
+        let record = TxnRecord::open(owner, now_ms(), timeout.as_millis() as u64);
+        let t = &self.tables;
+        let txn = Txn {
+            compares: vec![t.txns.version_is(&id, Expect::Absent)],
+            success: vec![
+                t.txns.put_op(&id, &record)?,
+                t.txn_deadlines.put_op(
+                    &(record.deadline_ms, id),
+                    &DeadlineMark {
+                        owner: owner.to_owned(),
+                    },
+                )?,
+            ],
+            failure: Vec::new(),
+        };
+        // The id is fresh from the counter, so the record cannot exist.
+        t.meta().txn(txn).await.map_err(TableError::from)?;
+        debug!(txn = %id, owner, ?timeout, "transaction begun");
+        Ok((id, record))
+    }
+
+    /// Open transactions are those still in the deadline index.
+    async fn check_limits(&self, owner: &str) -> Result<(), CoordinatorError> {
+        let open = self.tables.txn_deadlines.list(&()).await?;
+        if open.len() >= self.limits.max_open {
+            return Err(CoordinatorError::TooManyOpen {
+                scope: "in the cluster".into(),
+                limit: self.limits.max_open,
+            });
+        }
+        let mine = open.iter().filter(|(_, r)| r.record.owner == owner).count();
+        if mine >= self.limits.max_open_per_client {
+            return Err(CoordinatorError::TooManyOpen {
+                scope: format!("for client {owner}"),
+                limit: self.limits.max_open_per_client,
+            });
+        }
+        Ok(())
+    }
+
+    pub async fn get(&self, id: TxnId) -> Result<Versioned<TxnRecord>, CoordinatorError> {
+        self.tables
+            .txns
+            .get(&id)
+            .await?
+            .ok_or(CoordinatorError::NotFound(id))
+    }
+
+    /// Every transaction (only the open ones with `open_only`), by id.
+    pub async fn list(&self, open_only: bool) -> Result<Vec<(TxnId, TxnRecord)>, CoordinatorError> {
+        Ok(self
+            .tables
+            .txns
+            .list(&())
+            .await?
+            .into_iter()
+            .map(|(id, row)| (id, row.record))
+            .filter(|(_, r)| !open_only || r.state.is_open())
+            .collect())
+    }
+
+    /// Registers `topic` as written by `owner`'s transaction from `first` on. One metastore
+    /// write the first time, none after.
+    pub async fn register_partition(
+        &self,
+        id: TxnId,
+        owner: &str,
+        topic: &TopicName,
+        first: Position,
+    ) -> Result<(), CoordinatorError> {
+        loop {
+            let row = self.get(id).await?;
+            row.record.check_open(id, owner)?;
+            let mut record = row.record;
+            if !record.register_partition(id, topic, first)? {
+                return Ok(());
+            }
+            let t = &self.tables;
+            let txn = Txn {
+                compares: vec![t.txns.version_is(&id, Expect::Version(row.version))],
+                success: vec![
+                    t.txns.put_op(&id, &record)?,
+                    t.txn_partitions
+                        .put_op(&(topic.clone(), id), &TxnPartitionMark { first })?,
+                ],
+                failure: Vec::new(),
+            };
+            if t.meta().txn(txn).await.map_err(TableError::from)?.succeeded {
+                return Ok(());
+            }
+            // Another participant registered meanwhile (or it was decided): read again.
+        }
+    }
+
+    /// Registers a subscription acknowledged in `owner`'s transaction.
+    pub async fn register_subscription(
+        &self,
+        id: TxnId,
+        owner: &str,
+        topic: &TopicName,
+        subscription: &str,
+    ) -> Result<(), CoordinatorError> {
+        loop {
+            let row = self.get(id).await?;
+            row.record.check_open(id, owner)?;
+            let mut record = row.record;
+            if !record.register_subscription(id, topic, subscription)? {
+                return Ok(());
+            }
+            match self.tables.txns.update(&id, &record, row.version).await {
+                Ok(_) => return Ok(()),
+                Err(TableError::VersionMismatch { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Commits `owner`'s transaction; `last` gives, per partition written, the last entry
+    /// the client saw acknowledged. Committing again answers `Committed` again.
+    pub async fn commit(
+        &self,
+        id: TxnId,
+        owner: &str,
+        last: &BTreeMap<String, Position>,
+    ) -> Result<TxnRecord, CoordinatorError> {
+        self.decide(id, Some(owner), |r| r.commit(id, last, now_ms()))
+            .await
+    }
+
+    /// Aborts `owner`'s transaction (`owner` `None`: an operator's abort, for any client).
+    pub async fn abort(
+        &self,
+        id: TxnId,
+        owner: Option<&str>,
+    ) -> Result<TxnRecord, CoordinatorError> {
+        self.decide(id, owner, |r| r.abort(id, false, now_ms()))
+            .await
+    }
+
+    /// Applies a decision with one compare-and-set of the record, removing the deadline
+    /// mark in the same write.
+    async fn decide(
+        &self,
+        id: TxnId,
+        owner: Option<&str>,
+        rule: impl Fn(&mut TxnRecord) -> Result<Decided, TxnRuleError>,
+    ) -> Result<TxnRecord, CoordinatorError> {
+        loop {
+            let row = self.get(id).await?;
+            if let Some(owner) = owner
+                && row.record.owner != owner
+            {
+                return Err(TxnRuleError::NotOwner { id }.into());
+            }
+            let mut record = row.record;
+            let deadline = record.deadline_ms;
+            if rule(&mut record)? == Decided::Already {
+                return Ok(record);
+            }
+            let t = &self.tables;
+            let txn = Txn {
+                compares: vec![t.txns.version_is(&id, Expect::Version(row.version))],
+                success: vec![
+                    t.txns.put_op(&id, &record)?,
+                    t.txn_deadlines.delete_op(&(deadline, id)),
+                ],
+                failure: Vec::new(),
+            };
+            if t.meta().txn(txn).await.map_err(TableError::from)?.succeeded {
+                info!(txn = %id, state = %record.state, "transaction decided");
+                return Ok(record);
+            }
+        }
+    }
+
+    /// Times out every open transaction whose deadline is at or before `now`; returns how
+    /// many it aborted.
+    pub async fn expire_due(&self, now: u64) -> Result<usize, CoordinatorError> {
+        let mut expired = 0;
+        for ((deadline, id), _) in self.tables.txn_deadlines.list(&()).await? {
+            if deadline > now {
+                break; // the index is in deadline order
+            }
+            let decided = self.decide(id, None, |r| r.abort(id, true, now)).await;
+            match decided {
+                Ok(r) if r.state == TxnState::TimedOut => expired += 1,
+                Ok(_) => {}
+                // A mark without its record (a crash cannot leave one: both are written
+                // together) is dropped rather than retried forever.
+                Err(CoordinatorError::NotFound(_)) => {
+                    self.tables
+                        .txn_deadlines
+                        .delete(&(deadline, id), Expect::Any)
+                        .await?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if expired > 0 {
+            info!(expired, "transactions timed out");
+        }
+        Ok(expired)
+    }
+}
+
+/// Runs the coordinator's expiry every `interval` while `store` is the metastore leader.
+pub fn spawn_expiry(store: MetaStore, interval: Duration) -> tokio::task::JoinHandle<()> {
+    let coordinator = TxnCoordinator::new(Tables::new(store.clone()), TxnLimits::default());
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if !store.is_leader() {
+                continue;
+            }
+            if let Err(e) = coordinator.expire_due(now_ms()).await {
+                warn!(error = %e, "transaction expiry failed; retrying");
+            }
+        }
+    })
+}

@@ -1,0 +1,310 @@
+//! Transactions through brokers (in process: a metastore, three bookies, two brokers, the
+//! coordinator's expiry running as on a metastore leader): begin, commit and abort from the
+//! client, idempotent decisions, timeouts, and typed errors for unknown or decided ones.
+
+mod support;
+
+use std::time::Duration;
+
+use strata_client::{ClientError, ErrorCode, TxnId};
+use strata_metastore::txn_coordinator::spawn_expiry;
+use support::{client_of_all, start, stop_all};
+
+fn code(r: Result<impl std::fmt::Debug, ClientError>) -> Option<ErrorCode> {
+    r.err().and_then(|e| e.code())
+}
+
+/// Commit twice answers committed twice; abort afterwards is refused. Abort twice answers
+/// aborted twice; commit afterwards is refused. The states are what an operator sees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decisions_are_idempotent_and_final() {
+    let (_dir, cluster, brokers) = start().await;
+    let client = client_of_all(&brokers).await;
+
+    let committed = client.new_transaction().begin().await.expect("begin");
+    let open = client.list_transactions(true).await.expect("list");
+    assert!(
+        open.iter().any(|t| t.txn_id == committed.id().0),
+        "{open:?}"
+    );
+    committed.commit().await.expect("commit");
+    committed
+        .commit()
+        .await
+        .expect("a retried commit answers committed");
+    assert_eq!(
+        code(committed.abort().await),
+        Some(ErrorCode::TransactionNotOpen)
+    );
+    let info = client.transaction_info(committed.id()).await.expect("info");
+    assert_eq!(info.state, "COMMITTED");
+    assert_eq!(info.owner, client.client_id());
+    assert!(info.decided_ms >= info.created_ms);
+
+    let aborted = client.new_transaction().begin().await.expect("begin");
+    assert!(aborted.id() > committed.id(), "ids only grow");
+    aborted.abort().await.expect("abort");
+    aborted
+        .abort()
+        .await
+        .expect("a retried abort answers aborted");
+    assert_eq!(
+        code(aborted.commit().await),
+        Some(ErrorCode::TransactionNotOpen)
+    );
+    assert_eq!(
+        client
+            .transaction_info(aborted.id())
+            .await
+            .expect("info")
+            .state,
+        "ABORTED"
+    );
+    assert!(
+        client
+            .list_transactions(true)
+            .await
+            .expect("list")
+            .is_empty(),
+        "nothing left open"
+    );
+    assert_eq!(
+        code(client.transaction_info(TxnId(u64::MAX)).await),
+        Some(ErrorCode::TransactionNotFound)
+    );
+    client.close().await;
+    stop_all(brokers, cluster).await;
+}
+
+/// A transaction left open past its timeout is aborted by the coordinator: it shows as
+/// TIMED_OUT and its commit is refused. An operator can abort any client's transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_coordinator_times_out_and_operators_abort() {
+    let (_dir, cluster, brokers) = start().await;
+    let expiry = spawn_expiry(cluster.meta.clone(), Duration::from_millis(50));
+    let client = client_of_all(&brokers).await;
+    let operator = client_of_all(&brokers).await;
+
+    let txn = client
+        .new_transaction()
+        .timeout(Duration::from_millis(200))
+        .begin()
+        .await
+        .expect("begin");
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while client.transaction_info(txn.id()).await.expect("info").state != "TIMED_OUT" {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("timed out by the coordinator");
+    assert_eq!(
+        code(txn.commit().await),
+        Some(ErrorCode::TransactionNotOpen)
+    );
+
+    let other = client.new_transaction().begin().await.expect("begin");
+    let info = operator
+        .abort_transaction(other.id())
+        .await
+        .expect("operator abort");
+    assert_eq!(info.state, "ABORTED");
+    assert_eq!(
+        code(other.commit().await),
+        Some(ErrorCode::TransactionNotOpen)
+    );
+    assert_eq!(
+        code(
+            client
+                .new_transaction()
+                .timeout(Duration::from_secs(100_000))
+                .begin()
+                .await
+        ),
+        Some(ErrorCode::InvalidPolicy),
+        "a timeout beyond the maximum"
+    );
+    expiry.abort();
+    client.close().await;
+    operator.close().await;
+    stop_all(brokers, cluster).await;
+}
+
+/// Reads `n` messages, as text with the partition they came from.
+async fn receive_n(consumer: &mut strata_client::Consumer, n: usize) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let m = tokio::time::timeout(Duration::from_secs(30), consumer.receive())
+            .await
+            .expect("a message within 30 s")
+            .expect("receive");
+        consumer.ack(m.id).await.expect("ack");
+        out.push((
+            m.topic.to_string(),
+            String::from_utf8(m.payload.to_vec()).expect("utf8"),
+        ));
+    }
+    out
+}
+
+/// A transaction's messages on three partitions are invisible to a read-committed consumer
+/// until the commit (a read-uncommitted one sees them at once), then all arrive; a message
+/// written after the transaction's first one on a partition waits behind it, so nothing is
+/// reordered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commit_makes_every_partition_visible_in_log_order() {
+    let (_dir, cluster, brokers) = start().await;
+    let client = client_of_all(&brokers).await;
+    let topic = "persistent://public/default/txn-out";
+    client
+        .create_partitioned_topic(topic, 3)
+        .await
+        .expect("create");
+    let mut committed_reader = client
+        .consumer(topic, "committed")
+        .initial_position(strata_client::InitialPosition::Earliest)
+        .subscribe()
+        .await
+        .expect("subscribe");
+    let mut uncommitted_reader = client
+        .consumer(topic, "uncommitted")
+        .initial_position(strata_client::InitialPosition::Earliest)
+        .read_uncommitted(true)
+        .subscribe()
+        .await
+        .expect("subscribe");
+    let producer = client.producer(topic).create().await.expect("producer");
+    let txn = client.new_transaction().begin().await.expect("begin");
+    for i in 0..30 {
+        let message = strata_client::OutgoingMessage {
+            payload: format!("txn-{i}").into(),
+            key: Some(format!("k{i}")),
+            ..Default::default()
+        };
+        producer.send_in(&txn, message).await.expect("stored");
+    }
+    // Outside the transaction, after it on every partition.
+    for k in 0..6 {
+        let message = strata_client::OutgoingMessage {
+            payload: format!("plain-{k}").into(),
+            key: Some(format!("k{k}")),
+            ..Default::default()
+        };
+        producer.send(message).await.expect("stored");
+    }
+    let seen = receive_n(&mut uncommitted_reader, 36).await;
+    let partitions: std::collections::BTreeSet<&String> = seen.iter().map(|(p, _)| p).collect();
+    assert_eq!(
+        partitions.len(),
+        3,
+        "the transaction wrote to all three partitions"
+    );
+    let early = tokio::time::timeout(Duration::from_millis(300), committed_reader.receive()).await;
+    assert!(early.is_err(), "delivered before the commit: {early:?}");
+
+    txn.commit().await.expect("commit");
+    let got = receive_n(&mut committed_reader, 36).await;
+    let mut texts: Vec<&str> = got.iter().map(|(_, t)| t.as_str()).collect();
+    texts.sort();
+    let mut expected: Vec<String> = (0..30).map(|i| format!("txn-{i}")).collect();
+    expected.extend((0..6).map(|k| format!("plain-{k}")));
+    expected.sort();
+    assert_eq!(
+        texts,
+        expected.iter().map(String::as_str).collect::<Vec<_>>()
+    );
+    // Per partition, read-committed order is the log order the uncommitted reader saw.
+    for p in partitions {
+        let log: Vec<&String> = seen
+            .iter()
+            .filter(|(q, _)| q == p)
+            .map(|(_, t)| t)
+            .collect();
+        let delivered: Vec<&String> = got.iter().filter(|(q, _)| q == p).map(|(_, t)| t).collect();
+        assert_eq!(delivered, log, "{p} reordered");
+    }
+    let info = client.transaction_info(txn.id()).await.expect("info");
+    assert_eq!(info.partitions.len(), 3);
+    producer.close().await.expect("close");
+    client.close().await;
+    stop_all(brokers, cluster).await;
+}
+
+/// An aborted transaction's messages are never delivered; what follows them is. A send after
+/// the commit is refused or, if it raced the decision, never delivered. Another client
+/// cannot send in the transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aborted_and_late_messages_are_never_delivered() {
+    let (_dir, cluster, brokers) = start().await;
+    let client = client_of_all(&brokers).await;
+    let intruder = client_of_all(&brokers).await;
+    let topic = "persistent://public/default/txn-abort";
+    let mut reader = client
+        .consumer(topic, "committed")
+        .initial_position(strata_client::InitialPosition::Earliest)
+        .subscribe()
+        .await
+        .expect("subscribe");
+    let producer = client.producer(topic).create().await.expect("producer");
+
+    let aborted = client.new_transaction().begin().await.expect("begin");
+    for i in 0..10 {
+        producer
+            .send_in(&aborted, format!("aborted-{i}"))
+            .await
+            .expect("stored");
+    }
+    aborted.abort().await.expect("abort");
+    producer.send("marker-1").await.expect("stored");
+    assert_eq!(receive_n(&mut reader, 1).await[0].1, "marker-1");
+
+    let committed = client.new_transaction().begin().await.expect("begin");
+    producer.send_in(&committed, "kept").await.expect("stored");
+    let stranger = intruder.producer(topic).create().await.expect("producer");
+    assert_eq!(
+        code(stranger.send_in(&committed, "intruding").await),
+        Some(ErrorCode::TransactionNotOwner),
+        "refused by the client library"
+    );
+    // And by the broker, for a client that names the transaction anyway.
+    let name = strata_proto::TopicName::parse(topic).expect("topic");
+    let mut refused = None;
+    for b in &brokers {
+        if let Ok(t) = b.service.topic(&name, false).await {
+            let message = strata_proto::pb::client::Message {
+                payload: "intruding".into(),
+                ..Default::default()
+            };
+            let outcome = t
+                .publish(
+                    "raw",
+                    1,
+                    vec![message],
+                    Some((committed.id(), "someone-else")),
+                )
+                .await;
+            refused = outcome.err().map(|e| e.code());
+        }
+    }
+    assert_eq!(refused, Some(ErrorCode::TransactionNotOwner));
+    committed.commit().await.expect("commit");
+    match producer.send_in(&committed, "late").await {
+        Ok(_) => {} // raced the broker's news of the commit: stored beyond the range
+        Err(e) => assert_eq!(e.code(), Some(ErrorCode::TransactionNotOpen), "{e}"),
+    }
+    producer
+        .send("marker-2")
+        .await
+        .expect("the producer goes on");
+    let got: Vec<String> = receive_n(&mut reader, 2)
+        .await
+        .into_iter()
+        .map(|(_, t)| t)
+        .collect();
+    assert_eq!(got, ["kept", "marker-2"]);
+    stranger.close().await.expect("close");
+    producer.close().await.expect("close");
+    client.close().await;
+    intruder.close().await;
+    stop_all(brokers, cluster).await;
+}
