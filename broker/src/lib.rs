@@ -20,6 +20,7 @@
 //! - [`txn_buffer`]: a partition's open and decided transactions, its stable position and
 //!   what read-committed subscriptions may deliver (no I/O).
 //! - [`cursor`]: the acknowledgement state as a plain struct (no I/O).
+//! - [`rates`]: per-second rates for topic and subscription stats (no I/O).
 //! - [`metrics`]: counters exposed on `/metrics`.
 //!
 //! Everything it keeps in the metastore goes through the typed tables of
@@ -35,6 +36,7 @@ pub mod error;
 pub mod managed_ledger;
 pub mod metrics;
 pub mod ownership;
+pub mod rates;
 pub mod server;
 pub mod service;
 pub mod subscription;

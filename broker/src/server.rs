@@ -246,6 +246,7 @@ async fn handle_admin(service: &BrokerService, req: AdminRequest) -> AdminRespon
                         consumers: st.consumers,
                         unacked: st.unacked,
                         redelivering: st.redelivering,
+                        dispatch_rate_msgs: sub.dispatched.rate(),
                     });
                 }
                 Ok(admin_response::Response::Stats(TopicStatsReply {
@@ -254,6 +255,8 @@ async fn handle_admin(service: &BrokerService, req: AdminRequest) -> AdminRespon
                     ledgers,
                     size_bytes,
                     subscriptions,
+                    publish_rate_msgs: topic.published_msgs.rate(),
+                    publish_rate_bytes: topic.published_bytes.rate(),
                 }))
             }
             Some(admin_request::Request::Lookup(l)) => {
@@ -448,6 +451,8 @@ async fn producer_session(
                 Ok(Published::Stored(fut)) => match fut.await {
                     Ok(pos) => {
                         topic.persisted(&name, sequence_id, pos).await;
+                        topic.published_msgs.add(u64::from(count));
+                        topic.published_bytes.add(bytes);
                         BrokerMetrics::add(&service.metrics.entries_in, 1);
                         BrokerMetrics::add(&service.metrics.messages_in, u64::from(count));
                         BrokerMetrics::add(&service.metrics.bytes_in, bytes);

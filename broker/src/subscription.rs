@@ -184,6 +184,8 @@ pub struct Subscription {
     ml: Arc<ManagedLedger>,
     /// The partition's transactions, for read-committed delivery.
     txns: SharedTxns,
+    /// Messages delivered, for the dispatch rate in stats.
+    pub dispatched: crate::rates::RateMeter,
     tables: Tables,
     state: Mutex<SubState>,
     wake_dispatcher: Notify,
@@ -256,6 +258,7 @@ impl Subscription {
                 read_committed: true,
             }),
             txns,
+            dispatched: Default::default(),
             wake_dispatcher: Notify::new(),
             wake_flusher: Arc::new(Notify::new()),
             persisted,
@@ -997,6 +1000,7 @@ async fn dispatch_once(sub: &Subscription) -> Result<DispatchOutcome, BrokerErro
     let frames = round.into_frames(st);
     for (tx, delivery) in frames {
         let count = delivery.messages.len();
+        sub.dispatched.add(count as u64);
         debug!(topic = %sub.topic, count, "delivering");
         let frame = ServerFrame {
             frame: Some(server_frame::Frame::Delivery(delivery)),

@@ -52,6 +52,9 @@ pub struct Topic {
     /// Also serialises publishes, so the log's order is the order of the dedup decisions.
     dedup: Mutex<Dedup>,
     subscriptions: Mutex<HashMap<String, Arc<Subscription>>>,
+    /// Messages and payload bytes stored, for the publish rates in stats.
+    pub published_msgs: crate::rates::RateMeter,
+    pub published_bytes: crate::rates::RateMeter,
     /// The transactions that wrote here: open ones hold read-committed readers back.
     txns: SharedTxns,
     coordinator: TxnCoordinator,
@@ -79,6 +82,8 @@ impl Topic {
                 stale: false,
             }),
             subscriptions: Mutex::new(HashMap::new()),
+            published_msgs: Default::default(),
+            published_bytes: Default::default(),
             txns,
             coordinator,
             over_quota: std::sync::Mutex::new(None),

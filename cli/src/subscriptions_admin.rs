@@ -154,6 +154,7 @@ pub fn print_stats(s: &TopicStatsReply, output: Output) -> anyhow::Result<()> {
                         "backlog_entries": sub.backlog_entries,
                         "unacked": sub.unacked,
                         "redelivering": sub.redelivering,
+                        "dispatch_rate_msgs": sub.dispatch_rate_msgs,
                     })
                 })
                 .collect();
@@ -162,28 +163,42 @@ pub fn print_stats(s: &TopicStatsReply, output: Output) -> anyhow::Result<()> {
                 "entries": s.entries,
                 "ledgers": s.ledgers,
                 "size_bytes": s.size_bytes,
+                "publish_rate_msgs": s.publish_rate_msgs,
+                "publish_rate_bytes": s.publish_rate_bytes,
                 "subscriptions": subs,
             });
             println!("{}", serde_json::to_string_pretty(&v)?);
         }
         Output::Table => {
             println!(
-                "{}: entries {} ledgers {} bytes {}",
-                s.topic, s.entries, s.ledgers, s.size_bytes
+                "{}: entries {} ledgers {} bytes {} publish {:.1} msg/s {:.0} B/s",
+                s.topic,
+                s.entries,
+                s.ledgers,
+                s.size_bytes,
+                s.publish_rate_msgs,
+                s.publish_rate_bytes
             );
             println!(
-                "{:<24} {:<11} {:>9} {:>9} {:>9} {:>12}",
-                "SUBSCRIPTION", "TYPE", "CONSUMERS", "BACKLOG", "UNACKED", "REDELIVERING"
+                "{:<24} {:<11} {:>9} {:>9} {:>9} {:>12} {:>12}",
+                "SUBSCRIPTION",
+                "TYPE",
+                "CONSUMERS",
+                "BACKLOG",
+                "UNACKED",
+                "REDELIVERING",
+                "MSG/S OUT"
             );
             for sub in &s.subscriptions {
                 println!(
-                    "{:<24} {:<11} {:>9} {:>9} {:>9} {:>12}",
+                    "{:<24} {:<11} {:>9} {:>9} {:>9} {:>12} {:>12.1}",
                     sub.name,
                     type_name(sub.sub_type),
                     sub.consumers,
                     sub.backlog_entries,
                     sub.unacked,
-                    sub.redelivering
+                    sub.redelivering,
+                    sub.dispatch_rate_msgs
                 );
             }
         }

@@ -380,3 +380,57 @@ async fn subscriptions_are_listed_peeked_skipped_and_reset() -> anyhow::Result<(
     server.standalone.shutdown().await?;
     Ok(())
 }
+
+/// Topic stats carry the publish rate (messages and bytes) and each subscription's dispatch
+/// rate: after 200 messages of 100 bytes went in and out, the rates over the last 10 s
+/// show them (the second they happened in counts once it is over).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_report_publish_and_dispatch_rates() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = TestStandalone::start(test_config(dir.path())).await?;
+    let c = client(&server).await?;
+    let topic = "persistent://public/default/rates";
+    let mut consumer = subscribe(&c, topic, SubscriptionType::Shared, 1000).await?;
+    produce(
+        &c,
+        topic,
+        (0..200).map(|_| vec![b'x'; 100].into()).collect(),
+    )
+    .await?;
+    for _ in 0..200 {
+        let m = consumer.receive().await?;
+        consumer.ack(m.id).await?;
+    }
+    // Once the seconds they happened in are over, all 200 are in the 10 s window (for
+    // about 8 s): 20 msg/s and 2000 B/s in, 20 msg/s out.
+    let dispatch_rate = |stats: &strata_proto::pb::client::TopicStatsReply| {
+        stats
+            .subscriptions
+            .iter()
+            .find(|s| s.name == "sub")
+            .map_or(0.0, |s| s.dispatch_rate_msgs)
+    };
+    let mut last = None;
+    let reached = tokio::time::timeout(Duration::from_secs(8), async {
+        loop {
+            let stats = c.topic_stats(topic).await?;
+            if stats.publish_rate_msgs == 20.0
+                && stats.publish_rate_bytes == 2000.0
+                && dispatch_rate(&stats) == 20.0
+            {
+                return anyhow::Ok(());
+            }
+            last = Some(stats);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    assert!(
+        matches!(reached, Ok(Ok(()))),
+        "rates never showed the 200 messages: {last:?}"
+    );
+    consumer.close().await?;
+    c.close().await;
+    server.standalone.shutdown().await?;
+    Ok(())
+}
