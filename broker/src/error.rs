@@ -141,6 +141,7 @@ fn txn_code(e: &strata_metastore::txn_coordinator::CoordinatorError) -> ErrorCod
             ErrorCode::ProtocolViolation
         }
         C::TooManyOpen { .. } => ErrorCode::TooManyTransactions,
+        C::Conflict(_) => ErrorCode::TransactionConflict,
         C::InvalidTimeout { .. } => ErrorCode::InvalidPolicy,
         C::Table(TableError::Decode { .. } | TableError::Encode { .. }) => ErrorCode::StorageError,
         C::Table(_) => ErrorCode::MetadataError,

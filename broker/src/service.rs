@@ -183,7 +183,7 @@ impl BrokerService {
     /// Applies the current record of every transaction open in a loaded topic.
     async fn reconcile_txns(&self) {
         for topic in self.loaded_topics().await {
-            for id in topic.open_txns() {
+            for id in topic.open_txns().await {
                 match self.txns.get(id).await {
                     Ok(row) => topic.txn_decided(id, &row.record).await,
                     Err(e) => warn!(txn = %id, error = %e, "transaction state unknown"),

@@ -41,6 +41,8 @@ use crate::managed_ledger::ManagedLedger;
 use crate::topic::SharedTxns;
 use crate::txn_buffer::Visibility;
 
+mod txn_acks;
+
 /// Most entries read from storage in one go by a dispatcher.
 const MAX_READ_ENTRIES: usize = 256;
 
@@ -125,6 +127,11 @@ struct SubState {
     /// Transactional entries are delivered once committed, in log order (the first
     /// consumer's choice, as the subscription type).
     read_committed: bool,
+    /// Messages acknowledged in open transactions, with their entry's batch size: out of
+    /// delivery until the transaction is decided.
+    txn_acks: BTreeMap<MessageId, (TxnId, u32)>,
+    /// Transactions already registered with the coordinator as acknowledging here.
+    txn_registered: std::collections::HashSet<TxnId>,
 }
 
 impl SubState {
@@ -171,6 +178,7 @@ impl SubState {
     /// Whether `id` is out with a consumer or waiting for redelivery.
     fn is_out(&self, id: MessageId) -> bool {
         self.redeliver.contains_key(&id)
+            || self.txn_acks.contains_key(&id)
             || self
                 .pending
                 .get(&id.position())
@@ -256,6 +264,8 @@ impl Subscription {
                 change_seq: 0,
                 messages_per_entry: 1,
                 read_committed: true,
+                txn_acks: BTreeMap::new(),
+                txn_registered: std::collections::HashSet::new(),
             }),
             txns,
             dispatched: Default::default(),
@@ -267,9 +277,10 @@ impl Subscription {
         tokio::spawn(flusher(
             Arc::downgrade(&sub),
             sub.wake_flusher.clone(),
-            key,
+            key.clone(),
             version,
         ));
+        sub.restore_txn_acks(&key).await?;
         Ok(sub)
     }
 
@@ -495,6 +506,13 @@ impl Subscription {
         id: MessageId,
         cumulative: bool,
     ) -> Result<bool, BrokerError> {
+        if let Some((txn, _)) = st.txn_acks.get(&id) {
+            return Err(BrokerError::Txn(
+                strata_metastore::txn_coordinator::CoordinatorError::Conflict(format!(
+                    "{id} is acknowledged in {txn}, still open"
+                )),
+            ));
+        }
         let pos = id.position();
         let Some(batch_size) = st.pending.get(&pos).map(|e| e.batch_size) else {
             if st.cursor.is_acked(id) {

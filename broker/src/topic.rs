@@ -344,31 +344,48 @@ impl Topic {
         Ok(())
     }
 
-    /// The coordinator decided `txn`: read-committed subscriptions may move on.
+    /// The coordinator decided `txn`: read-committed subscriptions may move on past its
+    /// entries, and its acks here are applied (commit) or released (abort).
     pub async fn txn_decided(&self, txn: TxnId, record: &TxnRecord) {
         if record.state.is_open() {
             return;
         }
-        {
+        let released = {
             let mut state = self.txn_state();
-            if !state.buffer.is_open(txn) {
-                return; // not a participant, or decided already
+            let open_here = state.buffer.is_open(txn);
+            if open_here {
+                state.buffer.decided(txn, outcome_here(&self.name, record));
+                state.owners.remove(&txn);
             }
-            state.buffer.decided(txn, outcome_here(&self.name, record));
-            state.owners.remove(&txn);
-        }
-        for sub in self.subscriptions.lock().await.values() {
-            sub.wake();
+            open_here
+        };
+        let subs: Vec<Arc<Subscription>> =
+            self.subscriptions.lock().await.values().cloned().collect();
+        for sub in subs {
+            sub.txn_acks_decided(txn, record.state.is_committed()).await;
+            if released {
+                sub.wake();
+            }
         }
     }
 
-    /// The transactions open here (to check their records after a missed decision).
-    pub fn open_txns(&self) -> Vec<TxnId> {
-        self.txn_state()
+    /// The transactions open here, as writers or as acknowledgers (to check their records
+    /// after a missed decision).
+    pub async fn open_txns(&self) -> Vec<TxnId> {
+        let mut txns: Vec<TxnId> = self
+            .txn_state()
             .buffer
             .open_transactions()
             .map(|(t, _)| t)
-            .collect()
+            .collect();
+        let subs: Vec<Arc<Subscription>> =
+            self.subscriptions.lock().await.values().cloned().collect();
+        for sub in subs {
+            txns.extend(sub.txns_with_acks().await);
+        }
+        txns.sort();
+        txns.dedup();
+        txns
     }
 
     /// The error publishes get while the topic is over a `producer_exception` quota.

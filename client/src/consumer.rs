@@ -160,6 +160,7 @@ impl ConsumerBuilder {
             topic,
             subscription: self.subscription,
             failed: None,
+            client_id: self.client.client_id().to_owned(),
         })
     }
 
@@ -183,6 +184,7 @@ impl ConsumerBuilder {
                     .redelivery_delay
                     .map_or(0, |d| d.1.as_millis() as u64),
                 read_uncommitted: self.read_uncommitted,
+                client_id: self.client.client_id().to_owned(),
             })),
         };
         let (writer, reader) =
@@ -305,6 +307,8 @@ pub struct Consumer {
     /// A partition's session failed for good: every later receive fails with it, so a
     /// partitioned consumer never goes on silently without one of its partitions.
     failed: Option<strata_proto::WireError>,
+    /// The client's id: transactions of other clients are refused.
+    client_id: String,
 }
 
 /// The session of one partition (or of the topic, when not partitioned).
@@ -394,6 +398,32 @@ impl Consumer {
         part.send_ack(vec![id], false, 0).await
     }
 
+    /// Acknowledges one message in a transaction: applied if the transaction commits; until
+    /// it is decided nobody receives the message again. Returns once the broker holds the
+    /// ack durably; `TransactionConflict` if another open transaction acknowledged it. A
+    /// failure here makes the transaction's commit abort it.
+    pub async fn ack_in(
+        &mut self,
+        txn: &crate::Transaction,
+        id: MessageId,
+    ) -> Result<(), ClientError> {
+        if txn.client_id() != self.client_id {
+            return Err(ClientError::Server(strata_proto::WireError::new(
+                strata_proto::ErrorCode::TransactionNotOwner,
+                format!("{} belongs to another client", txn.id()),
+            )));
+        }
+        let index = match self.part(id) {
+            Ok(_) if self.parts.len() == 1 => 0,
+            Ok(_) => self.ledger_partition[&id.ledger],
+            Err(e) => return Err(e),
+        };
+        txn.send_started();
+        let outcome = self.parts[index].txn_ack(txn.id(), id).await;
+        txn.send_settled("", outcome.as_ref().err().map(Err));
+        outcome
+    }
+
     /// Asks for the message to be delivered again, after the redelivery delay.
     pub async fn nack(&self, id: MessageId) -> Result<(), ClientError> {
         let frame = ClientFrame {
@@ -473,6 +503,7 @@ impl PartitionConsumer {
             message_ids: ids.into_iter().map(Into::into).collect(),
             cumulative,
             request_id,
+            txn_id: 0,
         };
         let sent = self
             .writer
@@ -491,6 +522,32 @@ impl PartitionConsumer {
             }
             other => other,
         }
+    }
+
+    /// Sends an ack in a transaction and waits for its receipt.
+    async fn txn_ack(
+        &mut self,
+        txn: strata_proto::TxnId,
+        id: MessageId,
+    ) -> Result<(), ClientError> {
+        let request_id = self.next_request;
+        self.next_request += 1;
+        let (tx, rx) = oneshot::channel();
+        match self.receipts.lock().await.as_mut() {
+            Some(waiters) => waiters.insert(request_id, tx),
+            None => return Err(ClientError::Closed("consumer")),
+        };
+        let ack = Ack {
+            message_ids: vec![id.into()],
+            cumulative: false,
+            request_id,
+            txn_id: txn.0,
+        };
+        let frame = ClientFrame {
+            frame: Some(client_frame::Frame::Ack(ack)),
+        };
+        self.writer.lock().await.send(&frame).await?;
+        rx.await.unwrap_or(Err(ClientError::Closed("consumer")))
     }
 
     async fn flush_acks(&mut self) -> Result<(), ClientError> {
@@ -622,6 +679,7 @@ impl Link {
                                 message_ids: re_ack.into_iter().map(Into::into).collect(),
                                 cumulative: false,
                                 request_id: 0,
+                                txn_id: 0,
                             };
                             writer
                                 .send(&ClientFrame {

@@ -113,8 +113,8 @@ impl Transaction {
         self.local().pending += 1;
     }
 
-    /// A send of the transaction settled: stored on `topic` at a position (`None`: stored
-    /// before, position unknown), or failed.
+    /// A send (or an ack) of the transaction settled: stored on `topic` at a position
+    /// (`None`: no position to record: an ack, or a send stored before), or failed.
     pub(crate) fn send_settled(
         &self,
         topic: &str,

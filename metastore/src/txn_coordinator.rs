@@ -49,6 +49,8 @@ pub enum CoordinatorError {
     TooManyOpen { scope: String, limit: usize },
     #[error("transaction timeout {asked:?} is out of range (1 ms to {max:?})")]
     InvalidTimeout { asked: Duration, max: Duration },
+    #[error("transaction conflict: {0}")]
+    Conflict(String),
     #[error("metadata: {0}")]
     Table(#[from] TableError),
 }

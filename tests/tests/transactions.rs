@@ -130,6 +130,14 @@ async fn the_coordinator_times_out_and_operators_abort() {
     stop_all(brokers, cluster).await;
 }
 
+/// The next message; waiting longer than 30 s fails the test.
+async fn next(consumer: &mut strata_client::Consumer) -> strata_client::ReceivedMessage {
+    tokio::time::timeout(Duration::from_secs(30), consumer.receive())
+        .await
+        .expect("a message within 30 s")
+        .expect("receive")
+}
+
 /// Reads `n` messages, as text with the partition they came from.
 async fn receive_n(consumer: &mut strata_client::Consumer, n: usize) -> Vec<(String, String)> {
     let mut out = Vec::new();
@@ -306,5 +314,112 @@ async fn aborted_and_late_messages_are_never_delivered() {
     producer.close().await.expect("close");
     client.close().await;
     intruder.close().await;
+    stop_all(brokers, cluster).await;
+}
+
+/// Consume → transform → produce in transactions. An abort shows none of its output and
+/// its acknowledged inputs come back; a commit shows all of its output and its acks hold
+/// (the subscription has nothing left). A message acknowledged in one open transaction
+/// cannot be acknowledged in another, and the failed one aborts on commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_commit_with_the_output_and_come_back_on_abort() {
+    let (_dir, cluster, brokers) = start().await;
+    let client = client_of_all(&brokers).await;
+    let input = "persistent://public/default/txn-in";
+    let output = "persistent://public/default/txn-out-acks";
+    let mut worker = client
+        .consumer(input, "workers")
+        .initial_position(strata_client::InitialPosition::Earliest)
+        .subscribe()
+        .await
+        .expect("subscribe");
+    let mut reader = client
+        .consumer(output, "reader")
+        .initial_position(strata_client::InitialPosition::Earliest)
+        .subscribe()
+        .await
+        .expect("subscribe");
+    let producer = client.producer(input).create().await.expect("producer");
+    for i in 0..10 {
+        producer.send(format!("in-{i}")).await.expect("stored");
+    }
+    let out = client.producer(output).create().await.expect("producer");
+
+    // An aborted step: its inputs are delivered again, its output never.
+    let aborted = client.new_transaction().begin().await.expect("begin");
+    for _ in 0..5 {
+        let m = next(&mut worker).await;
+        let text = String::from_utf8(m.payload.to_vec()).expect("utf8");
+        out.send_in(&aborted, format!("out-of-{text}"))
+            .await
+            .expect("stored");
+        worker.ack_in(&aborted, m.id).await.expect("ack in txn");
+    }
+    aborted.abort().await.expect("abort");
+
+    // The committed steps take every input, the five released ones first again.
+    let committed = client.new_transaction().begin().await.expect("begin");
+    let mut inputs = Vec::new();
+    for _ in 0..10 {
+        let m = next(&mut worker).await;
+        let text = String::from_utf8(m.payload.to_vec()).expect("utf8");
+        out.send_in(&committed, format!("out-of-{text}"))
+            .await
+            .expect("stored");
+        worker.ack_in(&committed, m.id).await.expect("ack in txn");
+        inputs.push((text, m.id));
+    }
+    let mut texts: Vec<&str> = inputs.iter().map(|(t, _)| t.as_str()).collect();
+    texts.sort();
+    let mut expected: Vec<String> = (0..10).map(|i| format!("in-{i}")).collect();
+    expected.sort();
+    assert_eq!(texts, expected, "every input once, the aborted ones again");
+
+    // Another transaction cannot acknowledge what the open one did.
+    let rival = client.new_transaction().begin().await.expect("begin");
+    let (_, held) = inputs[0];
+    assert_eq!(
+        code(worker.ack_in(&rival, held).await),
+        Some(ErrorCode::TransactionConflict)
+    );
+    assert_eq!(
+        code(rival.commit().await),
+        Some(ErrorCode::TransactionConflict),
+        "a transaction with a failed ack does not commit"
+    );
+    assert_eq!(
+        client
+            .transaction_info(rival.id())
+            .await
+            .expect("info")
+            .state,
+        "ABORTED"
+    );
+
+    committed.commit().await.expect("commit");
+    let got = receive_n(&mut reader, 10).await;
+    let mut outs: Vec<String> = got.into_iter().map(|(_, t)| t).collect();
+    outs.sort();
+    let mut expected_out: Vec<String> = (0..10).map(|i| format!("out-of-in-{i}")).collect();
+    expected_out.sort();
+    assert_eq!(
+        outs, expected_out,
+        "the committed output, and nothing of the aborted one"
+    );
+
+    // The acks held: the next message the subscription gets is a new one.
+    worker.close().await.expect("close");
+    let mut again = client
+        .consumer(input, "workers")
+        .subscribe()
+        .await
+        .expect("resubscribe");
+    producer.send("after").await.expect("stored");
+    let m = next(&mut again).await;
+    assert_eq!(&m.payload[..], b"after", "committed acks were applied");
+    again.close().await.expect("close");
+    producer.close().await.expect("close");
+    out.close().await.expect("close");
+    client.close().await;
     stop_all(brokers, cluster).await;
 }

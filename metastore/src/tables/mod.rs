@@ -15,6 +15,7 @@
 //! | [`txns`]              | `/txns/<id, 20 digits>`                            | [`TxnRecord`]            |
 //! | [`txns`] (deadlines)  | `/txn-deadlines/<ms, 20 digits>/<id>`              | [`DeadlineMark`]         |
 //! | [`txns`] (partitions) | `/txn-partitions/<tenant>/<ns>/<topic>/<id>`       | [`TxnPartitionMark`]     |
+//! | [`txns`] (acks)       | `/txn-acks/<tenant>/<ns>/<topic>/<sub>/<l>-<e>-<i>` | [`PendingAck`]          |
 //! | [`counters`]          | `/counters/<name>`                                 | u64 big-endian           |
 //!
 //! Records are JSON objects with a `format_version` ([`JsonRecord`]), except ledger metadata
@@ -69,8 +70,8 @@ pub use topics::{
     PartitionedTopicRecord, PartitionedTopics, TopicRecord, Topics, partition_name, partition_of,
 };
 pub use txns::{
-    DeadlineMark, Decided, TxnDeadlines, TxnPartition, TxnPartitionMark, TxnPartitions, TxnRecord,
-    TxnRuleError, TxnState, Txns,
+    DeadlineMark, Decided, PendingAck, PendingAcks, TxnDeadlines, TxnPartition, TxnPartitionMark,
+    TxnPartitions, TxnRecord, TxnRuleError, TxnState, Txns,
 };
 
 use crate::Meta;
@@ -90,6 +91,7 @@ pub struct Tables {
     pub txns: Table<Txns>,
     pub txn_deadlines: Table<TxnDeadlines>,
     pub txn_partitions: Table<TxnPartitions>,
+    pub pending_acks: Table<PendingAcks>,
     pub counters: Counters,
     meta: Meta,
 }
@@ -116,6 +118,7 @@ impl Tables {
             txns: Table::new(meta.clone()),
             txn_deadlines: Table::new(meta.clone()),
             txn_partitions: Table::new(meta.clone()),
+            pending_acks: Table::new(meta.clone()),
             counters: Counters::new(meta.clone()),
             meta,
         }

@@ -6,6 +6,9 @@
 //!   out. Written in the same metastore transaction as the record it indexes.
 //! - `/txn-partitions/<tenant>/<ns>/<topic>/<id, 20 digits>` → [`TxnPartitionMark`]: the
 //!   transactions that wrote to a partition, so its next owner finds them after a failover.
+//! - `/txn-acks/<tenant>/<ns>/<topic>/<subscription>/<ledger>-<entry>-<index>` →
+//!   [`PendingAck`]: a message acknowledged in a transaction not yet applied to the cursor.
+//!   Created only if absent, so two transactions cannot hold the same message.
 //!
 //! The decision of a transaction is one compare-and-set of its record (one Raft entry):
 //! every participant learns it from that record. A transaction's record only moves forward,
@@ -16,13 +19,16 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
-use strata_proto::{Position, TopicName, TxnId};
+use strata_proto::{MessageId, Position, TopicName, TxnId};
+
+use super::cursors::CursorKey;
 
 use super::{JsonRecord, Listing, Schema};
 
 pub const PREFIX: &str = "/txns/";
 pub const DEADLINE_PREFIX: &str = "/txn-deadlines/";
 pub const PARTITION_PREFIX: &str = "/txn-partitions/";
+pub const ACK_PREFIX: &str = "/txn-acks/";
 
 /// Where a transaction stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -392,6 +398,64 @@ impl Listing for TxnPartitions {
 
     fn child(topic: &TopicName, rest: &str) -> Result<(TopicName, TxnId), String> {
         Ok((topic.clone(), parse_id(rest)?))
+    }
+}
+
+/// A message acknowledged in `txn`, applied to the cursor if it commits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingAck {
+    pub txn: TxnId,
+    /// Messages in the message's entry (to acknowledge one index of a batch).
+    pub batch_size: u32,
+}
+
+impl JsonRecord for PendingAck {
+    const FORMAT_VERSION: u32 = 1;
+}
+
+/// The pending acks of each subscription: keyed by (cursor, message), listed per cursor.
+#[derive(Debug)]
+pub struct PendingAcks;
+
+impl Schema for PendingAcks {
+    type Key = (CursorKey, MessageId);
+    type Record = PendingAck;
+    const NAME: &'static str = "pending ack";
+
+    fn key((cursor, id): &(CursorKey, MessageId)) -> String {
+        format!(
+            "{ACK_PREFIX}{}/{}/{:020}-{:020}-{:010}",
+            cursor.topic.path(),
+            cursor.subscription,
+            id.ledger.0,
+            id.entry.0,
+            id.batch_index
+        )
+    }
+}
+
+impl Listing for PendingAcks {
+    type Parent = CursorKey;
+
+    fn prefix(cursor: &CursorKey) -> String {
+        format!(
+            "{ACK_PREFIX}{}/{}/",
+            cursor.topic.path(),
+            cursor.subscription
+        )
+    }
+
+    fn child(cursor: &CursorKey, rest: &str) -> Result<(CursorKey, MessageId), String> {
+        let bad = || format!("{rest:?} is not <ledger>-<entry>-<index>");
+        let mut parts = rest.splitn(3, '-');
+        let mut next = || parts.next().ok_or_else(bad);
+        let (l, e, i) = (next()?, next()?, next()?);
+        let id = MessageId::new(
+            l.parse().map_err(|_| bad())?,
+            e.parse().map_err(|_| bad())?,
+            i.parse().map_err(|_| bad())?,
+        );
+        Ok((cursor.clone(), id))
     }
 }
 

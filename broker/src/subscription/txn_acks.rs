@@ -1,0 +1,264 @@
+//! Acknowledgements made in a transaction ("pending acks"): held apart from the cursor until
+//! the transaction is decided. A message with a pending ack is not delivered again to anyone
+//! (not even after its consumer leaves); a second transaction acknowledging it gets
+//! `TransactionConflict`. On commit the acks go into the cursor (and the pending records are
+//! deleted once the cursor is durable); on abort the messages are delivered again.
+//!
+//! Each pending ack is a metastore record created only if absent, so the conflict rule also
+//! holds across a failover, and the next owner of the topic finds them all.
+
+use std::collections::BTreeMap;
+
+use strata_metastore::Expect;
+use strata_metastore::tables::{CursorKey, PendingAck, TableError, Tables, TxnState};
+use strata_metastore::txn_coordinator::TxnCoordinator;
+use strata_metastore::types::Txn;
+use strata_proto::{MessageId, TxnId};
+use tokio::time::Instant;
+use tracing::warn;
+
+use super::{Redelivery, SubState, Subscription};
+use crate::BrokerError;
+
+impl Subscription {
+    /// Acknowledges `ids` in `client`'s transaction `txn`, as one metastore write.
+    pub async fn apply_txn_acks(
+        &self,
+        consumer_id: u64,
+        txn: TxnId,
+        client: &str,
+        ids: Vec<MessageId>,
+        coordinator: &TxnCoordinator,
+    ) -> Result<(), BrokerError> {
+        let (new, register) = {
+            let mut st = self.state.lock().await;
+            if st.consumer_mut(consumer_id).is_none() {
+                return Err(BrokerError::Protocol(
+                    "ack from a consumer that is not attached".into(),
+                ));
+            }
+            let mut new = BTreeMap::new();
+            for id in ids {
+                match st.txn_acks.get(&id) {
+                    Some((t, _)) if *t == txn => continue,
+                    Some((t, _)) => return Err(conflict(id, *t)),
+                    None => {}
+                }
+                let batch_size = st
+                    .pending
+                    .get(&id.position())
+                    .filter(|e| e.held.contains_key(&id.batch_index))
+                    .map(|e| e.batch_size)
+                    .ok_or_else(|| BrokerError::InvalidMessageId(id.to_string()))?;
+                new.insert(id, batch_size);
+            }
+            (new, !st.txn_registered.contains(&txn))
+        };
+        if new.is_empty() {
+            return Ok(());
+        }
+        if register {
+            coordinator
+                .register_subscription(txn, client, &self.topic, &self.name)
+                .await?;
+        }
+        let cursor = CursorKey::new(self.topic.clone(), &self.name);
+        let t = &self.tables;
+        let mut compares = Vec::new();
+        let mut success = Vec::new();
+        for (id, batch_size) in &new {
+            let key = (cursor.clone(), *id);
+            compares.push(t.pending_acks.version_is(&key, Expect::Absent));
+            success.push(t.pending_acks.put_op(
+                &key,
+                &PendingAck {
+                    txn,
+                    batch_size: *batch_size,
+                },
+            )?);
+        }
+        let written = t
+            .meta()
+            .txn(Txn {
+                compares,
+                success,
+                failure: Vec::new(),
+            })
+            .await
+            .map_err(TableError::from)?;
+        if !written.succeeded {
+            // Another transaction holds one of them (through another broker, before a
+            // failover): name it if it is known here.
+            let held = self.state.lock().await;
+            let other = new
+                .keys()
+                .find_map(|id| held.txn_acks.get(id).map(|(t, _)| (*id, *t)));
+            return Err(match other {
+                Some((id, t)) => conflict(id, t),
+                None => BrokerError::Txn(
+                    strata_metastore::txn_coordinator::CoordinatorError::Conflict(
+                        "a message is acknowledged in another transaction".into(),
+                    ),
+                ),
+            });
+        }
+        let mut st = self.state.lock().await;
+        st.txn_registered.insert(txn);
+        for (id, batch_size) in new {
+            hold_for_txn(&mut st, id, txn, batch_size);
+        }
+        Ok(())
+    }
+
+    /// `txn` was decided: its pending acks here go into the cursor (commit) or their
+    /// messages are delivered again (abort); then their records are deleted.
+    pub async fn txn_acks_decided(&self, txn: TxnId, committed: bool) {
+        let (ids, seq) = {
+            let mut st = self.state.lock().await;
+            let st = &mut *st;
+            let ids: Vec<(MessageId, u32)> = st
+                .txn_acks
+                .iter()
+                .filter(|(_, (t, _))| *t == txn)
+                .map(|(id, (_, size))| (*id, *size))
+                .collect();
+            if ids.is_empty() {
+                return;
+            }
+            for (id, batch_size) in &ids {
+                st.txn_acks.remove(id);
+                if committed {
+                    st.cursor.ack_individual(*id, *batch_size);
+                } else {
+                    // A redelivery like any other: counted, so consumers do not take it for
+                    // a repeat, and dead-lettered after too many.
+                    *st.redelivery_counts.entry(*id).or_insert(0) += 1;
+                    st.redeliver.insert(
+                        *id,
+                        Redelivery {
+                            due: Instant::now(),
+                            key_hash: 0,
+                        },
+                    );
+                }
+            }
+            st.txn_registered.remove(&txn);
+            let ml = &self.ml;
+            st.cursor
+                .compact(ml.first_position(), |p| ml.next_position(p));
+            st.pending.retain(|p, _| !st.cursor.is_entry_acked(*p));
+            st.change_seq += 1;
+            (ids, st.change_seq)
+        };
+        self.wake_flusher.notify_one();
+        self.wake_dispatcher.notify_one();
+        // The records go only once the cursor holds the acks durably: a crash in between
+        // finds them and applies them again (acks are idempotent).
+        if committed && let Err(e) = self.wait_durable(seq).await {
+            warn!(subscription = %self.name, error = %e, "committed acks not durable yet; records kept");
+            return;
+        }
+        delete_records(
+            &self.tables,
+            &self.topic,
+            &self.name,
+            ids.iter().map(|(id, _)| *id),
+        )
+        .await;
+    }
+
+    /// The transactions holding pending acks here.
+    pub async fn txns_with_acks(&self) -> Vec<TxnId> {
+        let st = self.state.lock().await;
+        let mut txns: Vec<TxnId> = st.txn_acks.values().map(|(t, _)| *t).collect();
+        txns.dedup();
+        txns
+    }
+}
+
+/// Takes a message acknowledged in `txn` out of delivery: not held by its consumer any more,
+/// never redelivered while the transaction is open.
+fn hold_for_txn(st: &mut SubState, id: MessageId, txn: TxnId, batch_size: u32) {
+    if let Some(e) = st.pending.get_mut(&id.position()) {
+        e.held.remove(&id.batch_index);
+    }
+    st.redeliver.remove(&id);
+    st.txn_acks.insert(id, (txn, batch_size));
+}
+
+fn conflict(id: MessageId, holder: TxnId) -> BrokerError {
+    BrokerError::Txn(
+        strata_metastore::txn_coordinator::CoordinatorError::Conflict(format!(
+            "{id} is acknowledged in {holder}, still open"
+        )),
+    )
+}
+
+async fn delete_records(
+    tables: &Tables,
+    topic: &strata_proto::TopicName,
+    subscription: &str,
+    ids: impl Iterator<Item = MessageId>,
+) {
+    let cursor = CursorKey::new(topic.clone(), subscription);
+    for id in ids {
+        if let Err(e) = tables
+            .pending_acks
+            .delete(&(cursor.clone(), id), Expect::Any)
+            .await
+        {
+            warn!(%topic, subscription, message = %id, error = %e, "pending ack record not deleted");
+        }
+    }
+}
+
+impl Subscription {
+    /// Loads the subscription's pending acks (a failover, a restart): those of open
+    /// transactions are held again, committed ones go into the cursor, aborted ones are
+    /// dropped (their messages are delivered again). Settled records are deleted once the
+    /// cursor is durable.
+    pub(super) async fn restore_txn_acks(&self, cursor: &CursorKey) -> Result<(), BrokerError> {
+        let (settled, seq) = {
+            let mut st = self.state.lock().await;
+            let settled = restore(&self.tables, cursor, &mut st).await?;
+            if settled.is_empty() {
+                return Ok(());
+            }
+            let ml = &self.ml;
+            st.cursor
+                .compact(ml.first_position(), |p| ml.next_position(p));
+            st.read_position = super::next_unacked(ml, &st.cursor);
+            st.change_seq += 1;
+            (settled, st.change_seq)
+        };
+        self.wake_flusher.notify_one();
+        if self.wait_durable(seq).await.is_ok() {
+            delete_records(&self.tables, &self.topic, &self.name, settled.into_iter()).await;
+        }
+        Ok(())
+    }
+}
+
+async fn restore(
+    tables: &Tables,
+    cursor: &CursorKey,
+    st: &mut SubState,
+) -> Result<Vec<MessageId>, BrokerError> {
+    let mut settled = Vec::new();
+    for ((_, id), row) in tables.pending_acks.list(cursor).await? {
+        let ack = row.record;
+        let state = tables.txns.get(&ack.txn).await?.map(|r| r.record.state);
+        match state {
+            Some(TxnState::Open) => {
+                st.txn_acks.insert(id, (ack.txn, ack.batch_size));
+                st.txn_registered.insert(ack.txn);
+            }
+            Some(TxnState::Committed) => {
+                st.cursor.ack_individual(id, ack.batch_size);
+                settled.push(id);
+            }
+            _ => settled.push(id),
+        }
+    }
+    Ok(settled)
+}
