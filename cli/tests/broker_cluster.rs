@@ -8,7 +8,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Proc, STRATA, free_udp_ports, strata};
+use common::{Proc, STRATA, free_udp_ports, start_bookies, strata};
 
 fn start(dir: &std::path::Path, args: &[&str], data: &str) -> Proc {
     let mut cmd = Command::new(STRATA);
@@ -42,28 +42,7 @@ fn messages_survive_sigkill_of_the_owning_broker() {
         ],
         "meta",
     );
-    let _bookies: Vec<Proc> = (0..3)
-        .map(|i| {
-            let listen = format!("127.0.0.1:{}", ports[1 + i]);
-            start(
-                dir.path(),
-                &[
-                    "bookie",
-                    "--listen",
-                    &listen,
-                    "--http",
-                    "127.0.0.1:0",
-                    "--metastore",
-                    &metastore,
-                    "--min-free-bytes",
-                    "0",
-                    "--min-free-percent",
-                    "0",
-                ],
-                &format!("bookie-{i}"),
-            )
-        })
-        .collect();
+    let _bookies: Vec<Proc> = start_bookies(dir.path(), &ports[1..4], &metastore);
     let brokers: Vec<String> = ports[4..6]
         .iter()
         .map(|p| format!("127.0.0.1:{p}"))

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Proc, STRATA, free_udp_ports};
+use common::{Proc, STRATA, free_udp_ports, start_bookies};
 use strata_client::{Client, ClientOptions, InitialPosition, SubscriptionType};
 
 const SESSION_TTL_SECS: u64 = 2;
@@ -83,28 +83,7 @@ fn start_cluster() -> Cluster {
             .map(|h| h.join().expect("metastore"))
             .collect()
     });
-    let bookies = (0..3)
-        .map(|i| {
-            let listen = format!("127.0.0.1:{}", ports[3 + i]);
-            start(
-                dir.path(),
-                &[
-                    "bookie",
-                    "--listen",
-                    &listen,
-                    "--http",
-                    "127.0.0.1:0",
-                    "--metastore",
-                    &metastore,
-                    "--min-free-bytes",
-                    "0",
-                    "--min-free-percent",
-                    "0",
-                ],
-                &format!("bookie-{i}"),
-            )
-        })
-        .collect();
+    let bookies = start_bookies(dir.path(), &ports[3..6], &metastore);
     let ttl = SESSION_TTL_SECS.to_string();
     let brokers = (0..3)
         .map(|i| {

@@ -91,3 +91,39 @@ pub fn strata(args: &[&str]) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// Starts `strata <args> --data-dir <dir>/<data>` and waits for its ready line.
+pub fn start_node(dir: &std::path::Path, args: &[&str], data: &str) -> Proc {
+    let mut cmd = Command::new(STRATA);
+    cmd.args(args).arg("--data-dir").arg(dir.join(data));
+    Proc::spawn(cmd, ", HTTP on ", Duration::from_secs(120))
+}
+
+/// Starts one `strata bookie` per port, registered with `metastore` (any free space will
+/// do: the tests write little).
+pub fn start_bookies(dir: &std::path::Path, ports: &[u16], metastore: &str) -> Vec<Proc> {
+    ports
+        .iter()
+        .enumerate()
+        .map(|(i, port)| {
+            let listen = format!("127.0.0.1:{port}");
+            start_node(
+                dir,
+                &[
+                    "bookie",
+                    "--listen",
+                    &listen,
+                    "--http",
+                    "127.0.0.1:0",
+                    "--metastore",
+                    metastore,
+                    "--min-free-bytes",
+                    "0",
+                    "--min-free-percent",
+                    "0",
+                ],
+                &format!("bookie-{i}"),
+            )
+        })
+        .collect()
+}
