@@ -291,6 +291,9 @@ impl AckLog {
     }
 }
 
+/// Where an AckReceipt's outcome arrives.
+type Receipt = oneshot::Receiver<Result<(), ClientError>>;
+
 /// Waiters for ack receipts by request id; `None` once the stream has ended.
 type Receipts = Arc<Mutex<Option<HashMap<u64, oneshot::Sender<Result<(), ClientError>>>>>>;
 
@@ -530,13 +533,7 @@ impl PartitionConsumer {
         txn: strata_proto::TxnId,
         id: MessageId,
     ) -> Result<(), ClientError> {
-        let request_id = self.next_request;
-        self.next_request += 1;
-        let (tx, rx) = oneshot::channel();
-        match self.receipts.lock().await.as_mut() {
-            Some(waiters) => waiters.insert(request_id, tx),
-            None => return Err(ClientError::Closed("consumer")),
-        };
+        let (request_id, rx) = self.await_receipt().await?;
         let ack = Ack {
             message_ids: vec![id.into()],
             cumulative: false,
@@ -550,7 +547,8 @@ impl PartitionConsumer {
         rx.await.unwrap_or(Err(ClientError::Closed("consumer")))
     }
 
-    async fn flush_acks(&mut self) -> Result<(), ClientError> {
+    /// A new request id and the receiver of its AckReceipt.
+    async fn await_receipt(&mut self) -> Result<(u64, Receipt), ClientError> {
         let request_id = self.next_request;
         self.next_request += 1;
         let (tx, rx) = oneshot::channel();
@@ -559,6 +557,11 @@ impl PartitionConsumer {
             // The stream already ended: nobody would ever answer.
             None => return Err(ClientError::Closed("consumer")),
         };
+        Ok((request_id, rx))
+    }
+
+    async fn flush_acks(&mut self) -> Result<(), ClientError> {
+        let (request_id, rx) = self.await_receipt().await?;
         self.send_ack(Vec::new(), false, request_id).await?;
         rx.await.unwrap_or(Err(ClientError::Closed("consumer")))
     }
