@@ -134,6 +134,7 @@ fn txn_code(e: &strata_metastore::txn_coordinator::CoordinatorError) -> ErrorCod
     match e {
         C::NotFound(_) => ErrorCode::TransactionNotFound,
         C::Rule(Rule::NotOwner { .. }) => ErrorCode::TransactionNotOwner,
+        C::Rule(Rule::ProducerFenced { .. }) => ErrorCode::ProducerFenced,
         C::Rule(Rule::NotOpen { .. } | Rule::AlreadyDecided { .. }) => {
             ErrorCode::TransactionNotOpen
         }

@@ -399,6 +399,9 @@ async fn handle_admin(service: &BrokerService, req: AdminRequest) -> AdminRespon
             Some(admin_request::Request::ListTxns(r)) => {
                 crate::txn_admin::list(service, r.open_only).await
             }
+            Some(admin_request::Request::InitTxnProducer(r)) => {
+                crate::txn_admin::init_producer(service, r).await
+            }
             None => Err(BrokerError::Protocol("empty admin request".into())),
         }
     }

@@ -4,8 +4,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use strata_metastore::tables::TxnRecord;
-use strata_proto::pb::client::{BeginTxn, EndTxn, TxnInfo, TxnList, admin_response};
+use strata_metastore::tables::{ProducerEpoch, TxnRecord};
+use strata_proto::pb::client::{
+    BeginTxn, EndTxn, InitTxnProducer, TxnInfo, TxnList, TxnProducerInfo, admin_response,
+};
 use strata_proto::{MessageId, TopicName, TxnId};
 
 use crate::{BrokerError, BrokerService};
@@ -20,8 +22,52 @@ pub async fn begin(
         ));
     }
     let timeout = (r.timeout_ms > 0).then(|| Duration::from_millis(r.timeout_ms));
-    let (id, record) = service.txns.begin(&r.client_id, timeout).await?;
+    let producer = if r.producer_name.is_empty() {
+        None
+    } else {
+        check_producer_name(&r.producer_name)?;
+        Some(ProducerEpoch {
+            name: r.producer_name,
+            epoch: r.producer_epoch,
+        })
+    };
+    let (id, record) = service.txns.begin(&r.client_id, timeout, producer).await?;
     Ok(admin_response::Response::Txn(info(id, &record)))
+}
+
+/// Starts an instance of a named transactional producer: its new epoch fences the older
+/// instances.
+pub async fn init_producer(
+    service: &BrokerService,
+    r: InitTxnProducer,
+) -> Result<admin_response::Response, BrokerError> {
+    check_producer_name(&r.name)?;
+    if r.client_id.is_empty() {
+        return Err(BrokerError::Protocol(
+            "a transactional producer needs a client id".into(),
+        ));
+    }
+    let epoch = service.txns.init_producer(&r.name, &r.client_id).await?;
+    Ok(admin_response::Response::TxnProducer(TxnProducerInfo {
+        name: r.name,
+        epoch,
+    }))
+}
+
+/// A producer name is one metastore key segment.
+fn check_producer_name(name: &str) -> Result<(), BrokerError> {
+    let valid = !name.is_empty()
+        && name.len() <= 200
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'));
+    if valid {
+        Ok(())
+    } else {
+        Err(BrokerError::Protocol(format!(
+            "transactional producer name {name:?}: use 1 to 200 of a-z A-Z 0-9 - _ . :"
+        )))
+    }
 }
 
 pub async fn end(
@@ -85,5 +131,10 @@ fn info(id: TxnId, r: &TxnRecord) -> TxnInfo {
             .iter()
             .map(|(t, s)| format!("{t} {s}"))
             .collect(),
+        producer: r
+            .producer
+            .as_ref()
+            .map(|p| format!("{}@{}", p.name, p.epoch))
+            .unwrap_or_default(),
     }
 }

@@ -50,6 +50,7 @@ fn print(txns: &[TxnInfo], output: Output) -> anyhow::Result<()> {
                         "id": t.txn_id,
                         "state": t.state,
                         "owner": t.owner,
+                        "producer": (!t.producer.is_empty()).then_some(&t.producer),
                         "created_ms": t.created_ms,
                         "deadline_ms": t.deadline_ms,
                         "decided_ms": (t.decided_ms > 0).then_some(t.decided_ms),

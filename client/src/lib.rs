@@ -65,6 +65,9 @@ struct Inner {
     service: tokio::sync::Mutex<(connection::Connected, usize)>,
     /// Connections to the brokers lookups sent sessions to, by address.
     pool: tokio::sync::Mutex<std::collections::HashMap<String, connection::Connected>>,
+    /// The transactional producer this client is an instance of, and its epoch
+    /// ([`Client::init_transactions`]).
+    txn_producer: std::sync::Mutex<Option<(String, u64)>>,
 }
 
 impl Client {
@@ -81,6 +84,7 @@ impl Client {
                 urls,
                 service: tokio::sync::Mutex::new((c, index)),
                 pool: tokio::sync::Mutex::new(std::collections::HashMap::new()),
+                txn_producer: std::sync::Mutex::new(None),
             }),
         })
     }

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use strata_proto::pb::client::{
-    BeginTxn, EndTxn, PartitionEnd, TxnInfo, admin_request, admin_response,
+    BeginTxn, EndTxn, InitTxnProducer, PartitionEnd, TxnInfo, admin_request, admin_response,
 };
 use strata_proto::{ErrorCode, Position, TxnId, WireError};
 use tokio::sync::Notify;
@@ -46,9 +46,12 @@ impl TransactionBuilder {
     }
 
     pub async fn begin(self) -> Result<Transaction, ClientError> {
+        let (producer_name, producer_epoch) = self.client.txn_producer().unwrap_or_default();
         let request = admin_request::Request::BeginTxn(BeginTxn {
             client_id: self.client.client_id().to_owned(),
             timeout_ms: self.timeout.map_or(0, |d| d.as_millis().max(1) as u64),
+            producer_name,
+            producer_epoch,
         });
         let info = txn_info(self.client.admin(request).await?)?;
         Ok(Transaction {
@@ -199,6 +202,41 @@ fn copy_error(e: &ClientError) -> ClientError {
 }
 
 impl Client {
+    /// Makes this client the current instance of the transactional producer `name` (Kafka's
+    /// `transactional.id`): it takes the next epoch, and the coordinator aborts every open
+    /// transaction of the older instances. From then on, an older instance that still runs
+    /// (a zombie) gets `ProducerFenced` when it begins, and its transactions are aborted, so
+    /// the two never both commit the same work. Returns the epoch.
+    pub async fn init_transactions(&self, name: &str) -> Result<u64, ClientError> {
+        let request = admin_request::Request::InitTxnProducer(InitTxnProducer {
+            name: name.to_owned(),
+            client_id: self.client_id().to_owned(),
+        });
+        match self.admin(request).await? {
+            admin_response::Response::TxnProducer(p) => {
+                let mut current = self
+                    .inner
+                    .txn_producer
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                *current = Some((p.name, p.epoch));
+                Ok(p.epoch)
+            }
+            other => Err(ClientError::Protocol(format!(
+                "expected a producer epoch, got {other:?}"
+            ))),
+        }
+    }
+
+    /// The transactional producer this client is the current instance of, with its epoch.
+    pub fn txn_producer(&self) -> Option<(String, u64)> {
+        self.inner
+            .txn_producer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// Starts building a transaction.
     pub fn new_transaction(&self) -> TransactionBuilder {
         TransactionBuilder::new(self.clone())

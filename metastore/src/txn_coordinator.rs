@@ -13,8 +13,8 @@ use strata_proto::{Position, TopicName, TxnId};
 use tracing::{debug, info, warn};
 
 use crate::tables::{
-    DeadlineMark, Decided, TableError, Tables, TxnPartitionMark, TxnRecord, TxnRuleError, TxnState,
-    Versioned, now_ms,
+    DeadlineMark, Decided, ProducerEpoch, TableError, Tables, TxnPartitionMark, TxnProducerRecord,
+    TxnRecord, TxnRuleError, TxnState, Versioned, now_ms,
 };
 use crate::types::Txn;
 use crate::{Expect, MetaStore};
@@ -67,11 +67,14 @@ impl TxnCoordinator {
         Self { tables, limits }
     }
 
-    /// Begins a transaction of `owner`; `timeout` `None` takes the default.
+    /// Begins a transaction of `owner`; `timeout` `None` takes the default. With `producer`,
+    /// the transaction belongs to that transactional producer and is begun only if its epoch
+    /// is still the current one (checked in the same write).
     pub async fn begin(
         &self,
         owner: &str,
         timeout: Option<Duration>,
+        producer: Option<ProducerEpoch>,
     ) -> Result<(TxnId, TxnRecord), CoordinatorError> {
         let timeout = timeout.unwrap_or(self.limits.default_timeout);
         if timeout.is_zero() || timeout > self.limits.max_timeout {
@@ -81,26 +84,95 @@ impl TxnCoordinator {
             });
         }
         self.check_limits(owner).await?;
-        let id = self.tables.counters.next_txn_id().await?;
-        let record = TxnRecord::open(owner, now_ms(), timeout.as_millis() as u64);
         let t = &self.tables;
+        let mut compares = Vec::new();
+        if let Some(p) = &producer {
+            let current = t.txn_producers.get(&p.name).await?.ok_or_else(|| {
+                TxnRuleError::ProducerFenced {
+                    name: p.name.clone(),
+                    epoch: p.epoch,
+                    current: 0,
+                }
+            })?;
+            current.record.check(&p.name, p.epoch)?;
+            compares.push(
+                t.txn_producers
+                    .version_is(&p.name, Expect::Version(current.version)),
+            );
+        }
+        let id = t.counters.next_txn_id().await?;
+        let mut record = TxnRecord::open(owner, now_ms(), timeout.as_millis() as u64);
+        record.producer = producer.clone();
+        // The id is fresh from the counter, so the record cannot exist.
+        compares.push(t.txns.version_is(&id, Expect::Absent));
+        let mark = DeadlineMark {
+            owner: owner.to_owned(),
+            producer: producer.as_ref().map(|p| p.name.clone()),
+        };
         let txn = Txn {
-            compares: vec![t.txns.version_is(&id, Expect::Absent)],
+            compares,
             success: vec![
                 t.txns.put_op(&id, &record)?,
-                t.txn_deadlines.put_op(
-                    &(record.deadline_ms, id),
-                    &DeadlineMark {
-                        owner: owner.to_owned(),
-                    },
-                )?,
+                t.txn_deadlines.put_op(&(record.deadline_ms, id), &mark)?,
             ],
             failure: Vec::new(),
         };
-        // The id is fresh from the counter, so the record cannot exist.
-        t.meta().txn(txn).await.map_err(TableError::from)?;
+        if !t.meta().txn(txn).await.map_err(TableError::from)?.succeeded {
+            // Only a new epoch changes the producer's record: this instance was fenced.
+            let Some(p) = producer else {
+                return Err(CoordinatorError::Conflict(format!("{id} exists already")));
+            };
+            let current = t.txn_producers.get(&p.name).await?;
+            return Err(TxnRuleError::ProducerFenced {
+                name: p.name,
+                epoch: p.epoch,
+                current: current.map_or(0, |r| r.record.epoch),
+            }
+            .into());
+        }
         debug!(txn = %id, owner, ?timeout, "transaction begun");
         Ok((id, record))
+    }
+
+    /// Starts a new instance (`owner`) of the transactional producer `name`: takes the next
+    /// epoch, then aborts every open transaction of the older epochs, so a zombie instance
+    /// can neither begin nor commit anything after this returns.
+    pub async fn init_producer(&self, name: &str, owner: &str) -> Result<u64, CoordinatorError> {
+        let t = &self.tables;
+        let key = name.to_owned();
+        let epoch = loop {
+            let current = t.txn_producers.get(&key).await?;
+            let next = TxnProducerRecord::next(current.as_ref().map(|r| &r.record), owner);
+            let written = match &current {
+                None => t.txn_producers.create(&key, &next).await,
+                Some(row) => t.txn_producers.update(&key, &next, row.version).await,
+            };
+            match written {
+                Ok(_) => break next.epoch,
+                Err(TableError::VersionMismatch { .. }) => continue, // two instances raced
+                Err(e) => return Err(e.into()),
+            }
+        };
+        let mut fenced = 0;
+        for ((_, id), mark) in t.txn_deadlines.list(&()).await? {
+            if mark.record.producer.as_deref() != Some(name) {
+                continue;
+            }
+            let older = |r: &TxnRecord| r.producer.as_ref().is_some_and(|p| p.epoch < epoch);
+            match self.get(id).await {
+                Ok(row) if older(&row.record) => {
+                    self.abort(id, None).await?;
+                    fenced += 1;
+                }
+                Ok(_) | Err(CoordinatorError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        info!(
+            producer = name,
+            epoch, fenced, "transactional producer started"
+        );
+        Ok(epoch)
     }
 
     /// Open transactions are those still in the deadline index.

@@ -62,12 +62,14 @@ pub enum ErrorCode {
     /// The request conflicts with the current state (a partition's record while its
     /// partitioned topic exists, a partitioned topic whose partitions still exist).
     PreconditionFailed = 36,
+    /// A newer instance of the transactional producer started: this one is a zombie.
+    ProducerFenced = 37,
 }
 
 impl ErrorCode {
     pub fn from_u32(code: u32) -> Self {
         use ErrorCode::*;
-        const ALL: [ErrorCode; 37] = [
+        const ALL: [ErrorCode; 38] = [
             Unknown,
             IncompatibleVersion,
             FrameTooLarge,
@@ -105,6 +107,7 @@ impl ErrorCode {
             TooManyTransactions,
             TransactionConflict,
             PreconditionFailed,
+            ProducerFenced,
         ];
         ALL.get(code as usize).copied().unwrap_or(Unknown)
     }
@@ -164,7 +167,7 @@ mod tests {
 
     #[test]
     fn codes_round_trip_and_unknown_numbers_map_to_unknown() {
-        for n in 0..25 {
+        for n in 0..38 {
             assert_eq!(ErrorCode::from_u32(n) as u32, n);
         }
         assert_eq!(ErrorCode::from_u32(9999), ErrorCode::Unknown);

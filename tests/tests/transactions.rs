@@ -423,3 +423,95 @@ async fn acks_commit_with_the_output_and_come_back_on_abort() {
     client.close().await;
     stop_all(brokers, cluster).await;
 }
+
+/// A restarted instance of a named transactional producer fences its zombie at once: the
+/// zombie's open transaction is aborted (its held input comes back to the new instance
+/// without waiting for the timeout), its commit is refused, it cannot begin again, and only
+/// the new instance's output is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_transactional_producer_fences_its_zombie() {
+    let (_dir, cluster, brokers) = start().await;
+    let (input, output) = ("fence-in", "fence-out");
+    let setup = client_of_all(&brokers).await;
+    let mut reader = setup
+        .consumer(output, "reader")
+        .initial_position(strata_client::InitialPosition::Earliest)
+        .subscribe()
+        .await
+        .expect("subscribe");
+    let producer = setup.producer(input).create().await.expect("producer");
+    producer.send("job").await.expect("stored");
+
+    // The first instance takes the input in a long transaction, then stalls (a zombie).
+    let zombie = client_of_all(&brokers).await;
+    assert_eq!(zombie.init_transactions("worker-1").await.expect("init"), 1);
+    let mut zombie_in = zombie
+        .consumer(input, "workers")
+        .initial_position(strata_client::InitialPosition::Earliest)
+        .subscription_type(strata_client::SubscriptionType::Shared)
+        .subscribe()
+        .await
+        .expect("subscribe");
+    let zombie_out = zombie.producer(output).create().await.expect("producer");
+    let stalled = zombie
+        .new_transaction()
+        .timeout(Duration::from_secs(600))
+        .begin()
+        .await
+        .expect("begin");
+    let m = next(&mut zombie_in).await;
+    zombie_out
+        .send_in(&stalled, "zombie-output")
+        .await
+        .expect("stored");
+    zombie_in.ack_in(&stalled, m.id).await.expect("ack in txn");
+
+    // The restarted instance takes the next epoch; the held input comes back to it.
+    let restarted = client_of_all(&brokers).await;
+    assert_eq!(
+        restarted.init_transactions("worker-1").await.expect("init"),
+        2
+    );
+    assert_eq!(
+        restarted
+            .transaction_info(stalled.id())
+            .await
+            .expect("info")
+            .state,
+        "ABORTED"
+    );
+    let mut fresh_in = restarted
+        .consumer(input, "workers")
+        .subscription_type(strata_client::SubscriptionType::Shared)
+        .subscribe()
+        .await
+        .expect("subscribe");
+    zombie_in.close().await.expect("close");
+    let out = restarted.producer(output).create().await.expect("producer");
+    let txn = restarted.new_transaction().begin().await.expect("begin");
+    let again = next(&mut fresh_in).await;
+    assert_eq!(&again.payload[..], b"job", "the zombie's input came back");
+    out.send_in(&txn, "restarted-output").await.expect("stored");
+    fresh_in.ack_in(&txn, again.id).await.expect("ack in txn");
+    txn.commit().await.expect("commit");
+
+    assert_eq!(
+        code(stalled.commit().await),
+        Some(ErrorCode::TransactionNotOpen)
+    );
+    assert_eq!(
+        code(zombie.new_transaction().begin().await),
+        Some(ErrorCode::ProducerFenced)
+    );
+    let got = receive_n(&mut reader, 1).await;
+    // The zombie's output is earlier in the log: had it been delivered, it would be first.
+    assert_eq!(
+        got[0].1, "restarted-output",
+        "nothing of the zombie is delivered"
+    );
+
+    for c in [zombie, restarted, setup] {
+        c.close().await;
+    }
+    stop_all(brokers, cluster).await;
+}

@@ -16,6 +16,7 @@
 //! | [`txns`] (deadlines)  | `/txn-deadlines/<ms, 20 digits>/<id>`              | [`DeadlineMark`]         |
 //! | [`txns`] (partitions) | `/txn-partitions/<tenant>/<ns>/<topic>/<id>`       | [`TxnPartitionMark`]     |
 //! | [`txns`] (acks)       | `/txn-acks/<tenant>/<ns>/<topic>/<sub>/<l>-<e>-<i>` | [`PendingAck`]          |
+//! | [`txn_producers`]     | `/txn-producers/<name>`                            | [`TxnProducerRecord`]    |
 //! | [`counters`]          | `/counters/<name>`                                 | u64 big-endian           |
 //!
 //! Records are JSON objects with a `format_version` ([`JsonRecord`]), except ledger metadata
@@ -47,6 +48,7 @@ mod record;
 mod table;
 pub mod tenants;
 pub mod topics;
+pub mod txn_producers;
 pub mod txns;
 
 #[cfg(test)]
@@ -69,6 +71,7 @@ pub use tenants::{TenantName, TenantRecord, Tenants};
 pub use topics::{
     PartitionedTopicRecord, PartitionedTopics, TopicRecord, Topics, partition_name, partition_of,
 };
+pub use txn_producers::{ProducerEpoch, TxnProducerRecord, TxnProducers};
 pub use txns::{
     DeadlineMark, Decided, PendingAck, PendingAcks, TxnDeadlines, TxnPartition, TxnPartitionMark,
     TxnPartitions, TxnRecord, TxnRuleError, TxnState, Txns,
@@ -92,6 +95,7 @@ pub struct Tables {
     pub txn_deadlines: Table<TxnDeadlines>,
     pub txn_partitions: Table<TxnPartitions>,
     pub pending_acks: Table<PendingAcks>,
+    pub txn_producers: Table<TxnProducers>,
     pub counters: Counters,
     meta: Meta,
 }
@@ -119,6 +123,7 @@ impl Tables {
             txn_deadlines: Table::new(meta.clone()),
             txn_partitions: Table::new(meta.clone()),
             pending_acks: Table::new(meta.clone()),
+            txn_producers: Table::new(meta.clone()),
             counters: Counters::new(meta.clone()),
             meta,
         }

@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use strata_proto::{MessageId, Position, TopicName, TxnId};
 
 use super::cursors::CursorKey;
+use super::txn_producers::ProducerEpoch;
 
 use super::{JsonRecord, Listing, Schema};
 
@@ -93,6 +94,9 @@ pub struct TxnRecord {
     /// The producer group whose live members the coordinator may ask (check-back).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
+    /// The transactional producer (and its epoch) that began it, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub producer: Option<ProducerEpoch>,
 }
 
 impl JsonRecord for TxnRecord {
@@ -112,6 +116,14 @@ pub enum TxnRuleError {
     },
     #[error("{id} belongs to another client")]
     NotOwner { id: TxnId },
+    #[error(
+        "transactional producer {name} at epoch {epoch} is fenced: a newer instance holds epoch {current}"
+    )]
+    ProducerFenced {
+        name: String,
+        epoch: u64,
+        current: u64,
+    },
     #[error("{id} wrote to {topic}, but the commit does not say where its last entry there is")]
     MissingLastPosition { id: TxnId, topic: String },
     #[error("{id}'s last entry on {topic} ({last}) is before its first ({first})")]
@@ -144,6 +156,7 @@ impl TxnRecord {
             partitions: BTreeMap::new(),
             subscriptions: BTreeSet::new(),
             group: None,
+            producer: None,
         }
     }
 
@@ -326,6 +339,9 @@ impl Listing for Txns {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeadlineMark {
     pub owner: String,
+    /// The transactional producer that began it, if any (a new epoch aborts it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub producer: Option<String>,
 }
 
 impl JsonRecord for DeadlineMark {

@@ -37,7 +37,7 @@ async fn commit_is_idempotent_final_and_durable() {
     let store = open(dir.path()).await;
     let c = coordinator(&store, TxnLimits::default());
     let (id, record) = c
-        .begin("app", Some(Duration::from_secs(30)))
+        .begin("app", Some(Duration::from_secs(30)), None)
         .await
         .expect("begin");
     assert_eq!(record.state, TxnState::Open);
@@ -91,7 +91,10 @@ async fn commit_is_idempotent_final_and_durable() {
         c.get(id).await.expect("get").record.state,
         TxnState::Committed
     );
-    let (next, _) = c.begin("app", None).await.expect("begin after restart");
+    let (next, _) = c
+        .begin("app", None, None)
+        .await
+        .expect("begin after restart");
     assert!(next > id, "ids are never reused: {next} after {id}");
     store.shutdown().await.expect("shutdown");
 }
@@ -103,7 +106,7 @@ async fn abort_ownership_and_unknown_transactions() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = open(dir.path()).await;
     let c = coordinator(&store, TxnLimits::default());
-    let (id, _) = c.begin("app", None).await.expect("begin");
+    let (id, _) = c.begin("app", None, None).await.expect("begin");
     assert!(matches!(
         c.commit(id, "intruder", &BTreeMap::new()).await,
         Err(CoordinatorError::Rule(TxnRuleError::NotOwner { .. }))
@@ -129,7 +132,7 @@ async fn abort_ownership_and_unknown_transactions() {
         c.commit(id, "app", &BTreeMap::new()).await,
         Err(CoordinatorError::Rule(TxnRuleError::AlreadyDecided { .. }))
     ));
-    let (other, _) = c.begin("someone", None).await.expect("begin");
+    let (other, _) = c.begin("someone", None, None).await.expect("begin");
     assert_eq!(
         c.abort(other, None).await.expect("operator abort").state,
         TxnState::Aborted
@@ -145,15 +148,15 @@ async fn expiry_times_out_overdue_transactions_only() {
     let store = open(dir.path()).await;
     let c = coordinator(&store, TxnLimits::default());
     let (short, rec) = c
-        .begin("app", Some(Duration::from_millis(10)))
+        .begin("app", Some(Duration::from_millis(10)), None)
         .await
         .expect("begin");
     let (long, _) = c
-        .begin("app", Some(Duration::from_secs(600)))
+        .begin("app", Some(Duration::from_secs(600)), None)
         .await
         .expect("begin");
     let (done, _) = c
-        .begin("app", Some(Duration::from_millis(10)))
+        .begin("app", Some(Duration::from_millis(10)), None)
         .await
         .expect("begin");
     c.commit(done, "app", &BTreeMap::new())
@@ -193,22 +196,87 @@ async fn open_transactions_are_limited() {
             ..TxnLimits::default()
         },
     );
-    let (a, _) = c.begin("a", None).await.expect("begin");
-    c.begin("a", None).await.expect("begin");
+    let (a, _) = c.begin("a", None, None).await.expect("begin");
+    c.begin("a", None, None).await.expect("begin");
     assert!(matches!(
-        c.begin("a", None).await,
+        c.begin("a", None, None).await,
         Err(CoordinatorError::TooManyOpen { .. })
     ));
-    c.begin("b", None).await.expect("another client");
+    c.begin("b", None, None).await.expect("another client");
     assert!(matches!(
-        c.begin("c", None).await,
+        c.begin("c", None, None).await,
         Err(CoordinatorError::TooManyOpen { .. })
     ));
     c.abort(a, Some("a")).await.expect("abort");
-    c.begin("a", None).await.expect("a slot is free again");
+    c.begin("a", None, None)
+        .await
+        .expect("a slot is free again");
     assert!(matches!(
-        c.begin("a", Some(Duration::ZERO)).await,
+        c.begin("a", Some(Duration::ZERO), None).await,
         Err(CoordinatorError::InvalidTimeout { .. })
     ));
+    store.shutdown().await.expect("shutdown");
+}
+
+/// A new instance of a transactional producer takes the next epoch and fences the older
+/// one: the zombie's open transaction is aborted (its commit is refused), it cannot begin
+/// again, and another producer's transactions are untouched.
+#[tokio::test]
+async fn a_new_producer_epoch_fences_the_zombie() {
+    use crate::tables::ProducerEpoch;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path()).await;
+    let c = coordinator(&store, TxnLimits::default());
+    let at = |epoch| {
+        Some(ProducerEpoch {
+            name: "worker-1".into(),
+            epoch,
+        })
+    };
+    assert!(
+        matches!(
+            c.begin("zombie", None, at(1)).await,
+            Err(CoordinatorError::Rule(TxnRuleError::ProducerFenced {
+                current: 0,
+                ..
+            }))
+        ),
+        "an epoch nobody took is refused"
+    );
+    let first = c.init_producer("worker-1", "zombie").await.expect("init");
+    assert_eq!(first, 1);
+    let (old, _) = c.begin("zombie", None, at(1)).await.expect("begin");
+    let (bystander, _) = c.begin("other", None, None).await.expect("begin");
+
+    let second = c
+        .init_producer("worker-1", "restarted")
+        .await
+        .expect("init");
+    assert_eq!(second, 2);
+    assert_eq!(
+        c.get(old).await.expect("get").record.state,
+        TxnState::Aborted
+    );
+    assert!(matches!(
+        c.commit(old, "zombie", &BTreeMap::new()).await,
+        Err(CoordinatorError::Rule(TxnRuleError::AlreadyDecided { .. }))
+    ));
+    assert!(matches!(
+        c.begin("zombie", None, at(1)).await,
+        Err(CoordinatorError::Rule(TxnRuleError::ProducerFenced {
+            epoch: 1,
+            current: 2,
+            ..
+        }))
+    ));
+    assert_eq!(
+        c.get(bystander).await.expect("get").record.state,
+        TxnState::Open
+    );
+    let (new, record) = c.begin("restarted", None, at(2)).await.expect("begin");
+    assert_eq!(record.producer, at(2));
+    c.commit(new, "restarted", &BTreeMap::new())
+        .await
+        .expect("the current instance commits");
     store.shutdown().await.expect("shutdown");
 }
