@@ -13,6 +13,7 @@ pub struct BrokerMetrics {
     pub connections: AtomicU64,
     pub producers: AtomicU64,
     pub consumers: AtomicU64,
+    pub txns: crate::txn_metrics::TxnMetrics,
 }
 
 impl BrokerMetrics {
@@ -89,6 +90,8 @@ impl BrokerMetrics {
                 value.load(Relaxed)
             ));
         }
+        self.txns
+            .render(strata_metastore::tables::now_ms(), &mut out);
         out
     }
 }

@@ -6,7 +6,7 @@ use std::sync::{Arc, OnceLock};
 use strata_bookie::{LedgerClient, LedgerConfig};
 use strata_metastore::tables::{
     BrokerId, NamespaceBundle, NamespacePolicies, TableError, TableEvent, Tables, TenantName,
-    TenantRecord, TopicRecord, now_ms,
+    TenantRecord, TopicRecord, TxnRecord, now_ms,
 };
 use strata_metastore::{Expect, Meta};
 use strata_proto::{NamespaceName, TopicName};
@@ -161,10 +161,16 @@ impl BrokerService {
                     let Some(service) = weak.upgrade() else {
                         return;
                     };
-                    if let Ok(TableEvent::Put { key, value }) = event {
-                        for topic in service.loaded_topics().await {
-                            topic.txn_decided(key, &value.record).await;
-                        }
+                    let Ok(TableEvent::Put { key, value }) = event else {
+                        continue;
+                    };
+                    // Begins and registrations need nothing here; a decision only concerns
+                    // the topics the transaction wrote to or acknowledged on.
+                    if value.record.state.is_open() {
+                        continue;
+                    }
+                    for topic in service.loaded_participants(&value.record).await {
+                        topic.txn_decided(key, &value.record).await;
                     }
                 }
             }
@@ -177,6 +183,22 @@ impl BrokerService {
             .await
             .values()
             .filter_map(|c| c.get().cloned())
+            .collect()
+    }
+
+    /// The loaded topics a transaction wrote to or acknowledged on.
+    async fn loaded_participants(&self, record: &TxnRecord) -> Vec<Arc<Topic>> {
+        let names: std::collections::BTreeSet<&str> = record
+            .partitions
+            .keys()
+            .map(String::as_str)
+            .chain(record.subscriptions.iter().map(|(t, _)| t.as_str()))
+            .collect();
+        let topics = self.topics.lock().await;
+        names
+            .into_iter()
+            .filter_map(|n| TopicName::parse(n).ok())
+            .filter_map(|n| topics.get(&n).and_then(|c| c.get().cloned()))
             .collect()
     }
 
@@ -630,9 +652,11 @@ impl BrokerService {
                     config,
                 )
                 .await?;
-                Ok(Arc::new(
+                let topic = Arc::new(
                     Topic::load(name.clone(), ml, self.tables.clone(), self.txns.clone()).await?,
-                ))
+                );
+                self.metrics.txns.track(&topic);
+                Ok(topic)
             })
             .await;
         match loaded {

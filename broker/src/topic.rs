@@ -319,7 +319,7 @@ impl Topic {
                 );
             }
             if state.buffer.is_open(txn) {
-                if state.owners.get(&txn).is_some_and(|o| o != client) {
+                if state.owners.get(&txn).is_some_and(|(o, _)| o != client) {
                     return Err(CoordinatorError::Rule(TxnRuleError::NotOwner { id: txn }).into());
                 }
                 return Ok(());
@@ -328,7 +328,7 @@ impl Topic {
             // must find it.
             let first = self.ml.next_position_hint()?;
             state.buffer.opened(txn, first);
-            state.owners.insert(txn, client.to_owned());
+            state.owners.insert(txn, (client.to_owned(), now_ms()));
             first
         };
         if let Err(e) = self
@@ -367,6 +367,14 @@ impl Topic {
                 sub.wake();
             }
         }
+    }
+
+    /// For the metrics: how many transactions are open here, and the age (ms) of the oldest.
+    pub fn txn_gauges(&self, now_ms: u64) -> (usize, u64) {
+        let state = self.txn_state();
+        let oldest = state.owners.values().map(|(_, since)| *since).min();
+        let lag = oldest.map_or(0, |since| now_ms.saturating_sub(since));
+        (state.owners.len(), lag)
     }
 
     /// The transactions open here, as writers or as acknowledgers (to check their records
@@ -529,7 +537,8 @@ async fn rebuild_dedup(ml: &ManagedLedger, tables: &Tables) -> Result<DedupState
 #[derive(Debug, Default)]
 pub struct PartitionTxns {
     pub buffer: TxnBuffer,
-    pub owners: HashMap<TxnId, String>,
+    /// The open transactions' owners, and since when (ms) each has been open here.
+    pub owners: HashMap<TxnId, (String, u64)>,
 }
 
 pub type SharedTxns = Arc<std::sync::Mutex<PartitionTxns>>;
@@ -558,7 +567,8 @@ async fn rebuild_txns(topic: &TopicName, tables: &Tables) -> Result<PartitionTxn
         };
         state.buffer.opened(id, mark.record.first);
         if row.record.state.is_open() {
-            state.owners.insert(id, row.record.owner.clone());
+            let since = row.record.created_ms;
+            state.owners.insert(id, (row.record.owner.clone(), since));
         } else {
             state.buffer.decided(id, outcome_here(topic, &row.record));
         }

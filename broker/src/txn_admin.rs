@@ -2,9 +2,11 @@
 //! list. Any broker answers them: the coordinator's state is in the metastore.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use strata_metastore::tables::{ProducerEpoch, TxnRecord};
+use strata_metastore::tables::{Decided, ProducerEpoch, TxnRecord};
+use strata_metastore::txn_coordinator::Ending;
 use strata_proto::pb::client::{
     BeginTxn, EndTxn, InitTxnProducer, TxnInfo, TxnList, TxnProducerInfo, admin_response,
 };
@@ -75,8 +77,9 @@ pub async fn end(
     r: EndTxn,
 ) -> Result<admin_response::Response, BrokerError> {
     let id = TxnId(r.txn_id);
-    let record = if r.commit {
-        let mut last = BTreeMap::new();
+    let arrived = std::time::Instant::now();
+    let mut last = BTreeMap::new();
+    let (owner, ending) = if r.commit {
         for p in r.partitions {
             let topic = TopicName::parse(&p.topic)?;
             let position = p
@@ -85,12 +88,25 @@ pub async fn end(
                 .ok_or_else(|| BrokerError::Protocol(format!("no last entry for {topic}")))?;
             last.insert(topic.to_string(), position);
         }
-        service.txns.commit(id, &r.client_id, &last).await?
+        (Some(r.client_id.as_str()), Ending::Commit(&last))
     } else if r.operator {
-        service.txns.abort(id, None).await?
+        (None, Ending::Abort)
     } else {
-        service.txns.abort(id, Some(&r.client_id)).await?
+        (Some(r.client_id.as_str()), Ending::Abort)
     };
+    let (record, decided) = service.txns.end(id, owner, ending).await?;
+    // Counted by the request that decided, not by its retries.
+    let m = &service.metrics.txns;
+    match (decided, r.commit) {
+        (Decided::Now, true) => {
+            m.committed.fetch_add(1, Relaxed);
+            m.commit_latency.record(arrived.elapsed());
+        }
+        (Decided::Now, false) => {
+            m.aborted.fetch_add(1, Relaxed);
+        }
+        (Decided::Already, _) => {}
+    }
     Ok(admin_response::Response::Txn(info(id, &record)))
 }
 

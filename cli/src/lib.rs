@@ -25,6 +25,7 @@ pub mod http;
 pub mod metastore_node;
 pub mod perf;
 pub mod perf_ledger;
+pub mod perf_txn;
 pub mod standalone;
 pub mod subscriptions_admin;
 pub mod tenancy_admin;

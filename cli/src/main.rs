@@ -12,7 +12,7 @@ use strata_cli::metastore_node;
 use strata_cli::standalone::Standalone;
 use strata_cli::tenancy_admin::{self, NamespacesCommand, TenantsCommand, TopicsCommand};
 use strata_cli::{bookie_node, broker_node, subscriptions_admin, txn_admin};
-use strata_cli::{perf, perf_ledger};
+use strata_cli::{perf, perf_ledger, perf_txn};
 use strata_client::InitialPosition;
 
 #[derive(Parser)]
@@ -117,6 +117,8 @@ enum PerfCommand {
     Meta(perf::PerfMetaArgs),
     /// Ledger adds against bookies started in this process on loopback.
     Ledger(perf_ledger::PerfLedgerArgs),
+    /// Consume → produce with N messages per transaction, against the same without.
+    Txn(perf_txn::PerfTxnArgs),
 }
 
 #[derive(clap::Args)]
@@ -289,6 +291,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             match cmd {
                 PerfCommand::Produce(args) => perf::produce(&client, args).await?,
                 PerfCommand::Consume(args) => perf::consume(&client, args).await?,
+                PerfCommand::Txn(args) => perf_txn::txn(&client, args).await?,
                 PerfCommand::Meta(_) | PerfCommand::Ledger(_) => {}
             }
             client.close().await;

@@ -9,7 +9,7 @@
 //! the ack of those the application had acknowledged (an ack not yet durable when the old
 //! broker died would otherwise be lost).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -160,6 +160,7 @@ impl ConsumerBuilder {
             topic,
             subscription: self.subscription,
             failed: None,
+            deferred: None,
             client_id: self.client.client_id().to_owned(),
         })
     }
@@ -310,6 +311,9 @@ pub struct Consumer {
     /// A partition's session failed for good: every later receive fails with it, so a
     /// partitioned consumer never goes on silently without one of its partitions.
     failed: Option<strata_proto::WireError>,
+    /// An error met while filling a batch, reported by the next receive (the batch before
+    /// it is handed over first, so no message is dropped with it).
+    deferred: Option<ClientError>,
     /// The client's id: transactions of other clients are refused.
     client_id: String,
 }
@@ -347,14 +351,38 @@ impl Consumer {
 
     /// The next message, waiting for one to arrive.
     pub async fn receive(&mut self) -> Result<ReceivedMessage, ClientError> {
+        if let Some(e) = self.deferred.take() {
+            return Err(e);
+        }
         if let Some(e) = &self.failed {
             return Err(ClientError::Server(e.clone()));
         }
-        let (index, msg, fatal) =
-            self.rx
-                .recv()
-                .await
-                .unwrap_or((0, Err(ClientError::Closed("consumer")), true));
+        let item = self.rx.recv().await;
+        self.take(item).await
+    }
+
+    /// Waits for the next message, then takes the ones that have already arrived behind it,
+    /// up to `max` in all (batch processing: one transaction per batch, say).
+    pub async fn receive_up_to(&mut self, max: usize) -> Result<Vec<ReceivedMessage>, ClientError> {
+        let mut batch = vec![self.receive().await?];
+        while batch.len() < max {
+            let Ok(item) = self.rx.try_recv() else {
+                break;
+            };
+            match self.take(Some(item)).await {
+                Ok(m) => batch.push(m),
+                Err(e) => {
+                    self.deferred = Some(e);
+                    break;
+                }
+            }
+        }
+        Ok(batch)
+    }
+
+    /// Hands over a message from the queue (or the error that ended the stream).
+    async fn take(&mut self, item: Option<Item>) -> Result<ReceivedMessage, ClientError> {
+        let (index, msg, fatal) = item.unwrap_or((0, Err(ClientError::Closed("consumer")), true));
         let msg = match msg {
             Ok(m) => m,
             Err(e) => {
@@ -410,21 +438,38 @@ impl Consumer {
         txn: &crate::Transaction,
         id: MessageId,
     ) -> Result<(), ClientError> {
+        self.ack_all_in(txn, &[id]).await
+    }
+
+    /// Acknowledges several messages in a transaction, as [`Consumer::ack_in`] does one: one
+    /// request (and one metastore write) per partition rather than per message.
+    pub async fn ack_all_in(
+        &mut self,
+        txn: &crate::Transaction,
+        ids: &[MessageId],
+    ) -> Result<(), ClientError> {
         if txn.client_id() != self.client_id {
             return Err(ClientError::Server(strata_proto::WireError::new(
                 strata_proto::ErrorCode::TransactionNotOwner,
                 format!("{} belongs to another client", txn.id()),
             )));
         }
-        let index = match self.part(id) {
-            Ok(_) if self.parts.len() == 1 => 0,
-            Ok(_) => self.ledger_partition[&id.ledger],
-            Err(e) => return Err(e),
-        };
-        txn.send_started();
-        let outcome = self.parts[index].txn_ack(txn.id(), id).await;
-        txn.send_settled("", outcome.as_ref().err().map(Err));
-        outcome
+        let mut by_part: BTreeMap<usize, Vec<MessageId>> = BTreeMap::new();
+        for &id in ids {
+            let index = match self.part(id) {
+                Ok(_) if self.parts.len() == 1 => 0,
+                Ok(_) => self.ledger_partition[&id.ledger],
+                Err(e) => return Err(e),
+            };
+            by_part.entry(index).or_default().push(id);
+        }
+        for (index, ids) in by_part {
+            txn.send_started();
+            let outcome = self.parts[index].txn_ack(txn.id(), ids).await;
+            txn.send_settled("", outcome.as_ref().err().map(Err));
+            outcome?;
+        }
+        Ok(())
     }
 
     /// Asks for the message to be delivered again, after the redelivery delay.
@@ -531,11 +576,11 @@ impl PartitionConsumer {
     async fn txn_ack(
         &mut self,
         txn: strata_proto::TxnId,
-        id: MessageId,
+        ids: Vec<MessageId>,
     ) -> Result<(), ClientError> {
         let (request_id, rx) = self.await_receipt().await?;
         let ack = Ack {
-            message_ids: vec![id.into()],
+            message_ids: ids.into_iter().map(Into::into).collect(),
             cumulative: false,
             request_id,
             txn_id: txn.0,

@@ -14,7 +14,7 @@ use tracing::{debug, info, warn};
 
 use crate::tables::{
     DeadlineMark, Decided, ProducerEpoch, TableError, Tables, TxnPartitionMark, TxnProducerRecord,
-    TxnRecord, TxnRuleError, TxnState, Versioned, now_ms,
+    TxnRecord, TxnRuleError, Versioned, now_ms,
 };
 use crate::types::Txn;
 use crate::{Expect, MetaStore};
@@ -53,6 +53,14 @@ pub enum CoordinatorError {
     Conflict(String),
     #[error("metadata: {0}")]
     Table(#[from] TableError),
+}
+
+/// How a client ends its transaction.
+#[derive(Debug, Clone, Copy)]
+pub enum Ending<'a> {
+    /// With the last entry it saw stored on each partition it wrote to.
+    Commit(&'a BTreeMap<String, Position>),
+    Abort,
 }
 
 /// The coordinator over the metastore's transaction tables. Cheap to clone.
@@ -279,8 +287,7 @@ impl TxnCoordinator {
         owner: &str,
         last: &BTreeMap<String, Position>,
     ) -> Result<TxnRecord, CoordinatorError> {
-        self.decide(id, Some(owner), |r| r.commit(id, last, now_ms()))
-            .await
+        Ok(self.end(id, Some(owner), Ending::Commit(last)).await?.0)
     }
 
     /// Aborts `owner`'s transaction (`owner` `None`: an operator's abort, for any client).
@@ -289,8 +296,27 @@ impl TxnCoordinator {
         id: TxnId,
         owner: Option<&str>,
     ) -> Result<TxnRecord, CoordinatorError> {
-        self.decide(id, owner, |r| r.abort(id, false, now_ms()))
-            .await
+        Ok(self.end(id, owner, Ending::Abort).await?.0)
+    }
+
+    /// Commits or aborts, saying whether this request decided (`Decided::Now`) or found the
+    /// same decision already made (a retry).
+    pub async fn end(
+        &self,
+        id: TxnId,
+        owner: Option<&str>,
+        ending: Ending<'_>,
+    ) -> Result<(TxnRecord, Decided), CoordinatorError> {
+        match ending {
+            Ending::Commit(last) => {
+                self.decide(id, owner, |r| r.commit(id, last, now_ms()))
+                    .await
+            }
+            Ending::Abort => {
+                self.decide(id, owner, |r| r.abort(id, false, now_ms()))
+                    .await
+            }
+        }
     }
 
     /// Applies a decision with one compare-and-set of the record, removing the deadline
@@ -300,7 +326,7 @@ impl TxnCoordinator {
         id: TxnId,
         owner: Option<&str>,
         rule: impl Fn(&mut TxnRecord) -> Result<Decided, TxnRuleError>,
-    ) -> Result<TxnRecord, CoordinatorError> {
+    ) -> Result<(TxnRecord, Decided), CoordinatorError> {
         loop {
             let row = self.get(id).await?;
             if let Some(owner) = owner
@@ -311,7 +337,7 @@ impl TxnCoordinator {
             let mut record = row.record;
             let deadline = record.deadline_ms;
             if rule(&mut record)? == Decided::Already {
-                return Ok(record);
+                return Ok((record, Decided::Already));
             }
             let t = &self.tables;
             let txn = Txn {
@@ -323,8 +349,8 @@ impl TxnCoordinator {
                 failure: Vec::new(),
             };
             if t.meta().txn(txn).await.map_err(TableError::from)?.succeeded {
-                info!(txn = %id, state = %record.state, "transaction decided");
-                return Ok(record);
+                debug!(txn = %id, state = %record.state, "transaction decided");
+                return Ok((record, Decided::Now));
             }
         }
     }
@@ -339,7 +365,7 @@ impl TxnCoordinator {
             }
             let decided = self.decide(id, None, |r| r.abort(id, true, now)).await;
             match decided {
-                Ok(r) if r.state == TxnState::TimedOut => expired += 1,
+                Ok((_, Decided::Now)) => expired += 1,
                 Ok(_) => {}
                 // A mark without its record (a crash cannot leave one: both are written
                 // together) is dropped rather than retried forever.

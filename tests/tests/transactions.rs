@@ -72,6 +72,21 @@ async fn decisions_are_idempotent_and_final() {
         code(client.transaction_info(TxnId(u64::MAX)).await),
         Some(ErrorCode::TransactionNotFound)
     );
+    // The metrics count each decision once (not the retries), with one commit latency.
+    let metrics: String = brokers.iter().map(|b| b.service.metrics.render()).collect();
+    let value = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .filter_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok())
+            .sum()
+    };
+    assert_eq!(value("strata_broker_txn_committed_total "), 1, "{metrics}");
+    assert_eq!(value("strata_broker_txn_aborted_total "), 1, "{metrics}");
+    assert_eq!(
+        value("strata_broker_txn_commit_latency_seconds_count "),
+        1,
+        "{metrics}"
+    );
     client.close().await;
     stop_all(brokers, cluster).await;
 }
@@ -209,9 +224,30 @@ async fn commit_makes_every_partition_visible_in_log_order() {
     );
     let early = tokio::time::timeout(Duration::from_millis(300), committed_reader.receive()).await;
     assert!(early.is_err(), "delivered before the commit: {early:?}");
+    // Each partition shows the open transaction holding it back.
+    let metrics: String = brokers.iter().map(|b| b.service.metrics.render()).collect();
+    let open_rows = |metrics: &str| {
+        metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with(
+                    "strata_broker_txn_open{topic=\"persistent://public/default/txn-out-partition-",
+                )
+            })
+            .map(|l| l.rsplit(' ').next().unwrap_or_default().to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(open_rows(&metrics), ["1", "1", "1"], "{metrics}");
+    assert!(
+        metrics.contains("strata_broker_txn_stable_lag_seconds{topic=\"persistent://public/default/txn-out-partition-0\"}"),
+        "{metrics}"
+    );
 
     txn.commit().await.expect("commit");
     let got = receive_n(&mut committed_reader, 36).await;
+    // Delivered, so every partition has applied the decision.
+    let metrics: String = brokers.iter().map(|b| b.service.metrics.render()).collect();
+    assert_eq!(open_rows(&metrics), ["0", "0", "0"], "{metrics}");
     let mut texts: Vec<&str> = got.iter().map(|(_, t)| t.as_str()).collect();
     texts.sort();
     let mut expected: Vec<String> = (0..30).map(|i| format!("txn-{i}")).collect();
