@@ -135,6 +135,9 @@ fn txn_code(e: &strata_metastore::txn_coordinator::CoordinatorError) -> ErrorCod
         C::NotFound(_) => ErrorCode::TransactionNotFound,
         C::Rule(Rule::NotOwner { .. }) => ErrorCode::TransactionNotOwner,
         C::Rule(Rule::ProducerFenced { .. }) => ErrorCode::ProducerFenced,
+        C::Rule(Rule::NotInGroup { .. }) => ErrorCode::TransactionNotOwner,
+        C::Rule(Rule::Prepared { .. }) => ErrorCode::TransactionNotOpen,
+        C::Rule(Rule::NotPrepared { .. }) => ErrorCode::PreconditionFailed,
         C::Rule(Rule::NotOpen { .. } | Rule::AlreadyDecided { .. }) => {
             ErrorCode::TransactionNotOpen
         }

@@ -45,6 +45,7 @@ pub mod tenancy;
 pub mod topic;
 pub mod txn_admin;
 pub mod txn_buffer;
+pub mod txn_checkers;
 pub mod txn_metrics;
 
 pub use error::BrokerError;

@@ -188,6 +188,9 @@ async fn serve_stream(
         Some(client_frame::Frame::ConsumerOpen(open)) => {
             consumer_session(&service, open, max, writer, reader, session).await
         }
+        Some(client_frame::Frame::CheckerOpen(open)) => {
+            checker_session(&service, open, &mut writer, &mut reader).await
+        }
         other => {
             let wire = WireError::new(
                 ErrorCode::ProtocolViolation,
@@ -199,6 +202,46 @@ async fn serve_stream(
     if let Err(e) = result {
         debug!(session, error = %e, "stream ended with an error");
     }
+}
+
+/// A producer group's checker: passes it the coordinator's questions about the group's
+/// prepared transactions until the client closes the stream.
+async fn checker_session(
+    service: &Arc<BrokerService>,
+    open: strata_proto::pb::client::TxnCheckerOpen,
+    writer: &mut FrameWriter,
+    reader: &mut FrameReader,
+) -> Result<(), String> {
+    if open.group.is_empty() {
+        let wire = WireError::new(ErrorCode::ProtocolViolation, "a checker needs a group");
+        return fail(writer, &wire).await;
+    }
+    let (session, mut questions) = service.checkers.add(&open.group);
+    let outcome = async {
+        loop {
+            tokio::select! {
+                question = questions.recv() => {
+                    let Some(txn) = question else { return Ok(()) };
+                    let check = strata_proto::pb::client::TxnCheck { txn_id: txn.0 };
+                    writer
+                        .send(&ServerFrame {
+                            frame: Some(server_frame::Frame::TxnCheck(check)),
+                        })
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                // The client sends nothing more: the stream ending ends the session.
+                frame = reader.recv::<ClientFrame>() => {
+                    if !matches!(frame, Ok(Some(_))) {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+    .await;
+    service.checkers.remove(&open.group, session);
+    outcome
 }
 
 async fn handle_admin(service: &BrokerService, req: AdminRequest) -> AdminResponse {
@@ -401,6 +444,9 @@ async fn handle_admin(service: &BrokerService, req: AdminRequest) -> AdminRespon
             }
             Some(admin_request::Request::InitTxnProducer(r)) => {
                 crate::txn_admin::init_producer(service, r).await
+            }
+            Some(admin_request::Request::PrepareTxn(r)) => {
+                crate::txn_admin::prepare(service, r).await
             }
             None => Err(BrokerError::Protocol("empty admin request".into())),
         }

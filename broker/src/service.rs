@@ -40,6 +40,8 @@ pub struct BrokerService {
     pub metrics: BrokerMetrics,
     /// Transactions: their records and decisions live in the metastore.
     pub txns: strata_metastore::txn_coordinator::TxnCoordinator,
+    /// Check-back sessions of producer groups connected here.
+    pub checkers: crate::txn_checkers::TxnCheckers,
 }
 
 /// Who serves a topic, from [`BrokerService::lookup`].
@@ -63,6 +65,7 @@ impl BrokerService {
             topics: Mutex::new(HashMap::new()),
             ownership: OnceLock::new(),
             metrics: BrokerMetrics::default(),
+            checkers: Default::default(),
         });
         service.start_txn_watch();
         service
@@ -164,8 +167,9 @@ impl BrokerService {
                     let Ok(TableEvent::Put { key, value }) = event else {
                         continue;
                     };
-                    // Begins and registrations need nothing here; a decision only concerns
-                    // the topics the transaction wrote to or acknowledged on.
+                    service.checkers.record_changed(key, &value.record);
+                    // Begins and registrations need nothing more here; a decision only
+                    // concerns the topics the transaction wrote to or acknowledged on.
                     if value.record.state.is_open() {
                         continue;
                     }

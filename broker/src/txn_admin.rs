@@ -6,11 +6,12 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use strata_metastore::tables::{Decided, ProducerEpoch, TxnRecord};
-use strata_metastore::txn_coordinator::Ending;
+use strata_metastore::txn_coordinator::{Actor, BeginOptions, Ending};
 use strata_proto::pb::client::{
-    BeginTxn, EndTxn, InitTxnProducer, TxnInfo, TxnList, TxnProducerInfo, admin_response,
+    BeginTxn, EndTxn, InitTxnProducer, PartitionEnd, PrepareTxn, TxnInfo, TxnList, TxnProducerInfo,
+    admin_response,
 };
-use strata_proto::{MessageId, TopicName, TxnId};
+use strata_proto::{MessageId, Position, TopicName, TxnId};
 
 use crate::{BrokerError, BrokerService};
 
@@ -27,14 +28,59 @@ pub async fn begin(
     let producer = if r.producer_name.is_empty() {
         None
     } else {
-        check_producer_name(&r.producer_name)?;
+        check_name("transactional producer", &r.producer_name)?;
         Some(ProducerEpoch {
             name: r.producer_name,
             epoch: r.producer_epoch,
         })
     };
-    let (id, record) = service.txns.begin(&r.client_id, timeout, producer).await?;
+    let check_back = if r.group.is_empty() {
+        None
+    } else {
+        check_name("producer group", &r.group)?;
+        let interval =
+            (r.check_interval_ms > 0).then(|| Duration::from_millis(r.check_interval_ms));
+        Some((r.group, interval))
+    };
+    let options = BeginOptions {
+        timeout,
+        producer,
+        check_back,
+    };
+    let (id, record) = service.txns.begin_with(&r.client_id, options).await?;
     Ok(admin_response::Response::Txn(info(id, &record)))
+}
+
+/// Records that a transaction's sends are done (check-back: a checker may commit it now).
+pub async fn prepare(
+    service: &BrokerService,
+    r: PrepareTxn,
+) -> Result<admin_response::Response, BrokerError> {
+    let last = partition_ends(r.partitions)?;
+    let record = service
+        .txns
+        .prepare(TxnId(r.txn_id), &r.client_id, &last)
+        .await?;
+    Ok(admin_response::Response::Txn(info(
+        TxnId(r.txn_id),
+        &record,
+    )))
+}
+
+/// The last entry per partition a client names, by full topic name.
+fn partition_ends(
+    partitions: Vec<PartitionEnd>,
+) -> Result<BTreeMap<String, Position>, BrokerError> {
+    let mut last = BTreeMap::new();
+    for p in partitions {
+        let topic = TopicName::parse(&p.topic)?;
+        let position = p
+            .last
+            .map(|m| MessageId::from(m).position())
+            .ok_or_else(|| BrokerError::Protocol(format!("no last entry for {topic}")))?;
+        last.insert(topic.to_string(), position);
+    }
+    Ok(last)
 }
 
 /// Starts an instance of a named transactional producer: its new epoch fences the older
@@ -43,7 +89,7 @@ pub async fn init_producer(
     service: &BrokerService,
     r: InitTxnProducer,
 ) -> Result<admin_response::Response, BrokerError> {
-    check_producer_name(&r.name)?;
+    check_name("transactional producer", &r.name)?;
     if r.client_id.is_empty() {
         return Err(BrokerError::Protocol(
             "a transactional producer needs a client id".into(),
@@ -56,8 +102,8 @@ pub async fn init_producer(
     }))
 }
 
-/// A producer name is one metastore key segment.
-fn check_producer_name(name: &str) -> Result<(), BrokerError> {
+/// A producer or group name is one metastore key segment.
+fn check_name(what: &str, name: &str) -> Result<(), BrokerError> {
     let valid = !name.is_empty()
         && name.len() <= 200
         && name
@@ -67,7 +113,7 @@ fn check_producer_name(name: &str) -> Result<(), BrokerError> {
         Ok(())
     } else {
         Err(BrokerError::Protocol(format!(
-            "transactional producer name {name:?}: use 1 to 200 of a-z A-Z 0-9 - _ . :"
+            "{what} name {name:?}: use 1 to 200 of a-z A-Z 0-9 - _ . :"
         )))
     }
 }
@@ -78,23 +124,25 @@ pub async fn end(
 ) -> Result<admin_response::Response, BrokerError> {
     let id = TxnId(r.txn_id);
     let arrived = std::time::Instant::now();
-    let mut last = BTreeMap::new();
-    let (owner, ending) = if r.commit {
-        for p in r.partitions {
-            let topic = TopicName::parse(&p.topic)?;
-            let position = p
-                .last
-                .map(|m| MessageId::from(m).position())
-                .ok_or_else(|| BrokerError::Protocol(format!("no last entry for {topic}")))?;
-            last.insert(topic.to_string(), position);
-        }
-        (Some(r.client_id.as_str()), Ending::Commit(&last))
-    } else if r.operator {
-        (None, Ending::Abort)
+    let last = partition_ends(r.partitions)?;
+    let actor = if r.operator {
+        Actor::Operator
+    } else if !r.group.is_empty() {
+        Actor::Group(&r.group)
     } else {
-        (Some(r.client_id.as_str()), Ending::Abort)
+        Actor::Client(&r.client_id)
     };
-    let (record, decided) = service.txns.end(id, owner, ending).await?;
+    if r.operator && r.commit {
+        return Err(BrokerError::Protocol(
+            "operators may abort transactions, not commit them".into(),
+        ));
+    }
+    let ending = if r.commit {
+        Ending::Commit(&last)
+    } else {
+        Ending::Abort
+    };
+    let (record, decided) = service.txns.end(id, actor, ending).await?;
     // Counted by the request that decided, not by its retries.
     let m = &service.metrics.txns;
     match (decided, r.commit) {
@@ -152,5 +200,8 @@ fn info(id: TxnId, r: &TxnRecord) -> TxnInfo {
             .as_ref()
             .map(|p| format!("{}@{}", p.name, p.epoch))
             .unwrap_or_default(),
+        group: r.group.clone().unwrap_or_default(),
+        prepared: r.prepared,
+        checks: r.checks,
     }
 }

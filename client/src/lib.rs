@@ -36,6 +36,7 @@ pub mod router;
 pub mod routing;
 pub mod tenancy;
 pub mod transaction;
+pub mod txn_checker;
 
 use std::sync::Arc;
 
@@ -47,6 +48,7 @@ pub use routing::TopicOwner;
 pub use strata_proto::pb::client::{InitialPosition, SubscriptionType};
 pub use strata_proto::{ErrorCode, MessageId, TxnId};
 pub use transaction::{Transaction, TransactionBuilder};
+pub use txn_checker::{CheckOutcome, TxnChecker};
 
 /// A connection to a broker. Cheap to clone; producers and consumers share its connection,
 /// each on its own stream.

@@ -18,7 +18,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use strata_proto::pb::client::{
-    BeginTxn, EndTxn, InitTxnProducer, PartitionEnd, TxnInfo, admin_request, admin_response,
+    BeginTxn, EndTxn, InitTxnProducer, PartitionEnd, PrepareTxn, TxnInfo, admin_request,
+    admin_response,
 };
 use strata_proto::{ErrorCode, Position, TxnId, WireError};
 use tokio::sync::Notify;
@@ -28,6 +29,7 @@ use crate::{Client, ClientError};
 pub struct TransactionBuilder {
     client: Client,
     timeout: Option<Duration>,
+    check_back: Option<(String, Option<Duration>)>,
 }
 
 impl TransactionBuilder {
@@ -35,6 +37,7 @@ impl TransactionBuilder {
         Self {
             client,
             timeout: None,
+            check_back: None,
         }
     }
 
@@ -45,6 +48,14 @@ impl TransactionBuilder {
         self
     }
 
+    /// Check-back: once [`Transaction::prepare`]d, a checker of producer `group` (see
+    /// [`Client::register_transaction_checker`]) is asked every `interval` (`None`: the
+    /// coordinator's default, 5 s) whether to commit or abort it, until it is decided.
+    pub fn check_back(mut self, group: &str, interval: Option<Duration>) -> Self {
+        self.check_back = Some((group.to_owned(), interval));
+        self
+    }
+
     pub async fn begin(self) -> Result<Transaction, ClientError> {
         let (producer_name, producer_epoch) = self.client.txn_producer().unwrap_or_default();
         let request = admin_request::Request::BeginTxn(BeginTxn {
@@ -52,6 +63,15 @@ impl TransactionBuilder {
             timeout_ms: self.timeout.map_or(0, |d| d.as_millis().max(1) as u64),
             producer_name,
             producer_epoch,
+            group: self
+                .check_back
+                .as_ref()
+                .map(|(g, _)| g.clone())
+                .unwrap_or_default(),
+            check_interval_ms: self
+                .check_back
+                .and_then(|(_, i)| i)
+                .map_or(0, |d| d.as_millis().max(1) as u64),
         });
         let info = txn_info(self.client.admin(request).await?)?;
         Ok(Transaction {
@@ -142,6 +162,27 @@ impl Transaction {
     /// instead and the send's error returned. Retrying a commit that went through answers
     /// `Ok` again.
     pub async fn commit(&self) -> Result<(), ClientError> {
+        let partitions = self.settled_ends().await?;
+        self.end(true, partitions).await
+    }
+
+    /// Check-back: waits for every send and records where they end, so that from now on a
+    /// checker of the transaction's group can commit it without this client (run the local
+    /// transaction after this, then commit). No more sends to new partitions are accepted.
+    /// If a send failed, the transaction is aborted and the send's error returned.
+    pub async fn prepare(&self) -> Result<(), ClientError> {
+        let partitions = self.settled_ends().await?;
+        let request = admin_request::Request::PrepareTxn(PrepareTxn {
+            txn_id: self.inner.id.0,
+            client_id: self.inner.client.client_id().to_owned(),
+            partitions,
+        });
+        txn_info(self.inner.client.admin(request).await?).map(drop)
+    }
+
+    /// Waits until every send has settled; then the last position stored per partition,
+    /// or (after a failed send) the abort and that send's error.
+    async fn settled_ends(&self) -> Result<Vec<PartitionEnd>, ClientError> {
         loop {
             let notified = self.inner.settled.notified();
             if self.local().pending == 0 {
@@ -157,14 +198,13 @@ impl Transaction {
             self.abort().await?;
             return Err(e);
         }
-        let partitions = last
+        Ok(last
             .into_iter()
             .map(|(topic, p)| PartitionEnd {
                 topic,
                 last: Some(strata_proto::MessageId::at(p, 0).into()),
             })
-            .collect();
-        self.end(true, partitions).await
+            .collect())
     }
 
     /// Aborts: nothing sent in the transaction is delivered, and its acks are released.
@@ -178,7 +218,7 @@ impl Transaction {
             client_id: self.inner.client.client_id().to_owned(),
             commit,
             partitions,
-            operator: false,
+            ..EndTxn::default()
         });
         txn_info(self.inner.client.admin(request).await?).map(drop)
     }

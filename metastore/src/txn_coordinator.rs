@@ -13,8 +13,8 @@ use strata_proto::{Position, TopicName, TxnId};
 use tracing::{debug, info, warn};
 
 use crate::tables::{
-    DeadlineMark, Decided, ProducerEpoch, TableError, Tables, TxnPartitionMark, TxnProducerRecord,
-    TxnRecord, TxnRuleError, Versioned, now_ms,
+    CheckMark, CheckSchedule, DeadlineMark, Decided, ProducerEpoch, TableError, Tables,
+    TxnPartitionMark, TxnProducerRecord, TxnRecord, TxnRuleError, Versioned, now_ms,
 };
 use crate::types::Txn;
 use crate::{Expect, MetaStore};
@@ -55,6 +55,32 @@ pub enum CoordinatorError {
     Table(#[from] TableError),
 }
 
+/// How often a check-back transaction's group is asked, unless the client says.
+pub const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How to begin a transaction.
+#[derive(Debug, Clone, Default)]
+pub struct BeginOptions {
+    /// `None`: the coordinator's default.
+    pub timeout: Option<Duration>,
+    /// The transactional producer (and epoch) beginning it.
+    pub producer: Option<ProducerEpoch>,
+    /// Check-back: the producer group to ask once it is prepared, and how often (`None`:
+    /// [`DEFAULT_CHECK_INTERVAL`]).
+    pub check_back: Option<(String, Option<Duration>)>,
+}
+
+/// Who asks for a decision.
+#[derive(Debug, Clone, Copy)]
+pub enum Actor<'a> {
+    /// The client that began the transaction.
+    Client(&'a str),
+    /// A checker of the transaction's producer group (check-back).
+    Group(&'a str),
+    /// An operator: any transaction, abort only.
+    Operator,
+}
+
 /// How a client ends its transaction.
 #[derive(Debug, Clone, Copy)]
 pub enum Ending<'a> {
@@ -84,12 +110,34 @@ impl TxnCoordinator {
         timeout: Option<Duration>,
         producer: Option<ProducerEpoch>,
     ) -> Result<(TxnId, TxnRecord), CoordinatorError> {
+        let options = BeginOptions {
+            timeout,
+            producer,
+            check_back: None,
+        };
+        self.begin_with(owner, options).await
+    }
+
+    /// [`TxnCoordinator::begin`] with every option, check-back included.
+    pub async fn begin_with(
+        &self,
+        owner: &str,
+        options: BeginOptions,
+    ) -> Result<(TxnId, TxnRecord), CoordinatorError> {
+        let BeginOptions {
+            timeout,
+            producer,
+            check_back,
+        } = options;
         let timeout = timeout.unwrap_or(self.limits.default_timeout);
-        if timeout.is_zero() || timeout > self.limits.max_timeout {
-            return Err(CoordinatorError::InvalidTimeout {
-                asked: timeout,
-                max: self.limits.max_timeout,
-            });
+        let max = self.limits.max_timeout;
+        let interval = check_back
+            .as_ref()
+            .map(|(_, i)| i.unwrap_or(DEFAULT_CHECK_INTERVAL));
+        for asked in std::iter::once(timeout).chain(interval) {
+            if asked.is_zero() || asked > max {
+                return Err(CoordinatorError::InvalidTimeout { asked, max });
+            }
         }
         self.check_limits(owner).await?;
         let t = &self.tables;
@@ -111,6 +159,17 @@ impl TxnCoordinator {
         let id = t.counters.next_txn_id().await?;
         let mut record = TxnRecord::open(owner, now_ms(), timeout.as_millis() as u64);
         record.producer = producer.clone();
+        let mut check_mark = None;
+        if let (Some((group, _)), Some(interval)) = (check_back, interval) {
+            let interval_ms = interval.as_millis() as u64;
+            let next_ms = record.created_ms + interval_ms;
+            record.group = Some(group.clone());
+            record.check = Some(CheckSchedule {
+                interval_ms,
+                next_ms,
+            });
+            check_mark = Some(t.txn_checks.put_op(&(next_ms, id), &CheckMark { group })?);
+        }
         // The id is fresh from the counter, so the record cannot exist.
         compares.push(t.txns.version_is(&id, Expect::Absent));
         let mark = DeadlineMark {
@@ -119,10 +178,13 @@ impl TxnCoordinator {
         };
         let txn = Txn {
             compares,
-            success: vec![
+            success: [
                 t.txns.put_op(&id, &record)?,
                 t.txn_deadlines.put_op(&(record.deadline_ms, id), &mark)?,
-            ],
+            ]
+            .into_iter()
+            .chain(check_mark)
+            .collect(),
             failure: Vec::new(),
         };
         if !t.meta().txn(txn).await.map_err(TableError::from)?.succeeded {
@@ -287,7 +349,10 @@ impl TxnCoordinator {
         owner: &str,
         last: &BTreeMap<String, Position>,
     ) -> Result<TxnRecord, CoordinatorError> {
-        Ok(self.end(id, Some(owner), Ending::Commit(last)).await?.0)
+        Ok(self
+            .end(id, Actor::Client(owner), Ending::Commit(last))
+            .await?
+            .0)
     }
 
     /// Aborts `owner`'s transaction (`owner` `None`: an operator's abort, for any client).
@@ -296,7 +361,8 @@ impl TxnCoordinator {
         id: TxnId,
         owner: Option<&str>,
     ) -> Result<TxnRecord, CoordinatorError> {
-        Ok(self.end(id, owner, Ending::Abort).await?.0)
+        let actor = owner.map_or(Actor::Operator, Actor::Client);
+        Ok(self.end(id, actor, Ending::Abort).await?.0)
     }
 
     /// Commits or aborts, saying whether this request decided (`Decided::Now`) or found the
@@ -304,19 +370,24 @@ impl TxnCoordinator {
     pub async fn end(
         &self,
         id: TxnId,
-        owner: Option<&str>,
+        actor: Actor<'_>,
         ending: Ending<'_>,
     ) -> Result<(TxnRecord, Decided), CoordinatorError> {
-        match ending {
-            Ending::Commit(last) => {
-                self.decide(id, owner, |r| r.commit(id, last, now_ms()))
-                    .await
+        let commit = matches!(ending, Ending::Commit(_));
+        let rule = |r: &mut TxnRecord| {
+            match actor {
+                Actor::Client(owner) if r.owner != owner => {
+                    return Err(TxnRuleError::NotOwner { id });
+                }
+                Actor::Group(group) => r.check_group(id, group, commit)?,
+                Actor::Client(_) | Actor::Operator => {}
             }
-            Ending::Abort => {
-                self.decide(id, owner, |r| r.abort(id, false, now_ms()))
-                    .await
+            match ending {
+                Ending::Commit(last) => r.commit(id, last, now_ms()),
+                Ending::Abort => r.abort(id, false, now_ms()),
             }
-        }
+        };
+        self.decide(id, rule).await
     }
 
     /// Applies a decision with one compare-and-set of the record, removing the deadline
@@ -324,16 +395,10 @@ impl TxnCoordinator {
     async fn decide(
         &self,
         id: TxnId,
-        owner: Option<&str>,
         rule: impl Fn(&mut TxnRecord) -> Result<Decided, TxnRuleError>,
     ) -> Result<(TxnRecord, Decided), CoordinatorError> {
         loop {
             let row = self.get(id).await?;
-            if let Some(owner) = owner
-                && row.record.owner != owner
-            {
-                return Err(TxnRuleError::NotOwner { id }.into());
-            }
             let mut record = row.record;
             let deadline = record.deadline_ms;
             if rule(&mut record)? == Decided::Already {
@@ -342,10 +407,17 @@ impl TxnCoordinator {
             let t = &self.tables;
             let txn = Txn {
                 compares: vec![t.txns.version_is(&id, Expect::Version(row.version))],
-                success: vec![
+                success: [
                     t.txns.put_op(&id, &record)?,
                     t.txn_deadlines.delete_op(&(deadline, id)),
-                ],
+                ]
+                .into_iter()
+                .chain(
+                    record
+                        .check
+                        .map(|c| t.txn_checks.delete_op(&(c.next_ms, id))),
+                )
+                .collect(),
                 failure: Vec::new(),
             };
             if t.meta().txn(txn).await.map_err(TableError::from)?.succeeded {
@@ -353,6 +425,76 @@ impl TxnCoordinator {
                 return Ok((record, Decided::Now));
             }
         }
+    }
+
+    /// Records that `owner`'s sends are done and where they end on each partition: from
+    /// now on a checker of the transaction's group may commit it (check-back). Preparing
+    /// again answers the same.
+    pub async fn prepare(
+        &self,
+        id: TxnId,
+        owner: &str,
+        last: &BTreeMap<String, Position>,
+    ) -> Result<TxnRecord, CoordinatorError> {
+        loop {
+            let row = self.get(id).await?;
+            row.record.check_open(id, owner)?;
+            let mut record = row.record;
+            if record.prepare(id, last)? == Decided::Already {
+                return Ok(record);
+            }
+            match self.tables.txns.update(&id, &record, row.version).await {
+                Ok(_) => return Ok(record),
+                Err(TableError::VersionMismatch { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Asks about every prepared check-back transaction due at or before `now`: bumps its
+    /// check count (brokers see the record change and ask a checker of its group) and
+    /// schedules the next check. An unprepared one is only rescheduled. Returns how many
+    /// checks it asked for.
+    pub async fn check_due(&self, now: u64) -> Result<usize, CoordinatorError> {
+        let t = &self.tables;
+        let mut asked = 0;
+        for ((due, id), mark) in t.txn_checks.list(&()).await? {
+            if due > now {
+                break; // the index is in time order
+            }
+            let row = match self.get(id).await {
+                Ok(row) if row.record.state.is_open() && row.record.check.is_some() => row,
+                // Decided (its mark goes with the decision) or gone: drop a stray mark.
+                Ok(_) | Err(CoordinatorError::NotFound(_)) => {
+                    t.txn_checks.delete(&(due, id), Expect::Any).await?;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let mut record = row.record;
+            let Some(mut schedule) = record.check else {
+                continue;
+            };
+            if record.prepared {
+                record.checks += 1;
+            }
+            schedule.next_ms = now + schedule.interval_ms;
+            record.check = Some(schedule);
+            let txn = Txn {
+                compares: vec![t.txns.version_is(&id, Expect::Version(row.version))],
+                success: vec![
+                    t.txns.put_op(&id, &record)?,
+                    t.txn_checks.delete_op(&(due, id)),
+                    t.txn_checks.put_op(&(schedule.next_ms, id), &mark.record)?,
+                ],
+                failure: Vec::new(),
+            };
+            // A failed compare: it changed meanwhile (decided, say); the next pass sees it.
+            if t.meta().txn(txn).await.map_err(TableError::from)?.succeeded && record.prepared {
+                asked += 1;
+            }
+        }
+        Ok(asked)
     }
 
     /// Times out every open transaction whose deadline is at or before `now`; returns how
@@ -363,7 +505,7 @@ impl TxnCoordinator {
             if deadline > now {
                 break; // the index is in deadline order
             }
-            let decided = self.decide(id, None, |r| r.abort(id, true, now)).await;
+            let decided = self.decide(id, |r| r.abort(id, true, now)).await;
             match decided {
                 Ok((_, Decided::Now)) => expired += 1,
                 Ok(_) => {}
@@ -398,6 +540,9 @@ pub fn spawn_expiry(store: MetaStore, interval: Duration) -> tokio::task::JoinHa
             }
             if let Err(e) = coordinator.expire_due(now_ms()).await {
                 warn!(error = %e, "transaction expiry failed; retrying");
+            }
+            if let Err(e) = coordinator.check_due(now_ms()).await {
+                warn!(error = %e, "transaction checks failed; retrying");
             }
         }
     })

@@ -16,6 +16,7 @@
 //! | [`txns`] (deadlines)  | `/txn-deadlines/<ms, 20 digits>/<id>`              | [`DeadlineMark`]         |
 //! | [`txns`] (partitions) | `/txn-partitions/<tenant>/<ns>/<topic>/<id>`       | [`TxnPartitionMark`]     |
 //! | [`txns`] (acks)       | `/txn-acks/<tenant>/<ns>/<topic>/<sub>/<l>-<e>-<i>` | [`PendingAck`]          |
+//! | [`txn_checks`]        | `/txn-checks/<ms, 20 digits>/<id>`                 | [`CheckMark`]            |
 //! | [`txn_producers`]     | `/txn-producers/<name>`                            | [`TxnProducerRecord`]    |
 //! | [`counters`]          | `/counters/<name>`                                 | u64 big-endian           |
 //!
@@ -48,6 +49,7 @@ mod record;
 mod table;
 pub mod tenants;
 pub mod topics;
+pub mod txn_checks;
 pub mod txn_producers;
 pub mod txns;
 
@@ -71,10 +73,11 @@ pub use tenants::{TenantName, TenantRecord, Tenants};
 pub use topics::{
     PartitionedTopicRecord, PartitionedTopics, TopicRecord, Topics, partition_name, partition_of,
 };
+pub use txn_checks::{CheckMark, TxnChecks};
 pub use txn_producers::{ProducerEpoch, TxnProducerRecord, TxnProducers};
 pub use txns::{
-    DeadlineMark, Decided, PendingAck, PendingAcks, TxnDeadlines, TxnPartition, TxnPartitionMark,
-    TxnPartitions, TxnRecord, TxnRuleError, TxnState, Txns,
+    CheckSchedule, DeadlineMark, Decided, PendingAck, PendingAcks, TxnDeadlines, TxnPartition,
+    TxnPartitionMark, TxnPartitions, TxnRecord, TxnRuleError, TxnState, Txns,
 };
 
 use crate::Meta;
@@ -96,6 +99,7 @@ pub struct Tables {
     pub txn_partitions: Table<TxnPartitions>,
     pub pending_acks: Table<PendingAcks>,
     pub txn_producers: Table<TxnProducers>,
+    pub txn_checks: Table<TxnChecks>,
     pub counters: Counters,
     meta: Meta,
 }
@@ -124,6 +128,7 @@ impl Tables {
             txn_partitions: Table::new(meta.clone()),
             pending_acks: Table::new(meta.clone()),
             txn_producers: Table::new(meta.clone()),
+            txn_checks: Table::new(meta.clone()),
             counters: Counters::new(meta.clone()),
             meta,
         }

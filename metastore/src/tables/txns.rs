@@ -97,6 +97,24 @@ pub struct TxnRecord {
     /// The transactional producer (and its epoch) that began it, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub producer: Option<ProducerEpoch>,
+    /// Check-back: how often the group's checkers are asked, and when next.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<CheckSchedule>,
+    /// The sends are done and each partition's last entry recorded: a checker of the
+    /// group may commit it without the client.
+    #[serde(default)]
+    pub prepared: bool,
+    /// How many times the group's checkers have been asked.
+    #[serde(default)]
+    pub checks: u32,
+}
+
+/// When a check-back transaction's group is asked about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckSchedule {
+    pub interval_ms: u64,
+    /// The key of its mark in the check index.
+    pub next_ms: u64,
 }
 
 impl JsonRecord for TxnRecord {
@@ -116,6 +134,12 @@ pub enum TxnRuleError {
     },
     #[error("{id} belongs to another client")]
     NotOwner { id: TxnId },
+    #[error("{id} is prepared: its sends are done")]
+    Prepared { id: TxnId },
+    #[error("{id} is not prepared: only its client can commit it")]
+    NotPrepared { id: TxnId },
+    #[error("{id} is not a transaction of producer group {group}")]
+    NotInGroup { id: TxnId, group: String },
     #[error(
         "transactional producer {name} at epoch {epoch} is fenced: a newer instance holds epoch {current}"
     )]
@@ -157,6 +181,9 @@ impl TxnRecord {
             subscriptions: BTreeSet::new(),
             group: None,
             producer: None,
+            check: None,
+            prepared: false,
+            checks: 0,
         }
     }
 
@@ -190,6 +217,9 @@ impl TxnRecord {
         }
         if self.partitions.contains_key(&topic.to_string()) {
             return Ok(false);
+        }
+        if self.prepared {
+            return Err(TxnRuleError::Prepared { id });
         }
         self.partitions
             .insert(topic.to_string(), TxnPartition { first, last: None });
@@ -235,6 +265,22 @@ impl TxnRecord {
             }
             TxnState::Open => {}
         }
+        // A prepared transaction's ends were fixed then.
+        if !self.prepared {
+            self.fix_ranges(id, last)?;
+        }
+        self.state = TxnState::Committed;
+        self.decided_ms = Some(now_ms);
+        Ok(Decided::Now)
+    }
+
+    /// Fixes each partition's last entry from `last`; every partition written needs one, at
+    /// or after its first.
+    fn fix_ranges(
+        &mut self,
+        id: TxnId,
+        last: &BTreeMap<String, Position>,
+    ) -> Result<(), TxnRuleError> {
         for (topic, p) in &mut self.partitions {
             let Some(&l) = last.get(topic) else {
                 return Err(TxnRuleError::MissingLastPosition {
@@ -250,11 +296,47 @@ impl TxnRecord {
                     last: l,
                 });
             }
-            p.last = Some(l);
         }
-        self.state = TxnState::Committed;
-        self.decided_ms = Some(now_ms);
+        for (topic, p) in &mut self.partitions {
+            p.last = last.get(topic).copied();
+        }
+        Ok(())
+    }
+
+    /// Declares the sends done, fixing each partition's last entry (check-back: a checker
+    /// may then commit it). Preparing again answers `Already`.
+    pub fn prepare(
+        &mut self,
+        id: TxnId,
+        last: &BTreeMap<String, Position>,
+    ) -> Result<Decided, TxnRuleError> {
+        if !self.state.is_open() {
+            return Err(TxnRuleError::NotOpen {
+                id,
+                state: self.state,
+            });
+        }
+        if self.prepared {
+            return Ok(Decided::Already);
+        }
+        self.fix_ranges(id, last)?;
+        self.prepared = true;
         Ok(Decided::Now)
+    }
+
+    /// Checks that `group` may decide the transaction (a checker's answer): it is the
+    /// transaction's group, and a commit needs the transaction prepared.
+    pub fn check_group(&self, id: TxnId, group: &str, commit: bool) -> Result<(), TxnRuleError> {
+        if self.group.as_deref() != Some(group) {
+            return Err(TxnRuleError::NotInGroup {
+                id,
+                group: group.to_owned(),
+            });
+        }
+        if commit && self.state.is_open() && !self.prepared {
+            return Err(TxnRuleError::NotPrepared { id });
+        }
+        Ok(())
     }
 
     /// Aborts (`timed_out`: by the coordinator at the deadline). Aborting an aborted or
@@ -615,5 +697,46 @@ mod tests {
         assert_eq!(TxnDeadlines::child(&(), rest), Ok((999, TxnId(50))));
         assert!(TxnDeadlines::child(&(), "12/34").is_err());
         assert_eq!(Txns::child(&(), &Txns::key(&ID)[PREFIX.len()..]), Ok(ID));
+    }
+
+    /// Prepare fixes the ranges once; afterwards no new partition joins, only the group may
+    /// decide besides the owner, and a commit keeps the prepared ranges. A group may commit
+    /// only a prepared transaction.
+    #[test]
+    fn prepare_fixes_the_ranges_and_lets_the_group_commit() {
+        let mut t = open_with_partition();
+        t.group = Some("orders".into());
+        let p0 = "persistent://public/default/p0".to_owned();
+        assert_eq!(
+            t.check_group(ID, "orders", true),
+            Err(TxnRuleError::NotPrepared { id: ID })
+        );
+        assert!(
+            t.check_group(ID, "orders", false).is_ok(),
+            "abort needs no prepare"
+        );
+        let at = |e| BTreeMap::from([(p0.clone(), Position::new(3, e))]);
+        assert!(matches!(
+            t.prepare(ID, &at(5)),
+            Err(TxnRuleError::BadRange { .. })
+        ));
+        assert_eq!(t.prepare(ID, &at(12)), Ok(Decided::Now));
+        assert_eq!(t.prepare(ID, &at(20)), Ok(Decided::Already));
+        assert_eq!(
+            t.register_partition(ID, &topic("p1"), Position::new(4, 0)),
+            Err(TxnRuleError::Prepared { id: ID })
+        );
+        assert!(t.check_group(ID, "orders", true).is_ok());
+        assert_eq!(
+            t.check_group(ID, "billing", false),
+            Err(TxnRuleError::NotInGroup {
+                id: ID,
+                group: "billing".into()
+            })
+        );
+        // A commit without positions (a checker's) takes the prepared ones.
+        assert_eq!(t.commit(ID, &BTreeMap::new(), 2_000), Ok(Decided::Now));
+        assert!(t.delivers(&topic("p0"), Position::new(3, 12)));
+        assert!(!t.delivers(&topic("p0"), Position::new(3, 13)));
     }
 }
