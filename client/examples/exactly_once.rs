@@ -46,7 +46,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .await?;
         let mut handled = 0;
         while handled < BATCH {
-            // Stop the batch when the input is idle for a second.
+            // Stop the batch when the input is idle for a second (receive is cancel-safe).
             let Ok(received) =
                 tokio::time::timeout(Duration::from_secs(1), consumer.receive()).await
             else {

@@ -349,7 +349,8 @@ impl Consumer {
         self.parts.len()
     }
 
-    /// The next message, waiting for one to arrive.
+    /// The next message, waiting for one to arrive. Cancel-safe: dropping the future (a
+    /// timeout, a `select!`) loses no message.
     pub async fn receive(&mut self) -> Result<ReceivedMessage, ClientError> {
         if let Some(e) = self.deferred.take() {
             return Err(e);
@@ -358,7 +359,7 @@ impl Consumer {
             return Err(ClientError::Server(e.clone()));
         }
         let item = self.rx.recv().await;
-        self.take(item).await
+        self.take(item)
     }
 
     /// Waits for the next message, then takes the ones that have already arrived behind it,
@@ -369,7 +370,7 @@ impl Consumer {
             let Ok(item) = self.rx.try_recv() else {
                 break;
             };
-            match self.take(Some(item)).await {
+            match self.take(Some(item)) {
                 Ok(m) => batch.push(m),
                 Err(e) => {
                     self.deferred = Some(e);
@@ -381,7 +382,7 @@ impl Consumer {
     }
 
     /// Hands over a message from the queue (or the error that ended the stream).
-    async fn take(&mut self, item: Option<Item>) -> Result<ReceivedMessage, ClientError> {
+    fn take(&mut self, item: Option<Item>) -> Result<ReceivedMessage, ClientError> {
         let (index, msg, fatal) = item.unwrap_or((0, Err(ClientError::Closed("consumer")), true));
         let msg = match msg {
             Ok(m) => m,
@@ -401,7 +402,7 @@ impl Consumer {
         if self.parts.len() > 1 {
             self.ledger_partition.insert(msg.id.ledger, index);
         }
-        self.parts[index].taken().await?;
+        self.parts[index].taken();
         Ok(msg)
     }
 
@@ -527,18 +528,22 @@ impl Drop for PartitionConsumer {
 impl PartitionConsumer {
     /// The application took a message: grant permits back, in halves of the queue as
     /// Pulsar's client does.
-    async fn taken(&mut self) -> Result<(), ClientError> {
+    fn taken(&mut self) {
         self.taken_since_flow += 1;
         if self.taken_since_flow >= (self.queue_size / 2).max(1) {
             let permits = std::mem::take(&mut self.taken_since_flow);
-            let sent = self.writer.lock().await.send(&flow(permits)).await;
-            match sent.map_err(ClientError::from) {
-                // A new session is being opened, and it starts with a full queue of permits.
-                Err(e) if e.is_retryable() => debug!(error = %e, "flow not sent: session broken"),
-                other => other?,
-            }
+            // Sent by a task of its own, so that a caller dropping `receive` (a timeout, a
+            // select) can neither lose the message nor cut a frame in half.
+            let writer = self.writer.clone();
+            tokio::spawn(async move {
+                let sent = writer.lock().await.send(&flow(permits)).await;
+                // A broken session is being replaced, and the new one starts with a full
+                // queue of permits; the session's reader reports anything worse.
+                if let Err(e) = sent {
+                    debug!(error = %e, "flow not sent");
+                }
+            });
         }
-        Ok(())
     }
 
     async fn send_ack(
