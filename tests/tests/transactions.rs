@@ -551,3 +551,81 @@ async fn a_restarted_transactional_producer_fences_its_zombie() {
     }
     stop_all(brokers, cluster).await;
 }
+
+/// Acks of single messages of a batch (one stored entry) in a transaction: an abort
+/// redelivers exactly those messages, a commit applies exactly them, and together with the
+/// plain acks of the rest the whole entry is acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_index_acks_in_a_transaction() {
+    let (_dir, cluster, brokers) = start().await;
+    let client = client_of_all(&brokers).await;
+    let topic = "txn-batch-acks";
+    let mut consumer = client
+        .consumer(topic, "workers")
+        .initial_position(strata_client::InitialPosition::Earliest)
+        .subscribe()
+        .await
+        .expect("subscribe");
+    let producer = client
+        .producer(topic)
+        .batch_max_messages(5)
+        .batch_max_delay(Duration::from_secs(5))
+        .create()
+        .await
+        .expect("producer");
+    let mut sends = Vec::new();
+    for i in 0..5 {
+        sends.push(producer.send_async(format!("m{i}")).await.expect("queued"));
+    }
+    for s in sends {
+        s.await.expect("stored");
+    }
+    let mut batch = Vec::new();
+    for _ in 0..5 {
+        batch.push(next(&mut consumer).await);
+    }
+    let entry = (batch[0].id.ledger, batch[0].id.entry);
+    assert!(
+        batch.iter().all(|m| (m.id.ledger, m.id.entry) == entry),
+        "one entry: {:?}",
+        batch.iter().map(|m| m.id).collect::<Vec<_>>()
+    );
+    for i in [0, 2, 4] {
+        consumer.ack(batch[i].id).await.expect("plain ack");
+    }
+    let aborted = client.new_transaction().begin().await.expect("begin");
+    consumer
+        .ack_all_in(&aborted, &[batch[1].id, batch[3].id])
+        .await
+        .expect("ack in txn");
+    aborted.abort().await.expect("abort");
+    let mut again = vec![next(&mut consumer).await, next(&mut consumer).await];
+    again.sort_by_key(|m| m.id);
+    let texts: Vec<&[u8]> = again.iter().map(|m| &m.payload[..]).collect();
+    assert_eq!(texts, [b"m1", b"m3"], "exactly the aborted acks come back");
+
+    let committed = client.new_transaction().begin().await.expect("begin");
+    let ids: Vec<_> = again.iter().map(|m| m.id).collect();
+    consumer
+        .ack_all_in(&committed, &ids)
+        .await
+        .expect("ack in txn");
+    committed.commit().await.expect("commit");
+    consumer.close().await.expect("close");
+
+    // The whole entry is acknowledged: a new consumer gets only what comes next.
+    let mut fresh = client
+        .consumer(topic, "workers")
+        .subscribe()
+        .await
+        .expect("resubscribe");
+    let unbatched = client.producer(topic).create().await.expect("producer");
+    unbatched.send("after").await.expect("stored");
+    assert_eq!(&next(&mut fresh).await.payload[..], b"after");
+    fresh.close().await.expect("close");
+    for p in [producer, unbatched] {
+        p.close().await.expect("close");
+    }
+    client.close().await;
+    stop_all(brokers, cluster).await;
+}
