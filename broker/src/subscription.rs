@@ -130,8 +130,6 @@ struct SubState {
     /// Messages acknowledged in open transactions, with their entry's batch size: out of
     /// delivery until the transaction is decided.
     txn_acks: BTreeMap<MessageId, (TxnId, u32)>,
-    /// Transactions already registered with the coordinator as acknowledging here.
-    txn_registered: std::collections::HashSet<TxnId>,
 }
 
 impl SubState {
@@ -265,7 +263,6 @@ impl Subscription {
                 messages_per_entry: 1,
                 read_committed: true,
                 txn_acks: BTreeMap::new(),
-                txn_registered: std::collections::HashSet::new(),
             }),
             txns,
             dispatched: Default::default(),

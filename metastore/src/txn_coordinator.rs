@@ -81,6 +81,14 @@ pub enum Actor<'a> {
     Operator,
 }
 
+/// See [`TxnCoordinator::ack_guard`].
+#[derive(Debug, Clone)]
+pub struct AckGuard {
+    pub version: u64,
+    pub compare: crate::types::Compare,
+    pub register: Option<crate::types::TxnOp>,
+}
+
 /// How a client ends its transaction.
 #[derive(Debug, Clone, Copy)]
 pub enum Ending<'a> {
@@ -316,6 +324,39 @@ impl TxnCoordinator {
             }
             // Another participant registered meanwhile (or it was decided): read again.
         }
+    }
+
+    /// What a write of acks in `owner`'s transaction must carry: the compare that the
+    /// record is still as read now (so still open: acks never land in a decided
+    /// transaction), and the record update registering `subscription` if it is new. One
+    /// write then registers and acknowledges together.
+    pub async fn ack_guard(
+        &self,
+        id: TxnId,
+        owner: &str,
+        topic: &TopicName,
+        subscription: &str,
+    ) -> Result<AckGuard, CoordinatorError> {
+        let row = self.get(id).await?;
+        row.record.check_open(id, owner)?;
+        let mut record = row.record;
+        let t = &self.tables;
+        let register = if record.register_subscription(id, topic, subscription)? {
+            Some(t.txns.put_op(&id, &record)?)
+        } else {
+            None
+        };
+        Ok(AckGuard {
+            version: row.version,
+            compare: t.txns.version_is(&id, Expect::Version(row.version)),
+            register,
+        })
+    }
+
+    /// The current version of the transaction's record (to tell a failed guard from a
+    /// conflict).
+    pub async fn version(&self, id: TxnId) -> Result<u64, CoordinatorError> {
+        Ok(self.get(id).await?.version)
     }
 
     /// Registers a subscription acknowledged in `owner`'s transaction.

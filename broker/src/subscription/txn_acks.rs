@@ -30,7 +30,7 @@ impl Subscription {
         ids: Vec<MessageId>,
         coordinator: &TxnCoordinator,
     ) -> Result<(), BrokerError> {
-        let (new, register) = {
+        let new = {
             let mut st = self.state.lock().await;
             if st.consumer_mut(consumer_id).is_none() {
                 return Err(BrokerError::Protocol(
@@ -52,41 +52,47 @@ impl Subscription {
                     .ok_or_else(|| BrokerError::InvalidMessageId(id.to_string()))?;
                 new.insert(id, batch_size);
             }
-            (new, !st.txn_registered.contains(&txn))
+            new
         };
         if new.is_empty() {
             return Ok(());
         }
-        if register {
-            coordinator
-                .register_subscription(txn, client, &self.topic, &self.name)
-                .await?;
-        }
         let cursor = CursorKey::new(self.topic.clone(), &self.name);
         let t = &self.tables;
-        let mut compares = Vec::new();
-        let mut success = Vec::new();
-        for (id, batch_size) in &new {
-            let key = (cursor.clone(), *id);
-            compares.push(t.pending_acks.version_is(&key, Expect::Absent));
-            success.push(t.pending_acks.put_op(
-                &key,
-                &PendingAck {
-                    txn,
-                    batch_size: *batch_size,
-                },
-            )?);
-        }
-        let written = t
-            .meta()
-            .txn(Txn {
-                compares,
-                success,
-                failure: Vec::new(),
-            })
-            .await
-            .map_err(TableError::from)?;
-        if !written.succeeded {
+        loop {
+            // Registers the subscription (if new) and holds the acks in one write, which
+            // succeeds only while the record is as read: never into a decided transaction.
+            let guard = coordinator
+                .ack_guard(txn, client, &self.topic, &self.name)
+                .await?;
+            let mut compares = vec![guard.compare];
+            let mut success: Vec<_> = guard.register.into_iter().collect();
+            for (id, batch_size) in &new {
+                let key = (cursor.clone(), *id);
+                compares.push(t.pending_acks.version_is(&key, Expect::Absent));
+                success.push(t.pending_acks.put_op(
+                    &key,
+                    &PendingAck {
+                        txn,
+                        batch_size: *batch_size,
+                    },
+                )?);
+            }
+            let written = t
+                .meta()
+                .txn(Txn {
+                    compares,
+                    success,
+                    failure: Vec::new(),
+                })
+                .await
+                .map_err(TableError::from)?;
+            if written.succeeded {
+                break;
+            }
+            if coordinator.version(txn).await? != guard.version {
+                continue; // the record changed (another participant, or a decision): again
+            }
             // Another transaction holds one of them (through another broker, before a
             // failover): name it if it is known here.
             let held = self.state.lock().await;
@@ -103,7 +109,6 @@ impl Subscription {
             });
         }
         let mut st = self.state.lock().await;
-        st.txn_registered.insert(txn);
         for (id, batch_size) in new {
             hold_for_txn(&mut st, id, txn, batch_size);
         }
@@ -142,7 +147,6 @@ impl Subscription {
                     );
                 }
             }
-            st.txn_registered.remove(&txn);
             let ml = &self.ml;
             st.cursor
                 .compact(ml.first_position(), |p| ml.next_position(p));
@@ -251,7 +255,6 @@ async fn restore(
         match state {
             Some(TxnState::Open) => {
                 st.txn_acks.insert(id, (ack.txn, ack.batch_size));
-                st.txn_registered.insert(ack.txn);
             }
             Some(TxnState::Committed) => {
                 st.cursor.ack_individual(id, ack.batch_size);
