@@ -599,7 +599,7 @@ async fn batch_index_acks_in_a_transaction() {
         .await
         .expect("ack in txn");
     aborted.abort().await.expect("abort");
-    let mut again = vec![next(&mut consumer).await, next(&mut consumer).await];
+    let mut again = [next(&mut consumer).await, next(&mut consumer).await];
     again.sort_by_key(|m| m.id);
     let texts: Vec<&[u8]> = again.iter().map(|m| &m.payload[..]).collect();
     assert_eq!(texts, [b"m1", b"m3"], "exactly the aborted acks come back");
