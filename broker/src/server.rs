@@ -770,20 +770,16 @@ async fn consumer_session(
                 Some(client_frame::Frame::Ack(ack)) if ack.txn_id != 0 => {
                     // Acks in a transaction: durable in the metastore when this returns.
                     let ids = ack.message_ids.into_iter().map(MessageId::from).collect();
-                    let outcome = if ack.cumulative {
-                        Err(BrokerError::Protocol(
-                            "acks in a transaction are individual".into(),
-                        ))
-                    } else {
-                        sub.apply_txn_acks(
+                    let outcome = sub
+                        .apply_txn_acks(
                             consumer_id,
                             strata_proto::TxnId(ack.txn_id),
                             &open.client_id,
                             ids,
+                            ack.cumulative,
                             &service.txns,
                         )
-                        .await
-                    };
+                        .await;
                     let receipt = AckReceipt {
                         request_id: ack.request_id,
                         error: outcome.err().map(|e| e.to_wire().into()),

@@ -449,28 +449,55 @@ impl Consumer {
         txn: &crate::Transaction,
         ids: &[MessageId],
     ) -> Result<(), ClientError> {
-        if txn.client_id() != self.client_id {
-            return Err(ClientError::Server(strata_proto::WireError::new(
-                strata_proto::ErrorCode::TransactionNotOwner,
-                format!("{} belongs to another client", txn.id()),
-            )));
-        }
+        self.check_owner(txn)?;
         let mut by_part: BTreeMap<usize, Vec<MessageId>> = BTreeMap::new();
         for &id in ids {
-            let index = match self.part(id) {
-                Ok(_) if self.parts.len() == 1 => 0,
-                Ok(_) => self.ledger_partition[&id.ledger],
-                Err(e) => return Err(e),
-            };
-            by_part.entry(index).or_default().push(id);
+            by_part.entry(self.part_index(id)?).or_default().push(id);
         }
         for (index, ids) in by_part {
             txn.send_started();
-            let outcome = self.parts[index].txn_ack(txn.id(), ids).await;
+            let outcome = self.parts[index].txn_ack(txn.id(), ids, false).await;
             txn.send_settled("", outcome.as_ref().err().map(Err));
             outcome?;
         }
         Ok(())
+    }
+
+    /// Acknowledges in a transaction every message up to and including `id` (of `id`'s
+    /// partition) that was delivered and not yet acknowledged; exclusive and failover
+    /// subscriptions only, as in Pulsar.
+    pub async fn ack_cumulative_in(
+        &mut self,
+        txn: &crate::Transaction,
+        id: MessageId,
+    ) -> Result<(), ClientError> {
+        self.check_owner(txn)?;
+        let index = self.part_index(id)?;
+        txn.send_started();
+        let outcome = self.parts[index].txn_ack(txn.id(), vec![id], true).await;
+        txn.send_settled("", outcome.as_ref().err().map(Err));
+        outcome
+    }
+
+    /// Only the client that began a transaction may acknowledge in it.
+    fn check_owner(&self, txn: &crate::Transaction) -> Result<(), ClientError> {
+        if txn.client_id() == self.client_id {
+            return Ok(());
+        }
+        Err(ClientError::Server(strata_proto::WireError::new(
+            strata_proto::ErrorCode::TransactionNotOwner,
+            format!("{} belongs to another client", txn.id()),
+        )))
+    }
+
+    /// Which partition session `id` came through.
+    fn part_index(&self, id: MessageId) -> Result<usize, ClientError> {
+        self.part(id)?;
+        Ok(if self.parts.len() == 1 {
+            0
+        } else {
+            self.ledger_partition[&id.ledger]
+        })
     }
 
     /// Asks for the message to be delivered again, after the redelivery delay.
@@ -582,11 +609,12 @@ impl PartitionConsumer {
         &mut self,
         txn: strata_proto::TxnId,
         ids: Vec<MessageId>,
+        cumulative: bool,
     ) -> Result<(), ClientError> {
         let (request_id, rx) = self.await_receipt().await?;
         let ack = Ack {
             message_ids: ids.into_iter().map(Into::into).collect(),
-            cumulative: false,
+            cumulative,
             request_id,
             txn_id: txn.0,
         };

@@ -629,3 +629,95 @@ async fn batch_index_acks_in_a_transaction() {
     client.close().await;
     stop_all(brokers, cluster).await;
 }
+
+/// A cumulative ack in a transaction covers every delivered message up to it: an abort
+/// brings them all back, a commit acknowledges them all. A shared subscription refuses it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cumulative_acks_in_a_transaction() {
+    let (_dir, cluster, brokers) = start().await;
+    let client = client_of_all(&brokers).await;
+    let topic = "txn-cumulative";
+    let mut consumer = client
+        .consumer(topic, "workers")
+        .initial_position(strata_client::InitialPosition::Earliest)
+        .subscribe()
+        .await
+        .expect("subscribe");
+    let producer = client.producer(topic).create().await.expect("producer");
+    for i in 0..5 {
+        producer.send(format!("m{i}")).await.expect("stored");
+    }
+    let first: Vec<_> = receive_texts(&mut consumer, 5).await;
+    let aborted = client.new_transaction().begin().await.expect("begin");
+    consumer
+        .ack_cumulative_in(&aborted, first[3].0)
+        .await
+        .expect("cumulative ack in txn");
+    aborted.abort().await.expect("abort");
+    consumer
+        .ack(first[4].0)
+        .await
+        .expect("plain ack of the last");
+    let again: Vec<String> = receive_texts(&mut consumer, 4)
+        .await
+        .into_iter()
+        .map(|(_, t)| t)
+        .collect();
+    assert_eq!(
+        again,
+        ["m0", "m1", "m2", "m3"],
+        "all four come back, in order"
+    );
+
+    let committed = client.new_transaction().begin().await.expect("begin");
+    // Redelivered messages keep their ids.
+    consumer
+        .ack_cumulative_in(&committed, first[3].0)
+        .await
+        .expect("cumulative ack in txn");
+    committed.commit().await.expect("commit");
+    consumer.close().await.expect("close");
+    let mut fresh = client
+        .consumer(topic, "workers")
+        .subscribe()
+        .await
+        .expect("resubscribe");
+    producer.send("after").await.expect("stored");
+    assert_eq!(
+        &next(&mut fresh).await.payload[..],
+        b"after",
+        "all acknowledged"
+    );
+    fresh.close().await.expect("close");
+
+    let mut shared = client
+        .consumer(topic, "shared")
+        .initial_position(strata_client::InitialPosition::Earliest)
+        .subscription_type(strata_client::SubscriptionType::Shared)
+        .subscribe()
+        .await
+        .expect("subscribe");
+    let m = next(&mut shared).await;
+    let txn = client.new_transaction().begin().await.expect("begin");
+    assert_eq!(
+        code(shared.ack_cumulative_in(&txn, m.id).await),
+        Some(ErrorCode::ProtocolViolation)
+    );
+    shared.close().await.expect("close");
+    producer.close().await.expect("close");
+    client.close().await;
+    stop_all(brokers, cluster).await;
+}
+
+/// Receives `n` messages without acknowledging them: (id, text).
+async fn receive_texts(
+    consumer: &mut strata_client::Consumer,
+    n: usize,
+) -> Vec<(strata_client::MessageId, String)> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let m = next(consumer).await;
+        out.push((m.id, String::from_utf8(m.payload.to_vec()).expect("utf8")));
+    }
+    out
+}

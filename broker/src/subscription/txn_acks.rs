@@ -17,17 +17,22 @@ use strata_proto::{MessageId, TxnId};
 use tokio::time::Instant;
 use tracing::warn;
 
+use strata_proto::pb::client::SubscriptionType;
+
 use super::{Redelivery, SubState, Subscription};
 use crate::BrokerError;
 
 impl Subscription {
-    /// Acknowledges `ids` in `client`'s transaction `txn`, as one metastore write.
+    /// Acknowledges `ids` in `client`'s transaction `txn`, as one metastore write. With
+    /// `cumulative` (exclusive and failover subscriptions, as in Pulsar), `ids` is one id and
+    /// every message delivered and not acknowledged up to it is acknowledged.
     pub async fn apply_txn_acks(
         &self,
         consumer_id: u64,
         txn: TxnId,
         client: &str,
         ids: Vec<MessageId>,
+        cumulative: bool,
         coordinator: &TxnCoordinator,
     ) -> Result<(), BrokerError> {
         let new = {
@@ -37,6 +42,11 @@ impl Subscription {
                     "ack from a consumer that is not attached".into(),
                 ));
             }
+            let ids = if cumulative {
+                cumulative_ids(&st, &ids)?
+            } else {
+                ids
+            };
             let mut new = BTreeMap::new();
             for id in ids {
                 match st.txn_acks.get(&id) {
@@ -182,6 +192,40 @@ impl Subscription {
 
 /// Takes a message acknowledged in `txn` out of delivery: not held by its consumer any more,
 /// never redelivered while the transaction is open.
+/// The messages a cumulative ack up to `ids[0]` covers: every one delivered and not yet
+/// acknowledged at or before it (those held by this transaction already are skipped later).
+fn cumulative_ids(st: &SubState, ids: &[MessageId]) -> Result<Vec<MessageId>, BrokerError> {
+    let [upto] = ids else {
+        return Err(BrokerError::Protocol(
+            "a cumulative ack names exactly one message".into(),
+        ));
+    };
+    if !matches!(
+        st.sub_type,
+        SubscriptionType::Exclusive | SubscriptionType::Failover
+    ) {
+        return Err(BrokerError::Protocol(
+            "cumulative acks need an exclusive or failover subscription".into(),
+        ));
+    }
+    let mut covered: Vec<MessageId> = st
+        .pending
+        .range(..=upto.position())
+        .flat_map(|(position, e)| {
+            e.held
+                .keys()
+                .map(move |&index| MessageId::at(*position, index))
+        })
+        .filter(|id| *id <= *upto)
+        .collect();
+    // Those held by a transaction already are not delivered any more, but still covered.
+    covered.extend(st.txn_acks.keys().filter(|id| **id <= *upto));
+    if !covered.contains(upto) {
+        return Err(BrokerError::InvalidMessageId(upto.to_string()));
+    }
+    Ok(covered)
+}
+
 fn hold_for_txn(st: &mut SubState, id: MessageId, txn: TxnId, batch_size: u32) {
     if let Some(e) = st.pending.get_mut(&id.position()) {
         e.held.remove(&id.batch_index);
