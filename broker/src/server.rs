@@ -216,7 +216,7 @@ async fn checker_session(
         let wire = WireError::new(ErrorCode::ProtocolViolation, "a checker needs a group");
         return fail(writer, &wire).await;
     }
-    let (session, mut questions) = service.checkers.add(&open.group);
+    let (session, mut questions) = service.checkers.add(&open.group, &open.client_id);
     let outcome = async {
         loop {
             tokio::select! {

@@ -158,6 +158,7 @@ impl BrokerService {
                     }
                 };
                 backoff = std::time::Duration::from_millis(100);
+                service.checkers.forget_asked();
                 service.reconcile_txns().await;
                 drop(service);
                 while let Some(event) = watcher.next().await {

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use strata_metastore::tables::{Decided, ProducerEpoch, TxnRecord};
-use strata_metastore::txn_coordinator::{Actor, BeginOptions, Ending};
+use strata_metastore::tables::{Decided, ProducerEpoch, TxnRecord, TxnRuleError};
+use strata_metastore::txn_coordinator::{Actor, BeginOptions, CoordinatorError, Ending};
 use strata_proto::pb::client::{
     BeginTxn, EndTxn, InitTxnProducer, PartitionEnd, PrepareTxn, TxnInfo, TxnList, TxnProducerInfo,
     admin_response,
@@ -128,6 +128,14 @@ pub async fn end(
     let actor = if r.operator {
         Actor::Operator
     } else if !r.group.is_empty() {
+        // Only a checker of the group (with a session here) answers for it.
+        if !service.checkers.is_member(&r.group, &r.client_id) {
+            return Err(CoordinatorError::Rule(TxnRuleError::NotInGroup {
+                id,
+                group: r.group.clone(),
+            })
+            .into());
+        }
         Actor::Group(&r.group)
     } else {
         Actor::Client(&r.client_id)

@@ -19,8 +19,8 @@ pub struct TxnCheckers {
 #[derive(Debug, Default)]
 struct State {
     next_id: u64,
-    /// Sessions by group: (session id, where its questions go).
-    groups: HashMap<String, Vec<(u64, mpsc::UnboundedSender<TxnId>)>>,
+    /// Sessions by group: (session id, its client, where its questions go).
+    groups: HashMap<String, Vec<(u64, String, mpsc::UnboundedSender<TxnId>)>>,
     /// Per open transaction, the check count already passed on.
     asked: HashMap<TxnId, u32>,
     /// Round-robin position per group.
@@ -34,24 +34,37 @@ impl TxnCheckers {
 
     /// Registers a checker session of `group`; its questions arrive on the receiver until
     /// [`TxnCheckers::remove`].
-    pub fn add(&self, group: &str) -> (u64, mpsc::UnboundedReceiver<TxnId>) {
+    pub fn add(&self, group: &str, client: &str) -> (u64, mpsc::UnboundedReceiver<TxnId>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let mut st = self.state();
         st.next_id += 1;
         let id = st.next_id;
-        st.groups
-            .entry(group.to_owned())
-            .or_default()
-            .push((id, tx));
+        let sessions = st.groups.entry(group.to_owned()).or_default();
+        sessions.push((id, client.to_owned(), tx));
         (id, rx)
+    }
+
+    /// Whether `client` has a checker session of `group` here: only such a client may
+    /// answer for the group.
+    pub fn is_member(&self, group: &str, client: &str) -> bool {
+        self.state()
+            .groups
+            .get(group)
+            .is_some_and(|s| s.iter().any(|(_, c, _)| c == client))
+    }
+
+    /// The watch restarted: checks asked while it was down are asked again as they come.
+    pub fn forget_asked(&self) {
+        self.state().asked.clear();
     }
 
     pub fn remove(&self, group: &str, session: u64) {
         let mut st = self.state();
         if let Some(sessions) = st.groups.get_mut(group) {
-            sessions.retain(|(id, _)| *id != session);
+            sessions.retain(|(id, _, _)| *id != session);
             if sessions.is_empty() {
                 st.groups.remove(group);
+                st.turn.remove(group);
             }
         }
     }
@@ -76,7 +89,7 @@ impl TxnCheckers {
         // The first live session from this group's turn on (a closed one is skipped).
         let sent = (0..n)
             .map(|k| (start + k) % n)
-            .find(|&i| sessions[i].1.send(id).is_ok());
+            .find(|&i| sessions[i].2.send(id).is_ok());
         if let Some(i) = sent {
             st.turn.insert(group.clone(), i + 1);
             st.asked.insert(id, record.checks);
@@ -99,9 +112,10 @@ mod tests {
     #[test]
     fn each_new_check_goes_to_one_checker_of_the_group_in_turn() {
         let checkers = TxnCheckers::default();
-        let (_, mut a) = checkers.add("orders");
-        let (_, mut b) = checkers.add("orders");
-        let (_, mut other) = checkers.add("billing");
+        let (_, mut a) = checkers.add("orders", "c1");
+        let (_, mut b) = checkers.add("orders", "c2");
+        let (_, mut other) = checkers.add("billing", "c3");
+        assert!(checkers.is_member("orders", "c2") && !checkers.is_member("orders", "c3"));
         checkers.record_changed(TxnId(7), &prepared("orders", 1));
         checkers.record_changed(TxnId(7), &prepared("orders", 1)); // the same check again
         checkers.record_changed(TxnId(7), &prepared("orders", 2));
@@ -117,7 +131,7 @@ mod tests {
     #[test]
     fn unprepared_unchecked_and_decided_transactions_ask_nothing() {
         let checkers = TxnCheckers::default();
-        let (session, mut a) = checkers.add("orders");
+        let (session, mut a) = checkers.add("orders", "c1");
         let mut r = prepared("orders", 1);
         r.prepared = false;
         checkers.record_changed(TxnId(1), &r);

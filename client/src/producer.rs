@@ -474,6 +474,13 @@ impl Producer {
                     format!("{} belongs to another client", t.id()),
                 )));
             }
+            if t.is_prepared() {
+                // After prepare a checker may commit it with the ends recorded then.
+                return Err(ClientError::Server(WireError::new(
+                    ErrorCode::TransactionNotOpen,
+                    format!("{} is prepared: no more sends", t.id()),
+                )));
+            }
             t.send_started();
         }
         let queued = Queued {

@@ -107,6 +107,8 @@ struct Local {
     pending: usize,
     /// The first send that failed.
     failed: Option<ClientError>,
+    /// `prepare` was called: no more sends.
+    prepared: bool,
 }
 
 impl std::fmt::Debug for Transaction {
@@ -125,6 +127,11 @@ impl Transaction {
     /// The id of the client that began it (only its producers and consumers may use it).
     pub fn client_id(&self) -> &str {
         self.inner.client.client_id()
+    }
+
+    /// Whether [`Transaction::prepare`] was called (sends are refused from then on).
+    pub fn is_prepared(&self) -> bool {
+        self.local().prepared
     }
 
     fn local(&self) -> std::sync::MutexGuard<'_, Local> {
@@ -171,6 +178,7 @@ impl Transaction {
     /// transaction after this, then commit). No more sends to new partitions are accepted.
     /// If a send failed, the transaction is aborted and the send's error returned.
     pub async fn prepare(&self) -> Result<(), ClientError> {
+        self.local().prepared = true;
         let partitions = self.settled_ends().await?;
         let request = admin_request::Request::PrepareTxn(PrepareTxn {
             txn_id: self.inner.id.0,

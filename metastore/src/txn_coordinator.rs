@@ -58,6 +58,9 @@ pub enum CoordinatorError {
 /// How often a check-back transaction's group is asked, unless the client says.
 pub const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 
+/// Each check is a metastore write and a watch event on every broker: not more often.
+pub const MIN_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+
 /// How to begin a transaction.
 #[derive(Debug, Clone, Default)]
 pub struct BeginOptions {
@@ -238,10 +241,13 @@ impl TxnCoordinator {
             }
             let older = |r: &TxnRecord| r.producer.as_ref().is_some_and(|p| p.epoch < epoch);
             match self.get(id).await {
-                Ok(row) if older(&row.record) => {
-                    self.abort(id, None).await?;
-                    fenced += 1;
-                }
+                Ok(row) if older(&row.record) => match self.abort(id, None).await {
+                    Ok(_) => fenced += 1,
+                    // The old instance decided it meanwhile (a commit that raced the new
+                    // epoch): it stands, and the sweep goes on.
+                    Err(CoordinatorError::Rule(TxnRuleError::AlreadyDecided { .. })) => {}
+                    Err(e) => return Err(e),
+                },
                 Ok(_) | Err(CoordinatorError::NotFound(_)) => {}
                 Err(e) => return Err(e),
             }
@@ -339,6 +345,9 @@ impl TxnCoordinator {
     ) -> Result<AckGuard, CoordinatorError> {
         let row = self.get(id).await?;
         row.record.check_open(id, owner)?;
+        if row.record.prepared {
+            return Err(TxnRuleError::Prepared { id }.into());
+        }
         let mut record = row.record;
         let t = &self.tables;
         let register = if record.register_subscription(id, topic, subscription)? {
@@ -513,7 +522,9 @@ impl TxnCoordinator {
                 Err(e) => return Err(e),
             };
             let mut record = row.record;
-            let Some(mut schedule) = record.check else {
+            let Some(mut schedule) = record.check.filter(|c| c.next_ms == due) else {
+                // A mark the record no longer points at (two leaders' passes overlapped).
+                t.txn_checks.delete(&(due, id), Expect::Any).await?;
                 continue;
             };
             if record.prepared {

@@ -41,8 +41,10 @@ async fn a_checker_decides_the_prepared_transactions_a_producer_left_open() {
     let committed_rows: Arc<Mutex<HashSet<TxnId>>> = Arc::default();
     let rolled_back: Arc<Mutex<HashSet<TxnId>>> = Arc::default();
     let checker_client = client_of_all(&brokers).await;
-    let (rows, gone) = (committed_rows.clone(), rolled_back.clone());
+    let asked: Arc<Mutex<HashSet<TxnId>>> = Arc::default();
+    let (rows, gone, asked_by) = (committed_rows.clone(), rolled_back.clone(), asked.clone());
     let _checker = checker_client.register_transaction_checker("orders", move |id| {
+        asked_by.lock().expect("lock").insert(id);
         let outcome = if rows.lock().expect("lock").contains(&id) {
             CheckOutcome::Commit
         } else if gone.lock().expect("lock").contains(&id) {
@@ -82,6 +84,12 @@ async fn a_checker_decides_the_prepared_transactions_a_producer_left_open() {
             .expect("stored");
         if prepare {
             txn.prepare().await.expect("prepare");
+            let late = producer.send_in(&txn, "after prepare").await;
+            assert_eq!(
+                late.err().and_then(|e| e.code()),
+                Some(strata_client::ErrorCode::TransactionNotOpen),
+                "no sends after prepare: a checker commits the prepared ends"
+            );
         }
         ids.push(txn.id());
     }
@@ -102,6 +110,7 @@ async fn a_checker_decides_the_prepared_transactions_a_producer_left_open() {
     let unprepared = reader_client.transaction_info(ids[2]).await.expect("info");
     assert_eq!(unprepared.state, "OPEN", "an unprepared one is not decided");
     assert_eq!(unprepared.checks, 0, "nor asked about");
+    assert!(!asked.lock().expect("lock").contains(&ids[2]));
     assert!(!unprepared.prepared);
     let info = reader_client.transaction_info(ids[0]).await.expect("info");
     assert!(info.prepared && info.checks >= 1 && info.group == "orders");

@@ -2,9 +2,11 @@
 //!
 //! 100,000 numbered inputs; two transform workers, each a separate process (this test
 //! binary re-run as `transform_worker`) that takes a batch, writes one output per input and
-//! acknowledges the batch in one transaction. The test kills a worker with SIGKILL six
-//! times (each worker three times), at points spread over the run, and restarts it under
-//! the same transactional name, so the new instance fences the old one's open transaction.
+//! acknowledges the batch in one transaction. Six times (each worker three times), at points
+//! spread over the run, the test kills a worker with SIGKILL and restarts it under the same
+//! transactional name, so the new instance fences the old one's open transaction. Once it
+//! freezes the worker with SIGSTOP instead and wakes it after its replacement has run for a
+//! while: that zombie must find itself fenced and stop.
 //! When the output has every number, the workers are killed for good, anything still open
 //! is aborted, and a marker is written after it all; the committed output read up to the
 //! marker must hold every number exactly once.
@@ -36,6 +38,16 @@ fn spawn_worker(url: &str, name: &str) -> Child {
         .kill_on_drop(true)
         .spawn()
         .expect("spawn worker")
+}
+
+/// Sends SIGSTOP or SIGCONT.
+fn signal(child: &Child, name: &str) {
+    let pid = child.id().expect("running").to_string();
+    let ok = std::process::Command::new("kill")
+        .args([&format!("-{name}"), &pid])
+        .status()
+        .expect("kill");
+    assert!(ok.success(), "kill -{name} {pid}");
 }
 
 async fn kill(child: &mut Child) {
@@ -79,6 +91,7 @@ async fn every_input_is_transformed_exactly_once_while_workers_are_killed() {
     let mut seen: HashMap<u64, u32> = HashMap::new();
     let mut received = 0u64;
     let mut kills = 0usize;
+    let mut zombie: Option<Child> = None;
     while (seen.len() as u64) < INPUTS {
         let m = tokio::time::timeout(Duration::from_secs(120), reader.receive())
             .await
@@ -93,12 +106,32 @@ async fn every_input_is_transformed_exactly_once_while_workers_are_killed() {
         received += 1;
         if kills < 6 && seen.len() as u64 >= (kills as u64 + 1) * INPUTS / 8 {
             let w = kills % 2;
-            kill(&mut workers[w]).await;
-            workers[w] = spawn_worker(&url, names[w]);
+            if let Some(mut z) = zombie.take() {
+                // The frozen instance wakes up behind its replacement: fenced, it must stop
+                // (its transaction was aborted, its next begin is refused).
+                signal(&z, "CONT");
+                let status = tokio::time::timeout(Duration::from_secs(60), z.wait())
+                    .await
+                    .expect("the zombie stops once fenced")
+                    .expect("reaped");
+                assert!(status.success(), "the zombie exits cleanly: {status}");
+            }
+            if kills == 2 {
+                // Freeze instead of kill: a zombie that still holds its connection.
+                signal(&workers[w], "STOP");
+                zombie = Some(std::mem::replace(
+                    &mut workers[w],
+                    spawn_worker(&url, names[w]),
+                ));
+            } else {
+                kill(&mut workers[w]).await;
+                workers[w] = spawn_worker(&url, names[w]);
+            }
             kills += 1;
         }
     }
-    assert_eq!(kills, 6, "each worker was killed three times");
+    assert_eq!(kills, 6, "each worker was killed (or frozen) three times");
+    assert!(zombie.is_none(), "the zombie was woken and stopped");
     for w in &mut workers {
         kill(w).await;
     }
@@ -198,7 +231,9 @@ async fn transform(url: String, name: String) {
         let batch = match input.receive_up_to(200).await {
             Ok(b) => b,
             Err(e) => {
+                // The session is being replaced (a broker failover): wait, then go on.
                 eprintln!("{name}: receive: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
@@ -208,6 +243,14 @@ async fn transform(url: String, name: String) {
             .timeout(Duration::from_secs(30))
             .begin()
             .await;
+        if let Err(e) = &begun
+            && e.code() == Some(strata_client::ErrorCode::ProducerFenced)
+        {
+            // A newer instance took over: this one is a zombie and stops (as a Kafka
+            // producer must on ProducerFenced).
+            eprintln!("{name}: fenced, stopping");
+            return;
+        }
         let step = match begun {
             Ok(txn) => {
                 let outcome = async {

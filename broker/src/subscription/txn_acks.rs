@@ -118,9 +118,18 @@ impl Subscription {
                 ),
             });
         }
-        let mut st = self.state.lock().await;
-        for (id, batch_size) in new {
-            hold_for_txn(&mut st, id, txn, batch_size);
+        {
+            let mut st = self.state.lock().await;
+            for (id, batch_size) in new {
+                hold_for_txn(&mut st, id, txn, batch_size);
+            }
+        }
+        // A decision that came between the write and the hold found nothing to settle here:
+        // settle now (settling twice is harmless: the first takes the holds away).
+        let record = coordinator.get(txn).await?.record;
+        if !record.state.is_open() {
+            self.txn_acks_decided(txn, record.state.is_committed())
+                .await;
         }
         Ok(())
     }

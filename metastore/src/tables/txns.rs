@@ -134,7 +134,7 @@ pub enum TxnRuleError {
     },
     #[error("{id} belongs to another client")]
     NotOwner { id: TxnId },
-    #[error("{id} is prepared: its sends are done")]
+    #[error("{id} is prepared: its sends and acks are done")]
     Prepared { id: TxnId },
     #[error("{id} is not prepared: only its client can commit it")]
     NotPrepared { id: TxnId },
@@ -265,8 +265,10 @@ impl TxnRecord {
             }
             TxnState::Open => {}
         }
-        // A prepared transaction's ends were fixed then.
-        if !self.prepared {
+        // A prepared transaction's ends were fixed then (a checker names none).
+        if self.prepared {
+            self.check_prepared_ends(id, last)?;
+        } else {
             self.fix_ranges(id, last)?;
         }
         self.state = TxnState::Committed;
@@ -317,11 +319,31 @@ impl TxnRecord {
             });
         }
         if self.prepared {
+            self.check_prepared_ends(id, last)?;
             return Ok(Decided::Already);
         }
         self.fix_ranges(id, last)?;
         self.prepared = true;
         Ok(Decided::Now)
+    }
+
+    /// After prepare, a client naming ends beyond the prepared ones wrote after preparing:
+    /// those entries would be dropped as late writes, so the request is refused instead.
+    fn check_prepared_ends(
+        &self,
+        id: TxnId,
+        last: &BTreeMap<String, Position>,
+    ) -> Result<(), TxnRuleError> {
+        let beyond = last.iter().any(|(topic, l)| {
+            self.partitions
+                .get(topic)
+                .and_then(|p| p.last)
+                .is_none_or(|prepared| *l > prepared)
+        });
+        if beyond {
+            return Err(TxnRuleError::Prepared { id });
+        }
+        Ok(())
     }
 
     /// Checks that `group` may decide the transaction (a checker's answer): it is the
@@ -721,7 +743,17 @@ mod tests {
             Err(TxnRuleError::BadRange { .. })
         ));
         assert_eq!(t.prepare(ID, &at(12)), Ok(Decided::Now));
-        assert_eq!(t.prepare(ID, &at(20)), Ok(Decided::Already));
+        assert_eq!(t.prepare(ID, &at(12)), Ok(Decided::Already));
+        assert_eq!(
+            t.prepare(ID, &at(20)),
+            Err(TxnRuleError::Prepared { id: ID }),
+            "written after preparing"
+        );
+        assert_eq!(
+            t.clone().commit(ID, &at(13), 2_000),
+            Err(TxnRuleError::Prepared { id: ID }),
+            "a commit would drop the entries written after preparing"
+        );
         assert_eq!(
             t.register_partition(ID, &topic("p1"), Position::new(4, 0)),
             Err(TxnRuleError::Prepared { id: ID })
