@@ -639,9 +639,30 @@ impl PartitionConsumer {
     }
 
     async fn flush_acks(&mut self) -> Result<(), ClientError> {
-        let (request_id, rx) = self.await_receipt().await?;
-        self.send_ack(Vec::new(), false, request_id).await?;
-        rx.await.unwrap_or(Err(ClientError::Closed("consumer")))
+        // While the session is being replaced the request would go to the broken stream and
+        // nobody would answer it: ask again on the new one.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let (request_id, rx) = self.await_receipt().await?;
+            let frame = ClientFrame {
+                frame: Some(client_frame::Frame::Ack(Ack {
+                    request_id,
+                    ..Ack::default()
+                })),
+            };
+            let sent = self.writer.lock().await.send(&frame).await;
+            match sent.map_err(ClientError::from) {
+                Ok(()) => return rx.await.unwrap_or(Err(ClientError::Closed("consumer"))),
+                Err(e) if e.is_retryable() && tokio::time::Instant::now() < deadline => {
+                    if let Some(waiters) = self.receipts.lock().await.as_mut() {
+                        waiters.remove(&request_id);
+                    }
+                    debug!(error = %e, "flush not sent: session being replaced");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 }
 

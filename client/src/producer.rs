@@ -631,7 +631,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Reads receipts, completing sends in order; reconnects when the session breaks.
 async fn drive_session(session: Arc<Session>, mut reader: FrameReader) {
+    // Sessions that end without confirming anything (every resend refused again, say) are
+    // retried with a growing pause, and given up once that has lasted `send_timeout`.
+    let mut failing_since: Option<tokio::time::Instant> = None;
+    let mut pause = Duration::from_millis(50);
     loop {
+        let mut progressed = false;
         let cause = loop {
             let frame = tokio::select! {
                 f = next_frame(&mut reader) => f,
@@ -647,6 +652,7 @@ async fn drive_session(session: Arc<Session>, mut reader: FrameReader) {
                     if let Err(e) = complete(&session, frame) {
                         break e;
                     }
+                    progressed = true;
                 }
                 Ok(None) => {
                     if session.batcher_done.load(Ordering::Acquire)
@@ -665,6 +671,18 @@ async fn drive_session(session: Arc<Session>, mut reader: FrameReader) {
         }
         if batch_refused(&cause) {
             session.fail_oldest(&as_wire(&cause));
+        }
+        let idle = lock(&session.in_flight).is_empty();
+        if progressed || idle {
+            (failing_since, pause) = (None, Duration::from_millis(50));
+        } else {
+            let since = *failing_since.get_or_insert_with(tokio::time::Instant::now);
+            if since.elapsed() >= session.send_timeout {
+                session.give_up(as_wire(&cause));
+                return;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(2));
         }
         match session.reconnect(&cause).await {
             Ok(r) => reader = r,
