@@ -153,6 +153,20 @@ async fn next(consumer: &mut strata_client::Consumer) -> strata_client::Received
         .expect("receive")
 }
 
+/// A consumer of `subscription` that starts at the earliest message if it is new.
+async fn subscribe_earliest(
+    client: &strata_client::Client,
+    topic: &str,
+    subscription: &str,
+) -> strata_client::Consumer {
+    client
+        .consumer(topic, subscription)
+        .initial_position(strata_client::InitialPosition::Earliest)
+        .subscribe()
+        .await
+        .expect("subscribe")
+}
+
 /// Reads `n` messages, as text with the partition they came from.
 async fn receive_n(consumer: &mut strata_client::Consumer, n: usize) -> Vec<(String, String)> {
     let mut out = Vec::new();
@@ -183,12 +197,7 @@ async fn commit_makes_every_partition_visible_in_log_order() {
         .create_partitioned_topic(topic, 3)
         .await
         .expect("create");
-    let mut committed_reader = client
-        .consumer(topic, "committed")
-        .initial_position(strata_client::InitialPosition::Earliest)
-        .subscribe()
-        .await
-        .expect("subscribe");
+    let mut committed_reader = subscribe_earliest(&client, topic, "committed").await;
     let mut uncommitted_reader = client
         .consumer(topic, "uncommitted")
         .initial_position(strata_client::InitialPosition::Earliest)
@@ -283,12 +292,7 @@ async fn aborted_and_late_messages_are_never_delivered() {
     let client = client_of_all(&brokers).await;
     let intruder = client_of_all(&brokers).await;
     let topic = "persistent://public/default/txn-abort";
-    let mut reader = client
-        .consumer(topic, "committed")
-        .initial_position(strata_client::InitialPosition::Earliest)
-        .subscribe()
-        .await
-        .expect("subscribe");
+    let mut reader = subscribe_earliest(&client, topic, "committed").await;
     let producer = client.producer(topic).create().await.expect("producer");
 
     let aborted = client.new_transaction().begin().await.expect("begin");
@@ -363,18 +367,8 @@ async fn acks_commit_with_the_output_and_come_back_on_abort() {
     let client = client_of_all(&brokers).await;
     let input = "persistent://public/default/txn-in";
     let output = "persistent://public/default/txn-out-acks";
-    let mut worker = client
-        .consumer(input, "workers")
-        .initial_position(strata_client::InitialPosition::Earliest)
-        .subscribe()
-        .await
-        .expect("subscribe");
-    let mut reader = client
-        .consumer(output, "reader")
-        .initial_position(strata_client::InitialPosition::Earliest)
-        .subscribe()
-        .await
-        .expect("subscribe");
+    let mut worker = subscribe_earliest(&client, input, "workers").await;
+    let mut reader = subscribe_earliest(&client, output, "reader").await;
     let producer = client.producer(input).create().await.expect("producer");
     for i in 0..10 {
         producer.send(format!("in-{i}")).await.expect("stored");
@@ -469,12 +463,7 @@ async fn a_restarted_transactional_producer_fences_its_zombie() {
     let (_dir, cluster, brokers) = start().await;
     let (input, output) = ("fence-in", "fence-out");
     let setup = client_of_all(&brokers).await;
-    let mut reader = setup
-        .consumer(output, "reader")
-        .initial_position(strata_client::InitialPosition::Earliest)
-        .subscribe()
-        .await
-        .expect("subscribe");
+    let mut reader = subscribe_earliest(&setup, output, "reader").await;
     let producer = setup.producer(input).create().await.expect("producer");
     producer.send("job").await.expect("stored");
 
@@ -560,12 +549,7 @@ async fn batch_index_acks_in_a_transaction() {
     let (_dir, cluster, brokers) = start().await;
     let client = client_of_all(&brokers).await;
     let topic = "txn-batch-acks";
-    let mut consumer = client
-        .consumer(topic, "workers")
-        .initial_position(strata_client::InitialPosition::Earliest)
-        .subscribe()
-        .await
-        .expect("subscribe");
+    let mut consumer = subscribe_earliest(&client, topic, "workers").await;
     let producer = client
         .producer(topic)
         .batch_max_messages(5)
@@ -637,12 +621,7 @@ async fn cumulative_acks_in_a_transaction() {
     let (_dir, cluster, brokers) = start().await;
     let client = client_of_all(&brokers).await;
     let topic = "txn-cumulative";
-    let mut consumer = client
-        .consumer(topic, "workers")
-        .initial_position(strata_client::InitialPosition::Earliest)
-        .subscribe()
-        .await
-        .expect("subscribe");
+    let mut consumer = subscribe_earliest(&client, topic, "workers").await;
     let producer = client.producer(topic).create().await.expect("producer");
     for i in 0..5 {
         producer.send(format!("m{i}")).await.expect("stored");
