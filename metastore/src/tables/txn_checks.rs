@@ -42,15 +42,6 @@ impl Listing for TxnChecks {
     }
 
     fn child(_: &(), rest: &str) -> Result<(u64, TxnId), String> {
-        let parse = |s: &str, what: &str| {
-            if s.len() != 20 || !s.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(format!("{s:?} is not a 20-digit {what}"));
-            }
-            s.parse::<u64>().map_err(|e| e.to_string())
-        };
-        let (due, id) = rest
-            .split_once('/')
-            .ok_or_else(|| format!("{rest:?} is not <due>/<id>"))?;
-        Ok((parse(due, "time")?, TxnId(parse(id, "transaction id")?)))
+        super::txns::parse_time_and_id(rest)
     }
 }

@@ -409,6 +409,18 @@ fn id_key(id: TxnId) -> String {
     format!("{:020}", id.0)
 }
 
+/// The `<ms, 20 digits>/<id>` tail of a time-ordered index key (deadlines, checks).
+pub(super) fn parse_time_and_id(rest: &str) -> Result<(u64, TxnId), String> {
+    let (ms, id) = rest
+        .split_once('/')
+        .ok_or_else(|| format!("{rest:?} is not <ms>/<id>"))?;
+    if ms.len() != 20 || !ms.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("{ms:?} is not a 20-digit time"));
+    }
+    let ms = ms.parse().map_err(|e| format!("{e}"))?;
+    Ok((ms, parse_id(id)?))
+}
+
 fn parse_id(s: &str) -> Result<TxnId, String> {
     if s.len() != 20 || !s.bytes().all(|b| b.is_ascii_digit()) {
         return Err(format!("{s:?} is not a 20-digit transaction id"));
@@ -474,14 +486,7 @@ impl Listing for TxnDeadlines {
     }
 
     fn child(_: &(), rest: &str) -> Result<(u64, TxnId), String> {
-        let (deadline, id) = rest
-            .split_once('/')
-            .ok_or_else(|| format!("{rest:?} is not <deadline>/<id>"))?;
-        if deadline.len() != 20 || !deadline.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(format!("{deadline:?} is not a 20-digit deadline"));
-        }
-        let deadline = deadline.parse().map_err(|e| format!("{e}"))?;
-        Ok((deadline, parse_id(id)?))
+        parse_time_and_id(rest)
     }
 }
 
