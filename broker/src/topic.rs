@@ -107,24 +107,33 @@ impl Topic {
         messages: Vec<Message>,
         txn: Option<(TxnId, &str)>,
     ) -> Result<Published, BrokerError> {
-        let mut dedup = self.dedup.lock().await;
-        if dedup.stale {
-            // A failed write may or may not have reached the log: settle the log (recover the
-            // failed ledger), then read back what it holds before deciding anything.
-            self.ml.repair().await?;
-            dedup.state = rebuild_dedup(&self.ml, &self.tables).await?;
-            dedup.stale = false;
-        }
-        // Refusals come before the dedup state records the batch, and only for a new one:
-        // a resend already stored is answered as such.
-        if dedup.state.is_new(producer_name, sequence_id) {
-            if let Some(e) = self.quota_refusal() {
-                return Err(e);
+        let mut dedup = loop {
+            let mut dedup = self.dedup.lock().await;
+            if dedup.stale {
+                // A failed write may or may not have reached the log: settle the log (recover
+                // the failed ledger), then read back what it holds before deciding anything.
+                self.ml.repair().await?;
+                dedup.state = rebuild_dedup(&self.ml, &self.tables).await?;
+                dedup.stale = false;
             }
-            if let Some((txn, client)) = txn {
-                self.join_txn(txn, client).await?;
+            // Refusals come before the dedup state records the batch, and only for a new one:
+            // a resend already stored is answered as such.
+            if dedup.state.is_new(producer_name, sequence_id) {
+                if let Some(e) = self.quota_refusal() {
+                    return Err(e);
+                }
+                if let Some((txn, client)) = txn
+                    && let TxnAdmission::Join(registration) = self.txn_admission(txn, client)?
+                {
+                    // The registration is a metastore write: other producers publish
+                    // meanwhile, and this one's next batch waits behind this call.
+                    drop(dedup);
+                    self.join_txn(txn, client, registration).await?;
+                    continue;
+                }
             }
-        }
+            break dedup;
+        };
         match dedup.state.check(producer_name, sequence_id) {
             Verdict::New => {}
             Verdict::Duplicate(position) => return Ok(Published::Duplicate(position)),
@@ -302,28 +311,66 @@ impl Topic {
         self.txns.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Makes sure `client`'s transaction `txn` may write here: open, and registered with the
-    /// coordinator as a participant (one metastore write, the first time only). Called under
-    /// the publish lock, so the first position registered is where its first entry goes (or
-    /// before it, if the ledger rolls over: a stable position may only err early).
-    async fn join_txn(&self, txn: TxnId, client: &str) -> Result<(), BrokerError> {
+    /// Whether `client`'s transaction `txn` may write here now, or must first be registered
+    /// with the coordinator as a participant (or wait for the registration under way).
+    fn txn_admission(&self, txn: TxnId, client: &str) -> Result<TxnAdmission, BrokerError> {
+        let mut state = self.txn_state();
+        if let Some(outcome) = state.buffer.outcome(txn) {
+            let state = match outcome {
+                Outcome::Committed { .. } => TxnState::Committed,
+                Outcome::Aborted => TxnState::Aborted,
+            };
+            return Err(CoordinatorError::Rule(TxnRuleError::NotOpen { id: txn, state }).into());
+        }
+        // A registration under way is checked first: the transaction is open here already
+        // (so a decision arriving meanwhile finds it) but may not write until it is durable.
+        if let Some(registration) = state.joining.get(&txn) {
+            return Ok(TxnAdmission::Join(registration.clone()));
+        }
+        if state.buffer.is_open(txn) {
+            if state.owners.get(&txn).is_some_and(|(o, _)| o != client) {
+                return Err(CoordinatorError::Rule(TxnRuleError::NotOwner { id: txn }).into());
+            }
+            return Ok(TxnAdmission::Ready);
+        }
+        let registration = Arc::new(tokio::sync::OnceCell::new());
+        state.joining.insert(txn, registration.clone());
+        Ok(TxnAdmission::Join(registration))
+    }
+
+    /// Registers `txn` here as a participant with the coordinator (one metastore write, the
+    /// first time only), or waits for the registration another batch started. On `Ok` the
+    /// caller checks admission again.
+    ///
+    /// The first position registered is the log's end before the registration, so it lies at
+    /// or before the transaction's first entry here: a stable position may only err early.
+    async fn join_txn(
+        &self,
+        txn: TxnId,
+        client: &str,
+        registration: Arc<tokio::sync::OnceCell<bool>>,
+    ) -> Result<(), BrokerError> {
+        let mut failure = None;
+        registration
+            .get_or_init(|| async {
+                let registered = self.register_txn(txn, client).await;
+                self.txn_state().joining.remove(&txn);
+                match registered {
+                    Ok(()) => true,
+                    Err(e) => {
+                        failure = Some(e);
+                        false
+                    }
+                }
+            })
+            .await;
+        // A registration another batch ran that failed: this batch tries again itself.
+        failure.map_or(Ok(()), Err)
+    }
+
+    async fn register_txn(&self, txn: TxnId, client: &str) -> Result<(), BrokerError> {
         let first = {
             let mut state = self.txn_state();
-            if let Some(outcome) = state.buffer.outcome(txn) {
-                let state = match outcome {
-                    Outcome::Committed { .. } => TxnState::Committed,
-                    Outcome::Aborted => TxnState::Aborted,
-                };
-                return Err(
-                    CoordinatorError::Rule(TxnRuleError::NotOpen { id: txn, state }).into(),
-                );
-            }
-            if state.buffer.is_open(txn) {
-                if state.owners.get(&txn).is_some_and(|(o, _)| o != client) {
-                    return Err(CoordinatorError::Rule(TxnRuleError::NotOwner { id: txn }).into());
-                }
-                return Ok(());
-            }
             // Open before registering: a decision arriving right after the registration
             // must find it.
             let first = self.ml.next_position_hint()?;
@@ -331,16 +378,17 @@ impl Topic {
             state.owners.insert(txn, (client.to_owned(), now_ms()));
             first
         };
-        if let Err(e) = self
-            .coordinator
+        // Until the write succeeds the transaction has no entry here; if it fails, or this
+        // call is dropped (its producer went away), it must not hold delivery back.
+        let mut undo = UnregisterOnDrop {
+            txns: &self.txns,
+            txn,
+            armed: true,
+        };
+        self.coordinator
             .register_partition(txn, client, &self.name, first)
-            .await
-        {
-            let mut state = self.txn_state();
-            state.buffer.cancel(txn);
-            state.owners.remove(&txn);
-            return Err(e.into());
-        }
+            .await?;
+        undo.armed = false;
         Ok(())
     }
 
@@ -357,6 +405,7 @@ impl Topic {
                 state.buffer.decided(txn, outcome_here(&self.name, record));
                 state.owners.remove(&txn);
             }
+            state.joining.remove(&txn);
             open_here
         };
         let subs: Vec<Arc<Subscription>> =
@@ -539,6 +588,32 @@ pub struct PartitionTxns {
     pub buffer: TxnBuffer,
     /// The open transactions' owners, and since when (ms) each has been open here.
     pub owners: HashMap<TxnId, (String, u64)>,
+    /// Registrations with the coordinator under way; set to whether it succeeded.
+    pub joining: HashMap<TxnId, Arc<tokio::sync::OnceCell<bool>>>,
+}
+
+/// Forgets a transaction opened here whose registration did not complete.
+struct UnregisterOnDrop<'a> {
+    txns: &'a SharedTxns,
+    txn: TxnId,
+    armed: bool,
+}
+
+impl Drop for UnregisterOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let mut state = self.txns.lock().unwrap_or_else(|p| p.into_inner());
+            state.buffer.cancel(self.txn);
+            state.owners.remove(&self.txn);
+        }
+    }
+}
+
+/// Whether a transaction's batch may be stored now.
+enum TxnAdmission {
+    Ready,
+    /// First register it here (or wait for the registration under way).
+    Join(Arc<tokio::sync::OnceCell<bool>>),
 }
 
 pub type SharedTxns = Arc<std::sync::Mutex<PartitionTxns>>;

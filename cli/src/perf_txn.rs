@@ -39,8 +39,31 @@ struct Pass {
     messages: u64,
     steps: u64,
     elapsed: Duration,
-    /// Commit latency in microseconds (the `commit()` call; plain mode: none).
-    commits: Histogram<u64>,
+    /// Latencies in microseconds of each transactional step's calls (plain mode: none).
+    steps_us: StepLatencies,
+}
+
+/// Where a transaction's time goes, call by call.
+#[derive(Clone)]
+struct StepLatencies {
+    begin: Histogram<u64>,
+    ack: Histogram<u64>,
+    commit: Histogram<u64>,
+}
+
+impl StepLatencies {
+    fn new() -> anyhow::Result<Self> {
+        let h = || Histogram::new_with_bounds(1, 600_000_000, 3);
+        Ok(Self {
+            begin: h()?,
+            ack: h()?,
+            commit: h()?,
+        })
+    }
+}
+
+fn record_between(h: &mut Histogram<u64>, from: Instant, to: Instant) {
+    let _ = h.record(((to - from).as_micros() as u64).max(1));
 }
 
 pub async fn txn(client: &Client, args: PerfTxnArgs) -> anyhow::Result<()> {
@@ -102,8 +125,10 @@ async fn run_pass(
     n: usize,
     transactional: bool,
 ) -> anyhow::Result<Pass> {
-    let commits = Arc::new(Mutex::new(Histogram::new_with_bounds(1, 600_000_000, 3)?));
+    let latencies = Arc::new(Mutex::new(StepLatencies::new()?));
     let steps = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    // Every pipeline is set up before the clock starts, and none starts before that.
+    let start_gate = Arc::new(tokio::sync::Barrier::new(pipelines + 1));
     let mut workers = Vec::new();
     for i in 0..pipelines {
         let mut consumer = client
@@ -117,8 +142,10 @@ async fn run_pass(
             .batch_max_messages(n.max(1))
             .create()
             .await?;
-        let (client, commits, steps) = (client.clone(), commits.clone(), steps.clone());
+        let (client, latencies, steps) = (client.clone(), latencies.clone(), steps.clone());
+        let start_gate = start_gate.clone();
         workers.push(tokio::spawn(async move {
+            start_gate.wait().await;
             let mut left = per_pipeline;
             while left > 0 {
                 let take = left.min(n as u64) as usize;
@@ -130,19 +157,20 @@ async fn run_pass(
                     outputs.push(m.payload);
                 }
                 if transactional {
+                    let t0 = Instant::now();
                     let t = client.new_transaction().begin().await?;
+                    let t1 = Instant::now();
                     for out in outputs {
                         // The commit waits for these to be stored.
                         drop(producer.send_async_in(&t, out).await?);
                     }
                     consumer.ack_all_in(&t, &ids).await?;
-                    let t0 = Instant::now();
+                    let t2 = Instant::now();
                     t.commit().await?;
-                    let us = t0.elapsed().as_micros() as u64;
-                    let _ = commits
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .record(us.max(1));
+                    let mut l = latencies.lock().unwrap_or_else(|p| p.into_inner());
+                    record_between(&mut l.begin, t0, t1);
+                    record_between(&mut l.ack, t1, t2);
+                    record_between(&mut l.commit, t2, Instant::now());
                 } else {
                     let mut last = None;
                     for out in outputs {
@@ -163,17 +191,18 @@ async fn run_pass(
             Ok::<_, anyhow::Error>(())
         }));
     }
+    start_gate.wait().await;
     let start = Instant::now();
     for w in workers {
         w.await??;
     }
     let elapsed = start.elapsed();
-    let commits = commits.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let steps_us = latencies.lock().unwrap_or_else(|p| p.into_inner()).clone();
     Ok(Pass {
         messages: per_pipeline * pipelines as u64,
         steps: steps.load(std::sync::atomic::Ordering::Relaxed),
         elapsed,
-        commits,
+        steps_us,
     })
 }
 
@@ -185,11 +214,15 @@ fn print_pass(mode: &str, n: usize, p: &Pass) {
         p.steps as f64 / secs,
         p.messages as f64 / secs
     );
-    if !p.commits.is_empty() {
+    let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    let l = &p.steps_us;
+    if !l.commit.is_empty() {
         line += &format!(
-            " commit_p50_ms={:.2} commit_p99_ms={:.2}",
-            p.commits.value_at_quantile(0.5) as f64 / 1000.0,
-            p.commits.value_at_quantile(0.99) as f64 / 1000.0
+            " commit_p50_ms={:.2} commit_p99_ms={:.2} begin_p50_ms={:.2} send_ack_p50_ms={:.2}",
+            ms(&l.commit, 0.5),
+            ms(&l.commit, 0.99),
+            ms(&l.begin, 0.5),
+            ms(&l.ack, 0.5),
         );
     }
     println!("{line}");

@@ -127,6 +127,12 @@ impl<'a, S: KvSource> ApplyBatch<'a, S> {
                 }
             }
             Command::Txn(txn) => self.apply_txn(txn),
+            Command::Batch { commands } => Ok(CommandResult::Batch(
+                commands
+                    .iter()
+                    .map(|cmd| self.apply(cmd))
+                    .collect::<Result<_, _>>()?,
+            )),
             Command::LeaseGrant { ttl_ms } => {
                 let id = self.out.counters.next_lease_id;
                 self.out.counters.next_lease_id += 1;
@@ -395,6 +401,29 @@ mod tests {
         assert_eq!(kv.as_ref().map(|kv| kv.create_revision), Some(11));
         assert_eq!(kv.as_ref().map(|kv| kv.mod_revision), Some(12));
         assert_eq!(applied.events.len(), 2);
+    }
+
+    /// A batch command applies its commands in order exactly as separate entries would:
+    /// each has its own condition, revision and result.
+    #[test]
+    fn batch_command_applies_each_command_as_its_own() {
+        let src = MapSource(BTreeMap::new());
+        let cmds = vec![
+            put("a", b"1", Expect::Absent),
+            put("a", b"2", Expect::Absent),
+            put("b", b"1", Expect::Absent),
+            del("a", Expect::Version(1)),
+        ];
+        let (separate, separate_applied) = run(&src, 5, &cmds);
+        let (batched, batched_applied) = run(&src, 5, &[Command::Batch { commands: cmds }]);
+        assert_eq!(batched, vec![CommandResult::Batch(separate)]);
+        assert_eq!(batched_applied.counters, separate_applied.counters);
+        assert_eq!(batched_applied.changes, separate_applied.changes);
+        assert_eq!(batched_applied.events, separate_applied.events);
+        assert_eq!(
+            batched_applied.counters.revision, 8,
+            "three changes, one mismatch"
+        );
     }
 
     /// A failed condition changes nothing: no revision, no event, no key change.

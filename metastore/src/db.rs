@@ -15,6 +15,8 @@ use rocksdb::{
     WriteOptions,
 };
 use strata_proto::pb::metastore::{KeyValue, Lease, WatchEvent};
+
+use crate::hot_keys::{HOT_PREFIXES, HotKeys, is_hot};
 use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::apply::Counters;
@@ -54,6 +56,8 @@ pub(crate) struct Core {
     next_lease_id: AtomicU64,
     /// Every live lease's TTL, mirrored from the `leases` CF for the leader's expiry clock.
     lease_ttls: RwLock<BTreeMap<LeaseId, u64>>,
+    /// The live keys under the hot prefixes, which scans of them read instead of RocksDB.
+    hot: RwLock<HotKeys>,
     events: broadcast::Sender<EventBatch>,
     closed: watch::Sender<bool>,
 }
@@ -77,6 +81,7 @@ impl Core {
             oldest_revision: AtomicU64::new(1),
             next_lease_id: AtomicU64::new(1),
             lease_ttls: RwLock::new(BTreeMap::new()),
+            hot: RwLock::new(HotKeys::default()),
             events,
             closed,
         };
@@ -104,6 +109,7 @@ impl Core {
             .map(|l| (l.id, l.ttl_ms))
             .collect();
         core.replace_lease_ttls(ttls);
+        core.reload_hot_keys()?;
         Ok(Arc::new(core))
     }
 
@@ -136,6 +142,17 @@ impl Core {
 
     /// Every key starting with `prefix`, in key order, from one consistent view.
     pub(crate) fn scan(&self, prefix: &str) -> Result<Vec<KeyValue>, DbError> {
+        if is_hot(prefix) {
+            return Ok(self
+                .hot
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .scan(prefix));
+        }
+        self.scan_rocksdb(prefix)
+    }
+
+    fn scan_rocksdb(&self, prefix: &str) -> Result<Vec<KeyValue>, DbError> {
         let cf = self.cf(keys::CF_KV)?;
         let mut out = Vec::new();
         let iter = self.db.iterator_cf(
@@ -150,6 +167,31 @@ impl Core {
             out.push(keys::unseal_prost("kv", &v)?);
         }
         Ok(out)
+    }
+
+    /// Records applied changes in the in-memory copy of the hot keys; called after the batch
+    /// holding them is written, before the apply is reported.
+    pub(crate) fn update_hot_keys<'a>(
+        &self,
+        changes: impl IntoIterator<Item = (&'a String, &'a Option<KeyValue>)>,
+    ) {
+        let mut hot = self.hot.write().unwrap_or_else(|e| e.into_inner());
+        for (key, state) in changes {
+            hot.apply(key, state.as_ref());
+        }
+    }
+
+    /// Rebuilds the in-memory copy of the hot keys from RocksDB (on open, after a snapshot).
+    pub(crate) fn reload_hot_keys(&self) -> Result<(), DbError> {
+        let mut kvs = Vec::new();
+        for prefix in HOT_PREFIXES {
+            kvs.extend(self.scan_rocksdb(prefix)?);
+        }
+        self.hot
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .replace(kvs);
+        Ok(())
     }
 
     /// At most `limit` keys starting with `prefix` and sorting after `start_after`, in key

@@ -2,6 +2,7 @@
 //! elsewhere ([`MetaClient`]), so the typed tables, the ledger client and the brokers are
 //! written once and run in the standalone (in process) and in a cluster (remote) alike.
 
+use std::ops::Range;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -105,17 +106,24 @@ impl Meta {
     /// across callers, by compare-and-set retry. A put whose outcome is unknown fails the
     /// call (the value may be used up: a gap, never a duplicate).
     pub async fn next_id(&self, key: &str) -> Result<u64, MetaError> {
+        Ok(self.reserve_ids(key, 1).await?.start)
+    }
+
+    /// Reserves the next `count` values (at least 1) of the counter at `key` in one write:
+    /// no other caller gets any of them, now or after a restart.
+    pub async fn reserve_ids(&self, key: &str, count: u64) -> Result<Range<u64>, MetaError> {
+        let count = count.max(1);
         loop {
-            let (next, expect) = match self.get(key).await? {
-                None => (1, Expect::Absent),
+            let (last, expect) = match self.get(key).await? {
+                None => (count, Expect::Absent),
                 Some(kv) => (
-                    keys::next_counter_value(key, &kv.value)?,
+                    keys::advanced_counter_value(key, &kv.value, count)?,
                     Expect::Version(kv.version),
                 ),
             };
-            let value = Bytes::copy_from_slice(&next.to_be_bytes());
+            let value = Bytes::copy_from_slice(&last.to_be_bytes());
             match self.put(key, value, expect).await {
-                Ok(_) => return Ok(next),
+                Ok(_) => return Ok(last + 1 - count..last + 1),
                 Err(MetaError::VersionMismatch { .. }) => continue,
                 Err(e) => return Err(e),
             }

@@ -198,14 +198,18 @@ pub(crate) fn decode_u64(what: &'static str, raw: &[u8]) -> Result<u64, CodecErr
     Ok(u64::from_be_bytes(arr))
 }
 
-/// The value after the counter stored at `key` as `value` (8-byte big-endian).
-pub(crate) fn next_counter_value(key: &str, value: &[u8]) -> Result<u64, crate::MetaError> {
+/// The counter stored at `key` as `value` (8-byte big-endian), moved on by `count`.
+pub(crate) fn advanced_counter_value(
+    key: &str,
+    value: &[u8],
+    count: u64,
+) -> Result<u64, crate::MetaError> {
     let current = decode_u64("counter", value).map_err(|_| crate::MetaError::InvalidKey {
         key: key.to_string(),
         reason: "not a counter: value is not an 8-byte big-endian u64",
     })?;
     current
-        .checked_add(1)
+        .checked_add(count)
         .ok_or_else(|| crate::MetaError::InvalidKey {
             key: key.to_string(),
             reason: "counter is exhausted (u64::MAX)",

@@ -168,7 +168,9 @@ impl StateMachine {
             keys::seal_json("sm_meta.membership", membership)?,
         );
         batch.put_cf(&meta, keys::SM_REVISION, keys::seal_u64(counters.revision));
-        self.core.write(batch, false)
+        self.core.write(batch, false)?;
+        self.core.update_hot_keys(&applied.changes);
+        Ok(())
     }
 
     /// Replaces the whole state with a snapshot's, atomically and durably.
@@ -223,7 +225,8 @@ impl StateMachine {
             keys::seal_json("sm_meta.snapshot_meta", meta)?,
         );
         batch.put_cf(&sm_meta, keys::SM_SNAPSHOT_DATA, data);
-        self.core.write(batch, true)
+        self.core.write(batch, true)?;
+        self.core.reload_hot_keys()
     }
 }
 

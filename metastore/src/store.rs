@@ -20,6 +20,7 @@ use tracing::{debug, info, instrument};
 use crate::MetaError;
 use crate::config::MetaStoreConfig;
 use crate::db::{self, Core, GuardWaiter};
+use crate::group_commit::GroupCommit;
 use crate::lease::{KeepAlive, LeaseClock};
 use crate::log_store::LogStore;
 use crate::membership::Eviction;
@@ -59,6 +60,8 @@ struct Inner {
     lease_clock: std::sync::Mutex<LeaseClock>,
     /// Set when this node learns it was removed from the cluster.
     eviction: Eviction,
+    /// The queue that packs concurrent writes into shared raft entries.
+    group_commit: GroupCommit,
 }
 
 /// A granted lease.
@@ -235,7 +238,6 @@ impl MetaStore {
         let store = MetaStore {
             inner: Arc::new(Inner {
                 node_id,
-                raft,
                 core,
                 config,
                 raft_released: Mutex::new(raft_released),
@@ -243,6 +245,8 @@ impl MetaStore {
                 server: std::sync::Mutex::new(None),
                 lease_clock: std::sync::Mutex::new(LeaseClock::new(grace)),
                 eviction: Eviction::default(),
+                group_commit: GroupCommit::start(raft.clone()),
+                raft,
             }),
         };
         tokio::spawn(housekeeping(Arc::downgrade(&store.inner), interval));
@@ -401,6 +405,10 @@ impl MetaStore {
                 }
             }
             Command::LeaseRevoke { .. } | Command::Compact { .. } => Ok(()),
+            // Only the group commit builds batches, from commands checked one by one.
+            Command::Batch { .. } => Err(MetaError::InvalidRequest(
+                "a batch command is built by the leader, not proposed".into(),
+            )),
         }
     }
 
@@ -408,8 +416,10 @@ impl MetaStore {
     pub(crate) async fn propose_here(&self, cmd: Command) -> Result<CommandResult, MetaError> {
         self.check_open()?;
         self.check_command(&cmd)?;
-        let resp = self.inner.raft.client_write(cmd).await?;
-        Ok(resp.data)
+        match self.inner.group_commit.propose(cmd).await {
+            Some(result) => Ok(result?),
+            None => Err(MetaError::Closed),
+        }
     }
 
     /// Proposes here if this node leads, else on the leader; follows leader changes until

@@ -7,11 +7,14 @@
 //! methods of [`TxnRecord`]; this module adds the reads, retries and limits.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
+use std::sync::Arc;
 use std::time::Duration;
 
 use strata_proto::{Position, TopicName, TxnId};
 use tracing::{debug, info, warn};
 
+use crate::tables::counters::TXN_ID;
 use crate::tables::{
     CheckMark, CheckSchedule, DeadlineMark, Decided, ProducerEpoch, TableError, Tables,
     TxnPartitionMark, TxnProducerRecord, TxnRecord, TxnRuleError, Versioned, now_ms,
@@ -105,11 +108,34 @@ pub enum Ending<'a> {
 pub struct TxnCoordinator {
     tables: Tables,
     limits: TxnLimits,
+    /// Transaction ids reserved from the counter and not handed out yet.
+    ids: Arc<tokio::sync::Mutex<Range<u64>>>,
 }
+
+/// Transaction ids reserved per counter write. A coordinator that stops skips the rest of its
+/// block: ids are unique, not gapless.
+pub const TXN_ID_BLOCK: u64 = 1_000;
 
 impl TxnCoordinator {
     pub fn new(tables: Tables, limits: TxnLimits) -> Self {
-        Self { tables, limits }
+        Self {
+            tables,
+            limits,
+            ids: Arc::new(tokio::sync::Mutex::new(0..0)),
+        }
+    }
+
+    /// A transaction id never handed out before, by any coordinator: from this coordinator's
+    /// reserved block, reserving the next block when it is used up (one counter write per
+    /// [`TXN_ID_BLOCK`] transactions instead of one per transaction).
+    async fn next_txn_id(&self) -> Result<TxnId, CoordinatorError> {
+        let mut ids = self.ids.lock().await;
+        if ids.is_empty() {
+            *ids = self.tables.counters.reserve(TXN_ID, TXN_ID_BLOCK).await?;
+        }
+        let id = ids.start;
+        ids.start += 1;
+        Ok(TxnId(id))
     }
 
     /// Begins a transaction of `owner`; `timeout` `None` takes the default. With `producer`,
@@ -167,7 +193,7 @@ impl TxnCoordinator {
                     .version_is(&p.name, Expect::Version(current.version)),
             );
         }
-        let id = t.counters.next_txn_id().await?;
+        let id = self.next_txn_id().await?;
         let mut record = TxnRecord::open(owner, now_ms(), timeout.as_millis() as u64);
         record.producer = producer.clone();
         let mut check_mark = None;

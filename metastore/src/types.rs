@@ -105,6 +105,32 @@ pub enum Command {
     /// Drops the change history below `revision` (watches from older revisions then fail with
     /// "compacted").
     Compact { revision: u64 },
+    /// Several commands in one log entry, applied in order, each exactly as if it had an entry
+    /// of its own (group commit; built only by the leader, never nested).
+    Batch { commands: Vec<Command> },
+}
+
+impl Command {
+    /// The key and value bytes this command carries (what a batch is sized by).
+    pub fn payload_bytes(&self) -> usize {
+        match self {
+            Command::Put { key, value, .. } => key.len() + value.len(),
+            Command::Delete { key, .. } => key.len(),
+            Command::Txn(txn) => {
+                let compares = txn.compares.iter().map(|c| match c {
+                    Compare::Version { key, .. } => key.len(),
+                    Compare::Value { key, value } => key.len() + value.len(),
+                });
+                let ops = txn.success.iter().chain(&txn.failure).map(|op| match op {
+                    TxnOp::Put { key, value, .. } => key.len() + value.len(),
+                    TxnOp::Delete { key } => key.len(),
+                });
+                compares.chain(ops).sum()
+            }
+            Command::Batch { commands } => commands.iter().map(Command::payload_bytes).sum(),
+            Command::LeaseGrant { .. } | Command::LeaseRevoke { .. } | Command::Compact { .. } => 0,
+        }
+    }
 }
 
 /// Id of a lease; 0 means "no lease".
@@ -189,6 +215,8 @@ pub enum CommandResult {
     Mismatch { actual: Option<u64> },
     /// A transaction ran.
     Txn(TxnResponse),
+    /// A [`Command::Batch`] ran: one result per command, in order.
+    Batch(Vec<CommandResult>),
     /// A lease was created.
     LeaseGranted { id: LeaseId, ttl_ms: u64 },
     /// A lease ended; its keys were deleted (one revision each, in key order).

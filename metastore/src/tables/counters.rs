@@ -1,6 +1,8 @@
 //! Counters: `/counters/<name>` → the 8-byte big-endian `u64` that [`MetaStore::next_id`]
 //! keeps. That encoding is the metastore's, so counters carry no `format_version`.
 
+use std::ops::Range;
+
 use strata_proto::{LedgerId, TxnId};
 
 use super::{DecodeError, TableError};
@@ -42,6 +44,12 @@ impl Counters {
     /// The next value of `counter`: 1 first, then gapless and distinct across callers.
     pub async fn next(&self, counter: Counter) -> Result<u64, TableError> {
         Ok(self.meta.next_id(counter.key()).await?)
+    }
+
+    /// Reserves the next `count` values of `counter` in one write, for the caller to hand out
+    /// itself; values it never hands out are skipped, never reused.
+    pub async fn reserve(&self, counter: Counter, count: u64) -> Result<Range<u64>, TableError> {
+        Ok(self.meta.reserve_ids(counter.key(), count).await?)
     }
 
     /// The last value handed out (`None`: none yet).

@@ -337,3 +337,57 @@ async fn clients_reach_the_leader_from_any_subset_of_addresses() {
         assert_eq!(client.scan("/sub/").await.expect("scan").len(), i + 1);
     }
 }
+
+/// Concurrent writes share raft entries (group commit), yet each keeps its own condition and
+/// result: of many racing creates of one key exactly one wins, every write to a key of its
+/// own succeeds, and the revisions handed out are distinct.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_keep_their_own_conditions_and_results() {
+    let cluster = start_cluster().await;
+    let leader = cluster.leader().await.expect("leader");
+    let node = cluster.node(leader).clone();
+    let before = node.raft_metrics().last_log_index.unwrap_or(0);
+    let mut writes = tokio::task::JoinSet::new();
+    for i in 0..200u32 {
+        let node = node.clone();
+        writes.spawn(async move {
+            let own = node
+                .put(&format!("/gc/own/{i}"), Bytes::from("x"), Expect::Absent)
+                .await;
+            let shared = node
+                .put("/gc/shared", Bytes::from(format!("{i}")), Expect::Absent)
+                .await;
+            (own, shared)
+        });
+    }
+    let (mut revisions, mut winners) = (Vec::new(), 0);
+    while let Some(done) = writes.join_next().await {
+        let (own, shared) = done.expect("task");
+        revisions.push(own.expect("a write to a key of its own succeeds").revision);
+        match shared {
+            Ok(w) => {
+                winners += 1;
+                revisions.push(w.revision);
+            }
+            Err(crate::MetaError::VersionMismatch {
+                actual: Some(1), ..
+            }) => {}
+            Err(e) => panic!("a losing create must see the winner's version: {e}"),
+        }
+    }
+    assert_eq!(winners, 1, "exactly one create of the shared key wins");
+    let count = revisions.len();
+    revisions.sort_unstable();
+    revisions.dedup();
+    assert_eq!(
+        revisions.len(),
+        count,
+        "every write has a revision of its own"
+    );
+    assert_eq!(node.scan("/gc/own/").await.expect("scan").len(), 200);
+    let entries = node.raft_metrics().last_log_index.unwrap_or(0) - before;
+    assert!(
+        entries < 400,
+        "400 concurrent writes took {entries} raft entries: they were not grouped"
+    );
+}

@@ -136,3 +136,57 @@ async fn corrupt_snapshot_is_refused() -> TestResult {
     assert!(core_f.scan("")?.is_empty());
     Ok(())
 }
+
+/// Scans of the hot prefixes are served from memory; the copy agrees with RocksDB after
+/// puts and deletes, after a snapshot is installed, and after the database is reopened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_key_scans_agree_with_rocksdb() -> TestResult {
+    let (dir_l, core_l, _log_l, mut sm_l) = open_fresh()?;
+    let delete = |index, key: &str| Entry {
+        log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+        payload: EntryPayload::Normal(Command::Delete {
+            key: key.into(),
+            expect: Expect::Any,
+        }),
+    };
+    sm_l.apply([
+        put_entry(1, "/txn-deadlines/1/a", b"1"),
+        put_entry(2, "/txn-deadlines/2/b", b"2"),
+        put_entry(3, "/txn-checks/3/c", b"3"),
+        put_entry(4, "/txns/a", b"4"),
+        delete(5, "/txn-deadlines/1/a"),
+        put_entry(6, "/txn-deadlines/2/b", b"6"),
+    ])
+    .await?;
+    let keys = |kvs: Vec<strata_proto::pb::metastore::KeyValue>| {
+        kvs.into_iter()
+            .map(|kv| (kv.key, kv.version))
+            .collect::<Vec<_>>()
+    };
+    let expected = vec![("/txn-deadlines/2/b".to_string(), 2)];
+    assert_eq!(keys(core_l.scan("/txn-deadlines/")?), expected);
+    assert_eq!(
+        keys(core_l.scan("/txn-deadlines/")?),
+        keys(core_l.scan_page("/txn-deadlines/", "", 100)?.0),
+        "the memory copy and RocksDB disagree"
+    );
+
+    let (_dir_f, core_f, _log_f, mut sm_f) = open_fresh()?;
+    sm_f.apply([put_entry(1, "/txn-checks/9/stale", b"x")])
+        .await?;
+    let snap = sm_l.get_snapshot_builder().await.build_snapshot().await?;
+    let mut receiving = sm_f.begin_receiving_snapshot().await?;
+    *receiving = Cursor::new(snap.snapshot.into_inner());
+    sm_f.install_snapshot(&snap.meta, receiving).await?;
+    assert_eq!(keys(core_f.scan("/txn-deadlines/")?), expected);
+    assert_eq!(
+        keys(core_f.scan("/txn-checks/")?),
+        vec![("/txn-checks/3/c".to_string(), 1)],
+        "a key the snapshot does not hold is gone from the copy"
+    );
+
+    drop((core_l, _log_l, sm_l));
+    let reopened = Core::open(dir_l.path(), 16)?;
+    assert_eq!(keys(reopened.scan("/txn-deadlines/")?), expected);
+    Ok(())
+}

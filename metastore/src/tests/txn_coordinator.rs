@@ -280,3 +280,45 @@ async fn a_new_producer_epoch_fences_the_zombie() {
         .expect("the current instance commits");
     store.shutdown().await.expect("shutdown");
 }
+
+/// Ids come from blocks each coordinator reserves with one counter write: two coordinators
+/// (two brokers) beginning at once never hand out the same id, and a block is reserved once
+/// per `TXN_ID_BLOCK` transactions, not per transaction.
+#[tokio::test]
+async fn coordinators_hand_out_distinct_ids_from_reserved_blocks() {
+    use crate::tables::counters::TXN_ID;
+    use crate::txn_coordinator::TXN_ID_BLOCK;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path()).await;
+    let limits = TxnLimits {
+        max_open: 10_000,
+        max_open_per_client: 10_000,
+        ..TxnLimits::default()
+    };
+    let (a, b) = (coordinator(&store, limits), coordinator(&store, limits));
+    let mut begins = tokio::task::JoinSet::new();
+    for i in 0..60 {
+        let c = if i % 2 == 0 { a.clone() } else { b.clone() };
+        begins.spawn(async move { c.begin("app", None, None).await.map(|(id, _)| id) });
+    }
+    let mut ids = Vec::new();
+    while let Some(done) = begins.join_next().await {
+        ids.push(done.expect("task").expect("begin"));
+    }
+    let count = ids.len();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), count, "an id was handed out twice");
+    let counter = Tables::new(store.clone())
+        .counters
+        .current(TXN_ID)
+        .await
+        .expect("counter");
+    assert_eq!(
+        counter,
+        Some(2 * TXN_ID_BLOCK),
+        "each coordinator reserved one block"
+    );
+    store.shutdown().await.expect("shutdown");
+}
