@@ -774,10 +774,17 @@ impl Drop for Subscription {
 /// last consumer leaves.
 async fn dispatcher(sub: Arc<Subscription>) {
     let mut appends = sub.ml.subscribe_appends();
+    let mut txns_released = sub
+        .txns
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .released
+        .subscribe();
     loop {
         let wake = sub.wake_dispatcher.notified();
         tokio::pin!(wake);
         wake.as_mut().enable();
+        txns_released.borrow_and_update();
         let next_due = match dispatch_once(&sub).await {
             Ok(DispatchOutcome::Progress) => continue,
             Ok(DispatchOutcome::Stopped) => return,
@@ -805,6 +812,8 @@ async fn dispatcher(sub: Arc<Subscription>) {
             _ = &mut wake => {}
             _ = timer => {}
             changed = appends.changed() => if changed.is_err() { return },
+            // The sender lives as long as the topic's transactions, as `sub` does.
+            _ = txns_released.changed() => {}
         }
     }
 }

@@ -316,10 +316,7 @@ impl Topic {
     fn txn_admission(&self, txn: TxnId, client: &str) -> Result<TxnAdmission, BrokerError> {
         let mut state = self.txn_state();
         if let Some(outcome) = state.buffer.outcome(txn) {
-            let state = match outcome {
-                Outcome::Committed { .. } => TxnState::Committed,
-                Outcome::Aborted => TxnState::Aborted,
-            };
+            let state = outcome.state();
             return Err(CoordinatorError::Rule(TxnRuleError::NotOpen { id: txn, state }).into());
         }
         // A registration under way is checked first: the transaction is open here already
@@ -353,9 +350,7 @@ impl Topic {
         let mut failure = None;
         registration
             .get_or_init(|| async {
-                let registered = self.register_txn(txn, client).await;
-                self.txn_state().joining.remove(&txn);
-                match registered {
+                match self.register_txn(txn, client, &registration).await {
                     Ok(()) => true,
                     Err(e) => {
                         failure = Some(e);
@@ -368,27 +363,42 @@ impl Topic {
         failure.map_or(Ok(()), Err)
     }
 
-    async fn register_txn(&self, txn: TxnId, client: &str) -> Result<(), BrokerError> {
-        let first = {
-            let mut state = self.txn_state();
-            // Open before registering: a decision arriving right after the registration
-            // must find it.
-            let first = self.ml.next_position_hint()?;
-            state.buffer.opened(txn, first);
-            state.owners.insert(txn, (client.to_owned(), now_ms()));
-            first
-        };
+    async fn register_txn(
+        &self,
+        txn: TxnId,
+        client: &str,
+        registration: &Arc<tokio::sync::OnceCell<bool>>,
+    ) -> Result<(), BrokerError> {
         // Until the write succeeds the transaction has no entry here; if it fails, or this
         // call is dropped (its producer went away), it must not hold delivery back.
         let mut undo = UnregisterOnDrop {
             txns: &self.txns,
             txn,
-            armed: true,
+            registration,
+            opened: false,
+        };
+        let first = {
+            let mut state = self.txn_state();
+            if let Some(outcome) = state.buffer.outcome(txn) {
+                // Decided while this batch waited for its turn to register.
+                return Err(CoordinatorError::Rule(TxnRuleError::NotOpen {
+                    id: txn,
+                    state: outcome.state(),
+                })
+                .into());
+            }
+            // Open before registering: a decision arriving right after the registration
+            // must find it.
+            let first = self.ml.next_position_hint()?;
+            state.buffer.opened(txn, first);
+            state.owners.insert(txn, (client.to_owned(), now_ms()));
+            undo.opened = true;
+            first
         };
         self.coordinator
             .register_partition(txn, client, &self.name, first)
             .await?;
-        undo.armed = false;
+        undo.opened = false;
         Ok(())
     }
 
@@ -401,11 +411,12 @@ impl Topic {
         let released = {
             let mut state = self.txn_state();
             let open_here = state.buffer.is_open(txn);
-            if open_here {
+            // A registration under way learns of the decision too: its transaction may not
+            // open here any more.
+            if open_here || state.joining.contains_key(&txn) {
                 state.buffer.decided(txn, outcome_here(&self.name, record));
                 state.owners.remove(&txn);
             }
-            state.joining.remove(&txn);
             open_here
         };
         let subs: Vec<Arc<Subscription>> =
@@ -583,28 +594,54 @@ async fn rebuild_dedup(ml: &ManagedLedger, tables: &Tables) -> Result<DedupState
 
 /// A partition's transactions and who owns the open ones, shared by the topic (writes) and
 /// its subscriptions (read-committed delivery).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct PartitionTxns {
     pub buffer: TxnBuffer,
     /// The open transactions' owners, and since when (ms) each has been open here.
     pub owners: HashMap<TxnId, (String, u64)>,
     /// Registrations with the coordinator under way; set to whether it succeeded.
     pub joining: HashMap<TxnId, Arc<tokio::sync::OnceCell<bool>>>,
+    /// Bumped when an open transaction is forgotten without a decision (its registration
+    /// failed): the dispatchers it held back look again.
+    pub released: tokio::sync::watch::Sender<u64>,
 }
 
-/// Forgets a transaction opened here whose registration did not complete.
+impl Default for PartitionTxns {
+    fn default() -> Self {
+        Self {
+            buffer: TxnBuffer::default(),
+            owners: HashMap::new(),
+            joining: HashMap::new(),
+            released: tokio::sync::watch::channel(0).0,
+        }
+    }
+}
+
+/// Ends a registration: forgets `registration` as the one under way and, if it opened the
+/// transaction here but did not complete (failed, or dropped), forgets the transaction and
+/// wakes the dispatchers its first position may have held back.
 struct UnregisterOnDrop<'a> {
     txns: &'a SharedTxns,
     txn: TxnId,
-    armed: bool,
+    registration: &'a Arc<tokio::sync::OnceCell<bool>>,
+    opened: bool,
 }
 
 impl Drop for UnregisterOnDrop<'_> {
     fn drop(&mut self) {
-        if self.armed {
-            let mut state = self.txns.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = self.txns.lock().unwrap_or_else(|p| p.into_inner());
+        // Only this registration's entry: a later one may have replaced it.
+        if state
+            .joining
+            .get(&self.txn)
+            .is_some_and(|r| Arc::ptr_eq(r, self.registration))
+        {
+            state.joining.remove(&self.txn);
+        }
+        if self.opened {
             state.buffer.cancel(self.txn);
             state.owners.remove(&self.txn);
+            state.released.send_modify(|n| *n += 1);
         }
     }
 }

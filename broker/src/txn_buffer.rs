@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use strata_metastore::tables::TxnState;
 use strata_proto::{Position, TxnId};
 
 /// How a transaction ended, as far as this partition is concerned.
@@ -19,6 +20,16 @@ pub enum Outcome {
         last: Position,
     },
     Aborted,
+}
+
+impl Outcome {
+    /// The transaction state this outcome records.
+    pub fn state(&self) -> TxnState {
+        match self {
+            Outcome::Committed { .. } => TxnState::Committed,
+            Outcome::Aborted => TxnState::Aborted,
+        }
+    }
 }
 
 /// What a read-committed subscription does with an entry.

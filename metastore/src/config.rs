@@ -146,6 +146,14 @@ impl MetaStoreConfig {
     }
 
     /// The openraft configuration this metastore config implies (validated by openraft too).
+    /// Entries per AppendEntries RPC: few enough that one RPC fits the node RPC frame even
+    /// when every entry is a full group-commit batch ending in a value of the largest size
+    /// (log entries travel as JSON with hex values: under three times their raw bytes).
+    fn max_entries_per_append(&self) -> u64 {
+        let worst_entry = 3 * (crate::group_commit::MAX_BATCH_BYTES + self.max_value_size);
+        (crate::rpc::MAX_RPC_FRAME / worst_entry).clamp(1, 300) as u64
+    }
+
     pub(crate) fn raft_config(&self) -> Result<Arc<openraft::Config>, ConfigError> {
         self.validate()?;
         let config = openraft::Config {
@@ -155,6 +163,7 @@ impl MetaStoreConfig {
             election_timeout_max: self.election_timeout_max_ms,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_every_logs),
             max_in_snapshot_log_to_keep: self.max_in_snapshot_log_to_keep,
+            max_payload_entries: self.max_entries_per_append(),
             ..Default::default()
         };
         let config = config.validate().map_err(|e| ConfigError {
@@ -176,6 +185,11 @@ mod tests {
         assert!(c.validate().is_ok());
         assert!(c.raft_config().is_ok());
         assert_eq!(c.max_value_size, 1 << 20);
+        assert_eq!(
+            c.max_entries_per_append(),
+            17,
+            "17 x 3.75 MiB fits a 64 MiB frame"
+        );
         assert_eq!(c.snapshot_every_logs, 10_000);
     }
 

@@ -23,8 +23,9 @@ pub(crate) const MAX_IN_FLIGHT: usize = 2;
 /// Most commands in one entry.
 pub(crate) const MAX_BATCH_COMMANDS: usize = 256;
 /// An entry stops taking commands once it holds this many key and value bytes (a single
-/// command may be larger: it goes alone).
-pub(crate) const MAX_BATCH_BYTES: usize = 1 << 20;
+/// command may be larger: it goes alone). Kept small so that a follower catching up gets
+/// many entries per AppendEntries RPC within the RPC frame limit (see `raft_config`).
+pub(crate) const MAX_BATCH_BYTES: usize = 256 * 1024;
 
 pub(crate) type WriteError = RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>;
 
@@ -52,7 +53,8 @@ impl GroupCommit {
     }
 
     /// Writes `cmd` through raft (in an entry shared with whatever else is waiting) and
-    /// returns its result. `None`: the node is shutting down.
+    /// returns its result. `None`: the node is shutting down, and the command may or may not
+    /// have been written.
     pub(crate) async fn propose(&self, cmd: Command) -> Option<Result<CommandResult, WriteError>> {
         let (reply, result) = oneshot::channel();
         self.queue.send(Proposal { cmd, reply }).ok()?;

@@ -1,14 +1,16 @@
 //! The raft log on RocksDB: [`LogStore`] implements openraft's `RaftLogStorage`.
 //!
 //! Entries live in CF `log` under their big-endian index; the vote, the committed log id and
-//! the last purged log id live in CF `raft_meta`. Appends, truncations, purges and votes are
-//! written with `sync = true`, and an append reports itself flushed only after its write
-//! returned.
+//! the last purged log id live in CF `raft_meta`. Truncations, purges and votes are written
+//! with `sync = true`. An append is written without it and reports itself flushed only once
+//! the WAL holding it is fsynced: that happens on a thread of its own (`wal-sync`), once for
+//! every append queued meanwhile, so the raft task goes on (answering reads, taking the next
+//! writes) while the disk works.
 
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
-use std::sync::Arc;
+use std::sync::{Arc, mpsc};
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{
@@ -35,15 +37,23 @@ fn write_err(e: DbError) -> StorageError<NodeId> {
 #[derive(Clone)]
 pub struct LogStore {
     core: Arc<Core>,
+    /// Appends waiting for the WAL fsync that makes them durable.
+    wal_sync: mpsc::Sender<LogFlushed<TypeConfig>>,
     _guard: RaftGuard,
 }
 
 impl LogStore {
-    pub(crate) fn new(core: Arc<Core>, guard: RaftGuard) -> Self {
-        LogStore {
+    pub(crate) fn new(core: Arc<Core>, guard: RaftGuard) -> io::Result<Self> {
+        let (wal_sync, waiting) = mpsc::channel();
+        let (thread_core, thread_guard) = (core.clone(), guard.clone());
+        std::thread::Builder::new()
+            .name("wal-sync".into())
+            .spawn(move || sync_wal_loop(&thread_core, waiting, thread_guard))?;
+        Ok(LogStore {
             core,
+            wal_sync,
             _guard: guard,
-        }
+        })
     }
 
     fn get_raft_meta<T: serde::de::DeserializeOwned>(
@@ -108,6 +118,7 @@ impl LogStore {
         Ok(out)
     }
 
+    /// Writes entries without waiting for the disk (see [`sync_wal_loop`]).
     fn append_batch(&self, entries: Vec<Entry<TypeConfig>>) -> Result<(), DbError> {
         let cf = self.core.cf(keys::CF_LOG)?;
         let mut batch = WriteBatch::default();
@@ -118,7 +129,7 @@ impl LogStore {
                 keys::seal_json("log entry", entry)?,
             );
         }
-        self.core.write(batch, true)
+        self.core.write(batch, false)
     }
 
     /// Deletes every entry with index >= `from`.
@@ -226,7 +237,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let entries: Vec<_> = entries.into_iter().collect();
         match self.append_batch(entries) {
             Ok(()) => {
-                callback.log_io_completed(Ok(()));
+                if let Err(unsent) = self.wal_sync.send(callback) {
+                    // The sync thread is gone (it only stops when every log handle is).
+                    let closed = io::Error::other("the WAL sync thread has stopped");
+                    unsent.0.log_io_completed(Err(closed));
+                }
                 Ok(())
             }
             Err(e) => {
@@ -242,5 +257,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
         self.purge_upto(&log_id).map_err(write_err)
+    }
+}
+
+/// Takes appends waiting for durability; for each group queued at that moment, fsyncs the
+/// WAL once (covering every write made before) and then reports them flushed, in order.
+/// Ends when every [`LogStore`] handle is gone; holds the raft guard until then, so the
+/// database is not reopened while this thread still uses it.
+fn sync_wal_loop(core: &Core, waiting: mpsc::Receiver<LogFlushed<TypeConfig>>, _guard: RaftGuard) {
+    while let Ok(first) = waiting.recv() {
+        let group: Vec<_> = std::iter::once(first).chain(waiting.try_iter()).collect();
+        let synced = core.db.flush_wal(true).map_err(|e| e.to_string());
+        for callback in group {
+            callback.log_io_completed(synced.clone().map_err(io::Error::other));
+        }
     }
 }

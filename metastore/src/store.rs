@@ -218,7 +218,8 @@ impl MetaStore {
         .map_err(|e| MetaError::Storage(format!("opening the database: {e}")))??;
 
         let (guard, raft_released) = db::raft_guard();
-        let log_store = LogStore::new(core.clone(), guard.clone());
+        let log_store = LogStore::new(core.clone(), guard.clone())
+            .map_err(|e| MetaError::Storage(format!("cannot start the WAL sync thread: {e}")))?;
         let state_machine = StateMachine::open(core.clone(), guard)?;
         let name = format!("strata-metastore-{node_id}");
         let peers = match faults {
@@ -418,7 +419,9 @@ impl MetaStore {
         self.check_command(&cmd)?;
         match self.inner.group_commit.propose(cmd).await {
             Some(result) => Ok(result?),
-            None => Err(MetaError::Closed),
+            None => Err(MetaError::OutcomeUnknown {
+                reason: "the metastore shut down while the write was proposed".into(),
+            }),
         }
     }
 

@@ -29,7 +29,8 @@ fn open_fresh() -> Result<(TempDir, Arc<Core>, LogStore, StateMachine), StorageE
     let dir = tempfile::tempdir().map_err(|e| StorageIOError::write(AnyError::new(&e)))?;
     let core = Core::open(dir.path(), 16).map_err(|e| StorageIOError::write(AnyError::new(&e)))?;
     let (guard, _waiter) = db::raft_guard();
-    let log = LogStore::new(core.clone(), guard.clone());
+    let log = LogStore::new(core.clone(), guard.clone())
+        .map_err(|e| StorageIOError::write(AnyError::new(&e)))?;
     let sm = StateMachine::open(core.clone(), guard)
         .map_err(|e| StorageIOError::read_state_machine(AnyError::new(&e)))?;
     Ok((dir, core, log, sm))
