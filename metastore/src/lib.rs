@@ -72,6 +72,7 @@ pub mod membership;
 pub mod network;
 pub mod node_server;
 mod outcome;
+mod recent_entries;
 pub mod remote_watch;
 pub mod rpc;
 pub mod session;
@@ -79,6 +80,7 @@ pub mod state_machine;
 pub mod store;
 pub mod tables;
 pub mod txn_coordinator;
+mod txn_open_view;
 pub mod types;
 pub mod watch;
 

@@ -10,7 +10,7 @@
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
-use std::sync::{Arc, mpsc};
+use std::sync::{Arc, Mutex, mpsc};
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{
@@ -21,6 +21,7 @@ use rocksdb::{Direction, IteratorMode, WriteBatch};
 
 use crate::db::{Core, DbError, RaftGuard};
 use crate::keys;
+use crate::recent_entries::RecentEntries;
 use crate::types::{NodeId, TypeConfig};
 
 type StorageResult<T> = Result<T, StorageError<NodeId>>;
@@ -39,6 +40,8 @@ pub struct LogStore {
     core: Arc<Core>,
     /// Appends waiting for the WAL fsync that makes them durable.
     wal_sync: mpsc::Sender<LogFlushed<TypeConfig>>,
+    /// The newest entries, served to reads without RocksDB.
+    recent: Arc<Mutex<RecentEntries>>,
     _guard: RaftGuard,
 }
 
@@ -52,6 +55,7 @@ impl LogStore {
         Ok(LogStore {
             core,
             wal_sync,
+            recent: Arc::default(),
             _guard: guard,
         })
     }
@@ -94,7 +98,19 @@ impl LogStore {
         }
     }
 
+    fn recent(&self) -> std::sync::MutexGuard<'_, RecentEntries> {
+        self.recent.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn read_range(&self, start: u64, end: Bound<u64>) -> Result<Vec<Entry<TypeConfig>>, DbError> {
+        let cached_end = match end {
+            Bound::Included(e) => e.checked_add(1),
+            Bound::Excluded(e) => Some(e),
+            Bound::Unbounded => Some(u64::MAX),
+        };
+        if let Some(entries) = cached_end.and_then(|e| self.recent().get(start, e)) {
+            return Ok(entries);
+        }
         let cf = self.core.cf(keys::CF_LOG)?;
         let from = keys::u64_key(start);
         let iter = self
@@ -129,11 +145,15 @@ impl LogStore {
                 keys::seal_json("log entry", entry)?,
             );
         }
-        self.core.write(batch, false)
+        self.core.write(batch, false)?;
+        self.recent().appended(&entries);
+        Ok(())
     }
 
     /// Deletes every entry with index >= `from`.
     fn delete_from(&self, from: u64) -> Result<(), DbError> {
+        // The cache first: a read meanwhile finds the entries in RocksDB, as before.
+        self.recent().truncate(from);
         let cf = self.core.cf(keys::CF_LOG)?;
         let mut batch = WriteBatch::default();
         batch.delete_range_cf(&cf, keys::u64_key(from), keys::u64_key(u64::MAX));
@@ -143,6 +163,7 @@ impl LogStore {
 
     /// Records `log_id` as purged and deletes every entry up to and including it.
     fn purge_upto(&self, log_id: &LogId<NodeId>) -> Result<(), DbError> {
+        self.recent().purge(log_id.index);
         let log = self.core.cf(keys::CF_LOG)?;
         let meta = self.core.cf(keys::CF_RAFT_META)?;
         let mut batch = WriteBatch::default();

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use strata_proto::{Position, TopicName, TxnId};
 use tracing::{debug, info, warn};
@@ -19,6 +19,7 @@ use crate::tables::{
     CheckMark, CheckSchedule, DeadlineMark, Decided, ProducerEpoch, TableError, Tables,
     TxnPartitionMark, TxnProducerRecord, TxnRecord, TxnRuleError, Versioned, now_ms,
 };
+use crate::txn_open_view::OpenView;
 use crate::types::Txn;
 use crate::{Expect, MetaStore};
 
@@ -110,6 +111,8 @@ pub struct TxnCoordinator {
     limits: TxnLimits,
     /// Transaction ids reserved from the counter and not handed out yet.
     ids: Arc<tokio::sync::Mutex<Range<u64>>>,
+    /// Open transactions as last counted, for the limits.
+    open_view: Arc<tokio::sync::Mutex<OpenView>>,
 }
 
 /// Transaction ids reserved per counter write. A coordinator that stops skips the rest of its
@@ -122,6 +125,7 @@ impl TxnCoordinator {
             tables,
             limits,
             ids: Arc::new(tokio::sync::Mutex::new(0..0)),
+            open_view: Arc::new(tokio::sync::Mutex::new(OpenView::stale())),
         }
     }
 
@@ -285,22 +289,20 @@ impl TxnCoordinator {
         Ok(epoch)
     }
 
-    /// Open transactions are those still in the deadline index.
+    /// Refuses a begin of `owner` that would break a limit on open transactions. Open
+    /// transactions are those still in the deadline index; see [`OpenView`] for when that is
+    /// counted exactly.
     async fn check_limits(&self, owner: &str) -> Result<(), CoordinatorError> {
-        let open = self.tables.txn_deadlines.list(&()).await?;
-        if open.len() >= self.limits.max_open {
-            return Err(CoordinatorError::TooManyOpen {
-                scope: "in the cluster".into(),
-                limit: self.limits.max_open,
-            });
+        let mut view = self.open_view.lock().await;
+        if !view.accepts(owner, &self.limits, Instant::now()) {
+            let open = self.tables.txn_deadlines.list(&()).await?;
+            let owners = open.iter().map(|(_, row)| row.record.owner.as_str());
+            *view = OpenView::counted(owners, Instant::now());
+            if let Some(refusal) = view.refusal(owner, &self.limits) {
+                return Err(refusal);
+            }
         }
-        let mine = open.iter().filter(|(_, r)| r.record.owner == owner).count();
-        if mine >= self.limits.max_open_per_client {
-            return Err(CoordinatorError::TooManyOpen {
-                scope: format!("for client {owner}"),
-                limit: self.limits.max_open_per_client,
-            });
-        }
+        view.add(owner);
         Ok(())
     }
 
@@ -463,15 +465,32 @@ impl TxnCoordinator {
                 Ending::Abort => r.abort(id, false, now_ms()),
             }
         };
-        self.decide(id, rule).await
+        match self.decide(id, rule, commit).await {
+            // A newer instance of its producer exists (its init may have stopped before
+            // aborting this one): the zombie's transaction is aborted, not committed.
+            Err(CoordinatorError::Rule(fenced @ TxnRuleError::ProducerFenced { .. })) => {
+                match self
+                    .decide(id, |r| r.abort(id, false, now_ms()), false)
+                    .await
+                {
+                    Ok(_) | Err(CoordinatorError::Rule(TxnRuleError::AlreadyDecided { .. })) => {}
+                    Err(e) => return Err(e),
+                }
+                Err(fenced.into())
+            }
+            decided => decided,
+        }
     }
 
     /// Applies a decision with one compare-and-set of the record, removing the deadline
-    /// mark in the same write.
+    /// mark in the same write. With `fence`, a transaction of a transactional producer is
+    /// decided only while its epoch is the producer's current one (checked in the same
+    /// write), else the call fails with `ProducerFenced`.
     async fn decide(
         &self,
         id: TxnId,
         rule: impl Fn(&mut TxnRecord) -> Result<Decided, TxnRuleError>,
+        fence: bool,
     ) -> Result<(TxnRecord, Decided), CoordinatorError> {
         loop {
             let row = self.get(id).await?;
@@ -481,8 +500,26 @@ impl TxnCoordinator {
                 return Ok((record, Decided::Already));
             }
             let t = &self.tables;
+            let mut compares = vec![t.txns.version_is(&id, Expect::Version(row.version))];
+            if let Some(p) = record.producer.as_ref().filter(|_| fence) {
+                let current = t.txn_producers.get(&p.name).await?;
+                match current {
+                    Some(c) if c.record.epoch == p.epoch => compares.push(
+                        t.txn_producers
+                            .version_is(&p.name, Expect::Version(c.version)),
+                    ),
+                    other => {
+                        return Err(TxnRuleError::ProducerFenced {
+                            name: p.name.clone(),
+                            epoch: p.epoch,
+                            current: other.map_or(0, |c| c.record.epoch),
+                        }
+                        .into());
+                    }
+                }
+            }
             let txn = Txn {
-                compares: vec![t.txns.version_is(&id, Expect::Version(row.version))],
+                compares,
                 success: [
                     t.txns.put_op(&id, &record)?,
                     t.txn_deadlines.delete_op(&(deadline, id)),
@@ -583,7 +620,7 @@ impl TxnCoordinator {
             if deadline > now {
                 break; // the index is in deadline order
             }
-            let decided = self.decide(id, |r| r.abort(id, true, now)).await;
+            let decided = self.decide(id, |r| r.abort(id, true, now), false).await;
             match decided {
                 Ok((_, Decided::Now)) => expired += 1,
                 Ok(_) => {}

@@ -281,6 +281,52 @@ async fn a_new_producer_epoch_fences_the_zombie() {
     store.shutdown().await.expect("shutdown");
 }
 
+/// The epoch is checked at commit too: if a new instance took the next epoch but stopped
+/// before aborting the old instance's transactions, the zombie's commit is refused with
+/// `ProducerFenced` and its transaction is aborted instead.
+#[tokio::test]
+async fn a_zombie_commit_is_fenced_even_if_the_sweep_never_ran() {
+    use crate::tables::{ProducerEpoch, TxnProducerRecord};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path()).await;
+    let c = coordinator(&store, TxnLimits::default());
+    c.init_producer("worker-1", "zombie").await.expect("init");
+    let epoch_1 = Some(ProducerEpoch {
+        name: "worker-1".into(),
+        epoch: 1,
+    });
+    let (old, _) = c.begin("zombie", None, epoch_1).await.expect("begin");
+    // The new instance's init: the epoch bump only, as if it crashed before the sweep.
+    let tables = Tables::new(store.clone());
+    let row = tables
+        .txn_producers
+        .get(&"worker-1".to_string())
+        .await
+        .expect("get")
+        .expect("the producer exists");
+    let next = TxnProducerRecord::next(Some(&row.record), "restarted");
+    tables
+        .txn_producers
+        .update(&"worker-1".to_string(), &next, row.version)
+        .await
+        .expect("bump the epoch");
+
+    assert!(matches!(
+        c.commit(old, "zombie", &BTreeMap::new()).await,
+        Err(CoordinatorError::Rule(TxnRuleError::ProducerFenced {
+            epoch: 1,
+            current: 2,
+            ..
+        }))
+    ));
+    assert_eq!(
+        c.get(old).await.expect("get").record.state,
+        TxnState::Aborted,
+        "the zombie's transaction is aborted, not left open"
+    );
+    store.shutdown().await.expect("shutdown");
+}
+
 /// Ids come from blocks each coordinator reserves with one counter write: two coordinators
 /// (two brokers) beginning at once never hand out the same id, and a block is reserved once
 /// per `TXN_ID_BLOCK` transactions, not per transaction.
