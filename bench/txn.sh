@@ -35,6 +35,7 @@ for r in $(seq 1 "$runs"); do
   echo "# run $r"
   run_one -n "$small" --per-txn 1,10
   run_one -n "$large" --per-txn 100
+  run_one -n "$small" --per-txn 1 --pipelines 64
 done
 
 python3 - "$work/results" <<'PY'
@@ -43,12 +44,13 @@ from collections import defaultdict
 rows = defaultdict(list)
 for line in open(sys.argv[1]):
     f = dict(kv.split("=") for kv in line.split())
-    rows[(f["mode"], int(f["n"]))].append(f)
-for (mode, n), fs in sorted(rows.items(), key=lambda k: (k[0][1], k[0][0])):
+    rows[(f["mode"], int(f["n"]), int(f["pipelines"]))].append(f)
+for (mode, n, pipelines), fs in sorted(rows.items(), key=lambda k: (k[0][1], k[0][2], k[0][0])):
     med = lambda k: statistics.median(float(f[k]) for f in fs) if k in fs[0] else float("nan")
-    print(f"median mode={mode} n={n} ({len(fs)} runs): {med('steps_per_s'):.0f} steps/s "
-          f"{med('msgs_per_s'):.0f} msg/s commit p50 {med('commit_p50_ms'):.2f} ms "
-          f"p99 {med('commit_p99_ms'):.2f} ms")
+    print(f"median mode={mode} n={n} pipelines={pipelines} ({len(fs)} runs): "
+          f"{med('steps_per_s'):.0f} steps/s {med('msgs_per_s'):.0f} msg/s "
+          f"commit p50 {med('commit_p50_ms'):.2f} ms p99 {med('commit_p99_ms'):.2f} ms "
+          f"begin p50 {med('begin_p50_ms'):.2f} ms send+ack p50 {med('send_ack_p50_ms'):.2f} ms")
 PY
 echo "# peer: RabbitMQ tx.select"
 bench/rabbitmq.sh "$runs"

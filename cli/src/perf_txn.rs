@@ -84,7 +84,7 @@ pub async fn txn(client: &Client, args: PerfTxnArgs) -> anyhow::Result<()> {
             let per_pipeline = args.messages / pipelines as u64;
             preload(client, &prefix, pipelines, per_pipeline, args.size).await?;
             let pass = run_pass(client, &prefix, pipelines, per_pipeline, n, transactional).await?;
-            print_pass(mode, n, &pass);
+            print_pass(mode, n, pipelines, &pass);
         }
     }
     Ok(())
@@ -206,10 +206,10 @@ async fn run_pass(
     })
 }
 
-fn print_pass(mode: &str, n: usize, p: &Pass) {
+fn print_pass(mode: &str, n: usize, pipelines: usize, p: &Pass) {
     let secs = p.elapsed.as_secs_f64().max(1e-9);
     let mut line = format!(
-        "mode={mode} n={n} messages={} steps_per_s={:.0} msgs_per_s={:.0}",
+        "mode={mode} n={n} pipelines={pipelines} messages={} steps_per_s={:.0} msgs_per_s={:.0}",
         p.messages,
         p.steps as f64 / secs,
         p.messages as f64 / secs

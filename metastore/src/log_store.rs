@@ -51,7 +51,7 @@ impl LogStore {
         let (thread_core, thread_guard) = (core.clone(), guard.clone());
         std::thread::Builder::new()
             .name("wal-sync".into())
-            .spawn(move || sync_wal_loop(&thread_core, waiting, thread_guard))?;
+            .spawn(move || sync_wal_loop(thread_core, waiting, thread_guard))?;
         Ok(LogStore {
             core,
             wal_sync,
@@ -285,7 +285,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 /// WAL once (covering every write made before) and then reports them flushed, in order.
 /// Ends when every [`LogStore`] handle is gone; holds the raft guard until then, so the
 /// database is not reopened while this thread still uses it.
-fn sync_wal_loop(core: &Core, waiting: mpsc::Receiver<LogFlushed<TypeConfig>>, _guard: RaftGuard) {
+fn sync_wal_loop(
+    core: Arc<Core>,
+    waiting: mpsc::Receiver<LogFlushed<TypeConfig>>,
+    guard: RaftGuard,
+) {
     while let Ok(first) = waiting.recv() {
         let group: Vec<_> = std::iter::once(first).chain(waiting.try_iter()).collect();
         let synced = core.db.flush_wal(true).map_err(|e| e.to_string());
@@ -293,4 +297,7 @@ fn sync_wal_loop(core: &Core, waiting: mpsc::Receiver<LogFlushed<TypeConfig>>, _
             callback.log_io_completed(synced.clone().map_err(io::Error::other));
         }
     }
+    // The database handle goes before the guard: whoever waits for the guard reopens it.
+    drop(core);
+    drop(guard);
 }
