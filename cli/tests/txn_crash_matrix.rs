@@ -216,9 +216,19 @@ impl Node {
                 }
             }
         });
+        let log_path = dir.join(format!("{}.log", self.data));
         let ready_line = rx
             .recv_timeout(Duration::from_secs(120))
-            .unwrap_or_else(|_| panic!("{} did not start within 120 s", self.data));
+            .unwrap_or_else(|_| {
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(30).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                panic!(
+                    "{} did not start within 120 s; the end of its log:\n{}",
+                    self.data,
+                    tail.join("\n")
+                )
+            });
         let proc = Proc { child, ready_line };
         self.http = proc.field_after(", HTTP on ");
         self.proc = Some(proc);

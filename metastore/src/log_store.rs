@@ -3,9 +3,11 @@
 //! Entries live in CF `log` under their big-endian index; the vote, the committed log id and
 //! the last purged log id live in CF `raft_meta`. Truncations, purges and votes are written
 //! with `sync = true`. An append is written without it and reports itself flushed only once
-//! the WAL holding it is fsynced: that happens on a thread of its own (`wal-sync`), once for
-//! every append queued meanwhile, so the raft task goes on (answering reads, taking the next
-//! writes) while the disk works.
+//! the WAL holding it is fsynced, which a thread of its own (`wal-sync`) does: the fsync then
+//! blocks that thread instead of one of tokio's few workers (the broker, the bookie and the
+//! client share them in the standalone). openraft 0.9 waits for each append's flush before its
+//! next command, so appends are not grouped here; the group commit of proposals is what packs
+//! many writes into one fsync.
 
 use std::fmt::Debug;
 use std::io;
@@ -281,8 +283,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 }
 
-/// Takes appends waiting for durability; for each group queued at that moment, fsyncs the
-/// WAL once (covering every write made before) and then reports them flushed, in order.
+/// Takes appends waiting for durability; for each group queued at that moment (one, with
+/// openraft 0.9, which waits for each flush), fsyncs the WAL once (covering every write made
+/// before) and then reports them flushed, in order.
 /// Ends when every [`LogStore`] handle is gone; holds the raft guard until then, so the
 /// database is not reopened while this thread still uses it.
 fn sync_wal_loop(

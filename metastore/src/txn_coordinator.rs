@@ -293,15 +293,25 @@ impl TxnCoordinator {
     /// transactions are those still in the deadline index; see [`OpenView`] for when that is
     /// counted exactly.
     async fn check_limits(&self, owner: &str) -> Result<(), CoordinatorError> {
-        let mut view = self.open_view.lock().await;
-        if !view.accepts(owner, &self.limits, Instant::now()) {
-            let open = self.tables.txn_deadlines.list(&()).await?;
-            let owners = open.iter().map(|(_, row)| row.record.owner.as_str());
-            *view = OpenView::counted(owners, Instant::now());
-            if let Some(refusal) = view.refusal(owner, &self.limits) {
-                return Err(refusal);
+        {
+            let mut view = self.open_view.lock().await;
+            if view.accepts(owner, &self.limits, Instant::now()) {
+                view.add(owner);
+                return Ok(());
             }
         }
+        // Counted without holding the view, so other clients' begins do not queue behind
+        // this scan.
+        let open = self.tables.txn_deadlines.list(&()).await?;
+        let counted = OpenView::counted(
+            open.iter().map(|(_, row)| row.record.owner.as_str()),
+            Instant::now(),
+        );
+        if let Some(refusal) = counted.refusal(owner, &self.limits) {
+            return Err(refusal);
+        }
+        let mut view = self.open_view.lock().await;
+        *view = counted;
         view.add(owner);
         Ok(())
     }
@@ -473,10 +483,20 @@ impl TxnCoordinator {
                     .decide(id, |r| r.abort(id, false, now_ms()), false)
                     .await
                 {
-                    Ok(_) | Err(CoordinatorError::Rule(TxnRuleError::AlreadyDecided { .. })) => {}
-                    Err(e) => return Err(e),
+                    Ok(_) => Err(fenced.into()),
+                    // Decided meanwhile by a concurrent request (a retry, or its check-back
+                    // group) that ran before the epoch moved: a commit stands and is the
+                    // answer; saying "fenced" would make the caller redo committed work.
+                    Err(CoordinatorError::Rule(TxnRuleError::AlreadyDecided { .. })) => {
+                        let row = self.get(id).await?;
+                        if row.record.state.is_committed() {
+                            Ok((row.record, Decided::Already))
+                        } else {
+                            Err(fenced.into())
+                        }
+                    }
+                    Err(e) => Err(e),
                 }
-                Err(fenced.into())
             }
             decided => decided,
         }

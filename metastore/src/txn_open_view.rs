@@ -4,8 +4,9 @@
 //! exactly each time is a linearizable read per begin, a fifth of a transaction's cost. So
 //! a coordinator keeps the counts from its last exact read and adds its own begins since.
 //! An answer that would refuse is always checked against a fresh exact count first, so
-//! refusals are exact; an acceptance may overshoot by what other coordinators began within
-//! [`MAX_VIEW_AGE`].
+//! refusals are exact. An acceptance may overshoot by what other coordinators began within
+//! [`MAX_VIEW_AGE`], and by begins still being written when a count is taken (as before the
+//! view: a count and a begin were never one atomic step).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
