@@ -137,15 +137,33 @@ impl Subscription {
     /// `txn` was decided: its pending acks here go into the cursor (commit) or their
     /// messages are delivered again (abort); then their records are deleted.
     pub async fn txn_acks_decided(&self, txn: TxnId, committed: bool) {
-        let (ids, seq) = {
-            let mut st = self.state.lock().await;
-            let st = &mut *st;
-            let ids: Vec<(MessageId, u32)> = st
-                .txn_acks
+        let held = |st: &SubState| -> Vec<(MessageId, u32)> {
+            st.txn_acks
                 .iter()
                 .filter(|(_, (t, _))| *t == txn)
                 .map(|(id, (_, size))| (*id, *size))
-                .collect();
+                .collect()
+        };
+        if !committed {
+            // The records go before the messages are handed out again: an ack of a
+            // redelivered message in a new transaction must not find the aborted one's
+            // record and be refused as a conflict.
+            let ids = held(&*self.state.lock().await);
+            if ids.is_empty() {
+                return;
+            }
+            delete_records(
+                &self.tables,
+                &self.topic,
+                &self.name,
+                ids.iter().map(|(id, _)| *id),
+            )
+            .await;
+        }
+        let (ids, seq) = {
+            let mut st = self.state.lock().await;
+            let st = &mut *st;
+            let ids = held(st);
             if ids.is_empty() {
                 return;
             }
@@ -175,9 +193,12 @@ impl Subscription {
         };
         self.wake_flusher.notify_one();
         self.wake_dispatcher.notify_one();
+        if !committed {
+            return;
+        }
         // The records go only once the cursor holds the acks durably: a crash in between
         // finds them and applies them again (acks are idempotent).
-        if committed && let Err(e) = self.wait_durable(seq).await {
+        if let Err(e) = self.wait_durable(seq).await {
             warn!(subscription = %self.name, error = %e, "committed acks not durable yet; records kept");
             return;
         }
