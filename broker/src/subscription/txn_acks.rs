@@ -152,13 +152,7 @@ impl Subscription {
             if ids.is_empty() {
                 return;
             }
-            delete_records(
-                &self.tables,
-                &self.topic,
-                &self.name,
-                ids.iter().map(|(id, _)| *id),
-            )
-            .await;
+            self.delete_txn_ack_records(&ids).await;
         }
         let (ids, seq) = {
             let mut st = self.state.lock().await;
@@ -202,6 +196,11 @@ impl Subscription {
             warn!(subscription = %self.name, error = %e, "committed acks not durable yet; records kept");
             return;
         }
+        self.delete_txn_ack_records(&ids).await;
+    }
+
+    /// Deletes the pending-ack records of `ids` here.
+    async fn delete_txn_ack_records(&self, ids: &[(MessageId, u32)]) {
         delete_records(
             &self.tables,
             &self.topic,
