@@ -26,14 +26,23 @@ struct RocksBuilder;
 // openraft's `StorageError` is what the suite speaks; its size is not ours to change.
 #[allow(clippy::result_large_err)]
 fn open_fresh() -> Result<(TempDir, Arc<Core>, LogStore, StateMachine), StorageError<NodeId>> {
+    let (dir, core, log, sm, _released) = open_fresh_guarded()?;
+    Ok((dir, core, log, sm))
+}
+
+/// As [`open_fresh`], with the waiter that says when raft's last use of the database (the
+/// log store's WAL sync thread among them) is over, so a test can reopen the directory.
+#[allow(clippy::result_large_err)]
+fn open_fresh_guarded()
+-> Result<(TempDir, Arc<Core>, LogStore, StateMachine, db::GuardWaiter), StorageError<NodeId>> {
     let dir = tempfile::tempdir().map_err(|e| StorageIOError::write(AnyError::new(&e)))?;
     let core = Core::open(dir.path(), 16).map_err(|e| StorageIOError::write(AnyError::new(&e)))?;
-    let (guard, _waiter) = db::raft_guard();
+    let (guard, released) = db::raft_guard();
     let log = LogStore::new(core.clone(), guard.clone())
         .map_err(|e| StorageIOError::write(AnyError::new(&e)))?;
     let sm = StateMachine::open(core.clone(), guard)
         .map_err(|e| StorageIOError::read_state_machine(AnyError::new(&e)))?;
-    Ok((dir, core, log, sm))
+    Ok((dir, core, log, sm, released))
 }
 
 impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for RocksBuilder {
@@ -142,7 +151,7 @@ async fn corrupt_snapshot_is_refused() -> TestResult {
 /// puts and deletes, after a snapshot is installed, and after the database is reopened.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hot_key_scans_agree_with_rocksdb() -> TestResult {
-    let (dir_l, core_l, _log_l, mut sm_l) = open_fresh()?;
+    let (dir_l, core_l, _log_l, mut sm_l, mut released_l) = open_fresh_guarded()?;
     let delete = |index, key: &str| Entry {
         log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
         payload: EntryPayload::Normal(Command::Delete {
@@ -187,6 +196,8 @@ async fn hot_key_scans_agree_with_rocksdb() -> TestResult {
     );
 
     drop((core_l, _log_l, sm_l));
+    // The WAL sync thread lets go of the database a moment after its log store is dropped.
+    released_l.released().await;
     let reopened = Core::open(dir_l.path(), 16)?;
     assert_eq!(keys(reopened.scan("/txn-deadlines/")?), expected);
     Ok(())
