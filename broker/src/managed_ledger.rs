@@ -182,6 +182,12 @@ impl ManagedLedger {
 
     /// Starts appending one entry; the returned future resolves once it is durable.
     pub async fn append(&self, data: Bytes) -> Result<PendingAppend, BrokerError> {
+        Ok(self.append_at(data).await?.1)
+    }
+
+    /// As [`ManagedLedger::append`], also saying where the entry goes (if it becomes durable,
+    /// it is there).
+    pub async fn append_at(&self, data: Bytes) -> Result<(Position, PendingAppend), BrokerError> {
         let mut write = self.write.lock().await;
         if self.failed.load(std::sync::atomic::Ordering::Acquire) {
             self.replace_failed_ledger(&mut write).await?;
@@ -200,6 +206,12 @@ impl ManagedLedger {
             writer
         };
         let ledger = writer.id();
+        // Entry ids are handed out in order under the write lock, so this is the one `add`
+        // assigns.
+        let at = Position {
+            ledger,
+            entry: EntryId(writer.entries_added()),
+        };
         let add = writer.add(data);
         drop(write);
         // The completion runs as its own task, so the wake-up of dispatchers and the failure
@@ -221,9 +233,9 @@ impl ManagedLedger {
             };
             let _ = done_tx.send(outcome);
         });
-        Ok(Box::pin(async move {
-            done_rx.await.unwrap_or(Err(BrokerError::ShuttingDown))
-        }))
+        let pending: PendingAppend =
+            Box::pin(async move { done_rx.await.unwrap_or(Err(BrokerError::ShuttingDown)) });
+        Ok((at, pending))
     }
 
     /// After a failed append: recovers the failed ledger and opens a new one now, so the
@@ -368,6 +380,14 @@ impl ManagedLedger {
                 ledger: l.id,
                 entry: EntryId(0),
             })
+    }
+
+    /// The start of the log's first ledger: every entry before it is deleted.
+    pub fn start(&self) -> Option<Position> {
+        self.view_read().ledgers.first().map(|l| Position {
+            ledger: l.id,
+            entry: EntryId(0),
+        })
     }
 
     /// The position after `p` in the log (it may not be written yet).

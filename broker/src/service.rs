@@ -657,9 +657,8 @@ impl BrokerService {
                     config,
                 )
                 .await?;
-                let topic = Arc::new(
-                    Topic::load(name.clone(), ml, self.tables.clone(), self.txns.clone()).await?,
-                );
+                let topic =
+                    Topic::load(name.clone(), ml, self.tables.clone(), self.txns.clone()).await?;
                 self.metrics.txns.track(&topic);
                 Ok(topic)
             })

@@ -7,10 +7,11 @@ use bytes::Bytes;
 use prost::Message as _;
 use strata_metastore::Expect;
 use strata_metastore::tables::{
-    BacklogQuota, BacklogQuotaPolicy, DedupRecord, LedgerInfo, Tables, TxnRecord, TxnRuleError,
-    TxnState, now_ms,
+    BacklogQuota, BacklogQuotaPolicy, DedupRecord, LedgerInfo, TableError, Tables, TxnRecord,
+    TxnRuleError, TxnState, now_ms,
 };
 use strata_metastore::txn_coordinator::{CoordinatorError, TxnCoordinator};
+use strata_metastore::types::Txn;
 use strata_proto::pb::client::{InitialPosition, Message, StoredBatch};
 use strata_proto::{Position, TopicName, TxnId};
 use tokio::sync::Mutex;
@@ -21,7 +22,7 @@ use crate::backlog;
 use crate::dedup::{DedupState, Verdict};
 use crate::managed_ledger::{ManagedLedger, PendingAppend};
 use crate::subscription::Subscription;
-use crate::txn_buffer::{Outcome, TxnBuffer};
+use crate::txn_buffer::{Outcome, Span, TxnBuffer};
 
 /// Format version written into every stored batch.
 pub const STORED_BATCH_FORMAT: u32 = 1;
@@ -61,19 +62,31 @@ pub struct Topic {
     /// Backlog and limit (MB) while the backlog is over a `producer_exception` quota:
     /// publishes are refused.
     over_quota: std::sync::Mutex<Option<(u64, u64)>>,
+    /// Wakes the task settling decided transactions (see [`Topic::settle_decided`]).
+    settle_wake: Arc<tokio::sync::Notify>,
+}
+
+impl Drop for Topic {
+    fn drop(&mut self) {
+        // The settling task holds only a weak reference: woken, it finds the topic gone.
+        self.settle_wake.notify_one();
+    }
 }
 
 impl Topic {
-    /// Loads a topic over its opened log, rebuilding the producers' dedup state.
+    /// Loads a topic over its opened log, rebuilding the producers' dedup state and its
+    /// transactions; starts settling decided transactions in the background.
     pub async fn load(
         name: TopicName,
         ml: Arc<ManagedLedger>,
         tables: Tables,
         coordinator: TxnCoordinator,
-    ) -> Result<Self, BrokerError> {
+    ) -> Result<Arc<Self>, BrokerError> {
         let state = rebuild_dedup(&ml, &tables).await?;
-        let txns = Arc::new(std::sync::Mutex::new(rebuild_txns(&name, &tables).await?));
-        Ok(Self {
+        let log_end = ml.next_position_hint().ok();
+        let txns = rebuild_txns(&name, &tables, log_end).await?;
+        let txns = Arc::new(std::sync::Mutex::new(txns));
+        let topic = Arc::new(Self {
             name,
             ml,
             tables,
@@ -87,7 +100,12 @@ impl Topic {
             txns,
             coordinator,
             over_quota: std::sync::Mutex::new(None),
-        })
+            settle_wake: Arc::new(tokio::sync::Notify::new()),
+        });
+        tokio::spawn(settle_decided_txns(Arc::downgrade(&topic)));
+        // Decided transactions found at load are settled at once.
+        topic.settle_wake.notify_one();
+        Ok(topic)
     }
 
     pub fn name(&self) -> &TopicName {
@@ -151,8 +169,15 @@ impl Topic {
             messages,
             txn_id: txn.map_or(0, |(t, _)| t.0),
         };
-        let pending = match self.ml.append(Bytes::from(batch.encode_to_vec())).await {
-            Ok(p) => p,
+        let pending = match self.ml.append_at(Bytes::from(batch.encode_to_vec())).await {
+            Ok((at, pending)) => {
+                // Still under the publish lock: settling a decided transaction takes that
+                // lock first, so it sees every entry admitted before the decision.
+                if let Some((txn, _)) = txn {
+                    self.txn_state().buffer.appended(txn, at);
+                }
+                pending
+            }
             Err(e) => {
                 dedup.stale = true;
                 return Err(e);
@@ -251,7 +276,35 @@ impl Topic {
         let Some(snapshot) = self.snapshot_dedup().await? else {
             return Ok(Vec::new());
         };
-        self.ml.trim(consumed.min(snapshot), retention).await
+        let deleted = self.ml.trim(consumed.min(snapshot), retention).await?;
+        if !deleted.is_empty()
+            && let Some(first_kept) = self.ml.start()
+        {
+            self.drop_skipped_before(first_kept).await?;
+        }
+        Ok(deleted)
+    }
+
+    /// Forgets the skipped transaction ranges that lie wholly in deleted ledgers.
+    async fn drop_skipped_before(&self, first_kept: Position) -> Result<(), BrokerError> {
+        let gone = self.txn_state().buffer.trim_before(first_kept);
+        let t = &self.tables;
+        for chunk in gone.chunks(SETTLE_CHUNK) {
+            let ops = chunk
+                .iter()
+                .map(|(txn, r)| {
+                    t.txn_aborts
+                        .delete_op(&(self.name.clone(), r.from.ledger, *txn))
+                })
+                .collect();
+            let txn = Txn {
+                compares: Vec::new(),
+                success: ops,
+                failure: Vec::new(),
+            };
+            t.meta().txn(txn).await.map_err(TableError::from)?;
+        }
+        Ok(())
     }
 
     /// Checks the backlog against the namespace's quota: over a `producer_exception` quota,
@@ -403,30 +456,72 @@ impl Topic {
     }
 
     /// The coordinator decided `txn`: read-committed subscriptions may move on past its
-    /// entries, and its acks here are applied (commit) or released (abort).
+    /// entries, its acks here are applied (commit) or released (abort), and it is settled
+    /// in the background.
     pub async fn txn_decided(&self, txn: TxnId, record: &TxnRecord) {
         if record.state.is_open() {
             return;
         }
+        let wrote_here = record.partitions.contains_key(&self.name.to_string());
         let released = {
             let mut state = self.txn_state();
             let open_here = state.buffer.is_open(txn);
             // A registration under way learns of the decision too: its transaction may not
-            // open here any more.
-            if open_here || state.joining.contains_key(&txn) {
+            // open here any more. One unknown here but named by the record (its
+            // registration's answer was lost) is settled too, to drop its mark.
+            if open_here || state.joining.contains_key(&txn) || wrote_here {
                 state.buffer.decided(txn, outcome_here(&self.name, record));
                 state.owners.remove(&txn);
             }
             open_here
         };
+        if wrote_here || released {
+            self.settle_wake.notify_one();
+        }
         let subs: Vec<Arc<Subscription>> =
             self.subscriptions.lock().await.values().cloned().collect();
+        let committed = record.state.is_committed();
         for sub in subs {
-            sub.txn_acks_decided(txn, record.state.is_committed()).await;
             if released {
                 sub.wake();
             }
+            // Applying or releasing acks waits on metastore writes: not on the caller (the
+            // broker's one watch of decisions).
+            tokio::spawn(async move { sub.txn_acks_decided(txn, committed).await });
         }
+    }
+
+    /// Settles every decided transaction: records what its readers must skip here (if
+    /// anything) and drops its partition mark, in a few metastore writes, then forgets it.
+    async fn settle_decided(&self) -> Result<(), BrokerError> {
+        // Under the publish lock no append admitted before a decision is still under way, so
+        // each decided transaction's span is final.
+        let settlements = {
+            let _publishing = self.dedup.lock().await;
+            self.txn_state().buffer.settlements()
+        };
+        let t = &self.tables;
+        for chunk in settlements.chunks(SETTLE_CHUNK) {
+            let mut ops = Vec::with_capacity(chunk.len() * 2);
+            for s in chunk {
+                ops.push(t.txn_partitions.delete_op(&(self.name.clone(), s.txn)));
+                if let Some(skip) = &s.skip {
+                    let key = (self.name.clone(), skip.from.ledger, s.txn);
+                    ops.push(t.txn_aborts.put_op(&key, skip)?);
+                }
+            }
+            let txn = Txn {
+                compares: Vec::new(),
+                success: ops,
+                failure: Vec::new(),
+            };
+            t.meta().txn(txn).await.map_err(TableError::from)?;
+            let mut state = self.txn_state();
+            for s in chunk {
+                state.buffer.settled(*s);
+            }
+        }
+        Ok(())
     }
 
     /// For the metrics: how many transactions are open here, and the age (ms) of the oldest.
@@ -549,9 +644,37 @@ impl Topic {
         }
         self.tables.cursors.delete_all(&self.name).await?;
         self.tables.dedup.delete(&self.name, Expect::Any).await?;
+        self.tables.txn_partitions.delete_all(&self.name).await?;
+        self.tables.txn_aborts.delete_all(&self.name).await?;
         Ok(())
     }
 }
+
+/// Settled transactions per metastore write.
+const SETTLE_CHUNK: usize = 64;
+
+/// Settles the topic's decided transactions whenever woken, until the topic is dropped. A
+/// failed write is retried after a pause (the transactions stay decided meanwhile).
+async fn settle_decided_txns(topic: std::sync::Weak<Topic>) {
+    loop {
+        let Some(wake) = topic.upgrade().map(|t| t.settle_wake.clone()) else {
+            return;
+        };
+        wake.notified().await;
+        let Some(t) = topic.upgrade() else {
+            return;
+        };
+        if let Err(e) = t.settle_decided().await {
+            warn!(topic = %t.name, error = %e, "settling decided transactions failed; retrying");
+            drop(t);
+            tokio::time::sleep(SETTLE_RETRY).await;
+            wake.notify_one();
+        }
+    }
+}
+
+/// Pause before settling again after a failure.
+const SETTLE_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// The dedup state of a topic's log: its last snapshot plus every entry after it.
 async fn rebuild_dedup(ml: &ManagedLedger, tables: &Tables) -> Result<DedupState, BrokerError> {
@@ -669,21 +792,35 @@ fn outcome_here(topic: &TopicName, record: &TxnRecord) -> Outcome {
     }
 }
 
-/// The transactions that wrote to `topic`, from their records: open ones with their first
-/// position, decided ones with their outcome.
-async fn rebuild_txns(topic: &TopicName, tables: &Tables) -> Result<PartitionTxns, BrokerError> {
+/// The transactions that wrote to `topic`: unsettled ones from their partition marks and
+/// records (open ones, and decided ones to settle again), spanning at most to `log_end`, the
+/// log's end at load; then the skipped ranges of settled ones. Marks first: a mark dropped
+/// meanwhile was dropped with its range written, so the range is read after.
+async fn rebuild_txns(
+    topic: &TopicName,
+    tables: &Tables,
+    log_end: Option<Position>,
+) -> Result<PartitionTxns, BrokerError> {
     let mut state = PartitionTxns::default();
     for ((_, id), mark) in tables.txn_partitions.list(topic).await? {
         let Some(row) = tables.txns.get(&id).await? else {
             continue;
         };
-        state.buffer.opened(id, mark.record.first);
+        let first = mark.record.first;
+        let span = Span {
+            first,
+            before: log_end.filter(|end| *end > first),
+        };
+        state.buffer.opened_span(id, span);
         if row.record.state.is_open() {
             let since = row.record.created_ms;
             state.owners.insert(id, (row.record.owner.clone(), since));
         } else {
             state.buffer.decided(id, outcome_here(topic, &row.record));
         }
+    }
+    for ((_, _, id), row) in tables.txn_aborts.list(topic).await? {
+        state.buffer.restore_skipped(id, row.record);
     }
     Ok(state)
 }

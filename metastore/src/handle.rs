@@ -9,7 +9,7 @@ use bytes::Bytes;
 
 use crate::{
     Expect, KeyValue, Lease, LeaseApi, LeaseId, MetaClient, MetaError, MetaStore, RemoteWatcher,
-    Txn, TxnResponse, WatchEvent, Watcher, Written, keys,
+    ScanPage, Txn, TxnResponse, WatchEvent, Watcher, Written, keys,
 };
 
 /// The metastore, in process or remote. Cheap to clone.
@@ -80,6 +80,16 @@ impl Meta {
 
     pub async fn txn(&self, txn: Txn) -> Result<TxnResponse, MetaError> {
         both!(self, m => m.txn(txn).await)
+    }
+
+    /// At most `limit` keys under `prefix` after `start_after`; see [`MetaStore::scan_page`].
+    pub async fn scan_page(
+        &self,
+        prefix: &str,
+        start_after: &str,
+        limit: u32,
+    ) -> Result<ScanPage, MetaError> {
+        both!(self, m => m.scan_page(prefix, start_after, limit).await)
     }
 
     /// Changes under `prefix` from `from_revision` (0: from now on); see [`MetaStore::watch`].

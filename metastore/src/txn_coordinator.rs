@@ -16,10 +16,12 @@ use tracing::{debug, info, warn};
 
 use crate::tables::counters::TXN_ID;
 use crate::tables::{
-    CheckMark, CheckSchedule, DeadlineMark, Decided, ProducerEpoch, TableError, Tables,
-    TxnPartitionMark, TxnProducerRecord, TxnRecord, TxnRuleError, Versioned, now_ms,
+    CheckMark, CheckSchedule, CursorKey, DeadlineMark, Decided, DecidedMark, ProducerEpoch,
+    TableError, Tables, TxnPartitionMark, TxnProducerRecord, TxnRecord, TxnRuleError, TxnSubMark,
+    Versioned, now_ms,
 };
 use crate::txn_open_view::OpenView;
+use crate::txn_sweep::{DEFAULT_KEEP_DECIDED, DecidedSweeper};
 use crate::types::Txn;
 use crate::{Expect, MetaStore};
 
@@ -45,7 +47,7 @@ impl Default for TxnLimits {
 
 #[derive(Debug, thiserror::Error)]
 pub enum CoordinatorError {
-    #[error("transaction {0} does not exist")]
+    #[error("transaction {0} does not exist (never begun, or decided and since forgotten)")]
     NotFound(TxnId),
     #[error(transparent)]
     Rule(#[from] TxnRuleError),
@@ -93,7 +95,8 @@ pub enum Actor<'a> {
 pub struct AckGuard {
     pub version: u64,
     pub compare: crate::types::Compare,
-    pub register: Option<crate::types::TxnOp>,
+    /// The writes registering the subscription in the transaction, if it is new there.
+    pub register: Vec<crate::types::TxnOp>,
 }
 
 /// How a client ends its transaction.
@@ -316,6 +319,11 @@ impl TxnCoordinator {
         Ok(())
     }
 
+    /// The tables it works on.
+    pub(crate) fn tables(&self) -> &Tables {
+        &self.tables
+    }
+
     pub async fn get(&self, id: TxnId) -> Result<Versioned<TxnRecord>, CoordinatorError> {
         self.tables
             .txns
@@ -389,9 +397,13 @@ impl TxnCoordinator {
         let mut record = row.record;
         let t = &self.tables;
         let register = if record.register_subscription(id, topic, subscription)? {
-            Some(t.txns.put_op(&id, &record)?)
+            let cursor = CursorKey::new(topic.clone(), subscription);
+            vec![
+                t.txns.put_op(&id, &record)?,
+                t.txn_subs.put_op(&(cursor, id), &TxnSubMark {})?,
+            ]
         } else {
-            None
+            Vec::new()
         };
         Ok(AckGuard {
             version: row.version,
@@ -406,7 +418,8 @@ impl TxnCoordinator {
         Ok(self.get(id).await?.version)
     }
 
-    /// Registers a subscription acknowledged in `owner`'s transaction.
+    /// Registers a subscription acknowledged in `owner`'s transaction (what an ack write
+    /// does through [`TxnCoordinator::ack_guard`], without acks).
     pub async fn register_subscription(
         &self,
         id: TxnId,
@@ -415,16 +428,24 @@ impl TxnCoordinator {
         subscription: &str,
     ) -> Result<(), CoordinatorError> {
         loop {
-            let row = self.get(id).await?;
-            row.record.check_open(id, owner)?;
-            let mut record = row.record;
-            if !record.register_subscription(id, topic, subscription)? {
+            let guard = self.ack_guard(id, owner, topic, subscription).await?;
+            if guard.register.is_empty() {
                 return Ok(());
             }
-            match self.tables.txns.update(&id, &record, row.version).await {
-                Ok(_) => return Ok(()),
-                Err(TableError::VersionMismatch { .. }) => continue,
-                Err(e) => return Err(e.into()),
+            let txn = Txn {
+                compares: vec![guard.compare],
+                success: guard.register,
+                failure: Vec::new(),
+            };
+            if self
+                .tables
+                .meta()
+                .txn(txn)
+                .await
+                .map_err(TableError::from)?
+                .succeeded
+            {
+                return Ok(());
             }
         }
     }
@@ -538,11 +559,13 @@ impl TxnCoordinator {
                     }
                 }
             }
+            let decided_ms = record.decided_ms.unwrap_or_else(now_ms);
             let txn = Txn {
                 compares,
                 success: [
                     t.txns.put_op(&id, &record)?,
                     t.txn_deadlines.delete_op(&(deadline, id)),
+                    t.txn_decided.put_op(&(decided_ms, id), &DecidedMark {})?,
                 ]
                 .into_iter()
                 .chain(
@@ -662,9 +685,21 @@ impl TxnCoordinator {
     }
 }
 
-/// Runs the coordinator's expiry every `interval` while `store` is the metastore leader.
+/// Runs the coordinator's expiry every `interval` while `store` is the metastore leader, and
+/// forgets decided transactions [`DEFAULT_KEEP_DECIDED`] after their decision.
 pub fn spawn_expiry(store: MetaStore, interval: Duration) -> tokio::task::JoinHandle<()> {
+    spawn_expiry_keeping(store, interval, DEFAULT_KEEP_DECIDED)
+}
+
+/// As [`spawn_expiry`], forgetting decided transactions `keep_decided` after their decision
+/// (once every participant has settled them; see [`crate::txn_sweep`]).
+pub fn spawn_expiry_keeping(
+    store: MetaStore,
+    interval: Duration,
+    keep_decided: Duration,
+) -> tokio::task::JoinHandle<()> {
     let coordinator = TxnCoordinator::new(Tables::new(store.clone()), TxnLimits::default());
+    let mut sweeper = DecidedSweeper::new(coordinator.clone(), keep_decided);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -678,6 +713,9 @@ pub fn spawn_expiry(store: MetaStore, interval: Duration) -> tokio::task::JoinHa
             }
             if let Err(e) = coordinator.check_due(now_ms()).await {
                 warn!(error = %e, "transaction checks failed; retrying");
+            }
+            if let Err(e) = sweeper.sweep(now_ms()).await {
+                warn!(error = %e, "sweeping decided transactions failed; retrying");
             }
         }
     })

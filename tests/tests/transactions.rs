@@ -7,7 +7,7 @@ mod support;
 use std::time::Duration;
 
 use strata_client::{ClientError, ErrorCode, TxnId};
-use strata_metastore::txn_coordinator::spawn_expiry;
+use strata_metastore::txn_coordinator::{spawn_expiry, spawn_expiry_keeping};
 use support::{client_of_all, start, stop_all};
 
 fn code(r: Result<impl std::fmt::Debug, ClientError>) -> Option<ErrorCode> {
@@ -450,6 +450,104 @@ async fn acks_commit_with_the_output_and_come_back_on_abort() {
     again.close().await.expect("close");
     producer.close().await.expect("close");
     out.close().await.expect("close");
+    client.close().await;
+    stop_all(brokers, cluster).await;
+}
+
+/// Decided transactions are forgotten once every participant has settled them: no record,
+/// partition mark, subscription mark, pending ack or decided mark is left, only the aborted
+/// one's skipped range. A partition loaded afresh (the namespace unloaded) still skips the
+/// aborted messages and delivers the committed ones, from that range alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decided_transactions_are_forgotten_and_their_skipped_ranges_kept() {
+    let (_dir, cluster, brokers) = start().await;
+    let expiry = spawn_expiry_keeping(
+        cluster.meta.clone(),
+        Duration::from_millis(50),
+        Duration::ZERO,
+    );
+    let client = client_of_all(&brokers).await;
+    let (input, output) = ("forget-in", "forget-out");
+    let feeder = client.producer(input).create().await.expect("producer");
+    feeder.send("job").await.expect("stored");
+    let mut worker = subscribe_earliest(&client, input, "workers").await;
+    let producer = client.producer(output).create().await.expect("producer");
+
+    let aborted = client.new_transaction().begin().await.expect("begin");
+    for i in 0..5 {
+        producer
+            .send_in(&aborted, format!("aborted-{i}"))
+            .await
+            .expect("stored");
+    }
+    aborted.abort().await.expect("abort");
+    let committed = client.new_transaction().begin().await.expect("begin");
+    let job = next(&mut worker).await;
+    worker.ack_in(&committed, job.id).await.expect("ack in txn");
+    for i in 0..2 {
+        producer
+            .send_in(&committed, format!("committed-{i}"))
+            .await
+            .expect("stored");
+    }
+    committed.commit().await.expect("commit");
+    producer.send("plain").await.expect("stored");
+
+    let meta = cluster.meta.clone();
+    let left = |prefix: &'static str| {
+        let meta = meta.clone();
+        async move { meta.scan(prefix).await.expect("scan").len() }
+    };
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let mut counts = Vec::new();
+            for prefix in [
+                "/txns/",
+                "/txn-partitions/",
+                "/txn-subs/",
+                "/txn-acks/",
+                "/txn-decided/",
+            ] {
+                counts.push(left(prefix).await);
+            }
+            if counts.iter().all(|n| *n == 0) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("both transactions settled and forgotten within 30 s");
+    assert_eq!(left("/txn-aborts/").await, 1, "the aborted one's range");
+    assert_eq!(
+        code(client.transaction_info(committed.id()).await),
+        Some(ErrorCode::TransactionNotFound)
+    );
+
+    client
+        .unload_namespace("public/default")
+        .await
+        .expect("unload");
+    let mut reader = subscribe_earliest(&client, output, "after-reload").await;
+    producer.send("end").await.expect("stored");
+    let mut got = Vec::new();
+    while got.last().map(String::as_str) != Some("end") {
+        let m = next(&mut reader).await;
+        got.push(String::from_utf8(m.payload.to_vec()).expect("utf8"));
+    }
+    assert_eq!(got, ["committed-0", "committed-1", "plain", "end"]);
+    // The committed ack held too: the worker's subscription has nothing to give.
+    worker.close().await.expect("close");
+    let mut again = subscribe_earliest(&client, input, "workers").await;
+    feeder.send("next-job").await.expect("stored");
+    assert_eq!(&next(&mut again).await.payload[..], b"next-job");
+
+    expiry.abort();
+    for closing in [again.close().await, reader.close().await] {
+        closing.expect("close");
+    }
+    producer.close().await.expect("close");
+    feeder.close().await.expect("close");
     client.close().await;
     stop_all(brokers, cluster).await;
 }

@@ -7,7 +7,7 @@
 //! Each pending ack is a metastore record created only if absent, so the conflict rule also
 //! holds across a failover, and the next owner of the topic finds them all.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use strata_metastore::Expect;
 use strata_metastore::tables::{CursorKey, PendingAck, TableError, Tables, TxnState};
@@ -152,7 +152,7 @@ impl Subscription {
             if ids.is_empty() {
                 return;
             }
-            self.delete_txn_ack_records(&ids).await;
+            self.delete_txn_ack_records(txn, &ids).await;
         }
         let (ids, seq) = {
             let mut st = self.state.lock().await;
@@ -196,18 +196,17 @@ impl Subscription {
             warn!(subscription = %self.name, error = %e, "committed acks not durable yet; records kept");
             return;
         }
-        self.delete_txn_ack_records(&ids).await;
+        self.delete_txn_ack_records(txn, &ids).await;
     }
 
-    /// Deletes the pending-ack records of `ids` here.
-    async fn delete_txn_ack_records(&self, ids: &[(MessageId, u32)]) {
-        delete_records(
-            &self.tables,
-            &self.topic,
-            &self.name,
-            ids.iter().map(|(id, _)| *id),
-        )
-        .await;
+    /// Deletes the pending-ack records of `ids` here, all of `txn`, and with the last of
+    /// them the mark saying this subscription has acks in `txn`.
+    async fn delete_txn_ack_records(&self, txn: TxnId, ids: &[(MessageId, u32)]) {
+        let cursor = CursorKey::new(self.topic.clone(), &self.name);
+        let records = ids.iter().map(|(id, _)| *id);
+        if let Err(e) = delete_records(&self.tables, &cursor, records, [txn]).await {
+            warn!(topic = %self.topic, subscription = %self.name, %txn, error = %e, "pending ack records not deleted");
+        }
     }
 
     /// The transactions holding pending acks here.
@@ -271,22 +270,35 @@ fn conflict(id: MessageId, holder: TxnId) -> BrokerError {
     )
 }
 
+/// Pending-ack records per metastore write.
+const DELETE_CHUNK: usize = 128;
+
+/// Deletes the pending-ack records `ids` of `cursor`, then the marks of `settled` (their
+/// last records among them), in a few metastore writes: the marks go in the last one, so
+/// a failure part way leaves them for the next owner to find.
 async fn delete_records(
     tables: &Tables,
-    topic: &strata_proto::TopicName,
-    subscription: &str,
+    cursor: &CursorKey,
     ids: impl Iterator<Item = MessageId>,
-) {
-    let cursor = CursorKey::new(topic.clone(), subscription);
-    for id in ids {
-        if let Err(e) = tables
-            .pending_acks
-            .delete(&(cursor.clone(), id), Expect::Any)
-            .await
-        {
-            warn!(%topic, subscription, message = %id, error = %e, "pending ack record not deleted");
-        }
+    settled: impl IntoIterator<Item = TxnId>,
+) -> Result<(), BrokerError> {
+    let mut ops: Vec<_> = ids
+        .map(|id| tables.pending_acks.delete_op(&(cursor.clone(), id)))
+        .collect();
+    ops.extend(
+        settled
+            .into_iter()
+            .map(|txn| tables.txn_subs.delete_op(&(cursor.clone(), txn))),
+    );
+    for chunk in ops.chunks(DELETE_CHUNK) {
+        let txn = Txn {
+            compares: Vec::new(),
+            success: chunk.to_vec(),
+            failure: Vec::new(),
+        };
+        tables.meta().txn(txn).await.map_err(TableError::from)?;
     }
+    Ok(())
 }
 
 impl Subscription {
@@ -298,7 +310,10 @@ impl Subscription {
         let (settled, seq) = {
             let mut st = self.state.lock().await;
             let settled = restore(&self.tables, cursor, &mut st).await?;
-            if settled.is_empty() {
+            if settled.records.is_empty() {
+                if !settled.txns.is_empty() {
+                    delete_records(&self.tables, cursor, std::iter::empty(), settled.txns).await?;
+                }
                 return Ok(());
             }
             let ml = &self.ml;
@@ -310,30 +325,58 @@ impl Subscription {
         };
         self.wake_flusher.notify_one();
         if self.wait_durable(seq).await.is_ok() {
-            delete_records(&self.tables, &self.topic, &self.name, settled.into_iter()).await;
+            let records = settled.records.into_iter();
+            delete_records(&self.tables, cursor, records, settled.txns).await?;
         }
         Ok(())
     }
+}
+
+/// What loading a subscription found already decided: pending-ack records to delete, and
+/// the transactions whose marks go with them.
+struct Settled {
+    records: Vec<MessageId>,
+    txns: BTreeSet<TxnId>,
 }
 
 async fn restore(
     tables: &Tables,
     cursor: &CursorKey,
     st: &mut SubState,
-) -> Result<Vec<MessageId>, BrokerError> {
-    let mut settled = Vec::new();
+) -> Result<Settled, BrokerError> {
+    let mut states = BTreeMap::new();
+    let mut state_of = async |txn: TxnId| -> Result<Option<TxnState>, BrokerError> {
+        if let Some(state) = states.get(&txn) {
+            return Ok(*state);
+        }
+        let state = tables.txns.get(&txn).await?.map(|r| r.record.state);
+        states.insert(txn, state);
+        Ok(state)
+    };
+    let mut settled = Settled {
+        records: Vec::new(),
+        txns: BTreeSet::new(),
+    };
     for ((_, id), row) in tables.pending_acks.list(cursor).await? {
         let ack = row.record;
-        let state = tables.txns.get(&ack.txn).await?.map(|r| r.record.state);
-        match state {
+        match state_of(ack.txn).await? {
             Some(TxnState::Open) => {
                 st.txn_acks.insert(id, (ack.txn, ack.batch_size));
             }
             Some(TxnState::Committed) => {
                 st.cursor.ack_individual(id, ack.batch_size);
-                settled.push(id);
+                settled.records.push(id);
             }
-            _ => settled.push(id),
+            // Aborted or timed out. (Never forgotten: a transaction's record is kept while
+            // a subscription mark of it is, and the mark goes with its last pending ack.)
+            _ => settled.records.push(id),
+        }
+    }
+    // Marks of decided transactions: their records are deleted with them (or were, before
+    // a failure left the mark).
+    for (_, txn) in tables.txn_subs.list_keys(cursor).await? {
+        if state_of(txn).await? != Some(TxnState::Open) {
+            settled.txns.insert(txn);
         }
     }
     Ok(settled)

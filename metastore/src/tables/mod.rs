@@ -16,6 +16,9 @@
 //! | [`txns`] (deadlines)  | `/txn-deadlines/<ms, 20 digits>/<id>`              | [`DeadlineMark`]         |
 //! | [`txns`] (partitions) | `/txn-partitions/<tenant>/<ns>/<topic>/<id>`       | [`TxnPartitionMark`]     |
 //! | [`txns`] (acks)       | `/txn-acks/<tenant>/<ns>/<topic>/<sub>/<l>-<e>-<i>` | [`PendingAck`]          |
+//! | [`txn_cleanup`] (skipped) | `/txn-aborts/<tenant>/<ns>/<topic>/<ledger>/<id>` | [`SkippedRange`]   |
+//! | [`txn_cleanup`] (subs) | `/txn-subs/<tenant>/<ns>/<topic>/<sub>/<id>`      | [`TxnSubMark`]           |
+//! | [`txn_cleanup`] (decided) | `/txn-decided/<ms, 20 digits>/<id>`            | [`DecidedMark`]          |
 //! | [`txn_checks`]        | `/txn-checks/<ms, 20 digits>/<id>`                 | [`CheckMark`]            |
 //! | [`txn_producers`]     | `/txn-producers/<name>`                            | [`TxnProducerRecord`]    |
 //! | [`counters`]          | `/counters/<name>`                                 | u64 big-endian           |
@@ -50,6 +53,7 @@ mod table;
 pub mod tenants;
 pub mod topics;
 pub mod txn_checks;
+pub mod txn_cleanup;
 pub mod txn_producers;
 pub mod txns;
 
@@ -74,6 +78,7 @@ pub use topics::{
     PartitionedTopicRecord, PartitionedTopics, TopicRecord, Topics, partition_name, partition_of,
 };
 pub use txn_checks::{CheckMark, TxnChecks};
+pub use txn_cleanup::{DecidedMark, SkippedRange, TxnAborts, TxnDecided, TxnSubMark, TxnSubs};
 pub use txn_producers::{ProducerEpoch, TxnProducerRecord, TxnProducers};
 pub use txns::{
     CheckSchedule, DeadlineMark, Decided, PendingAck, PendingAcks, TxnDeadlines, TxnPartition,
@@ -100,6 +105,9 @@ pub struct Tables {
     pub pending_acks: Table<PendingAcks>,
     pub txn_producers: Table<TxnProducers>,
     pub txn_checks: Table<TxnChecks>,
+    pub txn_aborts: Table<TxnAborts>,
+    pub txn_subs: Table<TxnSubs>,
+    pub txn_decided: Table<TxnDecided>,
     pub counters: Counters,
     meta: Meta,
 }
@@ -129,6 +137,9 @@ impl Tables {
             pending_acks: Table::new(meta.clone()),
             txn_producers: Table::new(meta.clone()),
             txn_checks: Table::new(meta.clone()),
+            txn_aborts: Table::new(meta.clone()),
+            txn_subs: Table::new(meta.clone()),
+            txn_decided: Table::new(meta.clone()),
             counters: Counters::new(meta.clone()),
             meta,
         }

@@ -201,6 +201,24 @@ impl<S: Listing> Table<S> {
         Ok(rows)
     }
 
+    /// At most `limit` rows under `parent` whose keys sort after `start_after` (a key of this
+    /// table, or "" for the first), in key order.
+    pub async fn list_page(
+        &self,
+        parent: &S::Parent,
+        start_after: &str,
+        limit: u32,
+    ) -> Result<Vec<(S::Key, Versioned<S::Record>)>, TableError> {
+        let prefix = S::prefix(parent);
+        let page = self.meta.scan_page(&prefix, start_after, limit).await?;
+        let mut rows = Vec::with_capacity(page.kvs.len());
+        for kv in page.kvs {
+            let key = child::<S>(parent, &prefix, &kv.key)?;
+            rows.push((key, decode::<S>(kv)?));
+        }
+        Ok(rows)
+    }
+
     /// The keys of the rows under `parent`, in key order, without decoding their records.
     pub async fn list_keys(&self, parent: &S::Parent) -> Result<Vec<S::Key>, TableError> {
         let prefix = S::prefix(parent);

@@ -421,7 +421,7 @@ pub(super) fn parse_time_and_id(rest: &str) -> Result<(u64, TxnId), String> {
     Ok((ms, parse_id(id)?))
 }
 
-fn parse_id(s: &str) -> Result<TxnId, String> {
+pub(super) fn parse_id(s: &str) -> Result<TxnId, String> {
     if s.len() != 20 || !s.bytes().all(|b| b.is_ascii_digit()) {
         return Err(format!("{s:?} is not a 20-digit transaction id"));
     }
