@@ -368,3 +368,81 @@ async fn coordinators_hand_out_distinct_ids_from_reserved_blocks() {
     );
     store.shutdown().await.expect("shutdown");
 }
+
+/// A decided transaction is forgotten only once `keep` has passed and none of its
+/// participants' marks is left: with a partition or subscription mark still there, the record
+/// stays (a participant loaded later still needs the outcome) and it is looked at again later.
+#[tokio::test]
+async fn decided_transactions_are_forgotten_only_once_settled() {
+    use crate::tables::CursorKey;
+    use crate::txn_sweep::DecidedSweeper;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path()).await;
+    let c = coordinator(&store, TxnLimits::default());
+    let t = Tables::new(store.clone());
+    let (id, _) = c
+        .begin("app", Some(Duration::from_secs(30)), None)
+        .await
+        .expect("begin");
+    let p0 = topic("forget-out");
+    c.register_partition(id, "app", &p0, Position::new(4, 0))
+        .await
+        .expect("register");
+    c.register_subscription(id, "app", &topic("forget-in"), "workers")
+        .await
+        .expect("register subscription");
+    let cursor = CursorKey::new(topic("forget-in"), "workers");
+    assert!(
+        t.txn_subs
+            .get(&(cursor.clone(), id))
+            .await
+            .expect("get")
+            .is_some(),
+        "registering a subscription marks it"
+    );
+    let last = BTreeMap::from([(p0.to_string(), Position::new(4, 2))]);
+    c.commit(id, "app", &last).await.expect("commit");
+    let decided = t.txn_decided.list(&()).await.expect("list");
+    assert_eq!(decided.len(), 1, "the decision is indexed");
+
+    let keep = Duration::from_secs(3600);
+    let mut sweeper = DecidedSweeper::new(c.clone(), keep);
+    let later = now_ms() + keep.as_millis() as u64 + 1;
+    assert_eq!(
+        sweeper.sweep(now_ms()).await.expect("sweep"),
+        0,
+        "kept for `keep`"
+    );
+    assert_eq!(sweeper.sweep(later).await.expect("sweep"), 0, "marks left");
+    assert_eq!(
+        c.get(id).await.expect("kept").record.state,
+        TxnState::Committed
+    );
+    let moved = t.txn_decided.list(&()).await.expect("list");
+    assert_eq!(moved.len(), 1);
+    assert!(moved[0].0.0 >= later, "looked at again later: {moved:?}");
+
+    // The partition settles; the subscription has not yet.
+    t.txn_partitions
+        .delete(&(p0.clone(), id), crate::Expect::Any)
+        .await
+        .expect("settle partition");
+    let much_later = later + keep.as_millis() as u64 + 1;
+    let mut sweeper = DecidedSweeper::new(c.clone(), keep);
+    assert_eq!(sweeper.sweep(much_later).await.expect("sweep"), 0);
+    assert!(c.get(id).await.is_ok(), "the subscription still needs it");
+    t.txn_subs
+        .delete(&(cursor, id), crate::Expect::Any)
+        .await
+        .expect("settle subscription");
+    let last_pass = much_later + keep.as_millis() as u64 + 1;
+    let mut sweeper = DecidedSweeper::new(c.clone(), keep);
+    assert_eq!(sweeper.sweep(last_pass).await.expect("sweep"), 1);
+    assert!(matches!(
+        c.get(id).await,
+        Err(CoordinatorError::NotFound(_))
+    ));
+    assert!(t.txn_decided.list(&()).await.expect("list").is_empty());
+    store.shutdown().await.expect("shutdown");
+}
