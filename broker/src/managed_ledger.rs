@@ -382,6 +382,12 @@ impl ManagedLedger {
             })
     }
 
+    /// The version of the log's record this writer holds: a write conditional on it fails
+    /// once another broker has taken the log over.
+    pub async fn record_version(&self) -> u64 {
+        self.write.lock().await.record_version
+    }
+
     /// The start of the log's first ledger: every entry before it is deleted.
     pub fn start(&self) -> Option<Position> {
         self.view_read().ledgers.first().map(|l| Position {

@@ -130,6 +130,10 @@ struct SubState {
     /// Messages acknowledged in open transactions, with their entry's batch size: out of
     /// delivery until the transaction is decided.
     txn_acks: BTreeMap<MessageId, (TxnId, u32)>,
+    /// Per transaction, ack writes under way (their records may land after a settlement).
+    txn_ack_writes: HashMap<TxnId, usize>,
+    /// Transactions whose acks are being settled here; `true`: look again when done.
+    txn_settling: HashMap<TxnId, bool>,
 }
 
 impl SubState {
@@ -263,6 +267,8 @@ impl Subscription {
                 messages_per_entry: 1,
                 read_committed: true,
                 txn_acks: BTreeMap::new(),
+                txn_ack_writes: HashMap::new(),
+                txn_settling: HashMap::new(),
             }),
             txns,
             dispatched: Default::default(),

@@ -1,6 +1,6 @@
 //! A loaded topic: its managed ledger, its producers' dedup state and its subscriptions.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -11,7 +11,7 @@ use strata_metastore::tables::{
     TxnRuleError, TxnState, now_ms,
 };
 use strata_metastore::txn_coordinator::{CoordinatorError, TxnCoordinator};
-use strata_metastore::types::Txn;
+use strata_metastore::types::{Txn, TxnOp};
 use strata_proto::pb::client::{InitialPosition, Message, StoredBatch};
 use strata_proto::{Position, TopicName, TxnId};
 use tokio::sync::Mutex;
@@ -173,8 +173,10 @@ impl Topic {
             Ok((at, pending)) => {
                 // Still under the publish lock: settling a decided transaction takes that
                 // lock first, so it sees every entry admitted before the decision.
-                if let Some((txn, _)) = txn {
-                    self.txn_state().buffer.appended(txn, at);
+                if let Some((txn, _)) = txn
+                    && !self.txn_state().buffer.appended(txn, at)
+                {
+                    warn!(topic = %self.name, %txn, entry = %at, "entry of a transaction not registered here");
                 }
                 pending
             }
@@ -277,9 +279,8 @@ impl Topic {
             return Ok(Vec::new());
         };
         let deleted = self.ml.trim(consumed.min(snapshot), retention).await?;
-        if !deleted.is_empty()
-            && let Some(first_kept) = self.ml.start()
-        {
+        // Also when nothing was deleted now: ranges of ledgers deleted before, found at load.
+        if let Some(first_kept) = self.ml.start() {
             self.drop_skipped_before(first_kept).await?;
         }
         Ok(deleted)
@@ -297,12 +298,7 @@ impl Topic {
                         .delete_op(&(self.name.clone(), r.from.ledger, *txn))
                 })
                 .collect();
-            let txn = Txn {
-                compares: Vec::new(),
-                success: ops,
-                failure: Vec::new(),
-            };
-            t.meta().txn(txn).await.map_err(TableError::from)?;
+            self.write_as_owner(ops).await?;
         }
         Ok(())
     }
@@ -377,7 +373,9 @@ impl Topic {
         if let Some(registration) = state.joining.get(&txn) {
             return Ok(TxnAdmission::Join(registration.clone()));
         }
-        if state.buffer.is_open(txn) {
+        // Only once its registration is durable: an entry written before could belong to a
+        // transaction that is then forgotten here (taken for committed when read).
+        if state.registered.contains(&txn) {
             if state.owners.get(&txn).is_some_and(|(o, _)| o != client) {
                 return Err(CoordinatorError::Rule(TxnRuleError::NotOwner { id: txn }).into());
             }
@@ -440,17 +438,27 @@ impl Topic {
                 })
                 .into());
             }
+            // Taking over from a registration that was dropped (its producer went away), this
+            // one is the registration under way now: other batches wait for it.
+            state
+                .joining
+                .entry(txn)
+                .or_insert_with(|| registration.clone());
             // Open before registering: a decision arriving right after the registration
             // must find it.
             let first = self.ml.next_position_hint()?;
             state.buffer.opened(txn, first);
-            state.owners.insert(txn, (client.to_owned(), now_ms()));
+            state
+                .owners
+                .entry(txn)
+                .or_insert_with(|| (client.to_owned(), now_ms()));
             undo.opened = true;
             first
         };
         self.coordinator
             .register_partition(txn, client, &self.name, first)
             .await?;
+        self.txn_state().registered.insert(txn);
         undo.opened = false;
         Ok(())
     }
@@ -472,6 +480,7 @@ impl Topic {
             if open_here || state.joining.contains_key(&txn) || wrote_here {
                 state.buffer.decided(txn, outcome_here(&self.name, record));
                 state.owners.remove(&txn);
+                state.registered.remove(&txn);
             }
             open_here
         };
@@ -510,18 +519,38 @@ impl Topic {
                     ops.push(t.txn_aborts.put_op(&key, skip)?);
                 }
             }
-            let txn = Txn {
-                compares: Vec::new(),
-                success: ops,
-                failure: Vec::new(),
-            };
-            t.meta().txn(txn).await.map_err(TableError::from)?;
+            self.write_as_owner(ops).await?;
             let mut state = self.txn_state();
             for s in chunk {
                 state.buffer.settled(*s);
             }
         }
         Ok(())
+    }
+
+    /// Writes `ops` in one metastore transaction, only while this broker still holds the
+    /// topic's log (a former owner must not overwrite what the new one settled).
+    async fn write_as_owner(&self, ops: Vec<TxnOp>) -> Result<(), BrokerError> {
+        let t = &self.tables;
+        // A rollover or trim of our own may move the version between the read and the write.
+        for _ in 0..3 {
+            let version = self.ml.record_version().await;
+            let txn = Txn {
+                compares: vec![
+                    t.managed_ledgers
+                        .version_is(&self.name, Expect::Version(version)),
+                ],
+                success: ops.clone(),
+                failure: Vec::new(),
+            };
+            if t.meta().txn(txn).await.map_err(TableError::from)?.succeeded {
+                return Ok(());
+            }
+        }
+        Err(BrokerError::Retry(format!(
+            "the log of {} changed under this broker: another may own it",
+            self.name
+        )))
     }
 
     /// For the metrics: how many transactions are open here, and the age (ms) of the oldest.
@@ -642,6 +671,11 @@ impl Topic {
         for sub in self.subscriptions.lock().await.values() {
             sub.terminate(&gone).await;
         }
+        for subscription in self.subscription_names().await? {
+            let cursor = strata_metastore::tables::CursorKey::new(self.name.clone(), subscription);
+            self.tables.pending_acks.delete_all(&cursor).await?;
+            self.tables.txn_subs.delete_all(&cursor).await?;
+        }
         self.tables.cursors.delete_all(&self.name).await?;
         self.tables.dedup.delete(&self.name, Expect::Any).await?;
         self.tables.txn_partitions.delete_all(&self.name).await?;
@@ -724,6 +758,8 @@ pub struct PartitionTxns {
     pub owners: HashMap<TxnId, (String, u64)>,
     /// Registrations with the coordinator under way; set to whether it succeeded.
     pub joining: HashMap<TxnId, Arc<tokio::sync::OnceCell<bool>>>,
+    /// Open transactions registered here durably: only their batches are stored.
+    pub registered: HashSet<TxnId>,
     /// Bumped when an open transaction is forgotten without a decision (its registration
     /// failed): the dispatchers it held back look again.
     pub released: tokio::sync::watch::Sender<u64>,
@@ -735,14 +771,16 @@ impl Default for PartitionTxns {
             buffer: TxnBuffer::default(),
             owners: HashMap::new(),
             joining: HashMap::new(),
+            registered: HashSet::new(),
             released: tokio::sync::watch::channel(0).0,
         }
     }
 }
 
 /// Ends a registration: forgets `registration` as the one under way and, if it opened the
-/// transaction here but did not complete (failed, or dropped), forgets the transaction and
-/// wakes the dispatchers its first position may have held back.
+/// transaction here but did not complete (failed, or dropped) and no other registration of it
+/// has completed or is under way, forgets the transaction and wakes the dispatchers its first
+/// position may have held back. (It wrote nothing here: batches wait for a registration.)
 struct UnregisterOnDrop<'a> {
     txns: &'a SharedTxns,
     txn: TxnId,
@@ -761,7 +799,10 @@ impl Drop for UnregisterOnDrop<'_> {
         {
             state.joining.remove(&self.txn);
         }
-        if self.opened {
+        if self.opened
+            && !state.registered.contains(&self.txn)
+            && !state.joining.contains_key(&self.txn)
+        {
             state.buffer.cancel(self.txn);
             state.owners.remove(&self.txn);
             state.released.send_modify(|n| *n += 1);
@@ -815,6 +856,7 @@ async fn rebuild_txns(
         if row.record.state.is_open() {
             let since = row.record.created_ms;
             state.owners.insert(id, (row.record.owner.clone(), since));
+            state.registered.insert(id);
         } else {
             state.buffer.decided(id, outcome_here(topic, &row.record));
         }

@@ -108,14 +108,18 @@ impl TxnBuffer {
         }
     }
 
-    /// An entry of `txn` was appended at `position`.
-    pub fn appended(&mut self, txn: TxnId, position: Position) {
+    /// An entry of `txn` was appended at `position`. False if the transaction is not known
+    /// here (a bug: batches are stored only for registered transactions).
+    pub fn appended(&mut self, txn: TxnId, position: Position) -> bool {
         if let Some(span) = self.open.get_mut(&txn) {
             span.wrote(position);
         } else if let Some((_, Some(span))) = self.decided.get_mut(&txn) {
             // Admitted before the decision arrived: a late write, skipped when settled.
             span.wrote(position);
+        } else {
+            return false;
         }
+        true
     }
 
     /// Forgets an open transaction that never wrote here (its registration failed).
@@ -192,9 +196,17 @@ impl TxnBuffer {
         }
     }
 
-    /// A settled transaction's range, read back when the partition is loaded.
+    /// A settled transaction's range, read back when the partition is loaded. Two ranges of
+    /// one transaction (settled by two owners) are merged: skipping more of its own entries
+    /// is the safe reading.
     pub fn restore_skipped(&mut self, txn: TxnId, skip: SkippedRange) {
-        self.skipped.insert(txn, skip);
+        self.skipped
+            .entry(txn)
+            .and_modify(|r| {
+                r.from = r.from.min(skip.from);
+                r.before = r.before.max(skip.before);
+            })
+            .or_insert(skip);
     }
 
     /// Drops the skipped ranges wholly before `first_kept` (their ledgers are deleted);
@@ -295,11 +307,15 @@ mod tests {
         buf.opened(A, at(1));
         buf.opened(B, at(2));
         for (txn, e) in [(A, 1), (B, 2), (A, 3), (B, 4), (B, 6)] {
-            buf.appended(txn, at(e));
+            assert!(buf.appended(txn, at(e)));
         }
+        assert!(!buf.appended(TxnId(9), at(5)), "never registered here");
         buf.decided(A, Outcome::Aborted);
         buf.decided(B, Outcome::Committed { last: at(4) });
-        buf.appended(B, at(7)); // admitted before the decision arrived: a late write
+        assert!(
+            buf.appended(B, at(7)),
+            "admitted before the decision: a late write"
+        );
         let mut settlements = buf.settlements();
         settlements.sort_by_key(|s| s.txn);
         assert_eq!(
@@ -333,8 +349,7 @@ mod tests {
     fn clean_commits_and_empty_transactions_record_nothing() {
         let mut buf = TxnBuffer::default();
         buf.opened(A, at(1));
-        buf.appended(A, at(1));
-        buf.appended(A, at(2));
+        assert!(buf.appended(A, at(1)) && buf.appended(A, at(2)));
         buf.decided(A, Outcome::Committed { last: at(2) });
         buf.opened(B, at(3));
         buf.decided(B, Outcome::Aborted);

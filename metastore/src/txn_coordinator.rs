@@ -358,10 +358,23 @@ impl TxnCoordinator {
             let row = self.get(id).await?;
             row.record.check_open(id, owner)?;
             let mut record = row.record;
+            let t = &self.tables;
             if !record.register_partition(id, topic, first)? {
+                // Registered before; its mark may have gone with a deleted topic of the same
+                // name, and the next owner finds the transaction only through it.
+                let mark = (topic.clone(), id);
+                if t.txn_partitions.get(&mark).await?.is_none() {
+                    match t
+                        .txn_partitions
+                        .create(&mark, &TxnPartitionMark { first })
+                        .await
+                    {
+                        Ok(_) | Err(TableError::VersionMismatch { .. }) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
                 return Ok(());
             }
-            let t = &self.tables;
             let txn = Txn {
                 compares: vec![t.txns.version_is(&id, Expect::Version(row.version))],
                 success: vec![

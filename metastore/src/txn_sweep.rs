@@ -121,6 +121,12 @@ impl TxnCoordinator {
             }
             Err(e) => return Err(e),
         };
+        if !row.record.marked {
+            // From before participants marked themselves: no telling whether one still
+            // needs it. Kept, and not looked at again.
+            t.txn_decided.delete(&mark, Expect::Any).await?;
+            return Ok(Swept::Kept);
+        }
         let mut compares = vec![t.txns.version_is(&id, Expect::Version(row.version))];
         for topic in row.record.partitions.keys() {
             let topic = TopicName::parse(topic).map_err(|e| bad_topic(id, topic, e))?;

@@ -62,11 +62,50 @@ impl Subscription {
                     .ok_or_else(|| BrokerError::InvalidMessageId(id.to_string()))?;
                 new.insert(id, batch_size);
             }
+            if !new.is_empty() {
+                *st.txn_ack_writes.entry(txn).or_default() += 1;
+            }
             new
         };
         if new.is_empty() {
             return Ok(());
         }
+        let written = self.write_txn_acks(txn, client, &new, coordinator).await;
+        {
+            let mut st = self.state.lock().await;
+            if let Some(n) = st.txn_ack_writes.get_mut(&txn) {
+                *n -= 1;
+                if *n == 0 {
+                    st.txn_ack_writes.remove(&txn);
+                }
+            }
+            if written.is_ok() {
+                for (id, batch_size) in new {
+                    hold_for_txn(&mut st, id, txn, batch_size);
+                }
+            }
+        }
+        written?;
+        // A decision that came between the write and the hold found nothing to settle here:
+        // settle now (settling twice is harmless: the first takes the holds away).
+        let record = coordinator.get(txn).await?.record;
+        if !record.state.is_open() {
+            self.txn_acks_decided(txn, record.state.is_committed())
+                .await;
+        }
+        Ok(())
+    }
+
+    /// Writes the pending-ack records of `new` (registering the subscription in the
+    /// transaction if it is new there) in one metastore write, guarded by the transaction's
+    /// record.
+    async fn write_txn_acks(
+        &self,
+        txn: TxnId,
+        client: &str,
+        new: &BTreeMap<MessageId, u32>,
+        coordinator: &TxnCoordinator,
+    ) -> Result<(), BrokerError> {
         let cursor = CursorKey::new(self.topic.clone(), &self.name);
         let t = &self.tables;
         loop {
@@ -77,7 +116,7 @@ impl Subscription {
                 .await?;
             let mut compares = vec![guard.compare];
             let mut success: Vec<_> = guard.register.into_iter().collect();
-            for (id, batch_size) in &new {
+            for (id, batch_size) in new {
                 let key = (cursor.clone(), *id);
                 compares.push(t.pending_acks.version_is(&key, Expect::Absent));
                 success.push(t.pending_acks.put_op(
@@ -98,7 +137,7 @@ impl Subscription {
                 .await
                 .map_err(TableError::from)?;
             if written.succeeded {
-                break;
+                return Ok(());
             }
             if coordinator.version(txn).await? != guard.version {
                 continue; // the record changed (another participant, or a decision): again
@@ -118,46 +157,58 @@ impl Subscription {
                 ),
             });
         }
-        {
-            let mut st = self.state.lock().await;
-            for (id, batch_size) in new {
-                hold_for_txn(&mut st, id, txn, batch_size);
-            }
-        }
-        // A decision that came between the write and the hold found nothing to settle here:
-        // settle now (settling twice is harmless: the first takes the holds away).
-        let record = coordinator.get(txn).await?.record;
-        if !record.state.is_open() {
-            self.txn_acks_decided(txn, record.state.is_committed())
-                .await;
-        }
-        Ok(())
     }
 
     /// `txn` was decided: its pending acks here go into the cursor (commit) or their
-    /// messages are delivered again (abort); then their records are deleted.
+    /// messages are delivered again (abort); then their records are deleted. One settlement
+    /// of a transaction at a time: a call while one runs makes it look again when done
+    /// (two at once could delete the record of a redelivered message acknowledged anew).
     pub async fn txn_acks_decided(&self, txn: TxnId, committed: bool) {
-        let held = |st: &SubState| -> Vec<(MessageId, u32)> {
-            st.txn_acks
+        {
+            let mut st = self.state.lock().await;
+            if let Some(again) = st.txn_settling.get_mut(&txn) {
+                *again = true;
+                return;
+            }
+            st.txn_settling.insert(txn, false);
+        }
+        loop {
+            self.settle_txn_acks(txn, committed).await;
+            let mut st = self.state.lock().await;
+            if st.txn_settling.insert(txn, false) != Some(true) {
+                st.txn_settling.remove(&txn);
+                return;
+            }
+        }
+    }
+
+    /// One pass of [`Subscription::txn_acks_decided`].
+    async fn settle_txn_acks(&self, txn: TxnId, committed: bool) {
+        // The subscription's mark of the transaction goes with its last records, unless an
+        // ack write is still under way (its own settlement takes the mark then).
+        let held = |st: &SubState| -> (Vec<(MessageId, u32)>, bool) {
+            let ids = st
+                .txn_acks
                 .iter()
                 .filter(|(_, (t, _))| *t == txn)
                 .map(|(id, (_, size))| (*id, *size))
-                .collect()
+                .collect();
+            (ids, !st.txn_ack_writes.contains_key(&txn))
         };
         if !committed {
             // The records go before the messages are handed out again: an ack of a
             // redelivered message in a new transaction must not find the aborted one's
             // record and be refused as a conflict.
-            let ids = held(&*self.state.lock().await);
+            let (ids, last) = held(&*self.state.lock().await);
             if ids.is_empty() {
                 return;
             }
-            self.delete_txn_ack_records(txn, &ids).await;
+            self.delete_txn_ack_records(txn, &ids, last).await;
         }
-        let (ids, seq) = {
+        let (ids, last, seq) = {
             let mut st = self.state.lock().await;
             let st = &mut *st;
-            let ids = held(st);
+            let (ids, last) = held(st);
             if ids.is_empty() {
                 return;
             }
@@ -183,7 +234,7 @@ impl Subscription {
                 .compact(ml.first_position(), |p| ml.next_position(p));
             st.pending.retain(|p, _| !st.cursor.is_entry_acked(*p));
             st.change_seq += 1;
-            (ids, st.change_seq)
+            (ids, last, st.change_seq)
         };
         self.wake_flusher.notify_one();
         self.wake_dispatcher.notify_one();
@@ -196,15 +247,16 @@ impl Subscription {
             warn!(subscription = %self.name, error = %e, "committed acks not durable yet; records kept");
             return;
         }
-        self.delete_txn_ack_records(txn, &ids).await;
+        self.delete_txn_ack_records(txn, &ids, last).await;
     }
 
-    /// Deletes the pending-ack records of `ids` here, all of `txn`, and with the last of
-    /// them the mark saying this subscription has acks in `txn`.
-    async fn delete_txn_ack_records(&self, txn: TxnId, ids: &[(MessageId, u32)]) {
+    /// Deletes the pending-ack records of `ids` here, all of `txn`, and with `last` the mark
+    /// saying this subscription has acks in `txn`.
+    async fn delete_txn_ack_records(&self, txn: TxnId, ids: &[(MessageId, u32)], last: bool) {
         let cursor = CursorKey::new(self.topic.clone(), &self.name);
         let records = ids.iter().map(|(id, _)| *id);
-        if let Err(e) = delete_records(&self.tables, &cursor, records, [txn]).await {
+        let mark = last.then_some(txn);
+        if let Err(e) = delete_records(&self.tables, &cursor, records, mark).await {
             warn!(topic = %self.topic, subscription = %self.name, %txn, error = %e, "pending ack records not deleted");
         }
     }
@@ -312,7 +364,7 @@ impl Subscription {
             let settled = restore(&self.tables, cursor, &mut st).await?;
             if settled.records.is_empty() {
                 if !settled.txns.is_empty() {
-                    delete_records(&self.tables, cursor, std::iter::empty(), settled.txns).await?;
+                    self.delete_settled(cursor, settled).await;
                 }
                 return Ok(());
             }
@@ -325,10 +377,17 @@ impl Subscription {
         };
         self.wake_flusher.notify_one();
         if self.wait_durable(seq).await.is_ok() {
-            let records = settled.records.into_iter();
-            delete_records(&self.tables, cursor, records, settled.txns).await?;
+            self.delete_settled(cursor, settled).await;
         }
         Ok(())
+    }
+
+    /// Deletes what loading found settled; a failure leaves it for the next load.
+    async fn delete_settled(&self, cursor: &CursorKey, settled: Settled) {
+        let records = settled.records.into_iter();
+        if let Err(e) = delete_records(&self.tables, cursor, records, settled.txns).await {
+            warn!(topic = %self.topic, subscription = %self.name, error = %e, "settled pending acks not deleted");
+        }
     }
 }
 

@@ -107,6 +107,11 @@ pub struct TxnRecord {
     /// How many times the group's checkers have been asked.
     #[serde(default)]
     pub checks: u32,
+    /// Its participants mark themselves (`/txn-partitions/`, `/txn-subs/`) until they have
+    /// settled it, so once decided it may be forgotten when no mark is left. Records written
+    /// before participants marked themselves lack it and are kept.
+    #[serde(default)]
+    pub marked: bool,
 }
 
 /// When a check-back transaction's group is asked about it.
@@ -184,6 +189,7 @@ impl TxnRecord {
             check: None,
             prepared: false,
             checks: 0,
+            marked: true,
         }
     }
 

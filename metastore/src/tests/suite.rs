@@ -30,11 +30,12 @@ fn open_fresh() -> Result<(TempDir, Arc<Core>, LogStore, StateMachine), StorageE
     Ok((dir, core, log, sm))
 }
 
+type FreshStores = (TempDir, Arc<Core>, LogStore, StateMachine, db::GuardWaiter);
+
 /// As [`open_fresh`], with the waiter that says when raft's last use of the database (the
 /// log store's WAL sync thread among them) is over, so a test can reopen the directory.
 #[allow(clippy::result_large_err)]
-fn open_fresh_guarded()
--> Result<(TempDir, Arc<Core>, LogStore, StateMachine, db::GuardWaiter), StorageError<NodeId>> {
+fn open_fresh_guarded() -> Result<FreshStores, StorageError<NodeId>> {
     let dir = tempfile::tempdir().map_err(|e| StorageIOError::write(AnyError::new(&e)))?;
     let core = Core::open(dir.path(), 16).map_err(|e| StorageIOError::write(AnyError::new(&e)))?;
     let (guard, released) = db::raft_guard();
