@@ -134,6 +134,9 @@ struct SubState {
     txn_ack_writes: HashMap<TxnId, usize>,
     /// Transactions whose acks are being settled here; `true`: look again when done.
     txn_settling: HashMap<TxnId, bool>,
+    /// Transactions whose `/txn-subs/` mark of this subscription exists (as far as known
+    /// here): deleted with their last pending ack.
+    txn_marked: HashSet<TxnId>,
 }
 
 impl SubState {
@@ -269,6 +272,7 @@ impl Subscription {
                 txn_acks: BTreeMap::new(),
                 txn_ack_writes: HashMap::new(),
                 txn_settling: HashMap::new(),
+                txn_marked: HashSet::new(),
             }),
             txns,
             dispatched: Default::default(),

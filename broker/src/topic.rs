@@ -298,7 +298,14 @@ impl Topic {
                         .delete_op(&(self.name.clone(), r.from.ledger, *txn))
                 })
                 .collect();
-            self.write_as_owner(ops).await?;
+            if let Err(e) = self.write_as_owner(ops).await {
+                // Kept, to be dropped by the next trim.
+                let mut state = self.txn_state();
+                for (txn, range) in chunk {
+                    state.buffer.restore_skipped(*txn, *range);
+                }
+                return Err(e);
+            }
         }
         Ok(())
     }
@@ -375,7 +382,7 @@ impl Topic {
         }
         // Only once its registration is durable: an entry written before could belong to a
         // transaction that is then forgotten here (taken for committed when read).
-        if state.registered.contains(&txn) {
+        if state.registered.contains(&txn) && state.buffer.is_open(txn) {
             if state.owners.get(&txn).is_some_and(|(o, _)| o != client) {
                 return Err(CoordinatorError::Rule(TxnRuleError::NotOwner { id: txn }).into());
             }
@@ -426,7 +433,8 @@ impl Topic {
             txns: &self.txns,
             txn,
             registration,
-            opened: false,
+            counted: false,
+            succeeded: false,
         };
         let first = {
             let mut state = self.txn_state();
@@ -452,14 +460,28 @@ impl Topic {
                 .owners
                 .entry(txn)
                 .or_insert_with(|| (client.to_owned(), now_ms()));
-            undo.opened = true;
+            *state.registering.entry(txn).or_default() += 1;
+            undo.counted = true;
             first
         };
         self.coordinator
             .register_partition(txn, client, &self.name, first)
             .await?;
-        self.txn_state().registered.insert(txn);
-        undo.opened = false;
+        let mut state = self.txn_state();
+        // Decided while the write was under way: its batches may not be stored any more.
+        if !state.buffer.is_open(txn) {
+            let decided = state
+                .buffer
+                .outcome(txn)
+                .map_or(TxnState::Aborted, |o| o.state());
+            return Err(CoordinatorError::Rule(TxnRuleError::NotOpen {
+                id: txn,
+                state: decided,
+            })
+            .into());
+        }
+        state.registered.insert(txn);
+        undo.succeeded = true;
         Ok(())
     }
 
@@ -698,6 +720,9 @@ async fn settle_decided_txns(topic: std::sync::Weak<Topic>) {
         let Some(t) = topic.upgrade() else {
             return;
         };
+        if t.ml.is_deleted() {
+            return;
+        }
         if let Err(e) = t.settle_decided().await {
             warn!(topic = %t.name, error = %e, "settling decided transactions failed; retrying");
             drop(t);
@@ -760,6 +785,9 @@ pub struct PartitionTxns {
     pub joining: HashMap<TxnId, Arc<tokio::sync::OnceCell<bool>>>,
     /// Open transactions registered here durably: only their batches are stored.
     pub registered: HashSet<TxnId>,
+    /// Registrations with the coordinator in flight per transaction (a dropped one's waiter
+    /// may take over while another starts): the transaction is forgotten only when none is.
+    pub registering: HashMap<TxnId, usize>,
     /// Bumped when an open transaction is forgotten without a decision (its registration
     /// failed): the dispatchers it held back look again.
     pub released: tokio::sync::watch::Sender<u64>,
@@ -772,6 +800,7 @@ impl Default for PartitionTxns {
             owners: HashMap::new(),
             joining: HashMap::new(),
             registered: HashSet::new(),
+            registering: HashMap::new(),
             released: tokio::sync::watch::channel(0).0,
         }
     }
@@ -785,7 +814,9 @@ struct UnregisterOnDrop<'a> {
     txns: &'a SharedTxns,
     txn: TxnId,
     registration: &'a Arc<tokio::sync::OnceCell<bool>>,
-    opened: bool,
+    /// Counted in `PartitionTxns::registering` (it opened the transaction here).
+    counted: bool,
+    succeeded: bool,
 }
 
 impl Drop for UnregisterOnDrop<'_> {
@@ -799,10 +830,17 @@ impl Drop for UnregisterOnDrop<'_> {
         {
             state.joining.remove(&self.txn);
         }
-        if self.opened
-            && !state.registered.contains(&self.txn)
-            && !state.joining.contains_key(&self.txn)
-        {
+        if !self.counted {
+            return;
+        }
+        let in_flight = state.registering.get_mut(&self.txn).map_or(0, |n| {
+            *n -= 1;
+            *n
+        });
+        if in_flight == 0 {
+            state.registering.remove(&self.txn);
+        }
+        if !self.succeeded && in_flight == 0 && !state.registered.contains(&self.txn) {
             state.buffer.cancel(self.txn);
             state.owners.remove(&self.txn);
             state.released.send_modify(|n| *n += 1);

@@ -362,18 +362,26 @@ impl TxnCoordinator {
             if !record.register_partition(id, topic, first)? {
                 // Registered before; its mark may have gone with a deleted topic of the same
                 // name, and the next owner finds the transaction only through it.
+                // Written only while the record is as read (still open), or read again.
                 let mark = (topic.clone(), id);
-                if t.txn_partitions.get(&mark).await?.is_none() {
-                    match t
-                        .txn_partitions
-                        .create(&mark, &TxnPartitionMark { first })
-                        .await
-                    {
-                        Ok(_) | Err(TableError::VersionMismatch { .. }) => {}
-                        Err(e) => return Err(e.into()),
-                    }
+                if t.txn_partitions.get(&mark).await?.is_some() {
+                    return Ok(());
                 }
-                return Ok(());
+                let txn = Txn {
+                    compares: vec![
+                        t.txns.version_is(&id, Expect::Version(row.version)),
+                        t.txn_partitions.version_is(&mark, Expect::Absent),
+                    ],
+                    success: vec![
+                        t.txn_partitions
+                            .put_op(&mark, &TxnPartitionMark { first })?,
+                    ],
+                    failure: Vec::new(),
+                };
+                if t.meta().txn(txn).await.map_err(TableError::from)?.succeeded {
+                    return Ok(());
+                }
+                continue;
             }
             let txn = Txn {
                 compares: vec![t.txns.version_is(&id, Expect::Version(row.version))],

@@ -8,6 +8,7 @@
 //! holds across a failover, and the next owner of the topic finds them all.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use strata_metastore::Expect;
 use strata_metastore::tables::{CursorKey, PendingAck, TableError, Tables, TxnState};
@@ -27,6 +28,26 @@ impl Subscription {
     /// `cumulative` (exclusive and failover subscriptions, as in Pulsar), `ids` is one id and
     /// every message delivered and not acknowledged up to it is acknowledged.
     pub async fn apply_txn_acks(
+        self: &Arc<Self>,
+        consumer_id: u64,
+        txn: TxnId,
+        client: &str,
+        ids: Vec<MessageId>,
+        cumulative: bool,
+        coordinator: &TxnCoordinator,
+    ) -> Result<(), BrokerError> {
+        // Run to the end even if the caller goes away (its connection closed): the count of
+        // writes under way and the settlement of the transaction here must stay right.
+        let (sub, client, coordinator) = (self.clone(), client.to_owned(), coordinator.clone());
+        tokio::spawn(async move {
+            sub.apply_txn_acks_to_end(consumer_id, txn, &client, ids, cumulative, &coordinator)
+                .await
+        })
+        .await
+        .unwrap_or(Err(BrokerError::ShuttingDown))
+    }
+
+    async fn apply_txn_acks_to_end(
         &self,
         consumer_id: u64,
         txn: TxnId,
@@ -73,27 +94,40 @@ impl Subscription {
         let written = self.write_txn_acks(txn, client, &new, coordinator).await;
         {
             let mut st = self.state.lock().await;
-            if let Some(n) = st.txn_ack_writes.get_mut(&txn) {
-                *n -= 1;
-                if *n == 0 {
-                    st.txn_ack_writes.remove(&txn);
-                }
-            }
-            if written.is_ok() {
-                for (id, batch_size) in new {
-                    hold_for_txn(&mut st, id, txn, batch_size);
+            match &written {
+                // The write may have landed: its records would be held by nobody here, so the
+                // transaction's mark stays (counted as a write under way) until the next load.
+                Err(AckWriteError {
+                    maybe_written: true,
+                    ..
+                }) => {}
+                outcome => {
+                    if let Some(n) = st.txn_ack_writes.get_mut(&txn) {
+                        *n -= 1;
+                        if *n == 0 {
+                            st.txn_ack_writes.remove(&txn);
+                        }
+                    }
+                    if outcome.is_ok() {
+                        st.txn_marked.insert(txn);
+                        for (id, batch_size) in new {
+                            hold_for_txn(&mut st, id, txn, batch_size);
+                        }
+                    }
                 }
             }
         }
-        written?;
-        // A decision that came between the write and the hold found nothing to settle here:
-        // settle now (settling twice is harmless: the first takes the holds away).
-        let record = coordinator.get(txn).await?.record;
-        if !record.state.is_open() {
-            self.txn_acks_decided(txn, record.state.is_committed())
-                .await;
+        // A decision that came during the write found these acks not held yet, or left the
+        // mark to this write: settle now (settling again is harmless).
+        match coordinator.get(txn).await {
+            Ok(row) if !row.record.state.is_open() => {
+                self.txn_acks_decided(txn, row.record.state.is_committed())
+                    .await;
+            }
+            // Open; or unreadable now, and then the broker's watch of decisions settles it.
+            Ok(_) | Err(_) => {}
         }
-        Ok(())
+        written.map_err(|e| e.error)
     }
 
     /// Writes the pending-ack records of `new` (registering the subscription in the
@@ -105,7 +139,7 @@ impl Subscription {
         client: &str,
         new: &BTreeMap<MessageId, u32>,
         coordinator: &TxnCoordinator,
-    ) -> Result<(), BrokerError> {
+    ) -> Result<(), AckWriteError> {
         let cursor = CursorKey::new(self.topic.clone(), &self.name);
         let t = &self.tables;
         loop {
@@ -113,33 +147,45 @@ impl Subscription {
             // succeeds only while the record is as read: never into a decided transaction.
             let guard = coordinator
                 .ack_guard(txn, client, &self.topic, &self.name)
-                .await?;
+                .await
+                .map_err(AckWriteError::not_written)?;
             let mut compares = vec![guard.compare];
             let mut success: Vec<_> = guard.register.into_iter().collect();
             for (id, batch_size) in new {
                 let key = (cursor.clone(), *id);
                 compares.push(t.pending_acks.version_is(&key, Expect::Absent));
-                success.push(t.pending_acks.put_op(
-                    &key,
-                    &PendingAck {
-                        txn,
-                        batch_size: *batch_size,
-                    },
-                )?);
+                let ack = PendingAck {
+                    txn,
+                    batch_size: *batch_size,
+                };
+                success.push(
+                    t.pending_acks
+                        .put_op(&key, &ack)
+                        .map_err(AckWriteError::not_written)?,
+                );
             }
-            let written = t
-                .meta()
-                .txn(Txn {
-                    compares,
-                    success,
-                    failure: Vec::new(),
-                })
-                .await
-                .map_err(TableError::from)?;
+            let txn_write = Txn {
+                compares,
+                success,
+                failure: Vec::new(),
+            };
+            let written = match t.meta().txn(txn_write).await {
+                Ok(written) => written,
+                Err(e) => {
+                    return Err(AckWriteError {
+                        error: TableError::from(e).into(),
+                        maybe_written: true,
+                    });
+                }
+            };
             if written.succeeded {
                 return Ok(());
             }
-            if coordinator.version(txn).await? != guard.version {
+            let version = coordinator
+                .version(txn)
+                .await
+                .map_err(AckWriteError::not_written)?;
+            if version != guard.version {
                 continue; // the record changed (another participant, or a decision): again
             }
             // Another transaction holds one of them (through another broker, before a
@@ -148,14 +194,14 @@ impl Subscription {
             let other = new
                 .keys()
                 .find_map(|id| held.txn_acks.get(id).map(|(t, _)| (*id, *t)));
-            return Err(match other {
+            return Err(AckWriteError::not_written(match other {
                 Some((id, t)) => conflict(id, t),
                 None => BrokerError::Txn(
                     strata_metastore::txn_coordinator::CoordinatorError::Conflict(
                         "a message is acknowledged in another transaction".into(),
                     ),
                 ),
-            });
+            }));
         }
     }
 
@@ -185,7 +231,7 @@ impl Subscription {
     /// One pass of [`Subscription::txn_acks_decided`].
     async fn settle_txn_acks(&self, txn: TxnId, committed: bool) {
         // The subscription's mark of the transaction goes with its last records, unless an
-        // ack write is still under way (its own settlement takes the mark then).
+        // ack write is still under way (that write settles again and takes the mark then).
         let held = |st: &SubState| -> (Vec<(MessageId, u32)>, bool) {
             let ids = st
                 .txn_acks
@@ -193,22 +239,27 @@ impl Subscription {
                 .filter(|(_, (t, _))| *t == txn)
                 .map(|(id, (_, size))| (*id, *size))
                 .collect();
-            (ids, !st.txn_ack_writes.contains_key(&txn))
+            let last = !st.txn_ack_writes.contains_key(&txn) && st.txn_marked.contains(&txn);
+            (ids, last)
         };
+        let (mut ids, last) = held(&*self.state.lock().await);
+        if ids.is_empty() {
+            if last {
+                self.delete_txn_ack_records(txn, &[], true).await;
+            }
+            return;
+        }
         if !committed {
             // The records go before the messages are handed out again: an ack of a
             // redelivered message in a new transaction must not find the aborted one's
-            // record and be refused as a conflict.
-            let (ids, last) = held(&*self.state.lock().await);
-            if ids.is_empty() {
-                return;
-            }
+            // record and be refused as a conflict. Only those: acks held meanwhile are for
+            // the next pass.
             self.delete_txn_ack_records(txn, &ids, last).await;
         }
-        let (ids, last, seq) = {
+        let seq = {
             let mut st = self.state.lock().await;
             let st = &mut *st;
-            let (ids, last) = held(st);
+            ids.retain(|(id, _)| st.txn_acks.get(id).is_some_and(|(t, _)| *t == txn));
             if ids.is_empty() {
                 return;
             }
@@ -234,7 +285,7 @@ impl Subscription {
                 .compact(ml.first_position(), |p| ml.next_position(p));
             st.pending.retain(|p, _| !st.cursor.is_entry_acked(*p));
             st.change_seq += 1;
-            (ids, last, st.change_seq)
+            st.change_seq
         };
         self.wake_flusher.notify_one();
         self.wake_dispatcher.notify_one();
@@ -256,8 +307,14 @@ impl Subscription {
         let cursor = CursorKey::new(self.topic.clone(), &self.name);
         let records = ids.iter().map(|(id, _)| *id);
         let mark = last.then_some(txn);
-        if let Err(e) = delete_records(&self.tables, &cursor, records, mark).await {
-            warn!(topic = %self.topic, subscription = %self.name, %txn, error = %e, "pending ack records not deleted");
+        match delete_records(&self.tables, &cursor, records, mark).await {
+            Ok(()) if last => {
+                self.state.lock().await.txn_marked.remove(&txn);
+            }
+            Ok(()) => {}
+            Err(e) => {
+                warn!(topic = %self.topic, subscription = %self.name, %txn, error = %e, "pending ack records not deleted")
+            }
         }
     }
 
@@ -320,6 +377,22 @@ fn conflict(id: MessageId, holder: TxnId) -> BrokerError {
             "{id} is acknowledged in {holder}, still open"
         )),
     )
+}
+
+/// Why an ack write failed, and whether its records may have been written all the same (the
+/// metastore's answer was lost).
+struct AckWriteError {
+    error: BrokerError,
+    maybe_written: bool,
+}
+
+impl AckWriteError {
+    fn not_written(error: impl Into<BrokerError>) -> Self {
+        Self {
+            error: error.into(),
+            maybe_written: false,
+        }
+    }
 }
 
 /// Pending-ack records per metastore write.
@@ -421,6 +494,7 @@ async fn restore(
         match state_of(ack.txn).await? {
             Some(TxnState::Open) => {
                 st.txn_acks.insert(id, (ack.txn, ack.batch_size));
+                st.txn_marked.insert(ack.txn);
             }
             Some(TxnState::Committed) => {
                 st.cursor.ack_individual(id, ack.batch_size);
