@@ -290,7 +290,7 @@ impl Topic {
     async fn drop_skipped_before(&self, first_kept: Position) -> Result<(), BrokerError> {
         let gone = self.txn_state().buffer.trim_before(first_kept);
         let t = &self.tables;
-        for chunk in gone.chunks(SETTLE_CHUNK) {
+        for (i, chunk) in gone.chunks(SETTLE_CHUNK).enumerate() {
             let ops = chunk
                 .iter()
                 .map(|(txn, r)| {
@@ -299,9 +299,9 @@ impl Topic {
                 })
                 .collect();
             if let Err(e) = self.write_as_owner(ops).await {
-                // Kept, to be dropped by the next trim.
+                // This chunk and the rest are kept, to be dropped by the next trim.
                 let mut state = self.txn_state();
-                for (txn, range) in chunk {
+                for (txn, range) in &gone[i * SETTLE_CHUNK..] {
                     state.buffer.restore_skipped(*txn, *range);
                 }
                 return Err(e);

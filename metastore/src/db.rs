@@ -155,10 +155,7 @@ impl Core {
     fn scan_rocksdb(&self, prefix: &str) -> Result<Vec<KeyValue>, DbError> {
         let cf = self.cf(keys::CF_KV)?;
         let mut out = Vec::new();
-        let iter = self.db.iterator_cf(
-            &cf,
-            IteratorMode::From(prefix.as_bytes(), Direction::Forward),
-        );
+        let iter = self.prefix_iterator(&cf, prefix, prefix.as_bytes());
         for item in iter {
             let (k, v) = item?;
             if !k.starts_with(prefix.as_bytes()) {
@@ -167,6 +164,24 @@ impl Core {
             out.push(keys::unseal_prost("kv", &v)?);
         }
         Ok(out)
+    }
+
+    /// An iterator from `start` over the keys under `prefix` only. The upper bound matters:
+    /// without it, when the prefix holds nothing more, RocksDB walks every deleted key after
+    /// it (the tombstones of other topics' transaction marks, say) looking for the next live
+    /// one before the caller can stop.
+    fn prefix_iterator<'a>(
+        &'a self,
+        cf: &Arc<BoundColumnFamily<'a>>,
+        prefix: &str,
+        start: &[u8],
+    ) -> rocksdb::DBIteratorWithThreadMode<'a, DB> {
+        let mut options = rocksdb::ReadOptions::default();
+        if let Some(end) = keys::prefix_end(prefix.as_bytes()) {
+            options.set_iterate_upper_bound(end);
+        }
+        self.db
+            .iterator_cf_opt(cf, options, IteratorMode::From(start, Direction::Forward))
     }
 
     /// Records applied changes in the in-memory copy of the hot keys; called after the batch
@@ -212,9 +227,7 @@ impl Core {
             k
         };
         let mut out = Vec::new();
-        let iter = self
-            .db
-            .iterator_cf(&cf, IteratorMode::From(&start, Direction::Forward));
+        let iter = self.prefix_iterator(&cf, prefix, &start);
         for item in iter {
             let (k, v) = item?;
             if !k.starts_with(prefix.as_bytes()) {

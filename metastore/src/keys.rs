@@ -216,9 +216,33 @@ pub(crate) fn advanced_counter_value(
         })
 }
 
+/// The least key after every key starting with `prefix` (`None`: there is none, the prefix
+/// being all 0xFF bytes).
+pub(crate) fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The end of a prefix sorts after every key under it and before every key after them.
+    #[test]
+    fn prefix_ends_bound_exactly_the_prefix() {
+        assert_eq!(prefix_end(b"/txn-acks/"), Some(b"/txn-acks0".to_vec()));
+        assert_eq!(prefix_end(b"a\xff\xff"), Some(b"b".to_vec()));
+        assert_eq!(prefix_end(b"\xff"), None);
+        let end = prefix_end(b"/t/").expect("end");
+        assert!(b"/t/\xff\xff".as_slice() < end.as_slice());
+        assert!(end.as_slice() <= b"/t0".as_slice());
+    }
 
     /// A sealed record unseals to the same payload.
     #[test]

@@ -44,7 +44,10 @@ impl Subscription {
                 .await
         })
         .await
-        .unwrap_or(Err(BrokerError::ShuttingDown))
+        .unwrap_or_else(|e| match e.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            Err(_) => Err(BrokerError::ShuttingDown),
+        })
     }
 
     async fn apply_txn_acks_to_end(
@@ -91,7 +94,21 @@ impl Subscription {
         if new.is_empty() {
             return Ok(());
         }
-        let written = self.write_txn_acks(txn, client, &new, coordinator).await;
+        let written = match self.write_txn_acks(txn, client, &new, coordinator).await {
+            // The answer was lost: the records (all or none, one write) tell.
+            Err(AckWriteError {
+                error,
+                maybe_written: true,
+            }) => match self.landed(txn, &new).await {
+                Some(true) => Ok(()),
+                Some(false) => Err(AckWriteError::not_written(error)),
+                None => Err(AckWriteError {
+                    error,
+                    maybe_written: true,
+                }),
+            },
+            other => other,
+        };
         {
             let mut st = self.state.lock().await;
             match &written {
@@ -119,15 +136,34 @@ impl Subscription {
         }
         // A decision that came during the write found these acks not held yet, or left the
         // mark to this write: settle now (settling again is harmless).
-        match coordinator.get(txn).await {
-            Ok(row) if !row.record.state.is_open() => {
-                self.txn_acks_decided(txn, row.record.state.is_committed())
-                    .await;
+        for attempt in 1..=READ_BACK_ATTEMPTS {
+            match coordinator.get(txn).await {
+                Ok(row) if !row.record.state.is_open() => {
+                    self.txn_acks_decided(txn, row.record.state.is_committed())
+                        .await;
+                    break;
+                }
+                Ok(_) => break,
+                Err(e) if attempt == READ_BACK_ATTEMPTS => {
+                    warn!(subscription = %self.name, %txn, error = %e, "transaction state unknown after an ack; settled when the subscription next loads");
+                }
+                Err(_) => tokio::time::sleep(READ_BACK_PAUSE * attempt).await,
             }
-            // Open; or unreadable now, and then the broker's watch of decisions settles it.
-            Ok(_) | Err(_) => {}
         }
         written.map_err(|e| e.error)
+    }
+
+    /// Whether the records of an ack write whose answer was lost exist (`None`: cannot tell).
+    async fn landed(&self, txn: TxnId, new: &BTreeMap<MessageId, u32>) -> Option<bool> {
+        let id = *new.keys().next()?;
+        let key = (CursorKey::new(self.topic.clone(), &self.name), id);
+        for attempt in 1..=READ_BACK_ATTEMPTS {
+            match self.tables.pending_acks.get(&key).await {
+                Ok(row) => return Some(row.is_some_and(|r| r.record.txn == txn)),
+                Err(_) => tokio::time::sleep(READ_BACK_PAUSE * attempt).await,
+            }
+        }
+        None
     }
 
     /// Writes the pending-ack records of `new` (registering the subscription in the
@@ -296,6 +332,8 @@ impl Subscription {
         // finds them and applies them again (acks are idempotent).
         if let Err(e) = self.wait_durable(seq).await {
             warn!(subscription = %self.name, error = %e, "committed acks not durable yet; records kept");
+            // The mark stays with them, for the next load of the subscription.
+            self.state.lock().await.txn_marked.remove(&txn);
             return;
         }
         self.delete_txn_ack_records(txn, &ids, last).await;
@@ -313,7 +351,9 @@ impl Subscription {
             }
             Ok(()) => {}
             Err(e) => {
-                warn!(topic = %self.topic, subscription = %self.name, %txn, error = %e, "pending ack records not deleted")
+                warn!(topic = %self.topic, subscription = %self.name, %txn, error = %e, "pending ack records not deleted");
+                // Records may be left: so is the mark, for the next load of the subscription.
+                self.state.lock().await.txn_marked.remove(&txn);
             }
         }
     }
@@ -394,6 +434,10 @@ impl AckWriteError {
         }
     }
 }
+
+/// Reads after an ack write, and the pause before the n-th retry (times n).
+const READ_BACK_ATTEMPTS: u32 = 4;
+const READ_BACK_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Pending-ack records per metastore write.
 const DELETE_CHUNK: usize = 128;
