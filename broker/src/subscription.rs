@@ -18,7 +18,7 @@
 //! metastore, coalescing bursts of acks into one write. An ack that asks for a receipt is
 //! answered only once a cursor state that includes it is durable.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -130,6 +130,10 @@ struct SubState {
     /// Messages acknowledged in open transactions, with their entry's batch size: out of
     /// delivery until the transaction is decided.
     txn_acks: BTreeMap<MessageId, (TxnId, u32)>,
+    /// Per transaction, the keys (first messages) of its pending-ack records here.
+    txn_records: HashMap<TxnId, BTreeSet<MessageId>>,
+    /// Messages in ack writes under way: their transaction, and how many of its writes.
+    txn_acks_writing: HashMap<MessageId, (TxnId, usize)>,
     /// Per transaction, ack writes under way (their records may land after a settlement).
     txn_ack_writes: HashMap<TxnId, usize>,
     /// Transactions whose acks are being settled here; `true`: look again when done.
@@ -270,6 +274,8 @@ impl Subscription {
                 messages_per_entry: 1,
                 read_committed: true,
                 txn_acks: BTreeMap::new(),
+                txn_records: HashMap::new(),
+                txn_acks_writing: HashMap::new(),
                 txn_ack_writes: HashMap::new(),
                 txn_settling: HashMap::new(),
                 txn_marked: HashSet::new(),

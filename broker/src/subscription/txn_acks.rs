@@ -4,14 +4,17 @@
 //! `TransactionConflict`. On commit the acks go into the cursor (and the pending records are
 //! deleted once the cursor is durable); on abort the messages are delivered again.
 //!
-//! Each pending ack is a metastore record created only if absent, so the conflict rule also
-//! holds across a failover, and the next owner of the topic finds them all.
+//! Each ack write stores one pending-ack record holding all its messages, keyed by the
+//! first. Only the topic's owner writes them (each write compares the managed-ledger
+//! record, which every new owner rewrites before loading its subscriptions): so the owner
+//! holds every pending ack in memory, the conflict rule holds there, and the next owner
+//! finds them all.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use strata_metastore::Expect;
-use strata_metastore::tables::{CursorKey, PendingAck, TableError, Tables, TxnState};
+use strata_metastore::tables::{CursorKey, HeldAck, PendingAck, TableError, Tables, TxnState};
 use strata_metastore::txn_coordinator::TxnCoordinator;
 use strata_metastore::types::Txn;
 use strata_proto::{MessageId, TxnId};
@@ -78,6 +81,11 @@ impl Subscription {
                     Some((t, _)) => return Err(conflict(id, *t)),
                     None => {}
                 }
+                // Records are not keyed per message: the check against writes under way is
+                // what keeps two transactions from holding one message.
+                if let Some((t, _)) = st.txn_acks_writing.get(&id).filter(|(t, _)| *t != txn) {
+                    return Err(conflict(id, *t));
+                }
                 let batch_size = st
                     .pending
                     .get(&id.position())
@@ -88,6 +96,9 @@ impl Subscription {
             }
             if !new.is_empty() {
                 *st.txn_ack_writes.entry(txn).or_default() += 1;
+                for id in new.keys() {
+                    st.txn_acks_writing.entry(*id).or_insert((txn, 0)).1 += 1;
+                }
             }
             new
         };
@@ -113,12 +124,21 @@ impl Subscription {
             let mut st = self.state.lock().await;
             match &written {
                 // The write may have landed: its records would be held by nobody here, so the
-                // transaction's mark stays (counted as a write under way) until the next load.
+                // transaction's mark stays (counted as a write under way) until the next load,
+                // and no other transaction may acknowledge these messages before then.
                 Err(AckWriteError {
                     maybe_written: true,
                     ..
                 }) => {}
                 outcome => {
+                    for id in new.keys() {
+                        if let Some((_, writes)) = st.txn_acks_writing.get_mut(id) {
+                            *writes -= 1;
+                            if *writes == 0 {
+                                st.txn_acks_writing.remove(id);
+                            }
+                        }
+                    }
                     if let Some(n) = st.txn_ack_writes.get_mut(&txn) {
                         *n -= 1;
                         if *n == 0 {
@@ -127,6 +147,9 @@ impl Subscription {
                     }
                     if outcome.is_ok() {
                         st.txn_marked.insert(txn);
+                        if let Some(first) = new.keys().next() {
+                            st.txn_records.entry(txn).or_default().insert(*first);
+                        }
                         for (id, batch_size) in new {
                             hold_for_txn(&mut st, id, txn, batch_size);
                         }
@@ -166,9 +189,9 @@ impl Subscription {
         None
     }
 
-    /// Writes the pending-ack records of `new` (registering the subscription in the
+    /// Writes the pending-ack record of `new` (registering the subscription in the
     /// transaction if it is new there) in one metastore write, guarded by the transaction's
-    /// record.
+    /// record and by this broker still owning the topic.
     async fn write_txn_acks(
         &self,
         txn: TxnId,
@@ -178,6 +201,25 @@ impl Subscription {
     ) -> Result<(), AckWriteError> {
         let cursor = CursorKey::new(self.topic.clone(), &self.name);
         let t = &self.tables;
+        let mut acks = new.iter().map(|(id, batch_size)| HeldAck {
+            id: *id,
+            batch_size: *batch_size,
+        });
+        let Some(first) = acks.next() else {
+            return Ok(());
+        };
+        let key = (cursor, first.id);
+        let record = PendingAck {
+            txn,
+            batch_size: first.batch_size,
+            more: acks.collect(),
+        };
+        let put = t
+            .pending_acks
+            .put_op(&key, &record)
+            .map_err(AckWriteError::not_written)?;
+        // Our own rollovers move the log's record too: a few compares may fail on them.
+        let mut log_moves_left = 3;
         loop {
             // Registers the subscription (if new) and holds the acks in one write, which
             // succeeds only while the record is as read: never into a decided transaction.
@@ -185,21 +227,15 @@ impl Subscription {
                 .ack_guard(txn, client, &self.topic, &self.name)
                 .await
                 .map_err(AckWriteError::not_written)?;
-            let mut compares = vec![guard.compare];
-            let mut success: Vec<_> = guard.register.into_iter().collect();
-            for (id, batch_size) in new {
-                let key = (cursor.clone(), *id);
-                compares.push(t.pending_acks.version_is(&key, Expect::Absent));
-                let ack = PendingAck {
-                    txn,
-                    batch_size: *batch_size,
-                };
-                success.push(
-                    t.pending_acks
-                        .put_op(&key, &ack)
-                        .map_err(AckWriteError::not_written)?,
-                );
-            }
+            let log_version = self.ml.record_version().await;
+            let compares = vec![
+                guard.compare,
+                t.pending_acks.version_is(&key, Expect::Absent),
+                t.managed_ledgers
+                    .version_is(&self.topic, Expect::Version(log_version)),
+            ];
+            let mut success = guard.register;
+            success.push(put.clone());
             let txn_write = Txn {
                 compares,
                 success,
@@ -224,8 +260,24 @@ impl Subscription {
             if version != guard.version {
                 continue; // the record changed (another participant, or a decision): again
             }
-            // Another transaction holds one of them (through another broker, before a
-            // failover): name it if it is known here.
+            if self.ml.record_version().await != log_version && log_moves_left > 0 {
+                log_moves_left -= 1;
+                continue;
+            }
+            let stored_log = t
+                .managed_ledgers
+                .get(&self.topic)
+                .await
+                .map_err(AckWriteError::not_written)?
+                .map(|row| row.version);
+            if stored_log != Some(log_version) {
+                return Err(AckWriteError::not_written(BrokerError::Retry(format!(
+                    "the log of {} changed under this broker: another may own it",
+                    self.topic
+                ))));
+            }
+            // The record's key is taken: by a transaction whose record was left behind
+            // (its settlement failed), or held here by another one.
             let held = self.state.lock().await;
             let other = new
                 .keys()
@@ -268,17 +320,23 @@ impl Subscription {
     async fn settle_txn_acks(&self, txn: TxnId, committed: bool) {
         // The subscription's mark of the transaction goes with its last records, unless an
         // ack write is still under way (that write settles again and takes the mark then).
-        let held = |st: &SubState| -> (Vec<(MessageId, u32)>, bool) {
+        // Every message held is in one of the records taken here: both are added together.
+        let held = |st: &SubState| -> (Vec<(MessageId, u32)>, Vec<MessageId>, bool) {
             let ids = st
                 .txn_acks
                 .iter()
                 .filter(|(_, (t, _))| *t == txn)
                 .map(|(id, (_, size))| (*id, *size))
                 .collect();
+            let records = st
+                .txn_records
+                .get(&txn)
+                .map(|keys| keys.iter().copied().collect())
+                .unwrap_or_default();
             let last = !st.txn_ack_writes.contains_key(&txn) && st.txn_marked.contains(&txn);
-            (ids, last)
+            (ids, records, last)
         };
-        let (mut ids, last) = held(&*self.state.lock().await);
+        let (mut ids, records, last) = held(&*self.state.lock().await);
         if ids.is_empty() {
             if last {
                 self.delete_txn_ack_records(txn, &[], true).await;
@@ -290,7 +348,7 @@ impl Subscription {
             // redelivered message in a new transaction must not find the aborted one's
             // record and be refused as a conflict. Only those: acks held meanwhile are for
             // the next pass.
-            self.delete_txn_ack_records(txn, &ids, last).await;
+            self.delete_txn_ack_records(txn, &records, last).await;
         }
         let seq = {
             let mut st = self.state.lock().await;
@@ -332,20 +390,33 @@ impl Subscription {
         // finds them and applies them again (acks are idempotent).
         if let Err(e) = self.wait_durable(seq).await {
             warn!(subscription = %self.name, error = %e, "committed acks not durable yet; records kept");
-            // The mark stays with them, for the next load of the subscription.
-            self.state.lock().await.txn_marked.remove(&txn);
+            // The records and the mark stay, for the next load of the subscription.
+            let mut st = self.state.lock().await;
+            st.txn_marked.remove(&txn);
+            st.txn_records.remove(&txn);
             return;
         }
-        self.delete_txn_ack_records(txn, &ids, last).await;
+        self.delete_txn_ack_records(txn, &records, last).await;
     }
 
-    /// Deletes the pending-ack records of `ids` here, all of `txn`, and with `last` the mark
-    /// saying this subscription has acks in `txn`.
-    async fn delete_txn_ack_records(&self, txn: TxnId, ids: &[(MessageId, u32)], last: bool) {
+    /// Deletes the pending-ack records `records` (their keys) here, all of `txn`, and with
+    /// `last` the mark saying this subscription has acks in `txn`.
+    async fn delete_txn_ack_records(&self, txn: TxnId, records: &[MessageId], last: bool) {
         let cursor = CursorKey::new(self.topic.clone(), &self.name);
-        let records = ids.iter().map(|(id, _)| *id);
+        {
+            // Settled whatever the outcome: records left behind are found by the next load.
+            let mut st = self.state.lock().await;
+            if let Some(keys) = st.txn_records.get_mut(&txn) {
+                for key in records {
+                    keys.remove(key);
+                }
+                if keys.is_empty() {
+                    st.txn_records.remove(&txn);
+                }
+            }
+        }
         let mark = last.then_some(txn);
-        match delete_records(&self.tables, &cursor, records, mark).await {
+        match delete_records(&self.tables, &cursor, records.iter().copied(), mark).await {
             Ok(()) if last => {
                 self.state.lock().await.txn_marked.remove(&txn);
             }
@@ -442,17 +513,17 @@ const READ_BACK_PAUSE: std::time::Duration = std::time::Duration::from_millis(10
 /// Pending-ack records per metastore write.
 const DELETE_CHUNK: usize = 128;
 
-/// Deletes the pending-ack records `ids` of `cursor`, then the marks of `settled` (their
-/// last records among them), in a few metastore writes: the marks go in the last one, so
-/// a failure part way leaves them for the next owner to find.
+/// Deletes the pending-ack records keyed `keys` of `cursor`, then the marks of `settled`
+/// (their last records among them), in a few metastore writes: the marks go in the last
+/// one, so a failure part way leaves them for the next owner to find.
 async fn delete_records(
     tables: &Tables,
     cursor: &CursorKey,
-    ids: impl Iterator<Item = MessageId>,
+    keys: impl Iterator<Item = MessageId>,
     settled: impl IntoIterator<Item = TxnId>,
 ) -> Result<(), BrokerError> {
-    let mut ops: Vec<_> = ids
-        .map(|id| tables.pending_acks.delete_op(&(cursor.clone(), id)))
+    let mut ops: Vec<_> = keys
+        .map(|key| tables.pending_acks.delete_op(&(cursor.clone(), key)))
         .collect();
     ops.extend(
         settled
@@ -508,8 +579,8 @@ impl Subscription {
     }
 }
 
-/// What loading a subscription found already decided: pending-ack records to delete, and
-/// the transactions whose marks go with them.
+/// What loading a subscription found already decided: pending-ack records (their keys) to
+/// delete, and the transactions whose marks go with them.
 struct Settled {
     records: Vec<MessageId>,
     txns: BTreeSet<TxnId>,
@@ -533,20 +604,26 @@ async fn restore(
         records: Vec::new(),
         txns: BTreeSet::new(),
     };
-    for ((_, id), row) in tables.pending_acks.list(cursor).await? {
-        let ack = row.record;
-        match state_of(ack.txn).await? {
+    for ((_, key), row) in tables.pending_acks.list(cursor).await? {
+        let record = row.record;
+        let txn = record.txn;
+        match state_of(txn).await? {
             Some(TxnState::Open) => {
-                st.txn_acks.insert(id, (ack.txn, ack.batch_size));
-                st.txn_marked.insert(ack.txn);
+                for ack in record.acks(key) {
+                    st.txn_acks.insert(ack.id, (txn, ack.batch_size));
+                }
+                st.txn_records.entry(txn).or_default().insert(key);
+                st.txn_marked.insert(txn);
             }
             Some(TxnState::Committed) => {
-                st.cursor.ack_individual(id, ack.batch_size);
-                settled.records.push(id);
+                for ack in record.acks(key) {
+                    st.cursor.ack_individual(ack.id, ack.batch_size);
+                }
+                settled.records.push(key);
             }
             // Aborted or timed out. (Never forgotten: a transaction's record is kept while
             // a subscription mark of it is, and the mark goes with its last pending ack.)
-            _ => settled.records.push(id),
+            _ => settled.records.push(key),
         }
     }
     // Marks of decided transactions: their records are deleted with them (or were, before

@@ -81,8 +81,8 @@ pub use txn_checks::{CheckMark, TxnChecks};
 pub use txn_cleanup::{DecidedMark, SkippedRange, TxnAborts, TxnDecided, TxnSubMark, TxnSubs};
 pub use txn_producers::{ProducerEpoch, TxnProducerRecord, TxnProducers};
 pub use txns::{
-    CheckSchedule, DeadlineMark, Decided, PendingAck, PendingAcks, TxnDeadlines, TxnPartition,
-    TxnPartitionMark, TxnPartitions, TxnRecord, TxnRuleError, TxnState, Txns,
+    CheckSchedule, DeadlineMark, Decided, HeldAck, PendingAck, PendingAcks, TxnDeadlines,
+    TxnPartition, TxnPartitionMark, TxnPartitions, TxnRecord, TxnRuleError, TxnState, Txns,
 };
 
 use crate::Meta;

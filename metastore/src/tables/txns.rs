@@ -7,8 +7,10 @@
 //! - `/txn-partitions/<tenant>/<ns>/<topic>/<id, 20 digits>` → [`TxnPartitionMark`]: the
 //!   transactions that wrote to a partition, so its next owner finds them after a failover.
 //! - `/txn-acks/<tenant>/<ns>/<topic>/<subscription>/<ledger>-<entry>-<index>` →
-//!   [`PendingAck`]: a message acknowledged in a transaction not yet applied to the cursor.
-//!   Created only if absent, so two transactions cannot hold the same message.
+//!   [`PendingAck`]: the messages one ack write held in a transaction, not yet applied to
+//!   the cursor, keyed by the first of them. Written only by the topic's owner (compared
+//!   against its managed-ledger record), which holds every one of them in memory and so
+//!   refuses a second transaction acknowledging the same message.
 //!
 //! The decision of a transaction is one compare-and-set of its record (one Raft entry):
 //! every participant learns it from that record. A transaction's record only moves forward,
@@ -24,7 +26,7 @@ use strata_proto::{MessageId, Position, TopicName, TxnId};
 use super::cursors::CursorKey;
 use super::txn_producers::ProducerEpoch;
 
-use super::{JsonRecord, Listing, Schema};
+use super::{DecodeError, JsonRecord, Listing, Schema};
 
 pub const PREFIX: &str = "/txns/";
 pub const DEADLINE_PREFIX: &str = "/txn-deadlines/";
@@ -532,16 +534,78 @@ impl Listing for TxnPartitions {
     }
 }
 
-/// A message acknowledged in `txn`, applied to the cursor if it commits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Messages acknowledged in `txn` by one ack write, applied to the cursor if it commits.
+/// The record's key names the first; the others follow in `more`. One record per write
+/// rather than per message: a transaction acknowledging 100 messages costs one key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PendingAck {
     pub txn: TxnId,
-    /// Messages in the message's entry (to acknowledge one index of a batch).
+    /// Messages in the keyed message's entry (to acknowledge one index of a batch).
     pub batch_size: u32,
+    /// The write's other messages.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more: Vec<HeldAck>,
+}
+
+impl PendingAck {
+    /// Every message the record holds, `first` being the one its key names.
+    pub fn acks(&self, first: MessageId) -> impl Iterator<Item = HeldAck> + '_ {
+        let keyed = HeldAck {
+            id: first,
+            batch_size: self.batch_size,
+        };
+        std::iter::once(keyed).chain(self.more.iter().copied())
+    }
 }
 
 impl JsonRecord for PendingAck {
-    const FORMAT_VERSION: u32 = 1;
+    /// 2: `more` (format 1 held one message per record).
+    const FORMAT_VERSION: u32 = 2;
+
+    fn upgrade(version: u32, raw: &[u8]) -> Result<Self, DecodeError> {
+        match version {
+            // The same fields, without `more`.
+            1 => serde_json::from_slice(raw).map_err(|e| DecodeError::Malformed(e.to_string())),
+            found => Err(DecodeError::UnsupportedVersion {
+                found,
+                supported: Self::FORMAT_VERSION,
+            }),
+        }
+    }
+}
+
+/// A message held by a pending-ack record, with its entry's batch size. Stored as
+/// `[ledger, entry, index, batch size]`, so that a record of many stays small.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "[u64; 4]", try_from = "[u64; 4]")]
+pub struct HeldAck {
+    pub id: MessageId,
+    pub batch_size: u32,
+}
+
+impl From<HeldAck> for [u64; 4] {
+    fn from(a: HeldAck) -> Self {
+        let id = a.id;
+        [
+            id.ledger.0,
+            id.entry.0,
+            u64::from(id.batch_index),
+            u64::from(a.batch_size),
+        ]
+    }
+}
+
+impl TryFrom<[u64; 4]> for HeldAck {
+    type Error = String;
+
+    fn try_from([ledger, entry, index, size]: [u64; 4]) -> Result<Self, String> {
+        let small =
+            |n: u64, what: &str| u32::try_from(n).map_err(|_| format!("{what} {n} too big"));
+        Ok(HeldAck {
+            id: MessageId::new(ledger, entry, small(index, "batch index")?),
+            batch_size: small(size, "batch size")?,
+        })
+    }
 }
 
 /// The pending acks of each subscription: keyed by (cursor, message), listed per cursor.
@@ -608,6 +672,53 @@ mod tests {
             Ok(true)
         );
         t
+    }
+
+    /// A pending-ack record holds every message of its write, the keyed one first, in a
+    /// compact form; a record written before `more` existed reads as its one message.
+    #[test]
+    fn pending_ack_records_hold_their_whole_write() {
+        use crate::tables::Record;
+        let first = MessageId::new(3, 10, 0);
+        let more = vec![
+            HeldAck {
+                id: MessageId::new(3, 11, 2),
+                batch_size: 5,
+            },
+            HeldAck {
+                id: MessageId::new(4, 0, 0),
+                batch_size: 1,
+            },
+        ];
+        let record = PendingAck {
+            txn: ID,
+            batch_size: 1,
+            more: more.clone(),
+        };
+        let raw = record.encode().expect("encode");
+        let text = std::str::from_utf8(&raw).expect("json");
+        assert!(text.contains("[3,11,2,5]"), "compact: {text}");
+        let back = PendingAck::decode(&raw).expect("decode");
+        assert_eq!(back, record);
+        let all: Vec<HeldAck> = back.acks(first).collect();
+        assert_eq!(all.len(), 3);
+        assert_eq!(all[0].id, first);
+        assert_eq!(&all[1..], &more[..]);
+
+        let v1 = br#"{"format_version":1,"txn":7,"batch_size":4}"#;
+        let old = PendingAck::decode(v1).expect("format 1");
+        assert_eq!(
+            old.acks(first)
+                .map(|a| (a.id, a.batch_size))
+                .collect::<Vec<_>>(),
+            vec![(first, 4)]
+        );
+
+        let too_big = br#"{"format_version":2,"txn":7,"batch_size":1,"more":[[1,2,4294967296,1]]}"#;
+        assert!(
+            PendingAck::decode(too_big).is_err(),
+            "a batch index beyond u32 is refused"
+        );
     }
 
     /// A partition is registered once: the second write of the same partition changes
