@@ -16,7 +16,10 @@ use std::sync::{Arc, RwLock};
 use bytes::Bytes;
 use strata_bookie::{LedgerClient, LedgerConfig, LedgerReader, LedgerWriter};
 use strata_metastore::Expect;
-use strata_metastore::tables::{LedgerInfo, ManagedLedgerRecord, RetentionPolicy, Tables, now_ms};
+use strata_metastore::tables::{
+    LedgerInfo, ManagedLedgerRecord, RetentionPolicy, TableError, Tables, now_ms,
+};
+use strata_metastore::types::{Txn, TxnOp};
 use strata_proto::{EntryId, LedgerId, Position, TopicName};
 use tokio::sync::{Mutex, watch};
 use tracing::{info, instrument, warn};
@@ -386,6 +389,31 @@ impl ManagedLedger {
     /// once another broker has taken the log over.
     pub async fn record_version(&self) -> u64 {
         self.write.lock().await.record_version
+    }
+
+    /// Writes `ops` in one metastore transaction, only while this broker still holds the
+    /// log: compared against the log's record, which every new owner rewrites on open.
+    pub async fn write_as_owner(&self, ops: Vec<TxnOp>) -> Result<(), BrokerError> {
+        let t = &self.tables;
+        // A rollover or trim of our own may move the version between the read and the write.
+        for _ in 0..3 {
+            let version = self.record_version().await;
+            let txn = Txn {
+                compares: vec![
+                    t.managed_ledgers
+                        .version_is(&self.topic, Expect::Version(version)),
+                ],
+                success: ops.clone(),
+                failure: Vec::new(),
+            };
+            if t.meta().txn(txn).await.map_err(TableError::from)?.succeeded {
+                return Ok(());
+            }
+        }
+        Err(BrokerError::Retry(format!(
+            "the log of {} changed under this broker: another may own it",
+            self.topic
+        )))
     }
 
     /// The start of the log's first ledger: every entry before it is deleted.

@@ -519,7 +519,8 @@ impl Subscription {
         id: MessageId,
         cumulative: bool,
     ) -> Result<bool, BrokerError> {
-        if let Some((txn, _)) = st.txn_acks.get(&id) {
+        let held = st.txn_acks.get(&id).map(|(txn, _)| txn);
+        if let Some(txn) = held.or(st.txn_acks_writing.get(&id).map(|(txn, _)| txn)) {
             return Err(BrokerError::Txn(
                 strata_metastore::txn_coordinator::CoordinatorError::Conflict(format!(
                     "{id} is acknowledged in {txn}, still open"

@@ -7,11 +7,11 @@ use bytes::Bytes;
 use prost::Message as _;
 use strata_metastore::Expect;
 use strata_metastore::tables::{
-    BacklogQuota, BacklogQuotaPolicy, DedupRecord, LedgerInfo, TableError, Tables, TxnRecord,
-    TxnRuleError, TxnState, now_ms,
+    BacklogQuota, BacklogQuotaPolicy, DedupRecord, LedgerInfo, Tables, TxnRecord, TxnRuleError,
+    TxnState, now_ms,
 };
 use strata_metastore::txn_coordinator::{CoordinatorError, TxnCoordinator};
-use strata_metastore::types::{Txn, TxnOp};
+use strata_metastore::types::TxnOp;
 use strata_proto::pb::client::{InitialPosition, Message, StoredBatch};
 use strata_proto::{Position, TopicName, TxnId};
 use tokio::sync::Mutex;
@@ -553,26 +553,7 @@ impl Topic {
     /// Writes `ops` in one metastore transaction, only while this broker still holds the
     /// topic's log (a former owner must not overwrite what the new one settled).
     async fn write_as_owner(&self, ops: Vec<TxnOp>) -> Result<(), BrokerError> {
-        let t = &self.tables;
-        // A rollover or trim of our own may move the version between the read and the write.
-        for _ in 0..3 {
-            let version = self.ml.record_version().await;
-            let txn = Txn {
-                compares: vec![
-                    t.managed_ledgers
-                        .version_is(&self.name, Expect::Version(version)),
-                ],
-                success: ops.clone(),
-                failure: Vec::new(),
-            };
-            if t.meta().txn(txn).await.map_err(TableError::from)?.succeeded {
-                return Ok(());
-            }
-        }
-        Err(BrokerError::Retry(format!(
-            "the log of {} changed under this broker: another may own it",
-            self.name
-        )))
+        self.ml.write_as_owner(ops).await
     }
 
     /// For the metrics: how many transactions are open here, and the age (ms) of the oldest.

@@ -454,6 +454,99 @@ async fn acks_commit_with_the_output_and_come_back_on_abort() {
     stop_all(brokers, cluster).await;
 }
 
+/// Pending acks are stored one record per ack write. After a failover (the namespace
+/// unloaded) every message of every record is held again, not only the one naming the
+/// record: none is delivered while its transaction is open, a rival transaction is refused
+/// any of them, an abort delivers its own again, a commit applies them all, and no record is
+/// left once both are settled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_acks_of_many_messages_are_held_across_a_failover() {
+    let (_dir, cluster, brokers) = start().await;
+    let client = client_of_all(&brokers).await;
+    let input = "persistent://public/default/txn-in-many";
+    let producer = client.producer(input).create().await.expect("producer");
+    for i in 0..40 {
+        producer.send(format!("in-{i:02}")).await.expect("stored");
+    }
+    let mut worker = subscribe_earliest(&client, input, "workers").await;
+    let mut ids = Vec::new();
+    for _ in 0..30 {
+        ids.push(next(&mut worker).await.id);
+    }
+    let kept = client.new_transaction().begin().await.expect("begin");
+    worker.ack_all_in(&kept, &ids[0..20]).await.expect("ack");
+    worker.ack_all_in(&kept, &ids[20..25]).await.expect("ack");
+    let dropped = client.new_transaction().begin().await.expect("begin");
+    worker
+        .ack_all_in(&dropped, &ids[25..30])
+        .await
+        .expect("ack");
+    worker.close().await.expect("close");
+    client
+        .unload_namespace("public/default")
+        .await
+        .expect("unload");
+
+    // Loaded afresh: only the ten messages no transaction holds are delivered.
+    let mut worker = subscribe_earliest(&client, input, "workers").await;
+    let texts = |ms: &[strata_client::ReceivedMessage]| -> Vec<String> {
+        let mut t: Vec<String> = ms
+            .iter()
+            .map(|m| String::from_utf8(m.payload.to_vec()).expect("utf8"))
+            .collect();
+        t.sort();
+        t
+    };
+    let mut free = Vec::new();
+    for _ in 0..10 {
+        free.push(next(&mut worker).await);
+    }
+    let expected: Vec<String> = (30..40).map(|i| format!("in-{i:02}")).collect();
+    assert_eq!(texts(&free), expected, "held messages are not delivered");
+
+    // A message inside a record (not the one naming it) is held as well.
+    let rival = client.new_transaction().begin().await.expect("begin");
+    assert_eq!(
+        code(worker.ack_in(&rival, ids[22]).await),
+        Some(ErrorCode::TransactionConflict)
+    );
+
+    dropped.abort().await.expect("abort");
+    let mut again = Vec::new();
+    for _ in 0..5 {
+        again.push(next(&mut worker).await);
+    }
+    let expected: Vec<String> = (25..30).map(|i| format!("in-{i:02}")).collect();
+    assert_eq!(
+        texts(&again),
+        expected,
+        "the aborted acks' messages come back"
+    );
+    kept.commit().await.expect("commit");
+    for m in free.iter().chain(&again) {
+        worker.ack(m.id).await.expect("ack");
+    }
+    worker.close().await.expect("close");
+
+    let mut worker = subscribe_earliest(&client, input, "workers").await;
+    producer.send("after").await.expect("stored");
+    let m = next(&mut worker).await;
+    assert_eq!(&m.payload[..], b"after", "every committed ack was applied");
+
+    let meta = cluster.meta.clone();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while !meta.scan("/txn-acks/").await.expect("scan").is_empty() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("every pending-ack record deleted once settled");
+    worker.close().await.expect("close");
+    producer.close().await.expect("close");
+    client.close().await;
+    stop_all(brokers, cluster).await;
+}
+
 /// Decided transactions are forgotten once every participant has settled them: no record,
 /// partition mark, subscription mark, pending ack or decided mark is left, only the aborted
 /// one's skipped range. A partition loaded afresh (the namespace unloaded) still skips the

@@ -25,6 +25,7 @@ use strata_proto::pb::client::SubscriptionType;
 
 use super::{Redelivery, SubState, Subscription};
 use crate::BrokerError;
+use crate::managed_ledger::ManagedLedger;
 
 impl Subscription {
     /// Acknowledges `ids` in `client`'s transaction `txn`, as one metastore write. With
@@ -105,21 +106,7 @@ impl Subscription {
         if new.is_empty() {
             return Ok(());
         }
-        let written = match self.write_txn_acks(txn, client, &new, coordinator).await {
-            // The answer was lost: the records (all or none, one write) tell.
-            Err(AckWriteError {
-                error,
-                maybe_written: true,
-            }) => match self.landed(txn, &new).await {
-                Some(true) => Ok(()),
-                Some(false) => Err(AckWriteError::not_written(error)),
-                None => Err(AckWriteError {
-                    error,
-                    maybe_written: true,
-                }),
-            },
-            other => other,
-        };
+        let written = self.write_txn_acks(txn, client, &new, coordinator).await;
         {
             let mut st = self.state.lock().await;
             match &written {
@@ -176,17 +163,33 @@ impl Subscription {
         written.map_err(|e| e.error)
     }
 
-    /// Whether the records of an ack write whose answer was lost exist (`None`: cannot tell).
-    async fn landed(&self, txn: TxnId, new: &BTreeMap<MessageId, u32>) -> Option<bool> {
-        let id = *new.keys().next()?;
-        let key = (CursorKey::new(self.topic.clone(), &self.name), id);
+    /// Settles an ack write whose answer was lost by sending the same write again. With the
+    /// same compares at most one of the two applies (the Raft log orders them, and the first
+    /// to apply fails the other's compare on the record's key), so when the resend fails,
+    /// the stored record says whether the first one landed.
+    async fn resolve_lost_write(
+        &self,
+        write: Txn,
+        key: &(CursorKey, MessageId),
+        record: &PendingAck,
+        error: BrokerError,
+    ) -> Result<(), AckWriteError> {
         for attempt in 1..=READ_BACK_ATTEMPTS {
-            match self.tables.pending_acks.get(&key).await {
-                Ok(row) => return Some(row.is_some_and(|r| r.record.txn == txn)),
-                Err(_) => tokio::time::sleep(READ_BACK_PAUSE * attempt).await,
+            tokio::time::sleep(READ_BACK_PAUSE * attempt).await;
+            match self.tables.meta().txn(write.clone()).await {
+                Ok(resent) if resent.succeeded => return Ok(()),
+                Ok(_) => match self.tables.pending_acks.get(key).await {
+                    Ok(Some(row)) if row.record == *record => return Ok(()),
+                    Ok(_) => return Err(AckWriteError::not_written(error)),
+                    Err(_) => {}
+                },
+                Err(_) => {}
             }
         }
-        None
+        Err(AckWriteError {
+            error,
+            maybe_written: true,
+        })
     }
 
     /// Writes the pending-ack record of `new` (registering the subscription in the
@@ -241,13 +244,13 @@ impl Subscription {
                 success,
                 failure: Vec::new(),
             };
-            let written = match t.meta().txn(txn_write).await {
+            let written = match t.meta().txn(txn_write.clone()).await {
                 Ok(written) => written,
                 Err(e) => {
-                    return Err(AckWriteError {
-                        error: TableError::from(e).into(),
-                        maybe_written: true,
-                    });
+                    let error = TableError::from(e).into();
+                    return self
+                        .resolve_lost_write(txn_write, &key, &record, error)
+                        .await;
                 }
             };
             if written.succeeded {
@@ -416,7 +419,8 @@ impl Subscription {
             }
         }
         let mark = last.then_some(txn);
-        match delete_records(&self.tables, &cursor, records.iter().copied(), mark).await {
+        let keys = records.iter().copied();
+        match delete_records(&self.tables, &self.ml, &cursor, keys, mark).await {
             Ok(()) if last => {
                 self.state.lock().await.txn_marked.remove(&txn);
             }
@@ -518,6 +522,7 @@ const DELETE_CHUNK: usize = 128;
 /// one, so a failure part way leaves them for the next owner to find.
 async fn delete_records(
     tables: &Tables,
+    ml: &ManagedLedger,
     cursor: &CursorKey,
     keys: impl Iterator<Item = MessageId>,
     settled: impl IntoIterator<Item = TxnId>,
@@ -530,13 +535,10 @@ async fn delete_records(
             .into_iter()
             .map(|txn| tables.txn_subs.delete_op(&(cursor.clone(), txn))),
     );
+    // Only while this broker holds the topic: a former owner settling late must not delete
+    // a record the new one wrote under the same key.
     for chunk in ops.chunks(DELETE_CHUNK) {
-        let txn = Txn {
-            compares: Vec::new(),
-            success: chunk.to_vec(),
-            failure: Vec::new(),
-        };
-        tables.meta().txn(txn).await.map_err(TableError::from)?;
+        ml.write_as_owner(chunk.to_vec()).await?;
     }
     Ok(())
 }
@@ -573,7 +575,8 @@ impl Subscription {
     /// Deletes what loading found settled; a failure leaves it for the next load.
     async fn delete_settled(&self, cursor: &CursorKey, settled: Settled) {
         let records = settled.records.into_iter();
-        if let Err(e) = delete_records(&self.tables, cursor, records, settled.txns).await {
+        if let Err(e) = delete_records(&self.tables, &self.ml, cursor, records, settled.txns).await
+        {
             warn!(topic = %self.topic, subscription = %self.name, error = %e, "settled pending acks not deleted");
         }
     }
