@@ -134,6 +134,9 @@ struct SubState {
     txn_records: HashMap<TxnId, BTreeSet<MessageId>>,
     /// Messages in ack writes under way: their transaction, and how many of its writes.
     txn_acks_writing: HashMap<MessageId, (TxnId, usize)>,
+    /// Transactions decided while an ack write of theirs was under way (`true`: committed):
+    /// the write settles them when it ends.
+    txn_decided_in_write: HashMap<TxnId, bool>,
     /// Per transaction, ack writes under way (their records may land after a settlement).
     txn_ack_writes: HashMap<TxnId, usize>,
     /// Transactions whose acks are being settled here; `true`: look again when done.
@@ -276,6 +279,7 @@ impl Subscription {
                 txn_acks: BTreeMap::new(),
                 txn_records: HashMap::new(),
                 txn_acks_writing: HashMap::new(),
+                txn_decided_in_write: HashMap::new(),
                 txn_ack_writes: HashMap::new(),
                 txn_settling: HashMap::new(),
                 txn_marked: HashSet::new(),

@@ -164,7 +164,8 @@ async fn run_pass(
                         // The commit waits for these to be stored.
                         drop(producer.send_async_in(&t, out).await?);
                     }
-                    consumer.ack_all_in(&t, &ids).await?;
+                    // The commit waits for the acks too: they overlap the sends.
+                    drop(consumer.ack_all_in_async(&t, &ids).await?);
                     let t2 = Instant::now();
                     t.commit().await?;
                     let mut l = latencies.lock().unwrap_or_else(|p| p.into_inner());

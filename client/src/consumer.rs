@@ -335,6 +335,22 @@ fn flow(permits: u32) -> ClientFrame {
     }
 }
 
+/// Resolves when the broker holds the acks of [`Consumer::ack_all_in_async`]: `Ok`, or the
+/// first error. Dropping it cancels nothing; the transaction's commit still waits for them.
+pub struct TxnAckFuture(oneshot::Receiver<Result<(), ClientError>>);
+
+impl std::future::Future for TxnAckFuture {
+    type Output = Result<(), ClientError>;
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|r| r.unwrap_or(Err(ClientError::Closed("consumer"))))
+    }
+}
+
 impl Consumer {
     pub fn topic(&self) -> &TopicName {
         &self.topic
@@ -449,18 +465,58 @@ impl Consumer {
         txn: &crate::Transaction,
         ids: &[MessageId],
     ) -> Result<(), ClientError> {
+        self.ack_all_in_async(txn, ids).await?.await
+    }
+
+    /// As [`Consumer::ack_all_in`], without waiting for the broker (Pulsar's
+    /// `acknowledgeAsync(ids, txn)`): returns once the requests are sent, with a future that
+    /// resolves when the broker holds the acks. The transaction's commit waits for them
+    /// whether or not the future is awaited, and if one fails the commit aborts it; so a
+    /// consume → produce step can overlap its acks with its sends.
+    pub async fn ack_all_in_async(
+        &mut self,
+        txn: &crate::Transaction,
+        ids: &[MessageId],
+    ) -> Result<TxnAckFuture, ClientError> {
         self.check_owner(txn)?;
         let mut by_part: BTreeMap<usize, Vec<MessageId>> = BTreeMap::new();
         for &id in ids {
             by_part.entry(self.part_index(id)?).or_default().push(id);
         }
+        let mut sent = Vec::with_capacity(by_part.len());
+        let mut refused = None;
         for (index, ids) in by_part {
             txn.send_started();
-            let outcome = self.parts[index].txn_ack(txn.id(), ids, false).await;
-            txn.send_settled("", outcome.as_ref().err().map(Err));
-            outcome?;
+            match self.parts[index].send_txn_ack(txn.id(), ids, false).await {
+                Ok(receipt) => sent.push(receipt),
+                Err(e) => {
+                    txn.send_settled("", Some(Err(&e)));
+                    refused = Some(e);
+                    break;
+                }
+            }
         }
-        Ok(())
+        // The receipts are settled by a task of their own, so the commit's count of
+        // outstanding acks is right even if the caller drops the future.
+        let (done, outcome) = oneshot::channel();
+        let settling = txn.clone();
+        tokio::spawn(async move {
+            let mut first_error = None;
+            for receipt in sent {
+                let outcome = receipt
+                    .await
+                    .unwrap_or(Err(ClientError::Closed("consumer")));
+                settling.send_settled("", outcome.as_ref().err().map(Err));
+                if let Err(e) = outcome {
+                    first_error.get_or_insert(e);
+                }
+            }
+            let _ = done.send(first_error.map_or(Ok(()), Err));
+        });
+        match refused {
+            Some(e) => Err(e),
+            None => Ok(TxnAckFuture(outcome)),
+        }
     }
 
     /// Acknowledges in a transaction every message up to and including `id` (of `id`'s
@@ -611,6 +667,19 @@ impl PartitionConsumer {
         ids: Vec<MessageId>,
         cumulative: bool,
     ) -> Result<(), ClientError> {
+        let receipt = self.send_txn_ack(txn, ids, cumulative).await?;
+        receipt
+            .await
+            .unwrap_or(Err(ClientError::Closed("consumer")))
+    }
+
+    /// Sends an ack in a transaction; the receipt resolves with the broker's answer.
+    async fn send_txn_ack(
+        &mut self,
+        txn: strata_proto::TxnId,
+        ids: Vec<MessageId>,
+        cumulative: bool,
+    ) -> Result<Receipt, ClientError> {
         let (request_id, rx) = self.await_receipt().await?;
         let ack = Ack {
             message_ids: ids.into_iter().map(Into::into).collect(),
@@ -622,7 +691,7 @@ impl PartitionConsumer {
             frame: Some(client_frame::Frame::Ack(ack)),
         };
         self.writer.lock().await.send(&frame).await?;
-        rx.await.unwrap_or(Err(ClientError::Closed("consumer")))
+        Ok(rx)
     }
 
     /// A new request id and the receiver of its AckReceipt.

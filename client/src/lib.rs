@@ -41,7 +41,7 @@ pub mod txn_checker;
 use std::sync::Arc;
 
 pub use connection::ClientOptions;
-pub use consumer::{Consumer, ConsumerBuilder, DeadLetterPolicy, ReceivedMessage};
+pub use consumer::{Consumer, ConsumerBuilder, DeadLetterPolicy, ReceivedMessage, TxnAckFuture};
 pub use error::ClientError;
 pub use producer::{OutgoingMessage, Producer, ProducerBuilder, SendFuture, UNKNOWN_MESSAGE_ID};
 pub use routing::TopicOwner;

@@ -454,6 +454,64 @@ async fn acks_commit_with_the_output_and_come_back_on_abort() {
     stop_all(brokers, cluster).await;
 }
 
+/// An ack sent without waiting (`ack_all_in_async`) is part of its transaction all the
+/// same: a conflicting one fails the rival's commit, and the commit waits for one nobody
+/// awaited, so it is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_sent_without_waiting_are_part_of_the_commit() {
+    let (_dir, cluster, brokers) = start().await;
+    let client = client_of_all(&brokers).await;
+    let input = "persistent://public/default/txn-in-async";
+    let producer = client.producer(input).create().await.expect("producer");
+    for i in 0..6 {
+        producer.send(format!("in-{i}")).await.expect("stored");
+    }
+    let mut worker = subscribe_earliest(&client, input, "workers").await;
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        ids.push(next(&mut worker).await.id);
+    }
+    let kept = client.new_transaction().begin().await.expect("begin");
+    let held = worker
+        .ack_all_in_async(&kept, &ids[0..3])
+        .await
+        .expect("sent");
+    held.await.expect("held");
+
+    let rival = client.new_transaction().begin().await.expect("begin");
+    let refused = worker
+        .ack_all_in_async(&rival, &ids[1..2])
+        .await
+        .expect("sent");
+    assert_eq!(code(refused.await), Some(ErrorCode::TransactionConflict));
+    assert_eq!(
+        code(rival.commit().await),
+        Some(ErrorCode::TransactionConflict),
+        "a failed ack, even one sent without waiting, fails the commit"
+    );
+
+    // Not awaited by anyone: the commit waits for it.
+    drop(
+        worker
+            .ack_all_in_async(&kept, &ids[3..4])
+            .await
+            .expect("sent"),
+    );
+    kept.commit().await.expect("commit");
+    worker.close().await.expect("close");
+    let mut worker = subscribe_earliest(&client, input, "workers").await;
+    let m = next(&mut worker).await;
+    assert_eq!(
+        &m.payload[..],
+        b"in-4",
+        "all four committed acks were applied"
+    );
+    worker.close().await.expect("close");
+    producer.close().await.expect("close");
+    client.close().await;
+    stop_all(brokers, cluster).await;
+}
+
 /// Pending acks are stored one record per ack write. After a failover (the namespace
 /// unloaded) every message of every record is held again, not only the one naming the
 /// record: none is delivered while its transaction is open, a rival transaction is refused

@@ -13,10 +13,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use strata_metastore::Expect;
 use strata_metastore::tables::{CursorKey, HeldAck, PendingAck, TableError, Tables, TxnState};
 use strata_metastore::txn_coordinator::TxnCoordinator;
 use strata_metastore::types::Txn;
+use strata_metastore::{Expect, MetaError};
 use strata_proto::{MessageId, TxnId};
 use tokio::time::Instant;
 use tracing::warn;
@@ -107,7 +107,7 @@ impl Subscription {
             return Ok(());
         }
         let written = self.write_txn_acks(txn, client, &new, coordinator).await;
-        {
+        let decided_meanwhile = {
             let mut st = self.state.lock().await;
             match &written {
                 // The write may have landed: its records would be held by nobody here, so the
@@ -134,31 +134,25 @@ impl Subscription {
                     }
                     if outcome.is_ok() {
                         st.txn_marked.insert(txn);
-                        if let Some(first) = new.keys().next() {
-                            st.txn_records.entry(txn).or_default().insert(*first);
-                        }
+                        let keys = new.keys().step_by(MAX_ACKS_PER_RECORD).copied();
+                        st.txn_records.entry(txn).or_default().extend(keys);
                         for (id, batch_size) in new {
                             hold_for_txn(&mut st, id, txn, batch_size);
                         }
                     }
                 }
             }
-        }
-        // A decision that came during the write found these acks not held yet, or left the
-        // mark to this write: settle now (settling again is harmless).
-        for attempt in 1..=READ_BACK_ATTEMPTS {
-            match coordinator.get(txn).await {
-                Ok(row) if !row.record.state.is_open() => {
-                    self.txn_acks_decided(txn, row.record.state.is_committed())
-                        .await;
-                    break;
-                }
-                Ok(_) => break,
-                Err(e) if attempt == READ_BACK_ATTEMPTS => {
-                    warn!(subscription = %self.name, %txn, error = %e, "transaction state unknown after an ack; settled when the subscription next loads");
-                }
-                Err(_) => tokio::time::sleep(READ_BACK_PAUSE * attempt).await,
+            let decided = st.txn_decided_in_write.get(&txn).copied();
+            if !st.txn_ack_writes.contains_key(&txn) {
+                st.txn_decided_in_write.remove(&txn);
             }
+            decided
+        };
+        // A decision that came during the write found these acks not held yet, or left the
+        // mark to this write (it was recorded then: a written ack registered the subscription,
+        // so the decision reaches it): settle now (settling again is harmless).
+        if let Some(committed) = decided_meanwhile {
+            self.txn_acks_decided(txn, committed).await;
         }
         written.map_err(|e| e.error)
     }
@@ -204,23 +198,22 @@ impl Subscription {
     ) -> Result<(), AckWriteError> {
         let cursor = CursorKey::new(self.topic.clone(), &self.name);
         let t = &self.tables;
-        let mut acks = new.iter().map(|(id, batch_size)| HeldAck {
-            id: *id,
-            batch_size: *batch_size,
-        });
-        let Some(first) = acks.next() else {
+        let records = pending_records(txn, new);
+        let Some((first_key, first_record)) = records.first().cloned() else {
             return Ok(());
         };
-        let key = (cursor, first.id);
-        let record = PendingAck {
-            txn,
-            batch_size: first.batch_size,
-            more: acks.collect(),
-        };
-        let put = t
-            .pending_acks
-            .put_op(&key, &record)
-            .map_err(AckWriteError::not_written)?;
+        let key = (cursor.clone(), first_key);
+        let mut puts = Vec::with_capacity(records.len());
+        let mut absent = Vec::with_capacity(records.len());
+        for (first, record) in &records {
+            let key = (cursor.clone(), *first);
+            absent.push(t.pending_acks.version_is(&key, Expect::Absent));
+            puts.push(
+                t.pending_acks
+                    .put_op(&key, record)
+                    .map_err(AckWriteError::not_written)?,
+            );
+        }
         // Our own rollovers move the log's record too: a few compares may fail on them.
         let mut log_moves_left = 3;
         loop {
@@ -231,14 +224,14 @@ impl Subscription {
                 .await
                 .map_err(AckWriteError::not_written)?;
             let log_version = self.ml.record_version().await;
-            let compares = vec![
+            let mut compares = vec![
                 guard.compare,
-                t.pending_acks.version_is(&key, Expect::Absent),
                 t.managed_ledgers
                     .version_is(&self.topic, Expect::Version(log_version)),
             ];
+            compares.extend(absent.iter().cloned());
             let mut success = guard.register;
-            success.push(put.clone());
+            success.extend(puts.iter().cloned());
             let txn_write = Txn {
                 compares,
                 success,
@@ -247,9 +240,21 @@ impl Subscription {
             let written = match t.meta().txn(txn_write.clone()).await {
                 Ok(written) => written,
                 Err(e) => {
+                    // Refused before it was proposed (too large, a bad key, no member): not
+                    // written. Otherwise the answer may be all that was lost.
+                    let maybe_applied = matches!(
+                        e,
+                        MetaError::OutcomeUnknown { .. }
+                            | MetaError::Raft(_)
+                            | MetaError::Storage(_)
+                            | MetaError::Closed
+                    );
                     let error = TableError::from(e).into();
+                    if !maybe_applied {
+                        return Err(AckWriteError::not_written(error));
+                    }
                     return self
-                        .resolve_lost_write(txn_write, &key, &record, error)
+                        .resolve_lost_write(txn_write, &key, &first_record, error)
                         .await;
                 }
             };
@@ -303,6 +308,10 @@ impl Subscription {
     pub async fn txn_acks_decided(&self, txn: TxnId, committed: bool) {
         {
             let mut st = self.state.lock().await;
+            if st.txn_ack_writes.contains_key(&txn) {
+                // Those writes settle again when they end (their acks are not held yet).
+                st.txn_decided_in_write.insert(txn, committed);
+            }
             if let Some(again) = st.txn_settling.get_mut(&txn) {
                 *again = true;
                 return;
@@ -436,7 +445,11 @@ impl Subscription {
     /// The transactions holding pending acks here.
     pub async fn txns_with_acks(&self) -> Vec<TxnId> {
         let st = self.state.lock().await;
+        // With those whose ack writes are under way: a decision found by a reconciliation
+        // must reach them too.
         let mut txns: Vec<TxnId> = st.txn_acks.values().map(|(t, _)| *t).collect();
+        txns.extend(st.txn_ack_writes.keys());
+        txns.sort();
         txns.dedup();
         txns
     }
@@ -508,6 +521,32 @@ impl AckWriteError {
             maybe_written: false,
         }
     }
+}
+
+/// Messages per pending-ack record: a large ack request is written as several records (in
+/// the same metastore write), each well under the metastore's largest value.
+const MAX_ACKS_PER_RECORD: usize = 4096;
+
+/// The pending-ack records of one ack write: `new` in chunks, each keyed by its first message.
+fn pending_records(txn: TxnId, new: &BTreeMap<MessageId, u32>) -> Vec<(MessageId, PendingAck)> {
+    let acks: Vec<HeldAck> = new
+        .iter()
+        .map(|(id, batch_size)| HeldAck {
+            id: *id,
+            batch_size: *batch_size,
+        })
+        .collect();
+    acks.chunks(MAX_ACKS_PER_RECORD)
+        .filter_map(|chunk| {
+            let (first, more) = chunk.split_first()?;
+            let record = PendingAck {
+                txn,
+                batch_size: first.batch_size,
+                more: more.to_vec(),
+            };
+            Some((first.id, record))
+        })
+        .collect()
 }
 
 /// Reads after an ack write, and the pause before the n-th retry (times n).
@@ -637,4 +676,37 @@ async fn restore(
         }
     }
     Ok(settled)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A large ack request is split into records of at most `MAX_ACKS_PER_RECORD` messages,
+    /// each keyed by its first; together they hold every message once, in order, and the
+    /// keys are the ones the write's caller records (every `MAX_ACKS_PER_RECORD`-th).
+    #[test]
+    fn a_large_ack_write_is_split_into_bounded_records() {
+        let txn = TxnId(9);
+        let new: BTreeMap<MessageId, u32> = (0..10_000u64)
+            .map(|e| (MessageId::new(1, e, 0), 1 + (e % 3) as u32))
+            .collect();
+        let records = pending_records(txn, &new);
+        let sizes: Vec<usize> = records
+            .iter()
+            .map(|(first, r)| r.acks(*first).count())
+            .collect();
+        assert_eq!(sizes, vec![4096, 4096, 1808]);
+        let keys: Vec<MessageId> = records.iter().map(|(first, _)| *first).collect();
+        let expected: Vec<MessageId> = new.keys().step_by(MAX_ACKS_PER_RECORD).copied().collect();
+        assert_eq!(keys, expected);
+        let held: Vec<(MessageId, u32)> = records
+            .iter()
+            .flat_map(|(first, r)| r.acks(*first).map(|a| (a.id, a.batch_size)))
+            .collect();
+        let all: Vec<(MessageId, u32)> = new.into_iter().collect();
+        assert_eq!(held, all);
+        assert!(records.iter().all(|(_, r)| r.txn == txn));
+        assert!(pending_records(txn, &BTreeMap::new()).is_empty());
+    }
 }
