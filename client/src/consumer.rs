@@ -351,6 +351,39 @@ impl std::future::Future for TxnAckFuture {
     }
 }
 
+/// A transactional ack counted as outstanding in its transaction: if the call sending it
+/// is dropped before it is handed over, it settles as failed, so the commit aborts rather
+/// than waiting forever.
+struct StartedAck {
+    txn: crate::Transaction,
+    armed: bool,
+}
+
+impl StartedAck {
+    fn new(txn: &crate::Transaction) -> Self {
+        txn.send_started();
+        Self {
+            txn: txn.clone(),
+            armed: true,
+        }
+    }
+
+    /// The transaction, for whoever settles the ack from now on.
+    fn hand_over(mut self) -> crate::Transaction {
+        self.armed = false;
+        self.txn.clone()
+    }
+}
+
+impl Drop for StartedAck {
+    fn drop(&mut self) {
+        if self.armed {
+            let cancelled = ClientError::Closed("transactional ack cancelled");
+            self.txn.send_settled("", Some(Err(&cancelled)));
+        }
+    }
+}
+
 impl Consumer {
     pub fn topic(&self) -> &TopicName {
         &self.topic
@@ -483,40 +516,50 @@ impl Consumer {
         for &id in ids {
             by_part.entry(self.part_index(id)?).or_default().push(id);
         }
-        let mut sent = Vec::with_capacity(by_part.len());
-        let mut refused = None;
-        for (index, ids) in by_part {
-            txn.send_started();
-            match self.parts[index].send_txn_ack(txn.id(), ids, false).await {
-                Ok(receipt) => sent.push(receipt),
+        // Each request's outcome is settled by a task of its own as soon as it is sent, so
+        // the commit's count of outstanding acks is right even if the caller drops this
+        // call or the future it returns.
+        let mut outcomes = Vec::new();
+        let requests = by_part.into_iter().flat_map(|(index, ids)| {
+            let chunks: Vec<Vec<MessageId>> = ids
+                .chunks(strata_proto::MAX_TXN_ACKS_PER_REQUEST)
+                .map(<[MessageId]>::to_vec)
+                .collect();
+            chunks.into_iter().map(move |chunk| (index, chunk))
+        });
+        for (index, chunk) in requests.collect::<Vec<_>>() {
+            let started = StartedAck::new(txn);
+            let receipt = self.parts[index].send_txn_ack(txn.id(), chunk, false).await;
+            let settling = started.hand_over();
+            match receipt {
+                Ok(receipt) => {
+                    let (done, outcome) = oneshot::channel();
+                    tokio::spawn(async move {
+                        let result = receipt
+                            .await
+                            .unwrap_or(Err(ClientError::Closed("consumer")));
+                        settling.send_settled("", result.as_ref().err().map(Err));
+                        let _ = done.send(result);
+                    });
+                    outcomes.push(outcome);
+                }
                 Err(e) => {
-                    txn.send_settled("", Some(Err(&e)));
-                    refused = Some(e);
-                    break;
+                    settling.send_settled("", Some(Err(&e)));
+                    return Err(e);
                 }
             }
         }
-        // The receipts are settled by a task of their own, so the commit's count of
-        // outstanding acks is right even if the caller drops the future.
         let (done, outcome) = oneshot::channel();
-        let settling = txn.clone();
         tokio::spawn(async move {
             let mut first_error = None;
-            for receipt in sent {
-                let outcome = receipt
-                    .await
-                    .unwrap_or(Err(ClientError::Closed("consumer")));
-                settling.send_settled("", outcome.as_ref().err().map(Err));
-                if let Err(e) = outcome {
+            for o in outcomes {
+                if let Err(e) = o.await.unwrap_or(Err(ClientError::Closed("consumer"))) {
                     first_error.get_or_insert(e);
                 }
             }
             let _ = done.send(first_error.map_or(Ok(()), Err));
         });
-        match refused {
-            Some(e) => Err(e),
-            None => Ok(TxnAckFuture(outcome)),
-        }
+        Ok(TxnAckFuture(outcome))
     }
 
     /// Acknowledges in a transaction every message up to and including `id` (of `id`'s
@@ -912,7 +955,11 @@ impl Link {
         loop {
             match subscribe(&self.client, &self.topic, &self.open, self.queue_size).await {
                 Ok((writer, reader)) => {
-                    *self.writer.lock().await = writer;
+                    let mut current = self.writer.lock().await;
+                    // Requests sent on the old session while it was being replaced are never
+                    // answered there: fail them before anything goes on the new one.
+                    self.fail_receipts().await;
+                    *current = writer;
                     return Ok(reader);
                 }
                 // The old session may still hold the subscription on that broker for a moment.

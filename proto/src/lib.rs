@@ -46,6 +46,11 @@ pub mod pb {
 
 /// ALPN of the client <-> broker protocol.
 pub const ALPN_CLIENT: &[u8] = b"strata/1";
+
+/// Most messages one transactional ack request may name (after a cumulative ack is
+/// expanded): its pending-ack records go into one metastore write, which must stay well under
+/// the size the metastore's replication assumes. Clients split longer lists.
+pub const MAX_TXN_ACKS_PER_REQUEST: usize = 16_384;
 /// ALPN of the ledger client <-> bookie protocol.
 pub const ALPN_BOOKIE: &[u8] = b"strata-bookie/1";
 /// ALPN of the node <-> metastore protocol.

@@ -512,6 +512,41 @@ async fn acks_sent_without_waiting_are_part_of_the_commit() {
     stop_all(brokers, cluster).await;
 }
 
+/// One metastore write per ack request has a bound: a transactional ack of more messages
+/// than one request may hold is split by the client into several requests, all in the
+/// transaction, and the commit applies every ack.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transactional_ack_beyond_one_request_is_split() {
+    let (_dir, cluster, brokers) = start().await;
+    let client = client_of_all(&brokers).await;
+    let input = "persistent://public/default/txn-in-large";
+    let total = strata_proto::MAX_TXN_ACKS_PER_REQUEST + 100;
+    let producer = client.producer(input).create().await.expect("producer");
+    let mut last = None;
+    for i in 0..total {
+        last = Some(producer.send_async(format!("{i}")).await.expect("queued"));
+    }
+    last.expect("sent").await.expect("stored");
+    let mut worker = subscribe_earliest(&client, input, "workers").await;
+    let mut ids = Vec::with_capacity(total);
+    for _ in 0..total {
+        ids.push(next(&mut worker).await.id);
+    }
+    let txn = client.new_transaction().begin().await.expect("begin");
+    worker.ack_all_in(&txn, &ids).await.expect("every ack held");
+    txn.commit().await.expect("commit");
+    worker.close().await.expect("close");
+
+    let mut worker = subscribe_earliest(&client, input, "workers").await;
+    producer.send("after").await.expect("stored");
+    let m = next(&mut worker).await;
+    assert_eq!(&m.payload[..], b"after", "every one of the acks was applied");
+    worker.close().await.expect("close");
+    producer.close().await.expect("close");
+    client.close().await;
+    stop_all(brokers, cluster).await;
+}
+
 /// Pending acks are stored one record per ack write. After a failover (the namespace
 /// unloaded) every message of every record is held again, not only the one naming the
 /// record: none is delivered while its transaction is open, a rival transaction is refused

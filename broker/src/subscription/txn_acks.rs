@@ -75,6 +75,13 @@ impl Subscription {
             } else {
                 ids
             };
+            if ids.len() > strata_proto::MAX_TXN_ACKS_PER_REQUEST {
+                return Err(BrokerError::Protocol(format!(
+                    "{} messages in one transactional ack; at most {} (split the request, or ack cumulatively less at a time)",
+                    ids.len(),
+                    strata_proto::MAX_TXN_ACKS_PER_REQUEST
+                )));
+            }
             let mut new = BTreeMap::new();
             for id in ids {
                 match st.txn_acks.get(&id) {
