@@ -540,7 +540,11 @@ async fn a_transactional_ack_beyond_one_request_is_split() {
     let mut worker = subscribe_earliest(&client, input, "workers").await;
     producer.send("after").await.expect("stored");
     let m = next(&mut worker).await;
-    assert_eq!(&m.payload[..], b"after", "every one of the acks was applied");
+    assert_eq!(
+        &m.payload[..],
+        b"after",
+        "every one of the acks was applied"
+    );
     worker.close().await.expect("close");
     producer.close().await.expect("close");
     client.close().await;
