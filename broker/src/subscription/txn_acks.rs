@@ -4,8 +4,8 @@
 //! `TransactionConflict`. On commit the acks go into the cursor (and the pending records are
 //! deleted once the cursor is durable); on abort the messages are delivered again.
 //!
-//! Each ack write stores one pending-ack record holding all its messages, keyed by the
-//! first. Only the topic's owner writes them (each write compares the managed-ledger
+//! Each ack write stores its messages in pending-ack records of up to 4,096 messages (one
+//! for most writes), each keyed by its first. Only the topic's owner writes them (each write compares the managed-ledger
 //! record, which every new owner rewrites before loading its subscriptions): so the owner
 //! holds every pending ack in memory, the conflict rule holds there, and the next owner
 //! finds them all.
@@ -193,7 +193,7 @@ impl Subscription {
         })
     }
 
-    /// Writes the pending-ack record of `new` (registering the subscription in the
+    /// Writes the pending-ack records of `new` (registering the subscription in the
     /// transaction if it is new there) in one metastore write, guarded by the transaction's
     /// record and by this broker still owning the topic.
     async fn write_txn_acks(

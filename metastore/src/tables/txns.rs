@@ -7,8 +7,8 @@
 //! - `/txn-partitions/<tenant>/<ns>/<topic>/<id, 20 digits>` → [`TxnPartitionMark`]: the
 //!   transactions that wrote to a partition, so its next owner finds them after a failover.
 //! - `/txn-acks/<tenant>/<ns>/<topic>/<subscription>/<ledger>-<entry>-<index>` →
-//!   [`PendingAck`]: the messages one ack write held in a transaction, not yet applied to
-//!   the cursor, keyed by the first of them. Written only by the topic's owner (compared
+//!   [`PendingAck`]: messages one ack write held in a transaction (up to a few thousand per
+//!   record), not yet applied to the cursor, keyed by the first of them. Written only by the topic's owner (compared
 //!   against its managed-ledger record), which holds every one of them in memory and so
 //!   refuses a second transaction acknowledging the same message.
 //!
