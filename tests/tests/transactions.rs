@@ -551,6 +551,41 @@ async fn a_transactional_ack_beyond_one_request_is_split() {
     stop_all(brokers, cluster).await;
 }
 
+/// A plain cumulative ack that covers a message held by an open transaction acknowledges
+/// it for good: when that transaction aborts, the message is not delivered again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_cumulative_ack_over_a_held_message_outlives_its_abort() {
+    let (_dir, cluster, brokers) = start().await;
+    let client = client_of_all(&brokers).await;
+    let input = "persistent://public/default/txn-in-cumulative-plain";
+    let producer = client.producer(input).create().await.expect("producer");
+    for i in 0..3 {
+        producer.send(format!("in-{i}")).await.expect("stored");
+    }
+    let mut worker = subscribe_earliest(&client, input, "workers").await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(next(&mut worker).await.id);
+    }
+    let txn = client.new_transaction().begin().await.expect("begin");
+    worker.ack_in(&txn, ids[1]).await.expect("held");
+    worker.ack_cumulative(ids[2]).await.expect("cumulative ack");
+    // The ack reaches the broker before the abort does.
+    worker.flush_acks().await.expect("acks flushed");
+    txn.abort().await.expect("abort");
+    producer.send("after").await.expect("stored");
+    let m = next(&mut worker).await;
+    assert_eq!(
+        (&m.payload[..], m.redelivery_count),
+        (&b"after"[..], 0),
+        "the cumulatively acknowledged message is not delivered again"
+    );
+    worker.close().await.expect("close");
+    producer.close().await.expect("close");
+    client.close().await;
+    stop_all(brokers, cluster).await;
+}
+
 /// Pending acks are stored one record per ack write. After a failover (the namespace
 /// unloaded) every message of every record is held again, not only the one naming the
 /// record: none is delivered while its transaction is open, a rival transaction is refused

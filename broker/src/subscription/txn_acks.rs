@@ -380,6 +380,8 @@ impl Subscription {
                 st.txn_acks.remove(id);
                 if committed {
                     st.cursor.ack_individual(*id, *batch_size);
+                } else if st.cursor.is_acked(*id) {
+                    // A plain cumulative ack covered it meanwhile: it stays acknowledged.
                 } else {
                     // A redelivery like any other: counted, so consumers do not take it for
                     // a repeat, and dead-lettered after too many.
