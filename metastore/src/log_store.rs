@@ -41,7 +41,7 @@ fn write_err(e: DbError) -> StorageError<NodeId> {
 pub struct LogStore {
     core: Arc<Core>,
     /// Appends waiting for the WAL fsync that makes them durable.
-    wal_sync: mpsc::Sender<LogFlushed<TypeConfig>>,
+    wal_sync: Arc<WalSync>,
     /// The newest entries, served to reads without RocksDB.
     recent: Arc<Mutex<RecentEntries>>,
     _guard: RaftGuard,
@@ -49,14 +49,17 @@ pub struct LogStore {
 
 impl LogStore {
     pub(crate) fn new(core: Arc<Core>, guard: RaftGuard) -> io::Result<Self> {
-        let (wal_sync, waiting) = mpsc::channel();
+        let (queue, waiting) = mpsc::channel();
         let (thread_core, thread_guard) = (core.clone(), guard.clone());
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("wal-sync".into())
             .spawn(move || sync_wal_loop(thread_core, waiting, thread_guard))?;
         Ok(LogStore {
             core,
-            wal_sync,
+            wal_sync: Arc::new(WalSync {
+                queue: Some(queue),
+                thread: Some(thread),
+            }),
             recent: Arc::default(),
             _guard: guard,
         })
@@ -280,6 +283,38 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
         self.purge_upto(&log_id).map_err(write_err)
+    }
+}
+
+/// The queue to the WAL-sync thread, and the thread. The last [`LogStore`] handle to go
+/// closes the queue and waits for the thread to end: the thread may hold the last handle to
+/// the database, and RocksDB must be closed before the process exits (closing it from a
+/// thread still running at exit aborts in RocksDB's static state: "pthread lock: Invalid
+/// argument").
+struct WalSync {
+    queue: Option<mpsc::Sender<LogFlushed<TypeConfig>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl WalSync {
+    fn send(
+        &self,
+        flushed: LogFlushed<TypeConfig>,
+    ) -> Result<(), mpsc::SendError<LogFlushed<TypeConfig>>> {
+        match &self.queue {
+            Some(queue) => queue.send(flushed),
+            None => Err(mpsc::SendError(flushed)),
+        }
+    }
+}
+
+impl Drop for WalSync {
+    fn drop(&mut self) {
+        drop(self.queue.take());
+        if let Some(thread) = self.thread.take() {
+            // It ends as soon as it sees the queue closed (after the fsync under way, if any).
+            let _ = thread.join();
+        }
     }
 }
 
