@@ -21,6 +21,7 @@ use crate::tables::{
     Versioned, now_ms,
 };
 use crate::txn_open_view::OpenView;
+use crate::txn_record_cache::{KnownRecord, RecordCache, RecordTurn};
 use crate::txn_sweep::{DEFAULT_KEEP_DECIDED, DecidedSweeper};
 use crate::types::Txn;
 use crate::{Expect, MetaStore};
@@ -90,13 +91,31 @@ pub enum Actor<'a> {
     Operator,
 }
 
-/// See [`TxnCoordinator::ack_guard`].
-#[derive(Debug, Clone)]
+/// See [`TxnCoordinator::ack_guard`]. Holds the record's turn: no other step of this
+/// coordinator writes the record until it is dropped or [`AckGuard::applied`].
+#[derive(Debug)]
 pub struct AckGuard {
     pub version: u64,
     pub compare: crate::types::Compare,
     /// The writes registering the subscription in the transaction, if it is new there.
     pub register: Vec<crate::types::TxnOp>,
+    /// The record once the write carrying this guard applies.
+    after: TxnRecord,
+    turn: RecordTurn,
+}
+
+impl AckGuard {
+    /// The write carrying this guard applied: its record is the next step's guess.
+    pub fn applied(mut self) {
+        if self.register.is_empty() {
+            self.turn.set(Some(KnownRecord {
+                record: self.after,
+                version: self.version,
+            }));
+        } else {
+            self.turn.wrote(self.after, self.version);
+        }
+    }
 }
 
 /// How a client ends its transaction.
@@ -116,6 +135,8 @@ pub struct TxnCoordinator {
     ids: Arc<tokio::sync::Mutex<Range<u64>>>,
     /// Open transactions as last counted, for the limits.
     open_view: Arc<tokio::sync::Mutex<OpenView>>,
+    /// The records this coordinator wrote last, and one step at a time per record.
+    records: Arc<RecordCache>,
 }
 
 /// Transaction ids reserved per counter write. A coordinator that stops skips the rest of its
@@ -129,7 +150,22 @@ impl TxnCoordinator {
             limits,
             ids: Arc::new(tokio::sync::Mutex::new(0..0)),
             open_view: Arc::new(tokio::sync::Mutex::new(OpenView::stale())),
+            records: Arc::new(RecordCache::default()),
         }
+    }
+
+    /// The record as this turn knows it, else as read now (and then known to the turn).
+    async fn current(&self, turn: &mut RecordTurn) -> Result<KnownRecord, CoordinatorError> {
+        if let Some(known) = turn.known() {
+            return Ok(known.clone());
+        }
+        let row = self.get(turn.id()).await?;
+        let known = KnownRecord {
+            record: row.record,
+            version: row.version,
+        };
+        turn.set(Some(known.clone()));
+        Ok(known)
     }
 
     /// A transaction id never handed out before, by any coordinator: from this coordinator's
@@ -244,6 +280,11 @@ impl TxnCoordinator {
             }
             .into());
         }
+        // The next steps (its registrations, its commit) start from this copy, without a read.
+        self.records.turn(id).await.set(Some(KnownRecord {
+            record: record.clone(),
+            version: 1,
+        }));
         debug!(txn = %id, owner, ?timeout, "transaction begun");
         Ok((id, record))
     }
@@ -354,10 +395,11 @@ impl TxnCoordinator {
         topic: &TopicName,
         first: Position,
     ) -> Result<(), CoordinatorError> {
+        let mut turn = self.records.turn(id).await;
         loop {
-            let row = self.get(id).await?;
+            let row = self.current(&mut turn).await?;
             row.record.check_open(id, owner)?;
-            let mut record = row.record;
+            let mut record = row.record.clone();
             let t = &self.tables;
             if !record.register_partition(id, topic, first)? {
                 // Registered before; its mark may have gone with a deleted topic of the same
@@ -378,7 +420,10 @@ impl TxnCoordinator {
                     ],
                     failure: Vec::new(),
                 };
+                // Unknown until the write's answer (which may be lost) says.
+                turn.set(None);
                 if t.meta().txn(txn).await.map_err(TableError::from)?.succeeded {
+                    turn.set(Some(row));
                     return Ok(());
                 }
                 continue;
@@ -392,7 +437,9 @@ impl TxnCoordinator {
                 ],
                 failure: Vec::new(),
             };
+            turn.set(None);
             if t.meta().txn(txn).await.map_err(TableError::from)?.succeeded {
+                turn.wrote(record, row.version);
                 return Ok(());
             }
             // Another participant registered meanwhile (or it was decided): read again.
@@ -410,11 +457,14 @@ impl TxnCoordinator {
         topic: &TopicName,
         subscription: &str,
     ) -> Result<AckGuard, CoordinatorError> {
-        let row = self.get(id).await?;
+        let mut turn = self.records.turn(id).await;
+        let row = self.current(&mut turn).await?;
         row.record.check_open(id, owner)?;
         if row.record.prepared {
             return Err(TxnRuleError::Prepared { id }.into());
         }
+        // Unknown until the write's answer says (see `AckGuard::applied`).
+        turn.set(None);
         let mut record = row.record;
         let t = &self.tables;
         let register = if record.register_subscription(id, topic, subscription)? {
@@ -430,6 +480,8 @@ impl TxnCoordinator {
             version: row.version,
             compare: t.txns.version_is(&id, Expect::Version(row.version)),
             register,
+            after: record,
+            turn,
         })
     }
 
@@ -451,11 +503,12 @@ impl TxnCoordinator {
         loop {
             let guard = self.ack_guard(id, owner, topic, subscription).await?;
             if guard.register.is_empty() {
+                guard.applied(); // nothing to write: the record is as read
                 return Ok(());
             }
             let txn = Txn {
-                compares: vec![guard.compare],
-                success: guard.register,
+                compares: vec![guard.compare.clone()],
+                success: guard.register.clone(),
                 failure: Vec::new(),
             };
             if self
@@ -466,6 +519,7 @@ impl TxnCoordinator {
                 .map_err(TableError::from)?
                 .succeeded
             {
+                guard.applied();
                 return Ok(());
             }
         }
@@ -554,8 +608,9 @@ impl TxnCoordinator {
         rule: impl Fn(&mut TxnRecord) -> Result<Decided, TxnRuleError>,
         fence: bool,
     ) -> Result<(TxnRecord, Decided), CoordinatorError> {
+        let mut turn = self.records.turn(id).await;
         loop {
-            let row = self.get(id).await?;
+            let row = self.current(&mut turn).await?;
             let mut record = row.record;
             let deadline = record.deadline_ms;
             if rule(&mut record)? == Decided::Already {
@@ -597,7 +652,10 @@ impl TxnCoordinator {
                 .collect(),
                 failure: Vec::new(),
             };
+            turn.set(None);
             if t.meta().txn(txn).await.map_err(TableError::from)?.succeeded {
+                // Decided: no step of this coordinator writes the record again.
+                self.records.remove(id);
                 debug!(txn = %id, state = %record.state, "transaction decided");
                 return Ok((record, Decided::Now));
             }
@@ -613,15 +671,20 @@ impl TxnCoordinator {
         owner: &str,
         last: &BTreeMap<String, Position>,
     ) -> Result<TxnRecord, CoordinatorError> {
+        let mut turn = self.records.turn(id).await;
         loop {
-            let row = self.get(id).await?;
+            let row = self.current(&mut turn).await?;
             row.record.check_open(id, owner)?;
             let mut record = row.record;
             if record.prepare(id, last)? == Decided::Already {
                 return Ok(record);
             }
+            turn.set(None);
             match self.tables.txns.update(&id, &record, row.version).await {
-                Ok(_) => return Ok(record),
+                Ok(_) => {
+                    turn.wrote(record.clone(), row.version);
+                    return Ok(record);
+                }
                 Err(TableError::VersionMismatch { .. }) => continue,
                 Err(e) => return Err(e.into()),
             }

@@ -232,12 +232,12 @@ impl Subscription {
                 .map_err(AckWriteError::not_written)?;
             let log_version = self.ml.record_version().await;
             let mut compares = vec![
-                guard.compare,
+                guard.compare.clone(),
                 t.managed_ledgers
                     .version_is(&self.topic, Expect::Version(log_version)),
             ];
             compares.extend(absent.iter().cloned());
-            let mut success = guard.register;
+            let mut success = guard.register.clone();
             success.extend(puts.iter().cloned());
             let txn_write = Txn {
                 compares,
@@ -260,19 +260,24 @@ impl Subscription {
                     if !maybe_applied {
                         return Err(AckWriteError::not_written(error));
                     }
+                    drop(guard); // the record is unknown now: the next step reads it
                     return self
                         .resolve_lost_write(txn_write, &key, &first_record, error)
                         .await;
                 }
             };
             if written.succeeded {
+                guard.applied();
                 return Ok(());
             }
+            // The record's turn goes to other steps while this one looks into the failure.
+            let guard_version = guard.version;
+            drop(guard);
             let version = coordinator
                 .version(txn)
                 .await
                 .map_err(AckWriteError::not_written)?;
-            if version != guard.version {
+            if version != guard_version {
                 continue; // the record changed (another participant, or a decision): again
             }
             if self.ml.record_version().await != log_version && log_moves_left > 0 {
