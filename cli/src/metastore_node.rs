@@ -140,7 +140,8 @@ pub async fn run(
     Ok(())
 }
 
-fn render_metrics(store: &MetaStore) -> String {
+/// The metastore node's Prometheus text (the standalone serves it too).
+pub(crate) fn render_metrics(store: &MetaStore) -> String {
     let m = store.raft_metrics();
     // The server state, not `current_leader`: a restarted node's restored vote can name itself
     // as leader before it learns the term moved on.

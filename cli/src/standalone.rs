@@ -107,8 +107,10 @@ impl Standalone {
         let ready = Arc::new(AtomicBool::new(false));
         let metrics_service = service.clone();
         let metrics_bookie = bookie.clone();
+        let metrics_meta = meta.clone();
         let metrics = Arc::new(move || {
             let mut text = metrics_service.metrics.render();
+            text.push_str(&crate::metastore_node::render_metrics(&metrics_meta));
             text.push_str(&metrics_service.ledger_stats().render_prometheus());
             let s = metrics_bookie.stats();
             text.push_str(&format!(

@@ -446,3 +446,51 @@ async fn decided_transactions_are_forgotten_only_once_settled() {
     assert!(t.txn_decided.list(&()).await.expect("list").is_empty());
     store.shutdown().await.expect("shutdown");
 }
+
+/// Coordinators on different brokers step one transaction in turn, each from its own copy of
+/// the record: a copy another one made stale fails its compare and is read again, so no step
+/// is lost and no step lands on a decided transaction.
+#[tokio::test]
+async fn steps_from_stale_copies_are_redone_on_the_stored_record() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path()).await;
+    let here = coordinator(&store, TxnLimits::default());
+    let there = coordinator(&store, TxnLimits::default());
+    let (id, _) = here.begin("app", None, None).await.expect("begin");
+    let (a, b) = (topic("stale-a"), topic("stale-b"));
+    // `there` reads the record and registers; `here` still holds the copy from its begin.
+    there
+        .register_partition(id, "app", &a, Position::new(3, 0))
+        .await
+        .expect("register there");
+    here.register_partition(id, "app", &b, Position::new(5, 0))
+        .await
+        .expect("register here, from a stale copy");
+    there
+        .register_subscription(id, "app", &topic("stale-in"), "workers")
+        .await
+        .expect("register a subscription there, from a stale copy");
+    let stored = here.get(id).await.expect("record").record;
+    assert_eq!(stored.partitions.len(), 2, "a registration was lost: {stored:?}");
+    assert_eq!(stored.subscriptions.len(), 1, "{stored:?}");
+    let last = BTreeMap::from([
+        (a.to_string(), Position::new(3, 1)),
+        (b.to_string(), Position::new(5, 1)),
+    ]);
+    // `here`'s copy is stale again (the subscription registered there): the commit still
+    // decides on the stored record, which names both partitions.
+    let committed = here.commit(id, "app", &last).await.expect("commit");
+    assert_eq!(committed.partitions.len(), 2);
+    // `there`'s copy still says open: its registration must be refused, not written into a
+    // committed transaction.
+    let late = there
+        .register_partition(id, "app", &topic("stale-c"), Position::new(7, 0))
+        .await;
+    assert!(
+        matches!(late, Err(CoordinatorError::Rule(TxnRuleError::NotOpen { .. }))),
+        "{late:?}"
+    );
+    let stored = here.get(id).await.expect("record").record;
+    assert_eq!(stored.state, TxnState::Committed);
+    assert_eq!(stored.partitions.len(), 2, "{stored:?}");
+}
