@@ -36,6 +36,7 @@ for r in $(seq 1 "$runs"); do
   run_one -n "$small" --per-txn 1,10
   run_one -n "$large" --per-txn 100
   run_one -n "$small" --per-txn 1 --pipelines 64
+  run_one -n "$small" --per-txn 1 --pipelines 128
 done
 
 python3 - "$work/results" <<'PY'
