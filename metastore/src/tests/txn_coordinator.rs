@@ -471,7 +471,11 @@ async fn steps_from_stale_copies_are_redone_on_the_stored_record() {
         .await
         .expect("register a subscription there, from a stale copy");
     let stored = here.get(id).await.expect("record").record;
-    assert_eq!(stored.partitions.len(), 2, "a registration was lost: {stored:?}");
+    assert_eq!(
+        stored.partitions.len(),
+        2,
+        "a registration was lost: {stored:?}"
+    );
     assert_eq!(stored.subscriptions.len(), 1, "{stored:?}");
     let last = BTreeMap::from([
         (a.to_string(), Position::new(3, 1)),
@@ -487,7 +491,10 @@ async fn steps_from_stale_copies_are_redone_on_the_stored_record() {
         .register_partition(id, "app", &topic("stale-c"), Position::new(7, 0))
         .await;
     assert!(
-        matches!(late, Err(CoordinatorError::Rule(TxnRuleError::NotOpen { .. }))),
+        matches!(
+            late,
+            Err(CoordinatorError::Rule(TxnRuleError::NotOpen { .. }))
+        ),
         "{late:?}"
     );
     let stored = here.get(id).await.expect("record").record;
