@@ -79,6 +79,9 @@ pub struct ManagedLedger {
     /// Bumped each time an entry becomes durable; dispatchers wait on it.
     appended: watch::Sender<u64>,
     failed: Arc<std::sync::atomic::AtomicBool>,
+    /// Appends that failed so far. Bumped before `failed` is set, and only once the writer
+    /// has stopped (so every later add to that ledger fails too): see [`Self::append_at`].
+    failures: Arc<std::sync::atomic::AtomicU64>,
     /// Set by `delete`: appends fail with `TopicDeleted`.
     deleted: std::sync::atomic::AtomicBool,
     /// The log did not exist before this open (a new or re-created topic).
@@ -163,6 +166,7 @@ impl ManagedLedger {
             readers: Mutex::new(HashMap::new()),
             appended,
             failed: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            failures: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             deleted: std::sync::atomic::AtomicBool::new(false),
             fresh,
         }))
@@ -185,15 +189,39 @@ impl ManagedLedger {
 
     /// Starts appending one entry; the returned future resolves once it is durable.
     pub async fn append(&self, data: Bytes) -> Result<PendingAppend, BrokerError> {
-        Ok(self.append_at(data).await?.1)
+        Ok(self.append_at(data, None).await?.1)
+    }
+
+    /// Appends that failed so far (see [`Self::append_at`]).
+    pub fn failures(&self) -> u64 {
+        self.failures.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// As [`ManagedLedger::append`], also saying where the entry goes (if it becomes durable,
     /// it is there).
-    pub async fn append_at(&self, data: Bytes) -> Result<(Position, PendingAppend), BrokerError> {
+    ///
+    /// With `unless_failed_since: Some(n)`, the append is refused (retryable) if
+    /// [`Self::failures`] is no longer `n`. A producer session passes the count it began
+    /// with, so it never stores an entry after one of its own that failed: what it stored
+    /// stays an in-order prefix of what it sent, which the sequence-id dedup relies on.
+    pub async fn append_at(
+        &self,
+        data: Bytes,
+        unless_failed_since: Option<u64>,
+    ) -> Result<(Position, PendingAppend), BrokerError> {
         let mut write = self.write.lock().await;
-        if self.failed.load(std::sync::atomic::Ordering::Acquire) {
+        if self.failed.load(std::sync::atomic::Ordering::SeqCst) {
             self.replace_failed_ledger(&mut write).await?;
+        }
+        // Checked after `failed`: a failure counted after this check is of a writer already
+        // stopped, so this add fails with it rather than landing after it.
+        if let Some(seen) = unless_failed_since
+            && self.failures() != seen
+        {
+            return Err(BrokerError::Retry(format!(
+                "an append to {} failed during this producer session: resend on a new session",
+                self.topic
+            )));
         }
         let writer = self.current_writer()?;
         let too_old = self
@@ -221,7 +249,7 @@ impl ManagedLedger {
         // flag never depend on somebody polling the returned future (a producer that went
         // away drops it, but its entry still becomes durable).
         let appended = self.appended.clone();
-        let failed = self.failed.clone();
+        let (failed, failures) = (self.failed.clone(), self.failures.clone());
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {
             let outcome = match add.await {
@@ -230,7 +258,8 @@ impl ManagedLedger {
                     Ok(Position { ledger, entry })
                 }
                 Err(e) => {
-                    failed.store(true, std::sync::atomic::Ordering::Release);
+                    failures.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    failed.store(true, std::sync::atomic::Ordering::SeqCst);
                     Err(BrokerError::from(e))
                 }
             };

@@ -479,6 +479,8 @@ async fn producer_session(
     } else {
         open.producer_name
     };
+    // Taken before the last stored id is read: a failure after it ends this session.
+    let session = topic.producer_session();
     let ready = ProducerReady {
         producer_name: name.clone(),
         last_sequence_id: topic.last_sequence_id(&name).await,
@@ -578,13 +580,18 @@ async fn producer_session(
                     let txn = (batch.txn_id != 0)
                         .then_some((strata_proto::TxnId(batch.txn_id), client_id.as_str()));
                     let published = topic
-                        .publish(name, batch.sequence_id, batch.messages, txn)
+                        .publish(session, name, batch.sequence_id, batch.messages, txn)
                         .await;
+                    let refused = published.is_err();
                     if receipts_tx
                         .send((batch.sequence_id, count, bytes, published))
                         .await
                         .is_err()
+                        || refused
                     {
+                        // After a refused batch, none of the later ones may be stored (a
+                        // resend of the refused one would be taken for a duplicate of them):
+                        // the receipt writer ends the session at the refusal.
                         return Ok(());
                     }
                 }

@@ -44,6 +44,24 @@ struct Dedup {
     state: DedupState,
     /// A write failed: the log's tail is uncertain until the state is rebuilt from it.
     stale: bool,
+    /// The log's failed appends when the state was last rebuilt: a failure since (even one
+    /// no producer session is left to report) makes the state stale too.
+    failures_seen: u64,
+}
+
+impl Dedup {
+    fn is_stale(&self, ml: &ManagedLedger) -> bool {
+        self.stale || self.failures_seen != ml.failures()
+    }
+}
+
+/// One producer session's view of the log, taken when it opens: once an append to the log
+/// fails, the session stores nothing more. What each session stored is then an in-order
+/// prefix of what it sent, so the client's resends on a new session are all new to the
+/// sequence-id dedup (which remembers only the highest id stored) and none is lost.
+#[derive(Debug, Clone, Copy)]
+pub struct ProducerSession {
+    ledger_failures: u64,
 }
 
 pub struct Topic {
@@ -86,6 +104,7 @@ impl Topic {
         let log_end = ml.next_position_hint().ok();
         let txns = rebuild_txns(&name, &tables, log_end).await?;
         let txns = Arc::new(std::sync::Mutex::new(txns));
+        let failures_seen = ml.failures();
         let topic = Arc::new(Self {
             name,
             ml,
@@ -93,6 +112,7 @@ impl Topic {
             dedup: Mutex::new(Dedup {
                 state,
                 stale: false,
+                failures_seen,
             }),
             subscriptions: Mutex::new(HashMap::new()),
             published_msgs: Default::default(),
@@ -118,8 +138,16 @@ impl Topic {
 
     /// Stores one producer batch as one entry unless that producer's batch with this
     /// sequence id was stored before.
+    /// Starts a producer session (see [`ProducerSession`]).
+    pub fn producer_session(&self) -> ProducerSession {
+        ProducerSession {
+            ledger_failures: self.ml.failures(),
+        }
+    }
+
     pub async fn publish(
         &self,
+        session: ProducerSession,
         producer_name: &str,
         sequence_id: u64,
         messages: Vec<Message>,
@@ -127,12 +155,14 @@ impl Topic {
     ) -> Result<Published, BrokerError> {
         let mut dedup = loop {
             let mut dedup = self.dedup.lock().await;
-            if dedup.stale {
+            if dedup.is_stale(&self.ml) {
                 // A failed write may or may not have reached the log: settle the log (recover
                 // the failed ledger), then read back what it holds before deciding anything.
+                let failures = self.ml.failures();
                 self.ml.repair().await?;
                 dedup.state = rebuild_dedup(&self.ml, &self.tables).await?;
                 dedup.stale = false;
+                dedup.failures_seen = failures;
             }
             // Refusals come before the dedup state records the batch, and only for a new one:
             // a resend already stored is answered as such.
@@ -169,7 +199,14 @@ impl Topic {
             messages,
             txn_id: txn.map_or(0, |(t, _)| t.0),
         };
-        let pending = match self.ml.append_at(Bytes::from(batch.encode_to_vec())).await {
+        let appended = self
+            .ml
+            .append_at(
+                Bytes::from(batch.encode_to_vec()),
+                Some(session.ledger_failures),
+            )
+            .await;
+        let pending = match appended {
             Ok((at, pending)) => {
                 // Still under the publish lock: settling a decided transaction takes that
                 // lock first, so it sees every entry admitted before the decision.
@@ -601,7 +638,7 @@ impl Topic {
         let Some(last) = self.ml.last_confirmed() else {
             return Ok(None);
         };
-        if dedup.stale || !dedup.state.all_persisted() {
+        if dedup.is_stale(&self.ml) || !dedup.state.all_persisted() {
             return Ok(None);
         }
         let record = DedupRecord {

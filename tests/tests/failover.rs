@@ -99,7 +99,7 @@ async fn the_new_owner_recognises_batches_the_old_owner_stored() {
     let taken = a.service.topic(&name, true).await.expect("taken over by a");
     assert_eq!(taken.last_sequence_id("orders-1").await, 2500);
     match taken
-        .publish("orders-1", 2400, message("again"), None)
+        .publish(taken.producer_session(), "orders-1", 2400, message("again"), None)
         .await
     {
         Ok(Published::Duplicate(Some(p))) => assert_eq!(p, ids[2399].position()),
@@ -109,7 +109,9 @@ async fn the_new_owner_recognises_batches_the_old_owner_stored() {
     }
     assert!(
         matches!(
-            taken.publish("orders-1", 10, message("again"), None).await,
+            taken
+                .publish(taken.producer_session(), "orders-1", 10, message("again"), None)
+                .await,
             Ok(Published::Duplicate(_))
         ),
         "a batch covered by the snapshot is a duplicate"
@@ -203,5 +205,55 @@ async fn clients_follow_a_crashed_owner_with_nothing_lost_or_repeated() {
     );
     assert_log_holds_exactly(&client, &topic, N).await;
     client.close().await;
+    stop_all(brokers, cluster).await;
+}
+
+/// Once an append to the log fails, the producer session it belongs to stores nothing more:
+/// the client resends from the failed batch on a new session, and the dedup (which keeps only
+/// the highest stored sequence id) would take that resend for a duplicate of a later batch
+/// stored meanwhile, and drop it. A new session stores again, the resend included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_session_stores_nothing_after_one_of_its_appends_failed() {
+    let (_dir, cluster, brokers) = start().await;
+    let client = client_of(&brokers[0]).await;
+    let topic = topic_owned_by(&client, "broker-a", "after-failure").await;
+    let name: TopicName = topic.parse().expect("topic");
+    let owned = brokers[0].service.topic(&name, true).await.expect("owned");
+    let session = owned.producer_session();
+    let stored = |p: Result<Published, _>| async move {
+        match p {
+            Ok(Published::Stored(pending)) => pending.await.map(|_| ()),
+            Ok(Published::Duplicate(_)) => panic!("a new batch taken for a duplicate"),
+            Err(e) => Err(e),
+        }
+    };
+    stored(owned.publish(session, "p", 1, message("#0"), None).await)
+        .await
+        .expect("batch 1 stored");
+    // Over the ledger writer's entry limit: refused by the writer, as a write no bookie
+    // took would be, after the log handed it a position.
+    let huge = vec![Message {
+        payload: vec![0u8; 6 << 20].into(),
+        ..Message::default()
+    }];
+    assert!(
+        stored(owned.publish(session, "p", 2, huge, None).await)
+            .await
+            .is_err(),
+        "batch 2 fails in the writer"
+    );
+    let after = owned.publish(session, "p", 3, message("#2"), None).await;
+    assert!(
+        after.is_err(),
+        "the session that saw batch 2 fail stored batch 3 after it"
+    );
+    let resend = owned.producer_session();
+    stored(owned.publish(resend, "p", 2, message("#1"), None).await)
+        .await
+        .expect("the resend of batch 2, on a new session, is new and stored");
+    stored(owned.publish(resend, "p", 3, message("#2"), None).await)
+        .await
+        .expect("batch 3 stored after it");
+    assert_log_holds_exactly(&client, &topic, 3).await;
     stop_all(brokers, cluster).await;
 }

@@ -325,6 +325,7 @@ async fn aborted_and_late_messages_are_never_delivered() {
             };
             let outcome = t
                 .publish(
+                    t.producer_session(),
                     "raw",
                     1,
                     vec![message],
