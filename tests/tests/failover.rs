@@ -99,7 +99,13 @@ async fn the_new_owner_recognises_batches_the_old_owner_stored() {
     let taken = a.service.topic(&name, true).await.expect("taken over by a");
     assert_eq!(taken.last_sequence_id("orders-1").await, 2500);
     match taken
-        .publish(taken.producer_session(), "orders-1", 2400, message("again"), None)
+        .publish(
+            taken.producer_session(),
+            "orders-1",
+            2400,
+            message("again"),
+            None,
+        )
         .await
     {
         Ok(Published::Duplicate(Some(p))) => assert_eq!(p, ids[2399].position()),
@@ -110,7 +116,13 @@ async fn the_new_owner_recognises_batches_the_old_owner_stored() {
     assert!(
         matches!(
             taken
-                .publish(taken.producer_session(), "orders-1", 10, message("again"), None)
+                .publish(
+                    taken.producer_session(),
+                    "orders-1",
+                    10,
+                    message("again"),
+                    None
+                )
                 .await,
             Ok(Published::Duplicate(_))
         ),
