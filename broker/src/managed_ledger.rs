@@ -19,7 +19,7 @@ use strata_metastore::Expect;
 use strata_metastore::tables::{
     LedgerInfo, ManagedLedgerRecord, RetentionPolicy, TableError, Tables, now_ms,
 };
-use strata_metastore::types::{Txn, TxnOp};
+use strata_metastore::types::{Compare, Txn, TxnOp};
 use strata_proto::{EntryId, LedgerId, Position, TopicName};
 use tokio::sync::{Mutex, watch};
 use tracing::{info, instrument, warn};
@@ -420,18 +420,24 @@ impl ManagedLedger {
         self.write.lock().await.record_version
     }
 
+    /// A comparison that holds while the log's record is as this broker last wrote it: every
+    /// new owner rewrites it on open, so a write carrying it lands only while this broker
+    /// holds the log (or fails when a rollover or trim of its own moved the version).
+    pub async fn owner_compare(&self) -> Compare {
+        let version = self.record_version().await;
+        self.tables
+            .managed_ledgers
+            .version_is(&self.topic, Expect::Version(version))
+    }
+
     /// Writes `ops` in one metastore transaction, only while this broker still holds the
     /// log: compared against the log's record, which every new owner rewrites on open.
     pub async fn write_as_owner(&self, ops: Vec<TxnOp>) -> Result<(), BrokerError> {
         let t = &self.tables;
         // A rollover or trim of our own may move the version between the read and the write.
         for _ in 0..3 {
-            let version = self.record_version().await;
             let txn = Txn {
-                compares: vec![
-                    t.managed_ledgers
-                        .version_is(&self.topic, Expect::Version(version)),
-                ],
+                compares: vec![self.owner_compare().await],
                 success: ops.clone(),
                 failure: Vec::new(),
             };

@@ -18,13 +18,15 @@
 //! metastore, coalescing bursts of acks into one write. An ack that asks for a receipt is
 //! answered only once a cursor state that includes it is durable.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use prost::Message as _;
-use strata_metastore::tables::{CursorKey, TableError, Tables};
+use strata_metastore::Expect;
+use strata_metastore::tables::{CursorKey, CursorRecord, TableError, Tables};
+use strata_metastore::types::{Txn, TxnOpResult};
 use strata_proto::pb::client::{
     DeliveredMessage, Delivery, InitialPosition, ServerFrame, StoredBatch, SubscriptionType,
     server_frame,
@@ -42,6 +44,8 @@ use crate::topic::SharedTxns;
 use crate::txn_buffer::Visibility;
 
 mod txn_acks;
+
+use txn_acks::CommittedDeletion;
 
 /// Most entries read from storage in one go by a dispatcher.
 const MAX_READ_ENTRIES: usize = 256;
@@ -144,6 +148,8 @@ struct SubState {
     /// Transactions whose `/txn-subs/` mark of this subscription exists (as far as known
     /// here): deleted with their last pending ack.
     txn_marked: HashSet<TxnId>,
+    /// What committed transactions leave to delete with the next cursor write.
+    committed_deletions: VecDeque<CommittedDeletion>,
 }
 
 impl SubState {
@@ -177,6 +183,13 @@ impl SubState {
                 );
                 false
             });
+        }
+    }
+
+    /// Puts deletions a failed cursor write carried back at the front, in their order.
+    fn requeue(&mut self, deletions: Vec<CommittedDeletion>) {
+        for d in deletions.into_iter().rev() {
+            self.committed_deletions.push_front(d);
         }
     }
 
@@ -283,6 +296,7 @@ impl Subscription {
                 txn_ack_writes: HashMap::new(),
                 txn_settling: HashMap::new(),
                 txn_marked: HashSet::new(),
+                committed_deletions: VecDeque::new(),
             }),
             txns,
             dispatched: Default::default(),
@@ -741,30 +755,56 @@ async fn send_error(txs: impl Iterator<Item = ConsumerTx>, error: &BrokerError) 
     }
 }
 
-/// Writes the cursor whenever it changed, one write for any number of acks in between.
-/// Ends when the subscription is dropped (its `Drop` wakes this task one last time).
+/// Deletions carried by one cursor write at most, so the write stays small.
+const FLUSH_DELETIONS: usize = 256;
+
+/// Writes the cursor whenever it changed, one write for any number of acks in between, with
+/// the deletions committed transactions queued (see [`CommittedDeletion`]). Ends when the
+/// subscription is dropped (its `Drop` wakes this task one last time).
 async fn flusher(
     sub: std::sync::Weak<Subscription>,
     wake: Arc<Notify>,
     key: CursorKey,
     mut version: u64,
 ) {
+    // The last write carrying deletions failed its owner check.
+    let mut owner_missed = false;
     loop {
         let notified = wake.notified();
         let Some(s) = sub.upgrade() else { return };
-        let (record, seq) = {
-            let st = s.state.lock().await;
-            (st.cursor.to_record(), st.change_seq)
+        let (record, seq, deletions) = {
+            let mut st = s.state.lock().await;
+            let n = st.committed_deletions.len().min(FLUSH_DELETIONS);
+            let deletions: Vec<_> = st.committed_deletions.drain(..n).collect();
+            (st.cursor.to_record(), st.change_seq, deletions)
         };
-        if seq > *s.persisted.borrow() {
-            match s.tables.cursors.update(&key, &record, version).await {
-                Ok(w) => {
-                    version = w.version;
-                    s.persisted.send_replace(seq);
+        if seq > *s.persisted.borrow() || !deletions.is_empty() {
+            match write_cursor(&s, &key, &record, version, &deletions).await {
+                Ok(Some(written)) => {
+                    version = written;
+                    owner_missed = false;
+                    s.persisted.send_if_modified(|p| {
+                        let moved = seq > *p;
+                        *p = (*p).max(seq);
+                        moved
+                    });
+                }
+                Ok(None) if !owner_missed => {
+                    // The log's record moved: a rollover of ours, or a new owner. Once more
+                    // against the record as it is now.
+                    owner_missed = true;
+                    s.state.lock().await.requeue(deletions);
+                }
+                Ok(None) => {
+                    // Twice: no longer the owner. The next one finds the records, sees the
+                    // transactions committed, and deletes them.
+                    owner_missed = false;
+                    warn!(topic = %key.topic, subscription = %key.subscription, records = deletions.len(), "not the log's owner any more: committed pending acks left to the next one");
                 }
                 Err(TableError::VersionMismatch { actual, .. }) => {
                     // Never adopt the other writer's version: that would overwrite a cursor
-                    // this object does not own (e.g. of a re-created topic).
+                    // this object does not own (e.g. of a re-created topic). The deletions
+                    // are left to whoever loads the subscription next.
                     warn!(topic = %key.topic, subscription = %key.subscription, ?actual, "cursor changed by someone else; no longer persisting it");
                     s.flusher_stopped
                         .store(true, std::sync::atomic::Ordering::Release);
@@ -773,6 +813,7 @@ async fn flusher(
                 }
                 Err(e) => {
                     warn!(topic = %key.topic, subscription = %key.subscription, error = %e, "persisting cursor failed; retrying");
+                    s.state.lock().await.requeue(deletions);
                     drop(s);
                     // Retry backoff, so a metastore outage is not a busy loop.
                     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
@@ -783,6 +824,54 @@ async fn flusher(
         drop(s);
         notified.await;
     }
+}
+
+/// Writes the cursor record over `version`, with `deletions` in the same write. Returns the
+/// new version, or `None` if the deletions' owner check failed while the cursor was still at
+/// `version` (nothing written).
+async fn write_cursor(
+    s: &Subscription,
+    key: &CursorKey,
+    record: &CursorRecord,
+    version: u64,
+    deletions: &[CommittedDeletion],
+) -> Result<Option<u64>, TableError> {
+    let t = &s.tables;
+    if deletions.is_empty() {
+        return Ok(Some(t.cursors.update(key, record, version).await?.version));
+    }
+    let mut success = vec![t.cursors.put_op(key, record)?];
+    success.extend(deletions.iter().map(|d| match d {
+        CommittedDeletion::Record(first) => t.pending_acks.delete_op(&(key.clone(), *first)),
+        CommittedDeletion::Mark(txn) => t.txn_subs.delete_op(&(key.clone(), *txn)),
+    }));
+    // Deletions only as the log's owner (as every pending-ack write): a former owner must
+    // not delete what a new one wrote.
+    let txn = Txn {
+        compares: vec![
+            t.cursors.version_is(key, Expect::Version(version)),
+            s.ml.owner_compare().await,
+        ],
+        success,
+        failure: Vec::new(),
+    };
+    let response = t.meta().txn(txn).await.map_err(TableError::from)?;
+    if response.succeeded {
+        if let Some(TxnOpResult::Written(w)) = response.results.first() {
+            return Ok(Some(w.version));
+        }
+        // A put answers Written; were it ever not to, the version is read back.
+        return Ok(t.cursors.get(key).await?.map(|row| row.version));
+    }
+    let actual = t.cursors.get(key).await?.map(|row| row.version);
+    if actual == Some(version) {
+        return Ok(None);
+    }
+    Err(TableError::VersionMismatch {
+        key: format!("{}/{}", key.topic, key.subscription),
+        expected: Expect::Version(version),
+        actual,
+    })
 }
 
 impl Drop for Subscription {

@@ -778,6 +778,66 @@ async fn decided_transactions_are_forgotten_and_their_skipped_ranges_kept() {
     stop_all(brokers, cluster).await;
 }
 
+/// A committed ack's pending record is deleted only once the durable cursor holds that ack
+/// (a crash in between finds the record and applies it again, so the ack is never lost),
+/// and in the same metastore write as that cursor: the cursor put's revision is the one
+/// right before the deletion's (a write's changes take consecutive revisions).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_pending_acks_go_in_the_cursor_write_that_holds_them() {
+    let (_dir, cluster, brokers) = start().await;
+    let client = client_of_all(&brokers).await;
+    let input = "persistent://public/default/acks-with-cursor";
+    let feeder = client.producer(input).create().await.expect("producer");
+    feeder.send("job").await.expect("stored");
+    let mut worker = subscribe_earliest(&client, input, "workers").await;
+    let mut acks = cluster.meta.watch("/txn-acks/", 0).await.expect("watch");
+
+    let txn = client.new_transaction().begin().await.expect("begin");
+    let job = next(&mut worker).await;
+    worker.ack_in(&txn, job.id).await.expect("ack in txn");
+    txn.commit().await.expect("commit");
+
+    let deleted_at = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let event = acks.next().await.expect("watching").expect("event");
+            if event.kind == strata_metastore::EventKind::Delete as i32 {
+                return event.revision;
+            }
+        }
+    })
+    .await
+    .expect("the pending ack record is deleted after the commit");
+    // Nothing is acknowledged after the commit, so the cursor's last write is the one that
+    // holds the committed ack.
+    let tables = strata_metastore::tables::Tables::new(cluster.meta.clone());
+    let key = strata_metastore::tables::CursorKey::new(input.parse().expect("topic"), "workers");
+    let cursor = tables
+        .cursors
+        .get(&key)
+        .await
+        .expect("read the cursor")
+        .expect("the cursor exists");
+    let position = strata_proto::Position {
+        ledger: job.id.ledger,
+        entry: job.id.entry,
+    };
+    let record = &cursor.record;
+    assert!(
+        record.mark_delete.is_some_and(|m| m >= position) || record.acked.contains_key(&position),
+        "the durable cursor does not hold the committed ack: {record:?}"
+    );
+    assert_eq!(
+        cursor.mod_revision + 1,
+        deleted_at,
+        "the record was not deleted in the write that made the cursor hold its ack"
+    );
+
+    worker.close().await.expect("close");
+    feeder.close().await.expect("close");
+    client.close().await;
+    stop_all(brokers, cluster).await;
+}
+
 /// A restarted instance of a named transactional producer fences its zombie at once: the
 /// zombie's open transaction is aborted (its held input comes back to the new instance
 /// without waiting for the timeout), its commit is refused, it cannot begin again, and only

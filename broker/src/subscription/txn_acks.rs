@@ -1,8 +1,9 @@
 //! Acknowledgements made in a transaction ("pending acks"): held apart from the cursor until
 //! the transaction is decided. A message with a pending ack is not delivered again to anyone
 //! (not even after its consumer leaves); a second transaction acknowledging it gets
-//! `TransactionConflict`. On commit the acks go into the cursor (and the pending records are
-//! deleted once the cursor is durable); on abort the messages are delivered again.
+//! `TransactionConflict`. On commit the acks go into the cursor, and the pending records are
+//! deleted in the very write that makes the cursor durable with them (the flusher's: many
+//! commits share it); on abort the messages are delivered again.
 //!
 //! Each ack write stores its messages in pending-ack records of up to 4,096 messages (one
 //! for most writes), each keyed by its first. Only the topic's owner writes them (each write compares the managed-ledger
@@ -374,7 +375,7 @@ impl Subscription {
             // the next pass.
             self.delete_txn_ack_records(txn, &records, last).await;
         }
-        let seq = {
+        {
             let mut st = self.state.lock().await;
             let st = &mut *st;
             ids.retain(|(id, _)| st.txn_acks.get(id).is_some_and(|(t, _)| *t == txn));
@@ -405,24 +406,14 @@ impl Subscription {
                 .compact(ml.first_position(), |p| ml.next_position(p));
             st.pending.retain(|p, _| !st.cursor.is_entry_acked(*p));
             st.change_seq += 1;
-            st.change_seq
-        };
+            if committed {
+                // The records go in the write that makes these acks durable (a crash before
+                // it finds them and applies them again: acks are idempotent).
+                queue_committed_deletions(st, txn, &records, last);
+            }
+        }
         self.wake_flusher.notify_one();
         self.wake_dispatcher.notify_one();
-        if !committed {
-            return;
-        }
-        // The records go only once the cursor holds the acks durably: a crash in between
-        // finds them and applies them again (acks are idempotent).
-        if let Err(e) = self.wait_durable(seq).await {
-            warn!(subscription = %self.name, error = %e, "committed acks not durable yet; records kept");
-            // The records and the mark stay, for the next load of the subscription.
-            let mut st = self.state.lock().await;
-            st.txn_marked.remove(&txn);
-            st.txn_records.remove(&txn);
-            return;
-        }
-        self.delete_txn_ack_records(txn, &records, last).await;
     }
 
     /// Deletes the pending-ack records `records` (their keys) here, all of `txn`, and with
@@ -469,8 +460,38 @@ impl Subscription {
     }
 }
 
-/// Takes a message acknowledged in `txn` out of delivery: not held by its consumer any more,
-/// never redelivered while the transaction is open.
+/// A deletion the flusher makes with the cursor write holding the committed acks it
+/// settles: one write for the cursor and any number of commits' records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum CommittedDeletion {
+    /// A pending-ack record, by key.
+    Record(MessageId),
+    /// The subscription's `/txn-subs/` mark of a transaction; queued after its last records,
+    /// so it never goes before them.
+    Mark(TxnId),
+}
+
+/// Queues the deletion of `records` (keys of `txn`'s pending-ack records here), and with
+/// `last` of the transaction's mark, for the flusher's next cursor write.
+fn queue_committed_deletions(st: &mut SubState, txn: TxnId, records: &[MessageId], last: bool) {
+    if let Some(keys) = st.txn_records.get_mut(&txn) {
+        for key in records {
+            keys.remove(key);
+        }
+        if keys.is_empty() {
+            st.txn_records.remove(&txn);
+        }
+    }
+    let queue = &mut st.committed_deletions;
+    queue.extend(records.iter().map(|k| CommittedDeletion::Record(*k)));
+    if last {
+        queue.push_back(CommittedDeletion::Mark(txn));
+        // Gone as far as this subscription is concerned: if the write fails for good the
+        // mark stays for the next load, as after any failed deletion.
+        st.txn_marked.remove(&txn);
+    }
+}
+
 /// The messages a cumulative ack up to `ids[0]` covers: every one delivered and not yet
 /// acknowledged at or before it (those held by this transaction already are skipped later).
 fn cumulative_ids(st: &SubState, ids: &[MessageId]) -> Result<Vec<MessageId>, BrokerError> {
@@ -505,6 +526,8 @@ fn cumulative_ids(st: &SubState, ids: &[MessageId]) -> Result<Vec<MessageId>, Br
     Ok(covered)
 }
 
+/// Takes a message acknowledged in `txn` out of delivery: not held by its consumer any more,
+/// never redelivered while the transaction is open.
 fn hold_for_txn(st: &mut SubState, id: MessageId, txn: TxnId, batch_size: u32) {
     if let Some(e) = st.pending.get_mut(&id.position()) {
         e.held.remove(&id.batch_index);
