@@ -98,6 +98,8 @@ impl BrokerError {
             Self::SubscriptionNotFound(_) => ErrorCode::TopicNotFound,
             Self::InvalidMessageId(_) => ErrorCode::InvalidMessageId,
             Self::Protocol(_) => ErrorCode::ProtocolViolation,
+            // Resending cannot help.
+            Self::Ledger(LedgerError::EntryTooLarge { .. }) => ErrorCode::FrameTooLarge,
             Self::Ledger(_) | Self::Corrupt(_) => ErrorCode::StorageError,
             // A stored record this version cannot read is corrupt storage, as before tables.
             Self::Meta(TableError::Decode { .. } | TableError::Encode { .. }) => {

@@ -224,6 +224,17 @@ impl ManagedLedger {
             )));
         }
         let writer = self.current_writer()?;
+        // Refused here, before any position is handed out: the writer would refuse it only
+        // in the returned future, while taking later adds (which the session rule forbids).
+        let max = self.client.options().max_entry_bytes;
+        if data.len() > max {
+            return Err(strata_bookie::LedgerError::EntryTooLarge {
+                ledger: writer.id(),
+                len: data.len(),
+                max,
+            }
+            .into());
+        }
         let too_old = self
             .config
             .max_ledger_age
@@ -304,6 +315,18 @@ impl ManagedLedger {
     async fn rollover(&self, write: &mut WriteState) -> Result<Arc<LedgerWriter>, BrokerError> {
         let old = self.current_writer()?;
         let last = old.close().await?;
+        let durable = last.map_or(0, |e| e.0 + 1);
+        if durable < old.entries_added() {
+            // Closed at its last durable entry, short of adds it took: those failed (the
+            // writer stopped). Counted now, before any add goes to a new ledger, since their
+            // own failure reports may come later; the next append replaces this ledger.
+            self.failures.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.failed.store(true, std::sync::atomic::Ordering::SeqCst);
+            return Err(BrokerError::Retry(format!(
+                "adds to ledger {} failed as it was closed",
+                old.id()
+            )));
+        }
         let closed = LedgerInfo {
             id: old.id(),
             entries: Some(last.map(|e| e.0 + 1).unwrap_or(0)),

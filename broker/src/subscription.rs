@@ -808,6 +808,7 @@ async fn flusher(
                     warn!(topic = %key.topic, subscription = %key.subscription, ?actual, "cursor changed by someone else; no longer persisting it");
                     s.flusher_stopped
                         .store(true, std::sync::atomic::Ordering::Release);
+                    s.state.lock().await.committed_deletions.clear();
                     s.persisted.send_modify(|_| {});
                     return;
                 }

@@ -7,8 +7,9 @@ mod support;
 
 use std::time::Duration;
 
+use strata_broker::BrokerError;
 use strata_broker::topic::Published;
-use strata_client::{InitialPosition, MessageId};
+use strata_client::{ErrorCode, InitialPosition, MessageId};
 use strata_proto::TopicName;
 use strata_proto::pb::client::Message;
 use support::{client_of, client_of_all, crash, start, stop_all, topic_owned_by};
@@ -223,7 +224,8 @@ async fn clients_follow_a_crashed_owner_with_nothing_lost_or_repeated() {
 /// Once an append to the log fails, the producer session it belongs to stores nothing more:
 /// the client resends from the failed batch on a new session, and the dedup (which keeps only
 /// the highest stored sequence id) would take that resend for a duplicate of a later batch
-/// stored meanwhile, and drop it. A new session stores again, the resend included.
+/// stored meanwhile, and drop it. A new session stores again, the resend included. A batch
+/// too large for a ledger entry is refused at once, as not retryable, and fails nothing else.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_producer_session_stores_nothing_after_one_of_its_appends_failed() {
     let (_dir, cluster, brokers) = start().await;
@@ -232,7 +234,7 @@ async fn a_producer_session_stores_nothing_after_one_of_its_appends_failed() {
     let name: TopicName = topic.parse().expect("topic");
     let owned = brokers[0].service.topic(&name, true).await.expect("owned");
     let session = owned.producer_session();
-    let stored = |p: Result<Published, _>| async move {
+    let stored = |p: Result<Published, BrokerError>| async move {
         match p {
             Ok(Published::Stored(pending)) => pending.await.map(|_| ()),
             Ok(Published::Duplicate(_)) => panic!("a new batch taken for a duplicate"),
@@ -242,17 +244,38 @@ async fn a_producer_session_stores_nothing_after_one_of_its_appends_failed() {
     stored(owned.publish(session, "p", 1, message("#0"), None).await)
         .await
         .expect("batch 1 stored");
-    // Over the ledger writer's entry limit: refused by the writer, as a write no bookie
-    // took would be, after the log handed it a position.
+
     let huge = vec![Message {
         payload: vec![0u8; 6 << 20].into(),
         ..Message::default()
     }];
+    let too_large = owned.publish(session, "p", 2, huge, None).await;
+    assert_eq!(
+        too_large.err().map(|e| e.to_wire().code),
+        Some(ErrorCode::FrameTooLarge),
+        "an entry over the ledger's limit is refused before it is appended"
+    );
+
+    // Another writer recovers (fences) the ledger being written, as a new owner would: the
+    // next add fails in the writer, after the log handed it a position.
+    let ledger = owned
+        .managed_ledger()
+        .last_confirmed()
+        .expect("batch 1 is durable")
+        .ledger;
+    let fencer = cluster.ledger_client(
+        strata_bookie::BookieClientOptions::default(),
+        strata_bookie::LedgerClientOptions::default(),
+    );
+    fencer
+        .open_ledger_with_recovery(ledger)
+        .await
+        .expect("recover the ledger");
     assert!(
-        stored(owned.publish(session, "p", 2, huge, None).await)
+        stored(owned.publish(session, "p", 2, message("#1"), None).await)
             .await
             .is_err(),
-        "batch 2 fails in the writer"
+        "batch 2 fails in the fenced ledger"
     );
     let after = owned.publish(session, "p", 3, message("#2"), None).await;
     assert!(

@@ -363,7 +363,13 @@ impl Subscription {
         };
         let (mut ids, records, last) = held(&*self.state.lock().await);
         if ids.is_empty() {
-            if last {
+            if last && committed {
+                // Behind any records an earlier pass queued: the mark never goes first.
+                let mut st = self.state.lock().await;
+                self.queue_committed_deletions(&mut st, txn, &records, true);
+                drop(st);
+                self.wake_flusher.notify_one();
+            } else if last {
                 self.delete_txn_ack_records(txn, &[], true).await;
             }
             return;
@@ -409,7 +415,7 @@ impl Subscription {
             if committed {
                 // The records go in the write that makes these acks durable (a crash before
                 // it finds them and applies them again: acks are idempotent).
-                queue_committed_deletions(st, txn, &records, last);
+                self.queue_committed_deletions(st, txn, &records, last);
             }
         }
         self.wake_flusher.notify_one();
@@ -471,8 +477,28 @@ pub(super) enum CommittedDeletion {
     Mark(TxnId),
 }
 
-/// Queues the deletion of `records` (keys of `txn`'s pending-ack records here), and with
-/// `last` of the transaction's mark, for the flusher's next cursor write.
+impl Subscription {
+    /// Queues the deletion of `records` (keys of `txn`'s pending-ack records here), and with
+    /// `last` of the transaction's mark, for the flusher's next cursor write.
+    fn queue_committed_deletions(
+        &self,
+        st: &mut SubState,
+        txn: TxnId,
+        records: &[MessageId],
+        last: bool,
+    ) {
+        queue_committed_deletions(st, txn, records, last);
+        if self
+            .flusher_stopped
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            // Nobody writes them: left to the next load, as the cursor is.
+            st.committed_deletions.clear();
+        }
+    }
+}
+
+/// [`Subscription::queue_committed_deletions`] on the state alone.
 fn queue_committed_deletions(st: &mut SubState, txn: TxnId, records: &[MessageId], last: bool) {
     if let Some(keys) = st.txn_records.get_mut(&txn) {
         for key in records {
