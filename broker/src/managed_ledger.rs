@@ -320,7 +320,8 @@ impl ManagedLedger {
             // Closed at its last durable entry, short of adds it took: those failed (the
             // writer stopped). Counted now, before any add goes to a new ledger, since their
             // own failure reports may come later; the next append replaces this ledger.
-            self.failures.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.failures
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             self.failed.store(true, std::sync::atomic::Ordering::SeqCst);
             return Err(BrokerError::Retry(format!(
                 "adds to ledger {} failed as it was closed",
