@@ -10,15 +10,39 @@ use std::time::Duration;
 
 pub const STRATA: &str = env!("CARGO_BIN_EXE_strata");
 
-/// `n` UDP ports free right now on 127.0.0.1 (QUIC listens on UDP).
+/// `n` distinct UDP ports free right now on 127.0.0.1 (QUIC listens on UDP), taken below
+/// the kernel's ephemeral range. A port from that range, once released, can be handed to
+/// any socket bound to port 0 (a started node's outbound QUIC endpoint, say) before the node
+/// it was meant for binds it; nothing is handed ports below the range unasked.
 pub fn free_udp_ports(n: usize) -> Vec<u16> {
-    let sockets: Vec<_> = (0..n)
-        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").expect("bind"))
-        .collect();
-    sockets
-        .iter()
-        .map(|s| s.local_addr().expect("addr").port())
-        .collect()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    // Tests of one binary run in parallel: each call goes on where the last one stopped.
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const FIRST: u32 = 10_000;
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    let span = ephemeral_low.saturating_sub(FIRST).max(1);
+    // Test binaries run one after another, but spread them anyway.
+    let base = std::process::id().wrapping_mul(7_919);
+    let mut ports = Vec::with_capacity(n);
+    for _ in 0..span {
+        if ports.len() == n {
+            break;
+        }
+        let i = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (FIRST + base.wrapping_add(i) % span) as u16;
+        if !ports.contains(&port) && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            ports.push(port);
+        }
+    }
+    assert_eq!(
+        ports.len(),
+        n,
+        "no {n} free UDP ports below {ephemeral_low}"
+    );
+    ports
 }
 
 /// A child process, killed (SIGKILL) when dropped, also when a test fails.
