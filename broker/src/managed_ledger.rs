@@ -78,8 +78,11 @@ pub struct ManagedLedger {
     readers: Mutex<HashMap<LedgerId, Arc<LedgerReader>>>,
     /// Bumped each time an entry becomes durable; dispatchers wait on it.
     appended: watch::Sender<u64>,
-    failed: Arc<std::sync::atomic::AtomicBool>,
-    /// Appends that failed so far. Bumped before `failed` is set, and only once the writer
+    /// One past the highest ledger id an add failed on (0: none). The ledger being written
+    /// is replaced when it is the one: a late report from a ledger already replaced (its
+    /// outstanding adds fail together, their reports one by one) changes nothing.
+    failed_ledger: Arc<std::sync::atomic::AtomicU64>,
+    /// Appends that failed so far. Bumped before `failed_ledger` is set, and only once the writer
     /// has stopped (so every later add to that ledger fails too): see [`Self::append_at`].
     failures: Arc<std::sync::atomic::AtomicU64>,
     /// Set by `delete`: appends fail with `TopicDeleted`.
@@ -165,7 +168,7 @@ impl ManagedLedger {
             }),
             readers: Mutex::new(HashMap::new()),
             appended,
-            failed: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            failed_ledger: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             failures: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             deleted: std::sync::atomic::AtomicBool::new(false),
             fresh,
@@ -210,10 +213,10 @@ impl ManagedLedger {
         unless_failed_since: Option<u64>,
     ) -> Result<(Position, PendingAppend), BrokerError> {
         let mut write = self.write.lock().await;
-        if self.failed.load(std::sync::atomic::Ordering::SeqCst) {
+        if self.current_ledger_failed() {
             self.replace_failed_ledger(&mut write).await?;
         }
-        // Checked after `failed`: a failure counted after this check is of a writer already
+        // Checked after the failed ledger: a failure counted after this check is of a writer already
         // stopped, so this add fails with it rather than landing after it.
         if let Some(seen) = unless_failed_since
             && self.failures() != seen
@@ -260,7 +263,7 @@ impl ManagedLedger {
         // flag never depend on somebody polling the returned future (a producer that went
         // away drops it, but its entry still becomes durable).
         let appended = self.appended.clone();
-        let (failed, failures) = (self.failed.clone(), self.failures.clone());
+        let (failed, failures) = (self.failed_ledger.clone(), self.failures.clone());
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {
             let outcome = match add.await {
@@ -270,7 +273,7 @@ impl ManagedLedger {
                 }
                 Err(e) => {
                     failures.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    failed.store(true, std::sync::atomic::Ordering::SeqCst);
+                    failed.fetch_max(ledger.0 + 1, std::sync::atomic::Ordering::SeqCst);
                     Err(BrokerError::from(e))
                 }
             };
@@ -285,10 +288,21 @@ impl ManagedLedger {
     /// log's tail is settled before anyone reads it back.
     pub async fn repair(&self) -> Result<(), BrokerError> {
         let mut write = self.write.lock().await;
-        if self.failed.load(std::sync::atomic::Ordering::Acquire) {
+        if self.current_ledger_failed() {
             self.replace_failed_ledger(&mut write).await?;
         }
         Ok(())
+    }
+
+    /// Whether an add failed on the ledger being written.
+    fn current_ledger_failed(&self) -> bool {
+        let failed = self.failed_ledger.load(std::sync::atomic::Ordering::SeqCst);
+        failed != 0
+            && self
+                .view_read()
+                .current
+                .as_ref()
+                .is_some_and(|w| failed > w.id().0)
     }
 
     fn current_writer(&self) -> Result<Arc<LedgerWriter>, BrokerError> {
@@ -322,7 +336,8 @@ impl ManagedLedger {
             // own failure reports may come later; the next append replaces this ledger.
             self.failures
                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            self.failed.store(true, std::sync::atomic::Ordering::SeqCst);
+            self.failed_ledger
+                .fetch_max(old.id().0 + 1, std::sync::atomic::Ordering::SeqCst);
             return Err(BrokerError::Retry(format!(
                 "adds to ledger {} failed as it was closed",
                 old.id()
@@ -354,8 +369,6 @@ impl ManagedLedger {
             },
         )
         .await?;
-        self.failed
-            .store(false, std::sync::atomic::Ordering::Release);
         Ok(())
     }
 
