@@ -68,6 +68,14 @@ struct WriteState {
     ledger_opened: std::time::Instant,
 }
 
+/// The refusal of an append for a producer session that saw an append to `topic` fail
+/// (retryable: the client resends on a new session).
+pub(crate) fn session_ended(topic: &TopicName) -> BrokerError {
+    BrokerError::Retry(format!(
+        "an append to {topic} failed during this producer session: resend on a new session"
+    ))
+}
+
 pub struct ManagedLedger {
     topic: TopicName,
     tables: Tables,
@@ -82,8 +90,8 @@ pub struct ManagedLedger {
     /// is replaced when it is the one: a late report from a ledger already replaced (its
     /// outstanding adds fail together, their reports one by one) changes nothing.
     failed_ledger: Arc<std::sync::atomic::AtomicU64>,
-    /// Appends that failed so far. Bumped before `failed_ledger` is set, and only once the writer
-    /// has stopped (so every later add to that ledger fails too): see [`Self::append_at`].
+    /// Appends that failed so far. Bumped before `failed_ledger` is set, and only once the
+    /// writer has stopped (so every later add to it fails too): see [`Self::append_at`].
     failures: Arc<std::sync::atomic::AtomicU64>,
     /// Set by `delete`: appends fail with `TopicDeleted`.
     deleted: std::sync::atomic::AtomicBool,
@@ -216,15 +224,12 @@ impl ManagedLedger {
         if self.current_ledger_failed() {
             self.replace_failed_ledger(&mut write).await?;
         }
-        // Checked after the failed ledger: a failure counted after this check is of a writer already
-        // stopped, so this add fails with it rather than landing after it.
+        // Checked after the failed ledger: a failure counted after this check is of a writer
+        // already stopped, so this add fails with it rather than landing after it.
         if let Some(seen) = unless_failed_since
             && self.failures() != seen
         {
-            return Err(BrokerError::Retry(format!(
-                "an append to {} failed during this producer session: resend on a new session",
-                self.topic
-            )));
+            return Err(session_ended(&self.topic));
         }
         let writer = self.current_writer()?;
         // Refused here, before any position is handed out: the writer would refuse it only

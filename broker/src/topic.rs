@@ -91,13 +91,6 @@ impl Drop for Topic {
     }
 }
 
-/// The refusal of a batch on a session that saw an append fail (retryable: on a new one).
-fn session_ended(topic: &TopicName) -> BrokerError {
-    BrokerError::Retry(format!(
-        "an append to {topic} failed during this producer session: resend on a new session"
-    ))
-}
-
 impl Topic {
     /// Loads a topic over its opened log, rebuilding the producers' dedup state and its
     /// transactions; starts settling decided transactions in the background.
@@ -163,7 +156,7 @@ impl Topic {
         // Checked again where the entry is appended (that one closes the race); this one
         // refuses before the dedup state records anything.
         if self.ml.failures() != session.ledger_failures {
-            return Err(session_ended(&self.name));
+            return Err(crate::managed_ledger::session_ended(&self.name));
         }
         let mut dedup = loop {
             let mut dedup = self.dedup.lock().await;

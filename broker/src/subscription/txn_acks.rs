@@ -487,34 +487,30 @@ impl Subscription {
         records: &[MessageId],
         last: bool,
     ) {
-        queue_committed_deletions(st, txn, records, last);
+        if let Some(keys) = st.txn_records.get_mut(&txn) {
+            for key in records {
+                keys.remove(key);
+            }
+            if keys.is_empty() {
+                st.txn_records.remove(&txn);
+            }
+        }
+        // Gone as far as this subscription is concerned: if the write fails for good, the
+        // records and the mark stay for the next load, as after any failed deletion.
+        if last {
+            st.txn_marked.remove(&txn);
+        }
         if self
             .flusher_stopped
             .load(std::sync::atomic::Ordering::Acquire)
         {
-            // Nobody writes them: left to the next load, as the cursor is.
-            st.committed_deletions.clear();
+            return; // nobody writes them now
         }
-    }
-}
-
-/// [`Subscription::queue_committed_deletions`] on the state alone.
-fn queue_committed_deletions(st: &mut SubState, txn: TxnId, records: &[MessageId], last: bool) {
-    if let Some(keys) = st.txn_records.get_mut(&txn) {
-        for key in records {
-            keys.remove(key);
+        let queue = &mut st.committed_deletions;
+        queue.extend(records.iter().map(|k| CommittedDeletion::Record(*k)));
+        if last {
+            queue.push_back(CommittedDeletion::Mark(txn));
         }
-        if keys.is_empty() {
-            st.txn_records.remove(&txn);
-        }
-    }
-    let queue = &mut st.committed_deletions;
-    queue.extend(records.iter().map(|k| CommittedDeletion::Record(*k)));
-    if last {
-        queue.push_back(CommittedDeletion::Mark(txn));
-        // Gone as far as this subscription is concerned: if the write fails for good the
-        // mark stays for the next load, as after any failed deletion.
-        st.txn_marked.remove(&txn);
     }
 }
 
