@@ -3,7 +3,9 @@
 # messages per transaction, and the same pipeline without transactions in the same run),
 # then RabbitMQ's tx.select peer (bench/rabbitmq.sh) on the same machine.
 #   bench/txn.sh [runs=3] [messages for N=1 and 10 = 8000] [messages for N=100 = 40000]
-# Prints every run's lines and the medians per mode and N.
+# A last pass per run is N = 1 over the N = 100 message count without the baseline: the
+# sustained rate, once the metastore has flushed and compacts. Prints every run's lines and
+# the medians per mode, N, pipelines and message count.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs="${1:-3}"
@@ -37,6 +39,8 @@ for r in $(seq 1 "$runs"); do
   run_one -n "$large" --per-txn 100
   run_one -n "$small" --per-txn 1 --pipelines 64
   run_one -n "$small" --per-txn 1 --pipelines 128
+  # Sustained: five times as long, past the metastore's first memtable flushes.
+  run_one -n "$large" --per-txn 1 --pipelines 128 --no-baseline
 done
 
 python3 - "$work/results" <<'PY'
@@ -45,10 +49,10 @@ from collections import defaultdict
 rows = defaultdict(list)
 for line in open(sys.argv[1]):
     f = dict(kv.split("=") for kv in line.split())
-    rows[(f["mode"], int(f["n"]), int(f["pipelines"]))].append(f)
-for (mode, n, pipelines), fs in sorted(rows.items(), key=lambda k: (k[0][1], k[0][2], k[0][0])):
+    rows[(f["mode"], int(f["n"]), int(f["pipelines"]), int(f["messages"]))].append(f)
+for (mode, n, pipelines, messages), fs in sorted(rows.items(), key=lambda k: (k[0][1], k[0][2], k[0][3], k[0][0])):
     med = lambda k: statistics.median(float(f[k]) for f in fs) if k in fs[0] else float("nan")
-    print(f"median mode={mode} n={n} pipelines={pipelines} ({len(fs)} runs): "
+    print(f"median mode={mode} n={n} pipelines={pipelines} messages={messages} ({len(fs)} runs): "
           f"{med('steps_per_s'):.0f} steps/s {med('msgs_per_s'):.0f} msg/s "
           f"commit p50 {med('commit_p50_ms'):.2f} ms p99 {med('commit_p99_ms'):.2f} ms "
           f"begin p50 {med('begin_p50_ms'):.2f} ms send+ack p50 {med('send_ack_p50_ms'):.2f} ms")

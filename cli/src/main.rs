@@ -15,6 +15,12 @@ use strata_cli::{bookie_node, broker_node, subscriptions_admin, txn_admin};
 use strata_cli::{perf, perf_ledger, perf_txn};
 use strata_client::InitialPosition;
 
+/// The servers make many small, short-lived allocations on several threads (frames,
+/// metastore commands, futures); glibc's allocator spent an eighth of the standalone's CPU on
+/// them under `strata perf txn` (see docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "strata",
