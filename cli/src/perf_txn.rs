@@ -29,6 +29,10 @@ pub struct PerfTxnArgs {
     /// Skip the pass without transactions.
     #[arg(long)]
     pub no_baseline: bool,
+    /// Run the pass without transactions before the transactional one. The second pass runs
+    /// while the store still flushes the first one's writes: alternate the order across runs.
+    #[arg(long, conflicts_with = "no_baseline")]
+    pub baseline_first: bool,
     /// Topic name prefix (a run stamp is added, so runs never share topics).
     #[arg(long, default_value = "perf-txn")]
     pub prefix: String,
@@ -75,6 +79,8 @@ pub async fn txn(client: &Client, args: PerfTxnArgs) -> anyhow::Result<()> {
         anyhow::ensure!(n > 0, "--per-txn values must be at least 1");
         let modes: &[bool] = if args.no_baseline {
             &[true]
+        } else if args.baseline_first {
+            &[false, true]
         } else {
             &[true, false]
         };
