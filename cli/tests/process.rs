@@ -182,3 +182,65 @@ fn bad_topic_name_is_one_clear_line() {
     server.child.kill().expect("SIGKILL");
     let _ = server.child.wait();
 }
+
+/// `strata perf txn` runs both passes for every N, the plain one first with
+/// `--baseline-first`, each over all its messages, and its transactional passes commit one
+/// transaction per N input messages.
+#[test]
+fn perf_txn_runs_both_passes_in_the_asked_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut server = start(dir.path());
+    let committed = |server: &Server| -> u64 {
+        let metrics = http_get(&server.http, "/metrics");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("strata_broker_txn_committed_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no committed counter in {metrics}"))
+    };
+    for (order, expected) in [
+        (None, ["txn", "plain"]),
+        (Some("--baseline-first"), ["plain", "txn"]),
+    ] {
+        let before = committed(&server);
+        let mut args = vec![
+            "perf",
+            "txn",
+            "-n",
+            "40",
+            "--per-txn",
+            "1,10",
+            "--pipelines",
+            "2",
+        ];
+        args.extend(order);
+        let (ok, out, err) = strata(&server, &args, None);
+        assert!(ok, "perf txn failed: {err}");
+        let passes: Vec<(String, String, String)> = out
+            .lines()
+            .filter(|l| l.starts_with("mode="))
+            .map(|l| {
+                let field = |k: &str| {
+                    l.split_whitespace()
+                        .find_map(|f| f.strip_prefix(&format!("{k}=")))
+                        .unwrap_or_else(|| panic!("no {k} in {l}"))
+                        .to_owned()
+                };
+                (field("mode"), field("n"), field("messages"))
+            })
+            .collect();
+        let want: Vec<(String, String, String)> = ["1", "10"]
+            .iter()
+            .flat_map(|n| {
+                expected
+                    .iter()
+                    .map(|m| (m.to_string(), n.to_string(), "40".into()))
+            })
+            .collect();
+        assert_eq!(passes, want, "{out}");
+        // 40 transactions of one message, then 4 of ten.
+        assert_eq!(committed(&server) - before, 44, "{out}");
+    }
+    server.child.kill().expect("SIGKILL");
+    let _ = server.child.wait();
+}
