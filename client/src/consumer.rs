@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -21,7 +22,7 @@ use strata_proto::pb::client::{
 use strata_proto::{MessageId, TopicName};
 use strata_transport::{FrameReader, FrameWriter};
 use tokio::sync::{Mutex, mpsc, oneshot};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::connection::next_frame;
 use crate::{Client, ClientError};
@@ -193,7 +194,9 @@ impl ConsumerBuilder {
         let receipts: Receipts = Arc::new(Mutex::new(Some(HashMap::new())));
         let writer = Arc::new(Mutex::new(writer));
         let acks = Arc::new(std::sync::Mutex::new(AckLog::default()));
+        let closing = Arc::new(AtomicBool::new(false));
         let link = Link {
+            closing: closing.clone(),
             client: self.client.clone(),
             topic: partition,
             partition: index,
@@ -228,6 +231,7 @@ impl ConsumerBuilder {
             taken_since_flow: 0,
             queue_size: self.receiver_queue_size,
             reader_task,
+            closing,
         })
     }
 }
@@ -264,6 +268,9 @@ struct AckLog {
 
 /// Individual acks remembered for a resend (the oldest are forgotten beyond it).
 const MAX_REMEMBERED_ACKS: usize = 100_000;
+
+/// How long `close` waits for the broker to end a session (it flushes queued frames first).
+const CLOSE_WAIT: Duration = Duration::from_secs(10);
 
 impl AckLog {
     fn individual(&mut self, id: MessageId) {
@@ -327,6 +334,8 @@ struct PartitionConsumer {
     taken_since_flow: u32,
     queue_size: u32,
     reader_task: tokio::task::JoinHandle<()>,
+    /// Set by `close`: the link reads the session to its end and does not subscribe again.
+    closing: Arc<AtomicBool>,
 }
 
 fn flow(permits: u32) -> ClientFrame {
@@ -632,13 +641,26 @@ impl Consumer {
 
     /// Makes acks durable, then ends the sessions (every one of them, even if a flush
     /// failed; the first error is returned).
+    ///
+    /// Returns once the broker has let go of the consumer (it ends its side of the session
+    /// after detaching), so a new exclusive consumer of the subscription may attach at once.
     pub async fn close(mut self) -> Result<(), ClientError> {
         let mut first_error = None;
         for part in &mut self.parts {
             if let Err(e) = part.flush_acks().await {
                 first_error.get_or_insert(e);
             }
+            part.closing.store(true, Ordering::SeqCst);
             part.writer.lock().await.finish();
+        }
+        let deadline = tokio::time::Instant::now() + CLOSE_WAIT;
+        for part in &mut self.parts {
+            if tokio::time::timeout_at(deadline, &mut part.reader_task)
+                .await
+                .is_err()
+            {
+                warn!(topic = %self.topic, "the broker did not end the consumer session in time");
+            }
         }
         first_error.map_or(Ok(()), Err)
     }
@@ -785,6 +807,8 @@ fn lock_acks(acks: &std::sync::Mutex<AckLog>) -> std::sync::MutexGuard<'_, AckLo
 /// The consumer's link to its broker: reads deliveries and receipts, and subscribes again
 /// when the session breaks.
 struct Link {
+    /// Set when the application closes the consumer.
+    closing: Arc<AtomicBool>,
     client: Client,
     topic: TopicName,
     /// The partition index this link reads (0 when not partitioned).
@@ -818,6 +842,9 @@ impl Link {
                 Err(e) => e,
             };
             self.fail_receipts().await;
+            if self.closing.load(Ordering::SeqCst) {
+                return;
+            }
             if !(matches!(cause, ClientError::Closed(_)) || cause.is_retryable()) {
                 let _ = self.tx.send((self.partition, Err(cause), true));
                 return;
@@ -953,6 +980,9 @@ impl Link {
         let deadline = tokio::time::Instant::now() + self.reconnect_timeout;
         let mut backoff = Duration::from_millis(50);
         loop {
+            if self.closing.load(Ordering::SeqCst) {
+                return Err(ClientError::Closed("consumer"));
+            }
             match subscribe(&self.client, &self.topic, &self.open, self.queue_size).await {
                 Ok((writer, reader)) => {
                     let mut current = self.writer.lock().await;
@@ -960,6 +990,10 @@ impl Link {
                     // answered there: fail them before anything goes on the new one.
                     self.fail_receipts().await;
                     *current = writer;
+                    if self.closing.load(Ordering::SeqCst) {
+                        // Closed while this session was opening: end it as close ended the old one.
+                        current.finish();
+                    }
                     return Ok(reader);
                 }
                 // The old session may still hold the subscription on that broker for a moment.

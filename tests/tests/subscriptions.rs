@@ -293,6 +293,41 @@ async fn incompatible_subscription_types_are_refused() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Close returns only once the broker has let go: right after it, no partition lists the
+/// consumer, and the exclusive subscription can be taken again at once, every time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_exclusive_consumer_frees_its_subscription_at_once() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = TestStandalone::start(test_config(dir.path())).await?;
+    let c = client(&server).await?;
+    let topic = "persistent://public/default/reclaimed";
+    c.create_partitioned_topic(topic, 4).await?;
+    produce(&c, topic, numbered(4_000)).await?;
+    let mut acked = BTreeSet::new();
+    for round in 0..40 {
+        // A full queue on every partition: the broker has deliveries to take back on detach.
+        let mut consumer = subscribe(&c, topic, SubscriptionType::Exclusive, 1_000)
+            .await
+            .map_err(|e| anyhow::anyhow!("round {round}: subscribe: {e}"))?;
+        let m = consumer.receive().await?;
+        assert!(acked.insert(m.id), "round {round}: {:?} acked before", m.id);
+        consumer.ack(m.id).await?;
+        consumer.close().await?;
+        for p in 0..4 {
+            let stats = c.topic_stats(&format!("{topic}-partition-{p}")).await?;
+            let sub = stats.subscriptions.iter().find(|s| s.name == "sub");
+            let consumers = sub.map_or(0, |s| s.consumers);
+            assert_eq!(
+                consumers, 0,
+                "round {round}: partition {p} still lists the consumer"
+            );
+        }
+    }
+    c.close().await;
+    server.standalone.shutdown().await?;
+    Ok(())
+}
+
 /// Subscription admin: list names the subscription; peek shows the next unacknowledged
 /// messages and changes nothing; skip acknowledges them; a reset (to a message id, to a
 /// publish time) makes the connected consumer receive from there again; bad targets are
