@@ -577,11 +577,20 @@ async fn producer_session(
                     }
                     let count = batch.messages.len() as u32;
                     let bytes: u64 = batch.messages.iter().map(|m| m.payload.len() as u64).sum();
-                    let txn = (batch.txn_id != 0)
-                        .then_some((strata_proto::TxnId(batch.txn_id), client_id.as_str()));
-                    let published = topic
-                        .publish(session, name, batch.sequence_id, batch.messages, txn)
-                        .await;
+                    // A malformed start refuses the batch, as any refusal of it would.
+                    let published = match crate::txn_admin::start_from_wire(batch.txn_start) {
+                        Ok(start) => {
+                            let txn = (batch.txn_id != 0).then_some(crate::topic::TxnWrite {
+                                id: strata_proto::TxnId(batch.txn_id),
+                                client: client_id.as_str(),
+                                start: start.as_ref(),
+                            });
+                            topic
+                                .publish(session, name, batch.sequence_id, batch.messages, txn)
+                                .await
+                        }
+                        Err(e) => Err(e),
+                    };
                     let refused = published.is_err();
                     if receipts_tx
                         .send((batch.sequence_id, count, bytes, published))
@@ -777,16 +786,24 @@ async fn consumer_session(
                 Some(client_frame::Frame::Ack(ack)) if ack.txn_id != 0 => {
                     // Acks in a transaction: durable in the metastore when this returns.
                     let ids = ack.message_ids.into_iter().map(MessageId::from).collect();
-                    let outcome = sub
-                        .apply_txn_acks(
-                            consumer_id,
-                            strata_proto::TxnId(ack.txn_id),
-                            &open.client_id,
-                            ids,
-                            ack.cumulative,
-                            &service.txns,
-                        )
-                        .await;
+                    let outcome = match crate::txn_admin::start_from_wire(ack.txn_start) {
+                        Ok(start) => {
+                            let write = crate::topic::TxnWrite {
+                                id: strata_proto::TxnId(ack.txn_id),
+                                client: &open.client_id,
+                                start: start.as_ref(),
+                            };
+                            sub.apply_txn_acks(
+                                consumer_id,
+                                write,
+                                ids,
+                                ack.cumulative,
+                                &service.txns,
+                            )
+                            .await
+                        }
+                        Err(e) => Err(e),
+                    };
                     let receipt = AckReceipt {
                         request_id: ack.request_id,
                         error: outcome.err().map(|e| e.to_wire().into()),

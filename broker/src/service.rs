@@ -27,12 +27,15 @@ pub struct BrokerConfig {
     /// ledger client picks from the bookies registered (E3/Qw3/Qa2 on three or more).
     pub default_replication: Option<LedgerConfig>,
     pub txn_limits: strata_metastore::txn_coordinator::TxnLimits,
+    /// Writes a transaction's record at begin even when its client asks for a lazy begin
+    /// (while some metastore node still sweeps without the late-write margin).
+    pub eager_begin: bool,
 }
 
 pub struct BrokerService {
     pub(crate) tables: Tables,
     ledgers: LedgerClient,
-    config: BrokerConfig,
+    pub(crate) config: BrokerConfig,
     topics: Mutex<HashMap<TopicName, Arc<OnceCell<Arc<Topic>>>>>,
     /// Bundle ownership; unset, the service serves every topic as if it were the only
     /// broker (in-process tests of the layers below).

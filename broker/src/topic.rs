@@ -64,6 +64,15 @@ pub struct ProducerSession {
     ledger_failures: u64,
 }
 
+/// A write of a transaction: which, by which client, and (lazy begin) the start that
+/// creates the transaction if nothing of it was written before.
+#[derive(Debug, Clone, Copy)]
+pub struct TxnWrite<'a> {
+    pub id: TxnId,
+    pub client: &'a str,
+    pub start: Option<&'a strata_metastore::txn_start::TxnStart>,
+}
+
 pub struct Topic {
     name: TopicName,
     ml: Arc<ManagedLedger>,
@@ -145,13 +154,15 @@ impl Topic {
         }
     }
 
+    /// Stores a batch; with `txn`, as a write of that transaction (registering this
+    /// partition in it first, if new here).
     pub async fn publish(
         &self,
         session: ProducerSession,
         producer_name: &str,
         sequence_id: u64,
         messages: Vec<Message>,
-        txn: Option<(TxnId, &str)>,
+        txn: Option<TxnWrite<'_>>,
     ) -> Result<Published, BrokerError> {
         // Checked again where the entry is appended (that one closes the race); this one
         // refuses before the dedup state records anything.
@@ -175,13 +186,14 @@ impl Topic {
                 if let Some(e) = self.quota_refusal() {
                     return Err(e);
                 }
-                if let Some((txn, client)) = txn
-                    && let TxnAdmission::Join(registration) = self.txn_admission(txn, client)?
+                if let Some(write) = txn
+                    && let TxnAdmission::Join(registration) =
+                        self.txn_admission(write.id, write.client)?
                 {
                     // The registration is a metastore write: other producers publish
                     // meanwhile, and this one's next batch waits behind this call.
                     drop(dedup);
-                    self.join_txn(txn, client, registration).await?;
+                    self.join_txn(write, registration).await?;
                     continue;
                 }
             }
@@ -202,7 +214,7 @@ impl Topic {
             sequence_id,
             publish_time_ms: now_ms(),
             messages,
-            txn_id: txn.map_or(0, |(t, _)| t.0),
+            txn_id: txn.map_or(0, |w| w.id.0),
         };
         let appended = self
             .ml
@@ -215,7 +227,7 @@ impl Topic {
             Ok((at, pending)) => {
                 // Still under the publish lock: settling a decided transaction takes that
                 // lock first, so it sees every entry admitted before the decision.
-                if let Some((txn, _)) = txn
+                if let Some(TxnWrite { id: txn, .. }) = txn
                     && !self.txn_state().buffer.appended(txn, at)
                 {
                     warn!(topic = %self.name, %txn, entry = %at, "entry of a transaction not registered here");
@@ -443,14 +455,13 @@ impl Topic {
     /// or before the transaction's first entry here: a stable position may only err early.
     async fn join_txn(
         &self,
-        txn: TxnId,
-        client: &str,
+        write: TxnWrite<'_>,
         registration: Arc<tokio::sync::OnceCell<bool>>,
     ) -> Result<(), BrokerError> {
         let mut failure = None;
         registration
             .get_or_init(|| async {
-                match self.register_txn(txn, client, &registration).await {
+                match self.register_txn(write, &registration).await {
                     Ok(()) => true,
                     Err(e) => {
                         failure = Some(e);
@@ -465,10 +476,12 @@ impl Topic {
 
     async fn register_txn(
         &self,
-        txn: TxnId,
-        client: &str,
+        write: TxnWrite<'_>,
         registration: &Arc<tokio::sync::OnceCell<bool>>,
     ) -> Result<(), BrokerError> {
+        let TxnWrite {
+            id: txn, client, ..
+        } = write;
         // Until the write succeeds the transaction has no entry here; if it fails, or this
         // call is dropped (its producer went away), it must not hold delivery back.
         let mut undo = UnregisterOnDrop {
@@ -507,7 +520,7 @@ impl Topic {
             first
         };
         self.coordinator
-            .register_partition(txn, client, &self.name, first)
+            .register_partition(txn, client, &self.name, first, write.start)
             .await?;
         let mut state = self.txn_state();
         // Decided while the write was under way: its batches may not be stored any more.

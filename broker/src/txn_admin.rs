@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use strata_metastore::tables::{Decided, ProducerEpoch, TxnRecord, TxnRuleError};
 use strata_metastore::txn_coordinator::{Actor, BeginOptions, CoordinatorError, Ending};
+use strata_metastore::txn_start::TxnStart;
 use strata_proto::pb::client::{
-    BeginTxn, EndTxn, InitTxnProducer, PartitionEnd, PrepareTxn, TxnInfo, TxnList, TxnProducerInfo,
-    admin_response,
+    self as pb, BeginTxn, EndTxn, InitTxnProducer, PartitionEnd, PrepareTxn, TxnInfo, TxnList,
+    TxnProducerInfo, admin_response,
 };
 use strata_proto::{MessageId, Position, TopicName, TxnId};
 
@@ -47,8 +48,62 @@ pub async fn begin(
         producer,
         check_back,
     };
+    if r.lazy && !service.config.eager_begin {
+        let (id, start) = service.txns.issue(&r.client_id, options).await?;
+        let mut reply = info(id, &start.record(&r.client_id));
+        reply.start = Some(start_to_wire(&start));
+        return Ok(admin_response::Response::Txn(reply));
+    }
     let (id, record) = service.txns.begin_with(&r.client_id, options).await?;
     Ok(admin_response::Response::Txn(info(id, &record)))
+}
+
+fn start_to_wire(start: &TxnStart) -> pb::TxnStart {
+    let (producer_name, producer_epoch) = start
+        .producer
+        .as_ref()
+        .map(|p| (p.name.clone(), p.epoch))
+        .unwrap_or_default();
+    let (group, check_interval_ms) = start.check_back.clone().unwrap_or_default();
+    pb::TxnStart {
+        created_ms: start.created_ms,
+        deadline_ms: start.deadline_ms,
+        producer_name,
+        producer_epoch,
+        group,
+        check_interval_ms,
+    }
+}
+
+/// A lazily begun transaction's start as a client sent it back, its names checked (the
+/// coordinator checks its times when it creates the record).
+pub(crate) fn start_from_wire(
+    start: Option<pb::TxnStart>,
+) -> Result<Option<TxnStart>, BrokerError> {
+    let Some(s) = start else {
+        return Ok(None);
+    };
+    let producer = if s.producer_name.is_empty() {
+        None
+    } else {
+        check_name("transactional producer", &s.producer_name)?;
+        Some(ProducerEpoch {
+            name: s.producer_name,
+            epoch: s.producer_epoch,
+        })
+    };
+    let check_back = if s.group.is_empty() {
+        None
+    } else {
+        check_name("producer group", &s.group)?;
+        Some((s.group, s.check_interval_ms))
+    };
+    Ok(Some(TxnStart {
+        created_ms: s.created_ms,
+        deadline_ms: s.deadline_ms,
+        producer,
+        check_back,
+    }))
 }
 
 /// Records that a transaction's sends are done (check-back: a checker may commit it now).
@@ -57,9 +112,10 @@ pub async fn prepare(
     r: PrepareTxn,
 ) -> Result<admin_response::Response, BrokerError> {
     let last = partition_ends(r.partitions)?;
+    let start = start_from_wire(r.txn_start)?;
     let record = service
         .txns
-        .prepare(TxnId(r.txn_id), &r.client_id, &last)
+        .prepare(TxnId(r.txn_id), &r.client_id, &last, start.as_ref())
         .await?;
     Ok(admin_response::Response::Txn(info(
         TxnId(r.txn_id),
@@ -150,7 +206,8 @@ pub async fn end(
     } else {
         Ending::Abort
     };
-    let (record, decided) = service.txns.end(id, actor, ending).await?;
+    let start = start_from_wire(r.txn_start)?;
+    let (record, decided) = service.txns.end(id, actor, ending, start.as_ref()).await?;
     // Counted by the request that decided, not by its retries.
     let m = &service.metrics.txns;
     match (decided, r.commit) {
@@ -211,5 +268,6 @@ fn info(id: TxnId, r: &TxnRecord) -> TxnInfo {
         group: r.group.clone().unwrap_or_default(),
         prepared: r.prepared,
         checks: r.checks,
+        start: None,
     }
 }

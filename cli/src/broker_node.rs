@@ -54,6 +54,11 @@ pub struct BrokerArgs {
     pub session_ttl_secs: u64,
     #[arg(long, env = "STRATA_MAX_ENTRIES_PER_LEDGER", default_value_t = 50_000)]
     pub max_entries_per_ledger: u64,
+    /// Write each transaction's record at begin, even when its client asks for a lazy begin
+    /// (while metastore nodes of an older version, which sweep without the late-write
+    /// margin, are still in the cluster).
+    #[arg(long, env = "STRATA_EAGER_BEGIN")]
+    pub eager_begin: bool,
 }
 
 impl BrokerArgs {
@@ -104,6 +109,7 @@ pub async fn run(
             ..ManagedLedgerConfig::default()
         },
         default_replication: None,
+        eager_begin: args.eager_begin,
         ..BrokerConfig::default()
     };
     let service = BrokerService::new(meta.clone(), ledgers, config);

@@ -21,6 +21,8 @@ pub struct StandaloneConfig {
     pub max_ledger_bytes: u64,
     pub stream_receive_window: u32,
     pub connection_receive_window: u32,
+    /// Write each transaction's record at begin even when its client asks for a lazy begin.
+    pub eager_begin: bool,
 }
 
 impl Default for StandaloneConfig {
@@ -36,6 +38,7 @@ impl Default for StandaloneConfig {
             max_ledger_bytes: 512 * 1024 * 1024,
             stream_receive_window: 16 * 1024 * 1024,
             connection_receive_window: 64 * 1024 * 1024,
+            eager_begin: false,
         }
     }
 }

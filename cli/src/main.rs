@@ -148,6 +148,9 @@ struct StandaloneArgs {
     max_frame_size: Option<usize>,
     #[arg(long, env = "STRATA_MAX_ENTRIES_PER_LEDGER")]
     max_entries_per_ledger: Option<u64>,
+    /// Write each transaction's record at begin, even when its client asks for a lazy begin.
+    #[arg(long, env = "STRATA_EAGER_BEGIN")]
+    eager_begin: bool,
 }
 
 impl StandaloneArgs {
@@ -177,6 +180,7 @@ impl StandaloneArgs {
         if let Some(v) = self.max_entries_per_ledger {
             c.max_entries_per_ledger = v
         }
+        c.eager_begin |= self.eager_begin;
         c.validate()?;
         Ok(c)
     }

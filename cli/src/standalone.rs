@@ -64,6 +64,7 @@ impl Standalone {
             },
             // One bookie: every ledger is E = Qw = Qa = 1.
             default_replication: Some(LedgerConfig::single()),
+            eager_begin: config.eager_begin,
             ..BrokerConfig::default()
         };
         let service = BrokerService::new(meta.clone(), ledgers, broker_config);

@@ -538,7 +538,7 @@ impl Consumer {
         });
         for (index, chunk) in requests.collect::<Vec<_>>() {
             let started = StartedAck::new(txn);
-            let receipt = self.parts[index].send_txn_ack(txn.id(), chunk, false).await;
+            let receipt = self.parts[index].send_txn_ack(txn, chunk, false).await;
             let settling = started.hand_over();
             match receipt {
                 Ok(receipt) => {
@@ -582,7 +582,7 @@ impl Consumer {
         self.check_owner(txn)?;
         let index = self.part_index(id)?;
         txn.send_started();
-        let outcome = self.parts[index].txn_ack(txn.id(), vec![id], true).await;
+        let outcome = self.parts[index].txn_ack(txn, vec![id], true).await;
         txn.send_settled("", outcome.as_ref().err().map(Err));
         outcome
     }
@@ -705,6 +705,7 @@ impl PartitionConsumer {
             cumulative,
             request_id,
             txn_id: 0,
+            txn_start: None,
         };
         let sent = self
             .writer
@@ -728,7 +729,7 @@ impl PartitionConsumer {
     /// Sends an ack in a transaction and waits for its receipt.
     async fn txn_ack(
         &mut self,
-        txn: strata_proto::TxnId,
+        txn: &crate::Transaction,
         ids: Vec<MessageId>,
         cumulative: bool,
     ) -> Result<(), ClientError> {
@@ -741,7 +742,7 @@ impl PartitionConsumer {
     /// Sends an ack in a transaction; the receipt resolves with the broker's answer.
     async fn send_txn_ack(
         &mut self,
-        txn: strata_proto::TxnId,
+        txn: &crate::Transaction,
         ids: Vec<MessageId>,
         cumulative: bool,
     ) -> Result<Receipt, ClientError> {
@@ -750,7 +751,8 @@ impl PartitionConsumer {
             message_ids: ids.into_iter().map(Into::into).collect(),
             cumulative,
             request_id,
-            txn_id: txn.0,
+            txn_id: txn.id().0,
+            txn_start: txn.wire_start(),
         };
         let frame = ClientFrame {
             frame: Some(client_frame::Frame::Ack(ack)),
@@ -921,6 +923,7 @@ impl Link {
                                 cumulative: false,
                                 request_id: 0,
                                 txn_id: 0,
+                                txn_start: None,
                             };
                             writer
                                 .send(&ClientFrame {

@@ -344,7 +344,8 @@ fn should_reconnect(e: &ClientError) -> bool {
 }
 
 /// The broker refused the oldest batch for a reason of its own: its transaction is over
-/// (or not this client's), or the topic is over its backlog quota.
+/// (or not this client's), could not be created by it (lazy begin: its producer was fenced,
+/// too many are open, its start is bad), or the topic is over its backlog quota.
 fn batch_refused(e: &ClientError) -> bool {
     matches!(
         e.code(),
@@ -353,6 +354,10 @@ fn batch_refused(e: &ClientError) -> bool {
                 | ErrorCode::TransactionNotOpen
                 | ErrorCode::TransactionNotOwner
                 | ErrorCode::TransactionNotFound
+                | ErrorCode::ProducerFenced
+                | ErrorCode::TooManyTransactions
+                | ErrorCode::TransactionConflict
+                | ErrorCode::InvalidPolicy
         )
     )
 }
@@ -591,6 +596,10 @@ impl Batcher {
                 sequence_id,
                 messages,
                 txn_id: batch.first().map_or(0, txn_id_of),
+                txn_start: batch
+                    .first()
+                    .and_then(|q| q.txn.as_ref())
+                    .and_then(crate::Transaction::wire_start),
             })),
         };
         let encoded = match strata_proto::encode_frame(&frame, self.max_frame_size) {

@@ -8,6 +8,10 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Begin is lazy where the broker allows it (as Kafka's): it only takes an id, and the
+//! transaction's first send or ack creates it at the coordinator; every write carries what
+//! it needs for that.
+//!
 //! The client remembers, per partition, the last entry a send of the transaction was stored
 //! at; `commit` waits until every send is acknowledged and passes those positions to the
 //! coordinator, which treats anything the transaction wrote after them as aborted. A failed
@@ -18,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use strata_proto::pb::client::{
-    BeginTxn, EndTxn, InitTxnProducer, PartitionEnd, PrepareTxn, TxnInfo, admin_request,
+    BeginTxn, EndTxn, InitTxnProducer, PartitionEnd, PrepareTxn, TxnInfo, TxnStart, admin_request,
     admin_response,
 };
 use strata_proto::{ErrorCode, Position, TxnId, WireError};
@@ -72,12 +76,14 @@ impl TransactionBuilder {
                 .check_back
                 .and_then(|(_, i)| i)
                 .map_or(0, |d| d.as_millis().max(1) as u64),
+            lazy: true,
         });
         let info = txn_info(self.client.admin(request).await?)?;
         Ok(Transaction {
             inner: Arc::new(Inner {
                 client: self.client,
                 id: TxnId(info.txn_id),
+                start: info.start,
                 local: Mutex::new(Local::default()),
                 settled: Notify::new(),
             }),
@@ -94,6 +100,9 @@ pub struct Transaction {
 struct Inner {
     client: Client,
     id: TxnId,
+    /// Lazy begin: what the transaction's writes carry to create it (`None`: the broker
+    /// wrote it at begin).
+    start: Option<TxnStart>,
     local: Mutex<Local>,
     /// Signalled whenever a send of the transaction settles.
     settled: Notify,
@@ -127,6 +136,11 @@ impl Transaction {
     /// The id of the client that began it (only its producers and consumers may use it).
     pub fn client_id(&self) -> &str {
         self.inner.client.client_id()
+    }
+
+    /// What a write of the transaction carries (lazy begin).
+    pub(crate) fn wire_start(&self) -> Option<TxnStart> {
+        self.inner.start.clone()
     }
 
     /// Whether [`Transaction::prepare`] was called (sends are refused from then on).
@@ -184,6 +198,7 @@ impl Transaction {
             txn_id: self.inner.id.0,
             client_id: self.inner.client.client_id().to_owned(),
             partitions,
+            txn_start: self.wire_start(),
         });
         txn_info(self.inner.client.admin(request).await?).map(drop)
     }
@@ -226,6 +241,7 @@ impl Transaction {
             client_id: self.inner.client.client_id().to_owned(),
             commit,
             partitions,
+            txn_start: self.wire_start(),
             ..EndTxn::default()
         });
         txn_info(self.inner.client.admin(request).await?).map(drop)

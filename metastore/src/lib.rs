@@ -82,6 +82,7 @@ pub mod tables;
 pub mod txn_coordinator;
 mod txn_open_view;
 pub mod txn_record_cache;
+pub mod txn_start;
 pub mod txn_sweep;
 pub mod types;
 pub mod watch;

@@ -16,12 +16,12 @@ use tracing::{debug, info, warn};
 
 use crate::tables::counters::TXN_ID;
 use crate::tables::{
-    CheckMark, CheckSchedule, CursorKey, DeadlineMark, Decided, DecidedMark, ProducerEpoch,
-    TableError, Tables, TxnPartitionMark, TxnProducerRecord, TxnRecord, TxnRuleError, TxnSubMark,
-    Versioned, now_ms,
+    CursorKey, Decided, DecidedMark, ProducerEpoch, TableError, Tables, TxnPartitionMark,
+    TxnProducerRecord, TxnRecord, TxnRuleError, TxnSubMark, Versioned, now_ms,
 };
 use crate::txn_open_view::OpenView;
 use crate::txn_record_cache::{KnownRecord, RecordCache, RecordTurn};
+use crate::txn_start::{MAX_CLOCK_SKEW, TxnStart};
 use crate::txn_sweep::{DEFAULT_KEEP_DECIDED, DecidedSweeper};
 use crate::types::Txn;
 use crate::{Expect, MetaStore};
@@ -48,7 +48,9 @@ impl Default for TxnLimits {
 
 #[derive(Debug, thiserror::Error)]
 pub enum CoordinatorError {
-    #[error("transaction {0} does not exist (never begun, or decided and since forgotten)")]
+    #[error(
+        "transaction {0} does not exist (never begun, nothing written in it yet, or decided and since forgotten)"
+    )]
     NotFound(TxnId),
     #[error(transparent)]
     Rule(#[from] TxnRuleError),
@@ -95,9 +97,11 @@ pub enum Actor<'a> {
 /// coordinator writes the record until it is dropped or [`AckGuard::applied`].
 #[derive(Debug)]
 pub struct AckGuard {
+    /// The record's version as read (0: absent, created by the write carrying this guard).
     pub version: u64,
-    pub compare: crate::types::Compare,
-    /// The writes registering the subscription in the transaction, if it is new there.
+    pub compares: Vec<crate::types::Compare>,
+    /// The writes registering the subscription in the transaction (creating the record
+    /// first, if need be), if it is new there.
     pub register: Vec<crate::types::TxnOp>,
     /// The record once the write carrying this guard applies.
     after: TxnRecord,
@@ -116,6 +120,15 @@ impl AckGuard {
             self.turn.wrote(self.after, self.version);
         }
     }
+}
+
+/// A client's decision on a transaction that may have written nothing yet (lazy begin).
+#[derive(Debug, Clone, Copy)]
+struct Unwritten<'a> {
+    owner: &'a str,
+    start: &'a TxnStart,
+    /// The client says it wrote: a missing record is not to be created.
+    wrote: bool,
 }
 
 /// How a client ends its transaction.
@@ -168,10 +181,27 @@ impl TxnCoordinator {
         Ok(known)
     }
 
+    /// As [`TxnCoordinator::current`], but with a `start`, an absent record is `None`:
+    /// the caller's write creates it.
+    async fn current_or_absent(
+        &self,
+        turn: &mut RecordTurn,
+        start: Option<&TxnStart>,
+    ) -> Result<Option<KnownRecord>, CoordinatorError> {
+        match self.current(turn).await {
+            Err(CoordinatorError::NotFound(_)) if start.is_some() => Ok(None),
+            other => other.map(Some),
+        }
+    }
+
+    pub(crate) fn limits(&self) -> &TxnLimits {
+        &self.limits
+    }
+
     /// A transaction id never handed out before, by any coordinator: from this coordinator's
     /// reserved block, reserving the next block when it is used up (one counter write per
     /// [`TXN_ID_BLOCK`] transactions instead of one per transaction).
-    async fn next_txn_id(&self) -> Result<TxnId, CoordinatorError> {
+    pub(crate) async fn next_id(&self) -> Result<TxnId, CoordinatorError> {
         let mut ids = self.ids.lock().await;
         if ids.is_empty() {
             *ids = self.tables.counters.reserve(TXN_ID, TXN_ID_BLOCK).await?;
@@ -198,94 +228,37 @@ impl TxnCoordinator {
         self.begin_with(owner, options).await
     }
 
-    /// [`TxnCoordinator::begin`] with every option, check-back included.
+    /// [`TxnCoordinator::begin`] with every option, check-back included: the record is
+    /// written now (an eager begin; see [`crate::txn_start`] for the lazy one).
     pub async fn begin_with(
         &self,
         owner: &str,
         options: BeginOptions,
     ) -> Result<(TxnId, TxnRecord), CoordinatorError> {
-        let BeginOptions {
-            timeout,
-            producer,
-            check_back,
-        } = options;
-        let timeout = timeout.unwrap_or(self.limits.default_timeout);
-        let max = self.limits.max_timeout;
-        let interval = check_back
-            .as_ref()
-            .map(|(_, i)| i.unwrap_or(DEFAULT_CHECK_INTERVAL));
-        for asked in std::iter::once(timeout).chain(interval) {
-            if asked.is_zero() || asked > max {
-                return Err(CoordinatorError::InvalidTimeout { asked, max });
-            }
-        }
-        self.check_limits(owner).await?;
+        let now = now_ms();
+        let start = self.start_of(options, now)?;
+        let id = self.next_id().await?;
+        let creation = self.creation(id, owner, &start, true, now).await?;
         let t = &self.tables;
-        let mut compares = Vec::new();
-        if let Some(p) = &producer {
-            let current = t.txn_producers.get(&p.name).await?.ok_or_else(|| {
-                TxnRuleError::ProducerFenced {
-                    name: p.name.clone(),
-                    epoch: p.epoch,
-                    current: 0,
-                }
-            })?;
-            current.record.check(&p.name, p.epoch)?;
-            compares.push(
-                t.txn_producers
-                    .version_is(&p.name, Expect::Version(current.version)),
-            );
-        }
-        let id = self.next_txn_id().await?;
-        let mut record = TxnRecord::open(owner, now_ms(), timeout.as_millis() as u64);
-        record.producer = producer.clone();
-        let mut check_mark = None;
-        if let (Some((group, _)), Some(interval)) = (check_back, interval) {
-            let interval_ms = interval.as_millis() as u64;
-            let next_ms = record.created_ms + interval_ms;
-            record.group = Some(group.clone());
-            record.check = Some(CheckSchedule {
-                interval_ms,
-                next_ms,
-            });
-            check_mark = Some(t.txn_checks.put_op(&(next_ms, id), &CheckMark { group })?);
-        }
-        // The id is fresh from the counter, so the record cannot exist.
-        compares.push(t.txns.version_is(&id, Expect::Absent));
-        let mark = DeadlineMark {
-            owner: owner.to_owned(),
-            producer: producer.as_ref().map(|p| p.name.clone()),
-        };
+        let (record, compares, marks) = creation.split();
         let txn = Txn {
             compares,
-            success: [
-                t.txns.put_op(&id, &record)?,
-                t.txn_deadlines.put_op(&(record.deadline_ms, id), &mark)?,
-            ]
-            .into_iter()
-            .chain(check_mark)
-            .collect(),
+            success: std::iter::once(t.txns.put_op(&id, &record)?)
+                .chain(marks)
+                .collect(),
             failure: Vec::new(),
         };
         if !t.meta().txn(txn).await.map_err(TableError::from)?.succeeded {
-            // Only a new epoch changes the producer's record: this instance was fenced.
-            let Some(p) = producer else {
-                return Err(CoordinatorError::Conflict(format!("{id} exists already")));
-            };
-            let current = t.txn_producers.get(&p.name).await?;
-            return Err(TxnRuleError::ProducerFenced {
-                name: p.name,
-                epoch: p.epoch,
-                current: current.map_or(0, |r| r.record.epoch),
-            }
-            .into());
+            // The id is fresh from the counter: only a new epoch fails the write.
+            self.creation_failed(&start).await?;
+            return Err(CoordinatorError::Conflict(format!("{id} exists already")));
         }
         // The next steps (its registrations, its commit) start from this copy, without a read.
         self.records.turn(id).await.set(Some(KnownRecord {
             record: record.clone(),
             version: 1,
         }));
-        debug!(txn = %id, owner, ?timeout, "transaction begun");
+        debug!(txn = %id, owner, "transaction begun");
         Ok((id, record))
     }
 
@@ -336,7 +309,7 @@ impl TxnCoordinator {
     /// Refuses a begin of `owner` that would break a limit on open transactions. Open
     /// transactions are those still in the deadline index; see [`OpenView`] for when that is
     /// counted exactly.
-    async fn check_limits(&self, owner: &str) -> Result<(), CoordinatorError> {
+    pub(crate) async fn check_limits(&self, owner: &str) -> Result<(), CoordinatorError> {
         {
             let mut view = self.open_view.lock().await;
             if view.accepts(owner, &self.limits, Instant::now()) {
@@ -387,17 +360,46 @@ impl TxnCoordinator {
     }
 
     /// Registers `topic` as written by `owner`'s transaction from `first` on. One metastore
-    /// write the first time, none after.
+    /// write the first time, none after. With `start`, the write creates the record if the
+    /// transaction has none yet (lazy begin).
     pub async fn register_partition(
         &self,
         id: TxnId,
         owner: &str,
         topic: &TopicName,
         first: Position,
+        start: Option<&TxnStart>,
     ) -> Result<(), CoordinatorError> {
         let mut turn = self.records.turn(id).await;
         loop {
-            let row = self.current(&mut turn).await?;
+            let Some(row) = self.current_or_absent(&mut turn, start).await? else {
+                let Some(start) = start else {
+                    return Err(CoordinatorError::NotFound(id));
+                };
+                let creation = self.creation(id, owner, start, true, now_ms()).await?;
+                let (mut record, compares, marks) = creation.split();
+                record.register_partition(id, topic, first)?;
+                let t = &self.tables;
+                let txn = Txn {
+                    compares,
+                    success: [
+                        t.txns.put_op(&id, &record)?,
+                        t.txn_partitions
+                            .put_op(&(topic.clone(), id), &TxnPartitionMark { first })?,
+                    ]
+                    .into_iter()
+                    .chain(marks)
+                    .collect(),
+                    failure: Vec::new(),
+                };
+                if t.meta().txn(txn).await.map_err(TableError::from)?.succeeded {
+                    turn.wrote(record, 0);
+                    return Ok(());
+                }
+                // Created meanwhile by another write of it (read it next), or fenced.
+                self.creation_failed(start).await?;
+                continue;
+            };
             row.record.check_open(id, owner)?;
             let mut record = row.record.clone();
             let t = &self.tables;
@@ -449,16 +451,41 @@ impl TxnCoordinator {
     /// What a write of acks in `owner`'s transaction must carry: the compare that the
     /// record is still as read now (so still open: acks never land in a decided
     /// transaction), and the record update registering `subscription` if it is new. One
-    /// write then registers and acknowledges together.
+    /// write then registers and acknowledges together. With `start`, a transaction without
+    /// a record yet is created by that write (lazy begin).
     pub async fn ack_guard(
         &self,
         id: TxnId,
         owner: &str,
         topic: &TopicName,
         subscription: &str,
+        start: Option<&TxnStart>,
     ) -> Result<AckGuard, CoordinatorError> {
         let mut turn = self.records.turn(id).await;
-        let row = self.current(&mut turn).await?;
+        let t = &self.tables;
+        let cursor = CursorKey::new(topic.clone(), subscription);
+        let Some(row) = self.current_or_absent(&mut turn, start).await? else {
+            let Some(start) = start else {
+                return Err(CoordinatorError::NotFound(id));
+            };
+            let creation = self.creation(id, owner, start, true, now_ms()).await?;
+            let (mut record, compares, marks) = creation.split();
+            record.register_subscription(id, topic, subscription)?;
+            let register = [
+                t.txns.put_op(&id, &record)?,
+                t.txn_subs.put_op(&(cursor, id), &TxnSubMark {})?,
+            ]
+            .into_iter()
+            .chain(marks)
+            .collect();
+            return Ok(AckGuard {
+                version: 0,
+                compares,
+                register,
+                after: record,
+                turn,
+            });
+        };
         row.record.check_open(id, owner)?;
         if row.record.prepared {
             return Err(TxnRuleError::Prepared { id }.into());
@@ -466,9 +493,7 @@ impl TxnCoordinator {
         // Unknown until the write's answer says (see `AckGuard::applied`).
         turn.set(None);
         let mut record = row.record;
-        let t = &self.tables;
         let register = if record.register_subscription(id, topic, subscription)? {
-            let cursor = CursorKey::new(topic.clone(), subscription);
             vec![
                 t.txns.put_op(&id, &record)?,
                 t.txn_subs.put_op(&(cursor, id), &TxnSubMark {})?,
@@ -478,17 +503,30 @@ impl TxnCoordinator {
         };
         Ok(AckGuard {
             version: row.version,
-            compare: t.txns.version_is(&id, Expect::Version(row.version)),
+            compares: vec![t.txns.version_is(&id, Expect::Version(row.version))],
             register,
             after: record,
             turn,
         })
     }
 
-    /// The current version of the transaction's record (to tell a failed guard from a
-    /// conflict).
+    /// The current version of the transaction's record, 0 if it has none (to tell a failed
+    /// guard from a conflict).
     pub async fn version(&self, id: TxnId) -> Result<u64, CoordinatorError> {
-        Ok(self.get(id).await?.version)
+        match self.get(id).await {
+            Ok(row) => Ok(row.version),
+            Err(CoordinatorError::NotFound(_)) => Ok(0),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Why a guarded write failed when the record is as the guard read it: `ProducerFenced`
+    /// if the guard was to create it and a new epoch came, else `Ok`.
+    pub async fn guard_failed(&self, start: Option<&TxnStart>) -> Result<(), CoordinatorError> {
+        match start {
+            Some(start) => self.creation_failed(start).await,
+            None => Ok(()),
+        }
     }
 
     /// Registers a subscription acknowledged in `owner`'s transaction (what an ack write
@@ -499,15 +537,19 @@ impl TxnCoordinator {
         owner: &str,
         topic: &TopicName,
         subscription: &str,
+        start: Option<&TxnStart>,
     ) -> Result<(), CoordinatorError> {
         loop {
-            let guard = self.ack_guard(id, owner, topic, subscription).await?;
+            let guard = self
+                .ack_guard(id, owner, topic, subscription, start)
+                .await?;
             if guard.register.is_empty() {
                 guard.applied(); // nothing to write: the record is as read
                 return Ok(());
             }
+            let created = guard.version == 0;
             let txn = Txn {
-                compares: vec![guard.compare.clone()],
+                compares: guard.compares.clone(),
                 success: guard.register.clone(),
                 failure: Vec::new(),
             };
@@ -522,6 +564,10 @@ impl TxnCoordinator {
                 guard.applied();
                 return Ok(());
             }
+            drop(guard);
+            if created {
+                self.guard_failed(start).await?;
+            }
         }
     }
 
@@ -534,7 +580,7 @@ impl TxnCoordinator {
         last: &BTreeMap<String, Position>,
     ) -> Result<TxnRecord, CoordinatorError> {
         Ok(self
-            .end(id, Actor::Client(owner), Ending::Commit(last))
+            .end(id, Actor::Client(owner), Ending::Commit(last), None)
             .await?
             .0)
     }
@@ -546,18 +592,30 @@ impl TxnCoordinator {
         owner: Option<&str>,
     ) -> Result<TxnRecord, CoordinatorError> {
         let actor = owner.map_or(Actor::Operator, Actor::Client);
-        Ok(self.end(id, actor, Ending::Abort).await?.0)
+        Ok(self.end(id, actor, Ending::Abort, None).await?.0)
     }
 
     /// Commits or aborts, saying whether this request decided (`Decided::Now`) or found the
-    /// same decision already made (a retry).
+    /// same decision already made (a retry). With `start` (the client's own request), a
+    /// transaction that wrote nothing yet is decided by creating its record decided.
     pub async fn end(
         &self,
         id: TxnId,
         actor: Actor<'_>,
         ending: Ending<'_>,
+        start: Option<&TxnStart>,
     ) -> Result<(TxnRecord, Decided), CoordinatorError> {
         let commit = matches!(ending, Ending::Commit(_));
+        let unwritten = match (actor, start) {
+            (Actor::Client(owner), Some(start)) => Some(Unwritten {
+                owner,
+                start,
+                // A commit naming partition ends says the transaction wrote: a missing
+                // record is then one decided and forgotten, never one to create.
+                wrote: matches!(ending, Ending::Commit(last) if !last.is_empty()),
+            }),
+            _ => None,
+        };
         let rule = |r: &mut TxnRecord| {
             match actor {
                 Actor::Client(owner) if r.owner != owner => {
@@ -571,12 +629,12 @@ impl TxnCoordinator {
                 Ending::Abort => r.abort(id, false, now_ms()),
             }
         };
-        match self.decide(id, rule, commit).await {
+        match self.decide(id, rule, commit, unwritten).await {
             // A newer instance of its producer exists (its init may have stopped before
             // aborting this one): the zombie's transaction is aborted, not committed.
             Err(CoordinatorError::Rule(fenced @ TxnRuleError::ProducerFenced { .. })) => {
                 match self
-                    .decide(id, |r| r.abort(id, false, now_ms()), false)
+                    .decide(id, |r| r.abort(id, false, now_ms()), false, unwritten)
                     .await
                 {
                     Ok(_) => Err(fenced.into()),
@@ -607,10 +665,20 @@ impl TxnCoordinator {
         id: TxnId,
         rule: impl Fn(&mut TxnRecord) -> Result<Decided, TxnRuleError>,
         fence: bool,
+        unwritten: Option<Unwritten<'_>>,
     ) -> Result<(TxnRecord, Decided), CoordinatorError> {
         let mut turn = self.records.turn(id).await;
         loop {
-            let row = self.current(&mut turn).await?;
+            let start = unwritten.as_ref().map(|u| u.start);
+            let Some(row) = self.current_or_absent(&mut turn, start).await? else {
+                let Some(unwritten) = &unwritten else {
+                    return Err(CoordinatorError::NotFound(id));
+                };
+                if let Some(decided) = self.decide_unwritten(id, unwritten, &rule, fence).await? {
+                    return Ok(decided);
+                }
+                continue; // created meanwhile by a write of it: decide that record
+            };
             let mut record = row.record;
             let deadline = record.deadline_ms;
             if rule(&mut record)? == Decided::Already {
@@ -662,18 +730,91 @@ impl TxnCoordinator {
         }
     }
 
+    /// Decides a lazily begun transaction that wrote nothing, creating its record decided in
+    /// one write: an abort's record must exist, so that a send still on its way finds the
+    /// transaction decided instead of creating it open. `None`: a write of the transaction
+    /// created the record meanwhile.
+    async fn decide_unwritten(
+        &self,
+        id: TxnId,
+        unwritten: &Unwritten<'_>,
+        rule: &impl Fn(&mut TxnRecord) -> Result<Decided, TxnRuleError>,
+        fence: bool,
+    ) -> Result<Option<(TxnRecord, Decided)>, CoordinatorError> {
+        let now = now_ms();
+        // Past the deadline a missing record may be one decided and forgotten: its outcome
+        // is unknown here, and answering "aborted" could deny a commit.
+        if unwritten.wrote || now > unwritten.start.deadline_ms {
+            return Err(CoordinatorError::NotFound(id));
+        }
+        let creation = self
+            .creation(id, unwritten.owner, unwritten.start, false, now)
+            .await?;
+        let mut compares = vec![creation.absent];
+        compares.extend(creation.producer.filter(|_| fence));
+        let mut record = creation.record;
+        rule(&mut record)?;
+        let t = &self.tables;
+        let decided_ms = record.decided_ms.unwrap_or(now);
+        let txn = Txn {
+            compares,
+            success: vec![
+                t.txns.put_op(&id, &record)?,
+                t.txn_decided.put_op(&(decided_ms, id), &DecidedMark {})?,
+            ],
+            failure: Vec::new(),
+        };
+        if t.meta().txn(txn).await.map_err(TableError::from)?.succeeded {
+            self.records.remove(id);
+            debug!(txn = %id, state = %record.state, "transaction decided without writes");
+            return Ok(Some((record, Decided::Now)));
+        }
+        if fence {
+            self.creation_failed(unwritten.start).await?;
+        }
+        Ok(None)
+    }
+
     /// Records that `owner`'s sends are done and where they end on each partition: from
     /// now on a checker of the transaction's group may commit it (check-back). Preparing
     /// again answers the same.
+    ///
+    /// With `start`, a transaction that wrote nothing yet is created prepared.
     pub async fn prepare(
         &self,
         id: TxnId,
         owner: &str,
         last: &BTreeMap<String, Position>,
+        start: Option<&TxnStart>,
     ) -> Result<TxnRecord, CoordinatorError> {
         let mut turn = self.records.turn(id).await;
         loop {
-            let row = self.current(&mut turn).await?;
+            let Some(row) = self.current_or_absent(&mut turn, start).await? else {
+                let Some(start) = start else {
+                    return Err(CoordinatorError::NotFound(id));
+                };
+                if !last.is_empty() {
+                    // It says it wrote: the record was decided and forgotten.
+                    return Err(CoordinatorError::NotFound(id));
+                }
+                let creation = self.creation(id, owner, start, true, now_ms()).await?;
+                let (mut record, compares, marks) = creation.split();
+                record.prepare(id, last)?;
+                let t = &self.tables;
+                let txn = Txn {
+                    compares,
+                    success: std::iter::once(t.txns.put_op(&id, &record)?)
+                        .chain(marks)
+                        .collect(),
+                    failure: Vec::new(),
+                };
+                if t.meta().txn(txn).await.map_err(TableError::from)?.succeeded {
+                    turn.wrote(record.clone(), 0);
+                    return Ok(record);
+                }
+                self.creation_failed(start).await?;
+                continue;
+            };
             row.record.check_open(id, owner)?;
             let mut record = row.record;
             if record.prepare(id, last)? == Decided::Already {
@@ -747,7 +888,9 @@ impl TxnCoordinator {
             if deadline > now {
                 break; // the index is in deadline order
             }
-            let decided = self.decide(id, |r| r.abort(id, true, now), false).await;
+            let decided = self
+                .decide(id, |r| r.abort(id, true, now), false, None)
+                .await;
             match decided {
                 Ok((_, Decided::Now)) => expired += 1,
                 Ok(_) => {}
@@ -772,18 +915,21 @@ impl TxnCoordinator {
 /// Runs the coordinator's expiry every `interval` while `store` is the metastore leader, and
 /// forgets decided transactions [`DEFAULT_KEEP_DECIDED`] after their decision.
 pub fn spawn_expiry(store: MetaStore, interval: Duration) -> tokio::task::JoinHandle<()> {
-    spawn_expiry_keeping(store, interval, DEFAULT_KEEP_DECIDED)
+    spawn_expiry_keeping(store, interval, DEFAULT_KEEP_DECIDED, MAX_CLOCK_SKEW)
 }
 
 /// As [`spawn_expiry`], forgetting decided transactions `keep_decided` after their decision
-/// (once every participant has settled them; see [`crate::txn_sweep`]).
+/// and `late_write_margin` after their deadline (once every participant has settled them;
+/// see [`crate::txn_sweep`]).
 pub fn spawn_expiry_keeping(
     store: MetaStore,
     interval: Duration,
     keep_decided: Duration,
+    late_write_margin: Duration,
 ) -> tokio::task::JoinHandle<()> {
     let coordinator = TxnCoordinator::new(Tables::new(store.clone()), TxnLimits::default());
-    let mut sweeper = DecidedSweeper::new(coordinator.clone(), keep_decided);
+    let mut sweeper = DecidedSweeper::new(coordinator.clone(), keep_decided)
+        .with_late_write_margin(late_write_margin);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

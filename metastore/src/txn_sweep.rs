@@ -6,6 +6,10 @@
 //!
 //! The record goes in one compare-and-set that also requires every mark it names to be
 //! absent; if one is still there, the transaction is looked at again `keep` later.
+//!
+//! Nor does a record go before its deadline plus a margin for clock skew: a write of a
+//! lazily begun transaction may create its record until the deadline (see
+//! [`crate::txn_start`]), and must find the decision instead.
 
 use std::time::Duration;
 
@@ -16,6 +20,7 @@ use tracing::{info, warn};
 use crate::Expect;
 use crate::tables::{CursorKey, DecidedMark, Schema, TableError, TxnDecided};
 use crate::txn_coordinator::{CoordinatorError, TxnCoordinator};
+use crate::txn_start::MAX_CLOCK_SKEW;
 use crate::types::Txn;
 
 /// How long a decided transaction is kept by default.
@@ -41,6 +46,8 @@ pub enum Swept {
 pub struct DecidedSweeper {
     coordinator: TxnCoordinator,
     keep: Duration,
+    /// How long past its deadline a record is kept at least.
+    late_write_margin: Duration,
     resume_after: String,
     passes: u32,
 }
@@ -50,9 +57,17 @@ impl DecidedSweeper {
         Self {
             coordinator,
             keep,
+            late_write_margin: MAX_CLOCK_SKEW,
             resume_after: String::new(),
             passes: 0,
         }
+    }
+
+    /// Keeps records `margin` past their deadline instead of [`MAX_CLOCK_SKEW`] (tests on
+    /// one machine, one clock).
+    pub fn with_late_write_margin(mut self, margin: Duration) -> Self {
+        self.late_write_margin = margin;
+        self
     }
 
     /// Looks at up to a page of transactions decided at least `keep` before `now`; returns
@@ -79,9 +94,10 @@ impl DecidedSweeper {
         };
         let last_key = TxnDecided::key(last);
         // Concurrent, so the metastore packs them into few raft entries.
+        let margin_ms = self.late_write_margin.as_millis() as u64;
         let outcomes = join_all(
             due.iter()
-                .map(|&(decided_ms, id)| self.coordinator.forget(decided_ms, id, now)),
+                .map(|&(decided_ms, id)| self.coordinator.forget(decided_ms, id, now, margin_ms)),
         )
         .await;
         let mut forgotten = 0;
@@ -102,13 +118,15 @@ impl DecidedSweeper {
 }
 
 impl TxnCoordinator {
-    /// Deletes the record of `id`, decided at `decided_ms`, if every participant settled it;
-    /// else moves its mark to `now` to be looked at again later.
+    /// Deletes the record of `id`, decided at `decided_ms`, if every participant settled it
+    /// and it is `margin_ms` past its deadline; else moves its mark to be looked at again
+    /// later.
     pub async fn forget(
         &self,
         decided_ms: u64,
         id: TxnId,
         now: u64,
+        margin_ms: u64,
     ) -> Result<Swept, CoordinatorError> {
         let t = self.tables();
         let mark = (decided_ms, id);
@@ -125,6 +143,21 @@ impl TxnCoordinator {
             // From before participants marked themselves: no telling whether one still
             // needs it. Kept, and not looked at again.
             t.txn_decided.delete(&mark, Expect::Any).await?;
+            return Ok(Swept::Kept);
+        }
+        let late_writes_end = row.record.deadline_ms.saturating_add(margin_ms);
+        if now < late_writes_end {
+            // A late write may still come: it must find the decision, not create it anew.
+            let later = (late_writes_end, id);
+            let txn = Txn {
+                compares: Vec::new(),
+                success: vec![
+                    t.txn_decided.delete_op(&mark),
+                    t.txn_decided.put_op(&later, &DecidedMark {})?,
+                ],
+                failure: Vec::new(),
+            };
+            t.meta().txn(txn).await.map_err(TableError::from)?;
             return Ok(Swept::Kept);
         }
         let mut compares = vec![t.txns.version_is(&id, Expect::Version(row.version))];

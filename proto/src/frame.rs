@@ -173,6 +173,7 @@ mod tests {
                     ..Default::default()
                 }],
                 txn_id: 0,
+                txn_start: None,
             })),
         };
         assert!(matches!(

@@ -22,6 +22,17 @@ async fn decisions_are_idempotent_and_final() {
     let client = client_of_all(&brokers).await;
 
     let committed = client.new_transaction().begin().await.expect("begin");
+    // Begin writes nothing: the first write creates the transaction.
+    assert!(
+        client
+            .list_transactions(true)
+            .await
+            .expect("list")
+            .is_empty(),
+        "a transaction without writes is not recorded"
+    );
+    let producer = client.producer("decided").create().await.expect("producer");
+    producer.send_in(&committed, "one").await.expect("stored");
     let open = client.list_transactions(true).await.expect("list");
     assert!(
         open.iter().any(|t| t.txn_id == committed.id().0),
@@ -41,9 +52,16 @@ async fn decisions_are_idempotent_and_final() {
     assert_eq!(info.owner, client.client_id());
     assert!(info.decided_ms >= info.created_ms);
 
+    // Nothing written: the abort records the transaction aborted, so nothing can create
+    // it open later.
     let aborted = client.new_transaction().begin().await.expect("begin");
     assert_ne!(aborted.id(), committed.id(), "ids are never reused");
     aborted.abort().await.expect("abort");
+    assert_eq!(
+        code(producer.send_in(&aborted, "late").await),
+        Some(ErrorCode::TransactionNotOpen),
+        "a send after the abort"
+    );
     aborted
         .abort()
         .await
@@ -87,6 +105,7 @@ async fn decisions_are_idempotent_and_final() {
         1,
         "{metrics}"
     );
+    producer.close().await.expect("close producer");
     client.close().await;
     stop_all(brokers, cluster).await;
 }
@@ -100,12 +119,18 @@ async fn the_coordinator_times_out_and_operators_abort() {
     let client = client_of_all(&brokers).await;
     let operator = client_of_all(&brokers).await;
 
+    let producer = client
+        .producer("expiring")
+        .create()
+        .await
+        .expect("producer");
     let txn = client
         .new_transaction()
         .timeout(Duration::from_millis(200))
         .begin()
         .await
         .expect("begin");
+    producer.send_in(&txn, "one").await.expect("stored");
     tokio::time::timeout(Duration::from_secs(20), async {
         while client.transaction_info(txn.id()).await.expect("info").state != "TIMED_OUT" {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -118,7 +143,28 @@ async fn the_coordinator_times_out_and_operators_abort() {
         Some(ErrorCode::TransactionNotOpen)
     );
 
+    // One that wrote nothing before its timeout: nothing can create it afterwards, and its
+    // commit finds nothing (its outcome is not known: it may be forgotten).
+    let unwritten = client
+        .new_transaction()
+        .timeout(Duration::from_millis(100))
+        .begin()
+        .await
+        .expect("begin");
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(150);
+    tokio::time::sleep_until(deadline).await;
+    assert_eq!(
+        code(producer.send_in(&unwritten, "late").await),
+        Some(ErrorCode::TransactionNotOpen),
+        "a first write after the deadline"
+    );
+    assert_eq!(
+        code(unwritten.commit().await),
+        Some(ErrorCode::TransactionNotFound)
+    );
+
     let other = client.new_transaction().begin().await.expect("begin");
+    producer.send_in(&other, "two").await.expect("stored");
     let info = operator
         .abort_transaction(other.id())
         .await
@@ -140,6 +186,7 @@ async fn the_coordinator_times_out_and_operators_abort() {
         "a timeout beyond the maximum"
     );
     expiry.abort();
+    producer.close().await.expect("close producer");
     client.close().await;
     operator.close().await;
     stop_all(brokers, cluster).await;
@@ -329,7 +376,11 @@ async fn aborted_and_late_messages_are_never_delivered() {
                     "raw",
                     1,
                     vec![message],
-                    Some((committed.id(), "someone-else")),
+                    Some(strata_broker::topic::TxnWrite {
+                        id: committed.id(),
+                        client: "someone-else",
+                        start: None,
+                    }),
                 )
                 .await;
             refused = outcome.err().map(|e| e.code());
@@ -687,9 +738,12 @@ async fn pending_acks_of_many_messages_are_held_across_a_failover() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn decided_transactions_are_forgotten_and_their_skipped_ranges_kept() {
     let (_dir, cluster, brokers) = start().await;
+    // Records are kept until their deadline (a late write must find the decision): the
+    // transactions below time out soon, so that the sweep forgets them within the test.
     let expiry = spawn_expiry_keeping(
         cluster.meta.clone(),
         Duration::from_millis(50),
+        Duration::ZERO,
         Duration::ZERO,
     );
     let client = client_of_all(&brokers).await;
@@ -699,7 +753,8 @@ async fn decided_transactions_are_forgotten_and_their_skipped_ranges_kept() {
     let mut worker = subscribe_earliest(&client, input, "workers").await;
     let producer = client.producer(output).create().await.expect("producer");
 
-    let aborted = client.new_transaction().begin().await.expect("begin");
+    let short = || client.new_transaction().timeout(Duration::from_secs(3));
+    let aborted = short().begin().await.expect("begin");
     for i in 0..5 {
         producer
             .send_in(&aborted, format!("aborted-{i}"))
@@ -707,7 +762,7 @@ async fn decided_transactions_are_forgotten_and_their_skipped_ranges_kept() {
             .expect("stored");
     }
     aborted.abort().await.expect("abort");
-    let committed = client.new_transaction().begin().await.expect("begin");
+    let committed = short().begin().await.expect("begin");
     let job = next(&mut worker).await;
     worker.ack_in(&committed, job.id).await.expect("ack in txn");
     for i in 0..2 {

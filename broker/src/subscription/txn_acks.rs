@@ -27,25 +27,31 @@ use strata_proto::pb::client::SubscriptionType;
 use super::{Redelivery, SubState, Subscription};
 use crate::BrokerError;
 use crate::managed_ledger::ManagedLedger;
+use crate::topic::TxnWrite;
 
 impl Subscription {
-    /// Acknowledges `ids` in `client`'s transaction `txn`, as one metastore write. With
+    /// Acknowledges `ids` in a write of a transaction, as one metastore write. With
     /// `cumulative` (exclusive and failover subscriptions, as in Pulsar), `ids` is one id and
     /// every message delivered and not acknowledged up to it is acknowledged.
     pub async fn apply_txn_acks(
         self: &Arc<Self>,
         consumer_id: u64,
-        txn: TxnId,
-        client: &str,
+        write: TxnWrite<'_>,
         ids: Vec<MessageId>,
         cumulative: bool,
         coordinator: &TxnCoordinator,
     ) -> Result<(), BrokerError> {
         // Run to the end even if the caller goes away (its connection closed): the count of
         // writes under way and the settlement of the transaction here must stay right.
-        let (sub, client, coordinator) = (self.clone(), client.to_owned(), coordinator.clone());
+        let (sub, coordinator) = (self.clone(), coordinator.clone());
+        let (txn, client, start) = (write.id, write.client.to_owned(), write.start.cloned());
         tokio::spawn(async move {
-            sub.apply_txn_acks_to_end(consumer_id, txn, &client, ids, cumulative, &coordinator)
+            let write = TxnWrite {
+                id: txn,
+                client: &client,
+                start: start.as_ref(),
+            };
+            sub.apply_txn_acks_to_end(consumer_id, write, ids, cumulative, &coordinator)
                 .await
         })
         .await
@@ -58,12 +64,12 @@ impl Subscription {
     async fn apply_txn_acks_to_end(
         &self,
         consumer_id: u64,
-        txn: TxnId,
-        client: &str,
+        write: TxnWrite<'_>,
         ids: Vec<MessageId>,
         cumulative: bool,
         coordinator: &TxnCoordinator,
     ) -> Result<(), BrokerError> {
+        let txn = write.id;
         let new = {
             let mut st = self.state.lock().await;
             if st.consumer_mut(consumer_id).is_none() {
@@ -114,7 +120,7 @@ impl Subscription {
         if new.is_empty() {
             return Ok(());
         }
-        let written = self.write_txn_acks(txn, client, &new, coordinator).await;
+        let written = self.write_txn_acks(write, &new, coordinator).await;
         let decided_meanwhile = {
             let mut st = self.state.lock().await;
             match &written {
@@ -199,11 +205,13 @@ impl Subscription {
     /// record and by this broker still owning the topic.
     async fn write_txn_acks(
         &self,
-        txn: TxnId,
-        client: &str,
+        write: TxnWrite<'_>,
         new: &BTreeMap<MessageId, u32>,
         coordinator: &TxnCoordinator,
     ) -> Result<(), AckWriteError> {
+        let TxnWrite {
+            id: txn, client, ..
+        } = write;
         let cursor = CursorKey::new(self.topic.clone(), &self.name);
         let t = &self.tables;
         let records = pending_records(txn, new);
@@ -228,15 +236,15 @@ impl Subscription {
             // Registers the subscription (if new) and holds the acks in one write, which
             // succeeds only while the record is as read: never into a decided transaction.
             let guard = coordinator
-                .ack_guard(txn, client, &self.topic, &self.name)
+                .ack_guard(txn, client, &self.topic, &self.name, write.start)
                 .await
                 .map_err(AckWriteError::not_written)?;
             let log_version = self.ml.record_version().await;
-            let mut compares = vec![
-                guard.compare.clone(),
+            let mut compares = guard.compares.clone();
+            compares.push(
                 t.managed_ledgers
                     .version_is(&self.topic, Expect::Version(log_version)),
-            ];
+            );
             compares.extend(absent.iter().cloned());
             let mut success = guard.register.clone();
             success.extend(puts.iter().cloned());
@@ -280,6 +288,13 @@ impl Subscription {
                 .map_err(AckWriteError::not_written)?;
             if version != guard_version {
                 continue; // the record changed (another participant, or a decision): again
+            }
+            if guard_version == 0 {
+                // It was to create the record: a new epoch of its producer fails that too.
+                coordinator
+                    .guard_failed(write.start)
+                    .await
+                    .map_err(AckWriteError::not_written)?;
             }
             if self.ml.record_version().await != log_version && log_moves_left > 0 {
                 log_moves_left -= 1;

@@ -10,3 +10,4 @@ mod membership;
 mod properties;
 mod suite;
 mod txn_coordinator;
+mod txn_lazy_begin;

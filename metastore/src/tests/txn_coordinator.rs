@@ -42,13 +42,13 @@ async fn commit_is_idempotent_final_and_durable() {
         .expect("begin");
     assert_eq!(record.state, TxnState::Open);
     let p0 = topic("out-partition-0");
-    c.register_partition(id, "app", &p0, Position::new(9, 4))
+    c.register_partition(id, "app", &p0, Position::new(9, 4), None)
         .await
         .expect("register");
-    c.register_partition(id, "app", &p0, Position::new(9, 7))
+    c.register_partition(id, "app", &p0, Position::new(9, 7), None)
         .await
         .expect("registered already: no-op");
-    c.register_subscription(id, "app", &topic("in"), "workers")
+    c.register_subscription(id, "app", &topic("in"), "workers", None)
         .await
         .expect("register subscription");
     let last = BTreeMap::from([(p0.to_string(), Position::new(9, 8))]);
@@ -72,7 +72,7 @@ async fn commit_is_idempotent_final_and_durable() {
         Err(CoordinatorError::Rule(TxnRuleError::AlreadyDecided { .. }))
     ));
     assert!(matches!(
-        c.register_partition(id, "app", &topic("late"), Position::new(9, 9))
+        c.register_partition(id, "app", &topic("late"), Position::new(9, 9), None)
             .await,
         Err(CoordinatorError::Rule(TxnRuleError::NotOpen { .. }))
     ));
@@ -112,7 +112,7 @@ async fn abort_ownership_and_unknown_transactions() {
         Err(CoordinatorError::Rule(TxnRuleError::NotOwner { .. }))
     ));
     assert!(matches!(
-        c.register_partition(id, "intruder", &topic("x"), Position::new(1, 0))
+        c.register_partition(id, "intruder", &topic("x"), Position::new(1, 0), None)
             .await,
         Err(CoordinatorError::Rule(TxnRuleError::NotOwner { .. }))
     ));
@@ -386,10 +386,10 @@ async fn decided_transactions_are_forgotten_only_once_settled() {
         .await
         .expect("begin");
     let p0 = topic("forget-out");
-    c.register_partition(id, "app", &p0, Position::new(4, 0))
+    c.register_partition(id, "app", &p0, Position::new(4, 0), None)
         .await
         .expect("register");
-    c.register_subscription(id, "app", &topic("forget-in"), "workers")
+    c.register_subscription(id, "app", &topic("forget-in"), "workers", None)
         .await
         .expect("register subscription");
     let cursor = CursorKey::new(topic("forget-in"), "workers");
@@ -460,14 +460,14 @@ async fn steps_from_stale_copies_are_redone_on_the_stored_record() {
     let (a, b) = (topic("stale-a"), topic("stale-b"));
     // `there` reads the record and registers; `here` still holds the copy from its begin.
     there
-        .register_partition(id, "app", &a, Position::new(3, 0))
+        .register_partition(id, "app", &a, Position::new(3, 0), None)
         .await
         .expect("register there");
-    here.register_partition(id, "app", &b, Position::new(5, 0))
+    here.register_partition(id, "app", &b, Position::new(5, 0), None)
         .await
         .expect("register here, from a stale copy");
     there
-        .register_subscription(id, "app", &topic("stale-in"), "workers")
+        .register_subscription(id, "app", &topic("stale-in"), "workers", None)
         .await
         .expect("register a subscription there, from a stale copy");
     let stored = here.get(id).await.expect("record").record;
@@ -488,7 +488,7 @@ async fn steps_from_stale_copies_are_redone_on_the_stored_record() {
     // `there`'s copy still says open: its registration must be refused, not written into a
     // committed transaction.
     let late = there
-        .register_partition(id, "app", &topic("stale-c"), Position::new(7, 0))
+        .register_partition(id, "app", &topic("stale-c"), Position::new(7, 0), None)
         .await;
     assert!(
         matches!(
