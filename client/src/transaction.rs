@@ -218,7 +218,11 @@ impl Transaction {
             (local.last.clone(), local.failed.as_ref().map(copy_error))
         };
         if let Some(e) = failed {
-            self.abort().await?;
+            // The send's error is the one to report: the abort may find nothing to abort (a
+            // first write refused after the deadline) or fail, and the timeout ends it then.
+            if let Err(abort) = self.abort().await {
+                tracing::debug!(txn = %self.inner.id, error = %abort, "abort after a failed send");
+            }
             return Err(e);
         }
         Ok(last

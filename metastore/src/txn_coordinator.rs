@@ -21,7 +21,7 @@ use crate::tables::{
 };
 use crate::txn_open_view::OpenView;
 use crate::txn_record_cache::{KnownRecord, RecordCache, RecordTurn};
-use crate::txn_start::{MAX_CLOCK_SKEW, TxnStart};
+use crate::txn_start::{LATE_WRITE_MARGIN, TxnStart};
 use crate::txn_sweep::{DEFAULT_KEEP_DECIDED, DecidedSweeper};
 use crate::types::Txn;
 use crate::{Expect, MetaStore};
@@ -238,7 +238,9 @@ impl TxnCoordinator {
         let now = now_ms();
         let start = self.start_of(options, now)?;
         let id = self.next_id().await?;
-        let creation = self.creation(id, owner, &start, true, now).await?;
+        let Some(creation) = self.creation(id, owner, &start, true).await? else {
+            return Err(CoordinatorError::Conflict(format!("{id} exists already")));
+        };
         let t = &self.tables;
         let (record, compares, marks) = creation.split();
         let txn = Txn {
@@ -376,7 +378,9 @@ impl TxnCoordinator {
                 let Some(start) = start else {
                     return Err(CoordinatorError::NotFound(id));
                 };
-                let creation = self.creation(id, owner, start, true, now_ms()).await?;
+                let Some(creation) = self.creation(id, owner, start, true).await? else {
+                    continue; // created meanwhile: read it
+                };
                 let (mut record, compares, marks) = creation.split();
                 record.register_partition(id, topic, first)?;
                 let t = &self.tables;
@@ -464,11 +468,16 @@ impl TxnCoordinator {
         let mut turn = self.records.turn(id).await;
         let t = &self.tables;
         let cursor = CursorKey::new(topic.clone(), subscription);
-        let Some(row) = self.current_or_absent(&mut turn, start).await? else {
+        let row = loop {
+            if let Some(row) = self.current_or_absent(&mut turn, start).await? {
+                break row;
+            }
             let Some(start) = start else {
                 return Err(CoordinatorError::NotFound(id));
             };
-            let creation = self.creation(id, owner, start, true, now_ms()).await?;
+            let Some(creation) = self.creation(id, owner, start, true).await? else {
+                continue; // created meanwhile: read it
+            };
             let (mut record, compares, marks) = creation.split();
             record.register_subscription(id, topic, subscription)?;
             let register = [
@@ -747,9 +756,12 @@ impl TxnCoordinator {
         if unwritten.wrote || now > unwritten.start.deadline_ms {
             return Err(CoordinatorError::NotFound(id));
         }
-        let creation = self
-            .creation(id, unwritten.owner, unwritten.start, false, now)
-            .await?;
+        let Some(creation) = self
+            .creation(id, unwritten.owner, unwritten.start, false)
+            .await?
+        else {
+            return Ok(None);
+        };
         let mut compares = vec![creation.absent];
         compares.extend(creation.producer.filter(|_| fence));
         let mut record = creation.record;
@@ -797,7 +809,9 @@ impl TxnCoordinator {
                     // It says it wrote: the record was decided and forgotten.
                     return Err(CoordinatorError::NotFound(id));
                 }
-                let creation = self.creation(id, owner, start, true, now_ms()).await?;
+                let Some(creation) = self.creation(id, owner, start, true).await? else {
+                    continue; // created meanwhile: read it
+                };
                 let (mut record, compares, marks) = creation.split();
                 record.prepare(id, last)?;
                 let t = &self.tables;
@@ -915,7 +929,7 @@ impl TxnCoordinator {
 /// Runs the coordinator's expiry every `interval` while `store` is the metastore leader, and
 /// forgets decided transactions [`DEFAULT_KEEP_DECIDED`] after their decision.
 pub fn spawn_expiry(store: MetaStore, interval: Duration) -> tokio::task::JoinHandle<()> {
-    spawn_expiry_keeping(store, interval, DEFAULT_KEEP_DECIDED, MAX_CLOCK_SKEW)
+    spawn_expiry_keeping(store, interval, DEFAULT_KEEP_DECIDED, LATE_WRITE_MARGIN)
 }
 
 /// As [`spawn_expiry`], forgetting decided transactions `keep_decided` after their decision

@@ -6,8 +6,10 @@
 //!
 //! A late write must never re-create a transaction that was decided and since forgotten. Two
 //! rules prevent it: no write creates a record after the transaction's deadline, and the
-//! sweeper keeps every decided record until [`MAX_CLOCK_SKEW`] past its deadline. This
-//! assumes the clocks of brokers and of the metastore leader differ by less than that.
+//! sweeper keeps every decided record until [`LATE_WRITE_MARGIN`] past its deadline. This
+//! assumes the clocks of brokers and of the metastore leader differ by less than
+//! [`MAX_CLOCK_SKEW`], and that a creating write applies within [`MAX_CREATE_LATENCY`] of
+//! its deadline check.
 
 use std::time::Duration;
 
@@ -26,6 +28,17 @@ use crate::types::{Compare, TxnOp};
 /// How far the clocks of brokers and the metastore leader may disagree (see the module
 /// documentation).
 pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(30);
+
+/// How long a creating write may take from its deadline check to being applied: the
+/// metastore client's retries and the broker's resends of a write whose answer was lost
+/// (each bounded by the 10 s request timeout) stay well within it.
+pub const MAX_CREATE_LATENCY: Duration = Duration::from_secs(60);
+
+/// How long past its deadline the sweeper keeps a decided record: a creating write checked
+/// before the deadline, on a clock up to [`MAX_CLOCK_SKEW`] behind the leader's, applies
+/// within this and finds the decision.
+pub const LATE_WRITE_MARGIN: Duration =
+    Duration::from_secs(MAX_CLOCK_SKEW.as_secs() + MAX_CREATE_LATENCY.as_secs());
 
 /// A transaction as begun: what its record is created from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -156,26 +169,17 @@ impl TxnCoordinator {
         }
     }
 
-    /// What creating `owner`'s record of `id` from `start` takes, as of `now`: refused once
-    /// past the deadline (a late write), or for a start no begin could have issued. With
-    /// `open`, the record stays open: it counts against the limits and gets its deadline
-    /// (and check) marks.
+    /// What creating `owner`'s record of `id` from `start` takes: refused once past the
+    /// deadline (a late write), or for a start no begin could have issued. With `open`, the
+    /// record stays open: it counts against the limits and gets its deadline (and check)
+    /// marks. `None`: the record exists now (created by another write at the limit).
     pub(crate) async fn creation(
         &self,
         id: TxnId,
         owner: &str,
         start: &TxnStart,
         open: bool,
-        now: u64,
-    ) -> Result<Creation, CoordinatorError> {
-        if now > start.deadline_ms {
-            return Err(TxnRuleError::NotOpen {
-                id,
-                state: TxnState::TimedOut,
-            }
-            .into());
-        }
-        let skew = MAX_CLOCK_SKEW.as_millis() as u64;
+    ) -> Result<Option<Creation>, CoordinatorError> {
         let timeout = Duration::from_millis(start.deadline_ms.saturating_sub(start.created_ms));
         let max = self.limits().max_timeout;
         if timeout.is_zero() || timeout > max {
@@ -183,12 +187,6 @@ impl TxnCoordinator {
                 asked: timeout,
                 max,
             });
-        }
-        if start.created_ms > now.saturating_add(skew) {
-            return Err(CoordinatorError::Conflict(format!(
-                "{id} begins in the future ({} ms): clocks disagree",
-                start.created_ms
-            )));
         }
         if let Some((_, interval_ms)) = &start.check_back {
             let asked = Duration::from_millis(*interval_ms);
@@ -201,10 +199,32 @@ impl TxnCoordinator {
             Some(p) => Some(self.producer_compare(p).await?),
             None => None,
         };
+        if open && let Err(e) = self.check_limits(owner).await {
+            // A write on another broker may have created it meanwhile, and been counted.
+            if matches!(e, CoordinatorError::TooManyOpen { .. }) && t.txns.get(&id).await?.is_some()
+            {
+                return Ok(None);
+            }
+            return Err(e);
+        }
+        // Checked last, as close to the write as can be (see LATE_WRITE_MARGIN).
+        let now = now_ms();
+        if now > start.deadline_ms {
+            return Err(TxnRuleError::NotOpen {
+                id,
+                state: TxnState::TimedOut,
+            }
+            .into());
+        }
+        if start.created_ms > now.saturating_add(MAX_CLOCK_SKEW.as_millis() as u64) {
+            return Err(CoordinatorError::Conflict(format!(
+                "{id} begins in the future ({} ms): clocks disagree",
+                start.created_ms
+            )));
+        }
         let record = start.record(owner);
         let mut marks = Vec::new();
         if open {
-            self.check_limits(owner).await?;
             let mark = DeadlineMark {
                 owner: owner.to_owned(),
                 producer: record.producer.as_ref().map(|p| p.name.clone()),
@@ -217,12 +237,12 @@ impl TxnCoordinator {
                 marks.push(t.txn_checks.put_op(&(check.next_ms, id), &mark)?);
             }
         }
-        Ok(Creation {
+        Ok(Some(Creation {
             record,
             absent: t.txns.version_is(&id, Expect::Absent),
             producer,
             marks,
-        })
+        }))
     }
 
     /// Why a creation's write did not apply: `ProducerFenced` if a new epoch came, else

@@ -20,7 +20,7 @@ use tracing::{info, warn};
 use crate::Expect;
 use crate::tables::{CursorKey, DecidedMark, Schema, TableError, TxnDecided};
 use crate::txn_coordinator::{CoordinatorError, TxnCoordinator};
-use crate::txn_start::MAX_CLOCK_SKEW;
+use crate::txn_start::LATE_WRITE_MARGIN;
 use crate::types::Txn;
 
 /// How long a decided transaction is kept by default.
@@ -57,13 +57,13 @@ impl DecidedSweeper {
         Self {
             coordinator,
             keep,
-            late_write_margin: MAX_CLOCK_SKEW,
+            late_write_margin: LATE_WRITE_MARGIN,
             resume_after: String::new(),
             passes: 0,
         }
     }
 
-    /// Keeps records `margin` past their deadline instead of [`MAX_CLOCK_SKEW`] (tests on
+    /// Keeps records `margin` past their deadline instead of [`LATE_WRITE_MARGIN`] (tests on
     /// one machine, one clock).
     pub fn with_late_write_margin(mut self, margin: Duration) -> Self {
         self.late_write_margin = margin;

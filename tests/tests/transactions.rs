@@ -160,7 +160,13 @@ async fn the_coordinator_times_out_and_operators_abort() {
     );
     assert_eq!(
         code(unwritten.commit().await),
-        Some(ErrorCode::TransactionNotFound)
+        Some(ErrorCode::TransactionNotOpen),
+        "the commit reports the failed send"
+    );
+    assert_eq!(
+        code(unwritten.abort().await),
+        Some(ErrorCode::TransactionNotFound),
+        "nothing to abort: its outcome is not known here"
     );
 
     let other = client.new_transaction().begin().await.expect("begin");
