@@ -26,23 +26,12 @@ pub async fn begin(
         ));
     }
     let timeout = (r.timeout_ms > 0).then(|| Duration::from_millis(r.timeout_ms));
-    let producer = if r.producer_name.is_empty() {
-        None
-    } else {
-        check_name("transactional producer", &r.producer_name)?;
-        Some(ProducerEpoch {
-            name: r.producer_name,
-            epoch: r.producer_epoch,
-        })
-    };
-    let check_back = if r.group.is_empty() {
-        None
-    } else {
-        check_name("producer group", &r.group)?;
+    let producer = producer_of(r.producer_name, r.producer_epoch)?;
+    let check_back = group_of(r.group)?.map(|group| {
         let interval =
             (r.check_interval_ms > 0).then(|| Duration::from_millis(r.check_interval_ms));
-        Some((r.group, interval))
-    };
+        (group, interval)
+    });
     let options = BeginOptions {
         timeout,
         producer,
@@ -83,26 +72,11 @@ pub(crate) fn start_from_wire(
     let Some(s) = start else {
         return Ok(None);
     };
-    let producer = if s.producer_name.is_empty() {
-        None
-    } else {
-        check_name("transactional producer", &s.producer_name)?;
-        Some(ProducerEpoch {
-            name: s.producer_name,
-            epoch: s.producer_epoch,
-        })
-    };
-    let check_back = if s.group.is_empty() {
-        None
-    } else {
-        check_name("producer group", &s.group)?;
-        Some((s.group, s.check_interval_ms))
-    };
     Ok(Some(TxnStart {
         created_ms: s.created_ms,
         deadline_ms: s.deadline_ms,
-        producer,
-        check_back,
+        producer: producer_of(s.producer_name, s.producer_epoch)?,
+        check_back: group_of(s.group)?.map(|group| (group, s.check_interval_ms)),
     }))
 }
 
@@ -156,6 +130,24 @@ pub async fn init_producer(
         name: r.name,
         epoch,
     }))
+}
+
+/// The transactional producer a request names (empty: none), its name checked.
+fn producer_of(name: String, epoch: u64) -> Result<Option<ProducerEpoch>, BrokerError> {
+    if name.is_empty() {
+        return Ok(None);
+    }
+    check_name("transactional producer", &name)?;
+    Ok(Some(ProducerEpoch { name, epoch }))
+}
+
+/// The check-back producer group a request names (empty: none), its name checked.
+fn group_of(group: String) -> Result<Option<String>, BrokerError> {
+    if group.is_empty() {
+        return Ok(None);
+    }
+    check_name("producer group", &group)?;
+    Ok(Some(group))
 }
 
 /// A producer or group name is one metastore key segment.

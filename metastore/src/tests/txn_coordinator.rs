@@ -11,7 +11,7 @@ use crate::tables::{Tables, TxnRuleError, TxnState, now_ms};
 use crate::txn_coordinator::{CoordinatorError, TxnCoordinator, TxnLimits};
 use crate::{MetaStore, MetaStoreConfig};
 
-async fn open(dir: &std::path::Path) -> MetaStore {
+pub(super) async fn open(dir: &std::path::Path) -> MetaStore {
     tokio::time::timeout(
         Duration::from_secs(20),
         MetaStore::open_standalone(dir, MetaStoreConfig::default()),
@@ -25,7 +25,7 @@ fn coordinator(store: &MetaStore, limits: TxnLimits) -> TxnCoordinator {
     TxnCoordinator::new(Tables::new(store.clone()), limits)
 }
 
-fn topic(name: &str) -> TopicName {
+pub(super) fn topic(name: &str) -> TopicName {
     TopicName::parse(name).expect("topic")
 }
 

@@ -7,29 +7,15 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use strata_proto::{Position, TopicName};
+use strata_proto::Position;
 
+use super::txn_coordinator::{open, topic};
 use crate::tables::{Decided, ProducerEpoch, Tables, TxnRuleError, TxnState, now_ms};
 use crate::txn_coordinator::{
     Actor, BeginOptions, CoordinatorError, Ending, TxnCoordinator, TxnLimits,
 };
 use crate::txn_start::TxnStart;
 use crate::txn_sweep::DecidedSweeper;
-use crate::{MetaStore, MetaStoreConfig};
-
-async fn open(dir: &std::path::Path) -> MetaStore {
-    tokio::time::timeout(
-        Duration::from_secs(20),
-        MetaStore::open_standalone(dir, MetaStoreConfig::default()),
-    )
-    .await
-    .expect("opened in time")
-    .expect("open")
-}
-
-fn topic(name: &str) -> TopicName {
-    TopicName::parse(name).expect("topic")
-}
 
 fn options(timeout: Duration) -> BeginOptions {
     BeginOptions {
