@@ -198,6 +198,101 @@ async fn the_coordinator_times_out_and_operators_abort() {
     stop_all(brokers, cluster).await;
 }
 
+/// The limit on open transactions per client counts created transactions: begins are not
+/// refused (they write nothing), the first send or ack beyond the limit is, with
+/// `TooManyTransactions`, and a decision frees a place. A broker that begins eagerly
+/// refuses the begin itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_open_transactions_are_refused_at_their_first_write() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cluster = strata_bookie::local_cluster::LocalCluster::start(
+        &dir.path().join("cluster"),
+        strata_bookie::local_cluster::LocalClusterOptions::default(),
+    )
+    .await
+    .expect("cluster");
+    let limited = |eager_begin| strata_broker::BrokerConfig {
+        txn_limits: strata_metastore::txn_coordinator::TxnLimits {
+            max_open_per_client: 2,
+            ..Default::default()
+        },
+        eager_begin,
+        ..Default::default()
+    };
+    let lazy = support::start_broker_with(&cluster, dir.path(), "lazy", limited(false)).await;
+    let brokers = vec![lazy];
+    let client = client_of_all(&brokers).await;
+    support::produce(&client, "limited-in", 1).await;
+    let mut consumer = subscribe_earliest(&client, "limited-in", "workers").await;
+    let input = next(&mut consumer).await;
+    let producer = client
+        .producer("limited-out")
+        .create()
+        .await
+        .expect("producer");
+
+    let mut txns = Vec::new();
+    for _ in 0..3 {
+        txns.push(
+            client
+                .new_transaction()
+                .begin()
+                .await
+                .expect("begin writes nothing"),
+        );
+    }
+    producer.send_in(&txns[0], "a").await.expect("first open");
+    producer.send_in(&txns[1], "b").await.expect("second open");
+    assert_eq!(
+        code(producer.send_in(&txns[2], "c").await),
+        Some(ErrorCode::TooManyTransactions),
+        "a third send"
+    );
+    assert_eq!(
+        code(consumer.ack_in(&txns[2], input.id).await),
+        Some(ErrorCode::TooManyTransactions),
+        "a third ack"
+    );
+    txns[0].commit().await.expect("commit");
+    let next_txn = client.new_transaction().begin().await.expect("begin");
+    producer
+        .send_in(&next_txn, "d")
+        .await
+        .expect("a decision frees a place");
+    consumer.close().await.expect("close consumer");
+    producer.close().await.expect("close producer");
+    client.close().await;
+
+    // Eager begin counts at begin.
+    let eager = support::start_broker_with(&cluster, dir.path(), "eager", limited(true)).await;
+    let brokers = {
+        let mut all = brokers;
+        all.push(eager);
+        all
+    };
+    let eager_client = client_of_all(&brokers[1..]).await;
+    let first = eager_client.new_transaction().begin().await.expect("begin");
+    let second = eager_client.new_transaction().begin().await.expect("begin");
+    assert_eq!(
+        code(eager_client.new_transaction().begin().await),
+        Some(ErrorCode::TooManyTransactions),
+        "a third eager begin"
+    );
+    assert!(
+        eager_client
+            .list_transactions(true)
+            .await
+            .expect("list")
+            .iter()
+            .any(|t| t.txn_id == first.id().0),
+        "an eager begin writes the record"
+    );
+    first.abort().await.expect("abort");
+    second.abort().await.expect("abort");
+    eager_client.close().await;
+    stop_all(brokers, cluster).await;
+}
+
 /// The next message; waiting longer than 30 s fails the test.
 async fn next(consumer: &mut strata_client::Consumer) -> strata_client::ReceivedMessage {
     tokio::time::timeout(Duration::from_secs(30), consumer.receive())
