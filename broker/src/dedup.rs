@@ -6,8 +6,14 @@
 //! log, and `persisted`, the highest one known durable. A batch at or below `persisted` is a
 //! duplicate; one above `persisted` but at or below `pushed` is still being written, and the
 //! producer is told to retry once it is settled; anything above `pushed` is new.
+//!
+//! A producer idle for longer than the topic's expiry, with nothing in flight, is forgotten
+//! (Pulsar's producer inactivity timeout, Kafka's `producer.id.expiration.ms`): generated
+//! producer names would otherwise pile up in memory and in every snapshot. A resend from a
+//! forgotten producer is stored again.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
 
 use strata_metastore::tables::DedupRecord;
 use strata_proto::Position;
@@ -30,14 +36,25 @@ pub enum Verdict {
     InFlight,
 }
 
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 struct ProducerMarks {
     pushed: u64,
     persisted: u64,
     recent: VecDeque<(u64, Position)>,
+    /// When this producer last sent a new batch (or was found in the log, on a rebuild).
+    last_active: Instant,
 }
 
 impl ProducerMarks {
+    fn new(seq: u64, last_active: Instant) -> Self {
+        Self {
+            pushed: seq,
+            persisted: seq,
+            recent: VecDeque::new(),
+            last_active,
+        }
+    }
+
     fn remember(&mut self, sequence_id: u64, position: Position) {
         if self.recent.back().is_some_and(|(s, _)| *s >= sequence_id) {
             return;
@@ -58,34 +75,41 @@ impl ProducerMarks {
 }
 
 /// A topic's dedup state.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct DedupState {
     producers: HashMap<String, ProducerMarks>,
     publishes_since_snapshot: u64,
+    /// The latest time this state was told of: a producer first seen as durable (never
+    /// through [`DedupState::check`]) counts as active then.
+    clock: Instant,
 }
 
 impl DedupState {
-    /// The state a snapshot describes (replay the entries after its position next).
-    pub fn from_snapshot(record: &DedupRecord) -> Self {
+    /// An empty state, as of `now`.
+    pub fn new(now: Instant) -> Self {
+        Self {
+            producers: HashMap::new(),
+            publishes_since_snapshot: 0,
+            clock: now,
+        }
+    }
+
+    /// The state a snapshot describes, as of `now` (replay the entries after its position
+    /// next). Every producer in it counts as active at `now`: the snapshot does not say when
+    /// each last published, and forgetting one early could store a resend twice.
+    pub fn from_snapshot(record: &DedupRecord, now: Instant) -> Self {
         let producers = record
             .producers
             .iter()
-            .map(|(name, &seq)| {
-                let marks = ProducerMarks {
-                    pushed: seq,
-                    persisted: seq,
-                    recent: VecDeque::new(),
-                };
-                (name.clone(), marks)
-            })
+            .map(|(name, &seq)| (name.clone(), ProducerMarks::new(seq, now)))
             .collect();
         Self {
             producers,
             publishes_since_snapshot: 0,
+            clock: now,
         }
     }
 
-    /// Decides about a batch; a `New` one counts as pushed from now on.
     /// Whether [`DedupState::check`] would answer `New`, without recording anything (so a
     /// batch refused for another reason leaves no trace).
     pub fn is_new(&self, producer: &str, sequence_id: u64) -> bool {
@@ -94,8 +118,13 @@ impl DedupState {
             .is_none_or(|m| sequence_id > m.pushed.max(m.persisted))
     }
 
-    pub fn check(&mut self, producer: &str, sequence_id: u64) -> Verdict {
-        let marks = self.producers.entry(producer.to_owned()).or_default();
+    /// Decides about a batch arriving at `now`; a `New` one counts as pushed from now on.
+    pub fn check(&mut self, producer: &str, sequence_id: u64, now: Instant) -> Verdict {
+        self.clock = self.clock.max(now);
+        let marks = self
+            .producers
+            .entry(producer.to_owned())
+            .or_insert_with(|| ProducerMarks::new(0, now));
         if sequence_id <= marks.persisted {
             return Verdict::Duplicate(marks.position_of(sequence_id));
         }
@@ -103,13 +132,18 @@ impl DedupState {
             return Verdict::InFlight;
         }
         marks.pushed = sequence_id;
+        marks.last_active = now;
         self.publishes_since_snapshot += 1;
         Verdict::New
     }
 
     /// A pushed batch became durable at `position`.
     pub fn persisted(&mut self, producer: &str, sequence_id: u64, position: Position) {
-        let marks = self.producers.entry(producer.to_owned()).or_default();
+        let clock = self.clock;
+        let marks = self
+            .producers
+            .entry(producer.to_owned())
+            .or_insert_with(|| ProducerMarks::new(0, clock));
         marks.persisted = marks.persisted.max(sequence_id);
         marks.pushed = marks.pushed.max(sequence_id);
         marks.remember(sequence_id, position);
@@ -132,6 +166,22 @@ impl DedupState {
         }
         self.publishes_since_snapshot = 0;
         true
+    }
+
+    /// Forgets the producers that sent no new batch for `idle` up to `now` and have nothing
+    /// in flight; returns how many were forgotten.
+    pub fn forget_idle(&mut self, now: Instant, idle: Duration) -> usize {
+        self.clock = self.clock.max(now);
+        let before = self.producers.len();
+        self.producers.retain(|_, m| {
+            m.pushed != m.persisted || now.saturating_duration_since(m.last_active) < idle
+        });
+        before - self.producers.len()
+    }
+
+    /// How many producers are remembered.
+    pub fn producer_count(&self) -> usize {
+        self.producers.len()
     }
 
     /// Whether every batch handed to the log is known durable (nothing in flight).
@@ -161,11 +211,11 @@ mod tests {
     /// (over a quota, say) leaves the state as it was.
     #[test]
     fn is_new_records_nothing() {
-        let mut d = DedupState::default();
+        let mut d = DedupState::new(Instant::now());
         assert!(d.is_new("p", 1));
         assert!(d.is_new("p", 1), "asking twice changes nothing");
         assert!(d.all_persisted());
-        assert_eq!(d.check("p", 1), Verdict::New);
+        assert_eq!(d.check("p", 1, Instant::now()), Verdict::New);
         assert!(!d.is_new("p", 1), "in flight");
         d.persisted("p", 1, pos(0));
         assert!(!d.is_new("p", 1), "stored");
@@ -176,53 +226,66 @@ mod tests {
     /// before that, a resend is in flight.
     #[test]
     fn a_resend_is_in_flight_then_duplicate() {
-        let mut d = DedupState::default();
-        assert_eq!(d.check("p", 1), Verdict::New);
-        assert_eq!(d.check("p", 1), Verdict::InFlight);
+        let mut d = DedupState::new(Instant::now());
+        assert_eq!(d.check("p", 1, Instant::now()), Verdict::New);
+        assert_eq!(d.check("p", 1, Instant::now()), Verdict::InFlight);
         d.persisted("p", 1, pos(0));
-        assert_eq!(d.check("p", 1), Verdict::Duplicate(Some(pos(0))));
-        assert_eq!(d.check("p", 2), Verdict::New);
-        assert_eq!(d.check("q", 1), Verdict::New, "producers are independent");
+        assert_eq!(
+            d.check("p", 1, Instant::now()),
+            Verdict::Duplicate(Some(pos(0)))
+        );
+        assert_eq!(d.check("p", 2, Instant::now()), Verdict::New);
+        assert_eq!(
+            d.check("q", 1, Instant::now()),
+            Verdict::New,
+            "producers are independent"
+        );
     }
 
     /// Sequence ids only move forward: an older one than the last stored is a duplicate.
     #[test]
     fn older_sequence_ids_are_duplicates() {
-        let mut d = DedupState::default();
-        assert_eq!(d.check("p", 10), Verdict::New);
+        let mut d = DedupState::new(Instant::now());
+        assert_eq!(d.check("p", 10, Instant::now()), Verdict::New);
         d.persisted("p", 10, pos(3));
-        assert_eq!(d.check("p", 4), Verdict::Duplicate(None));
+        assert_eq!(d.check("p", 4, Instant::now()), Verdict::Duplicate(None));
         assert_eq!(d.last_persisted("p"), 10);
     }
 
     /// A snapshot plus a replay of the entries after it gives back the same decisions.
     #[test]
     fn snapshot_and_replay_restore_the_marks() {
-        let mut d = DedupState::default();
+        let mut d = DedupState::new(Instant::now());
         for seq in 1..=3 {
-            assert_eq!(d.check("p", seq), Verdict::New);
+            assert_eq!(d.check("p", seq, Instant::now()), Verdict::New);
         }
         let snapshot = DedupRecord {
             position: Some(pos(2)),
             producers: d.pushed_marks(),
         };
-        let mut restored = DedupState::from_snapshot(&snapshot);
+        let mut restored = DedupState::from_snapshot(&snapshot, Instant::now());
         restored.replayed("p", 4, pos(3));
-        assert_eq!(restored.check("p", 3), Verdict::Duplicate(None));
-        assert_eq!(restored.check("p", 4), Verdict::Duplicate(Some(pos(3))));
-        assert_eq!(restored.check("p", 5), Verdict::New);
+        assert_eq!(
+            restored.check("p", 3, Instant::now()),
+            Verdict::Duplicate(None)
+        );
+        assert_eq!(
+            restored.check("p", 4, Instant::now()),
+            Verdict::Duplicate(Some(pos(3)))
+        );
+        assert_eq!(restored.check("p", 5, Instant::now()), Verdict::New);
     }
 
     /// Snapshots fall due every SNAPSHOT_EVERY new batches; duplicates do not count.
     #[test]
     fn snapshots_fall_due_by_new_batches() {
-        let mut d = DedupState::default();
+        let mut d = DedupState::new(Instant::now());
         for seq in 1..SNAPSHOT_EVERY {
-            d.check("p", seq);
-            d.check("p", seq);
+            d.check("p", seq, Instant::now());
+            d.check("p", seq, Instant::now());
         }
         assert!(!d.snapshot_due());
-        d.check("p", SNAPSHOT_EVERY);
+        d.check("p", SNAPSHOT_EVERY, Instant::now());
         assert!(d.snapshot_due());
         assert!(!d.snapshot_due(), "the count restarts");
     }
@@ -230,13 +293,83 @@ mod tests {
     /// Only the most recent positions are kept per producer.
     #[test]
     fn recent_positions_are_bounded() {
-        let mut d = DedupState::default();
+        let mut d = DedupState::new(Instant::now());
         let n = RECENT_PER_PRODUCER as u64 + 10;
         for seq in 1..=n {
-            d.check("p", seq);
+            d.check("p", seq, Instant::now());
             d.persisted("p", seq, pos(seq));
         }
-        assert_eq!(d.check("p", 1), Verdict::Duplicate(None));
-        assert_eq!(d.check("p", n), Verdict::Duplicate(Some(pos(n))));
+        assert_eq!(d.check("p", 1, Instant::now()), Verdict::Duplicate(None));
+        assert_eq!(
+            d.check("p", n, Instant::now()),
+            Verdict::Duplicate(Some(pos(n)))
+        );
+    }
+
+    /// A producer that sent nothing new for the expiry, with nothing in flight, is forgotten
+    /// (and so left out of the next snapshot); one still active, or with a batch in flight,
+    /// is kept, however long ago it began.
+    #[test]
+    fn idle_producers_are_forgotten_unless_in_flight() {
+        let idle = Duration::from_secs(60);
+        let t0 = Instant::now();
+        let later = t0 + idle;
+        let mut d = DedupState::new(t0);
+        assert_eq!(d.check("gone", 1, t0), Verdict::New);
+        d.persisted("gone", 1, pos(0));
+        assert_eq!(d.check("busy", 1, t0), Verdict::New);
+        assert_eq!(
+            d.check("busy", 2, later - Duration::from_secs(1)),
+            Verdict::New
+        );
+        d.persisted("busy", 1, pos(1));
+        d.persisted("busy", 2, pos(2));
+        assert_eq!(
+            d.check("stuck", 1, t0),
+            Verdict::New,
+            "never becomes durable"
+        );
+
+        assert_eq!(d.forget_idle(later - Duration::from_millis(1), idle), 0);
+        assert_eq!(
+            d.forget_idle(later, idle),
+            1,
+            "only the idle, settled producer"
+        );
+        assert_eq!(d.producer_count(), 2);
+        assert!(
+            !d.pushed_marks().contains_key("gone"),
+            "left out of snapshots"
+        );
+        assert_eq!(d.last_persisted("gone"), 0);
+        assert_eq!(
+            d.check("gone", 1, later),
+            Verdict::New,
+            "a forgotten producer starts afresh"
+        );
+        assert_eq!(
+            d.check("stuck", 1, later),
+            Verdict::InFlight,
+            "in flight is never forgotten"
+        );
+    }
+
+    /// Producers restored from a snapshot or found in the log count as active at the rebuild:
+    /// the snapshot does not say when they last published.
+    #[test]
+    fn a_rebuild_counts_its_producers_as_active_then() {
+        let idle = Duration::from_secs(60);
+        let rebuilt_at = Instant::now();
+        let snapshot = DedupRecord {
+            position: Some(pos(0)),
+            producers: BTreeMap::from([("old".to_owned(), 5)]),
+        };
+        let mut d = DedupState::from_snapshot(&snapshot, rebuilt_at);
+        d.replayed("tail", 1, pos(1));
+        assert_eq!(
+            d.forget_idle(rebuilt_at + idle - Duration::from_millis(1), idle),
+            0
+        );
+        assert_eq!(d.forget_idle(rebuilt_at + idle, idle), 2);
     }
 }

@@ -50,5 +50,5 @@ pub mod txn_metrics;
 
 pub use error::BrokerError;
 pub use server::{BrokerServer, ServerConfig};
-pub use service::{BrokerConfig, BrokerService};
+pub use service::{BrokerConfig, BrokerService, DEFAULT_DEDUP_PRODUCER_EXPIRY};
 pub use strata_metastore::tables::NamespacePolicies;

@@ -481,9 +481,13 @@ async fn producer_session(
     };
     // Taken before the last stored id is read: a failure after it ends this session.
     let session = topic.producer_session();
+    let last_sequence_id = match topic.last_sequence_id(&name).await {
+        Ok(id) => id,
+        Err(e) => return fail(writer, &e.to_wire()).await,
+    };
     let ready = ProducerReady {
         producer_name: name.clone(),
-        last_sequence_id: topic.last_sequence_id(&name).await,
+        last_sequence_id,
     };
     writer
         .send(&ServerFrame {

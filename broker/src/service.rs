@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use strata_bookie::{LedgerClient, LedgerConfig};
 use strata_metastore::tables::{
@@ -20,7 +21,7 @@ use crate::metrics::BrokerMetrics;
 use crate::ownership::{Acquired, Ownership, least_loaded};
 use crate::topic::Topic;
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct BrokerConfig {
     pub managed_ledger: ManagedLedgerConfig,
     /// Replication of ledgers in namespaces without a replication policy; `None`: what the
@@ -30,6 +31,24 @@ pub struct BrokerConfig {
     /// Writes a transaction's record at begin even when its client asks for a lazy begin
     /// (while some metastore node still sweeps without the late-write margin).
     pub eager_begin: bool,
+    /// How long a producer may send nothing new before a topic's dedup forgets it (a resend
+    /// after that is stored again); Pulsar's producer inactivity timeout.
+    pub dedup_producer_expiry: Duration,
+}
+
+/// Pulsar's default producer inactivity timeout for deduplication.
+pub const DEFAULT_DEDUP_PRODUCER_EXPIRY: Duration = Duration::from_secs(6 * 60 * 60);
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            managed_ledger: ManagedLedgerConfig::default(),
+            default_replication: None,
+            txn_limits: Default::default(),
+            eager_begin: false,
+            dedup_producer_expiry: DEFAULT_DEDUP_PRODUCER_EXPIRY,
+        }
+    }
 }
 
 pub struct BrokerService {
@@ -660,8 +679,14 @@ impl BrokerService {
                     config,
                 )
                 .await?;
-                let topic =
-                    Topic::load(name.clone(), ml, self.tables.clone(), self.txns.clone()).await?;
+                let topic = Topic::load(
+                    name.clone(),
+                    ml,
+                    self.tables.clone(),
+                    self.txns.clone(),
+                    self.config.dedup_producer_expiry,
+                )
+                .await?;
                 self.metrics.txns.track(&topic);
                 Ok(topic)
             })

@@ -2,6 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use prost::Message as _;
@@ -79,6 +80,8 @@ pub struct Topic {
     tables: Tables,
     /// Also serialises publishes, so the log's order is the order of the dedup decisions.
     dedup: Mutex<Dedup>,
+    /// How long a producer may send nothing new before dedup forgets it.
+    dedup_expiry: Duration,
     subscriptions: Mutex<HashMap<String, Arc<Subscription>>>,
     /// Messages and payload bytes stored, for the publish rates in stats.
     pub published_msgs: crate::rates::RateMeter,
@@ -108,6 +111,7 @@ impl Topic {
         ml: Arc<ManagedLedger>,
         tables: Tables,
         coordinator: TxnCoordinator,
+        dedup_expiry: Duration,
     ) -> Result<Arc<Self>, BrokerError> {
         let state = rebuild_dedup(&ml, &tables).await?;
         let log_end = ml.next_position_hint().ok();
@@ -123,6 +127,7 @@ impl Topic {
                 stale: false,
                 failures_seen,
             }),
+            dedup_expiry,
             subscriptions: Mutex::new(HashMap::new()),
             published_msgs: Default::default(),
             published_bytes: Default::default(),
@@ -170,16 +175,7 @@ impl Topic {
             return Err(crate::managed_ledger::session_ended(&self.name));
         }
         let mut dedup = loop {
-            let mut dedup = self.dedup.lock().await;
-            if dedup.is_stale(&self.ml) {
-                // A failed write may or may not have reached the log: settle the log (recover
-                // the failed ledger), then read back what it holds before deciding anything.
-                let failures = self.ml.failures();
-                self.ml.repair().await?;
-                dedup.state = rebuild_dedup(&self.ml, &self.tables).await?;
-                dedup.stale = false;
-                dedup.failures_seen = failures;
-            }
+            let dedup = self.settled_dedup().await?;
             // Refusals come before the dedup state records the batch, and only for a new one:
             // a resend already stored is answered as such.
             if dedup.state.is_new(producer_name, sequence_id) {
@@ -199,7 +195,10 @@ impl Topic {
             }
             break dedup;
         };
-        match dedup.state.check(producer_name, sequence_id) {
+        match dedup
+            .state
+            .check(producer_name, sequence_id, Instant::now())
+        {
             Verdict::New => {}
             Verdict::Duplicate(position) => return Ok(Published::Duplicate(position)),
             Verdict::InFlight => {
@@ -242,6 +241,7 @@ impl Topic {
         if !dedup.state.snapshot_due() {
             return Ok(Published::Stored(pending));
         }
+        self.forget_idle_producers(&mut dedup.state);
         // Every batch pushed so far lies at or before this one in the log, so once it is
         // durable the pushed marks describe exactly the log up to its position.
         let marks = dedup.state.pushed_marks();
@@ -283,9 +283,37 @@ impl Topic {
         self.dedup.lock().await.stale = true;
     }
 
-    /// Highest sequence id stored for `producer_name` (0: none).
-    pub async fn last_sequence_id(&self, producer_name: &str) -> u64 {
-        self.dedup.lock().await.state.last_persisted(producer_name)
+    /// Highest sequence id stored for `producer_name` (0: none), read from the log when a
+    /// failed write left the dedup state unsure of its tail.
+    pub async fn last_sequence_id(&self, producer_name: &str) -> Result<u64, BrokerError> {
+        Ok(self
+            .settled_dedup()
+            .await?
+            .state
+            .last_persisted(producer_name))
+    }
+
+    /// The dedup state, locked, rebuilt first if a failed write left it stale.
+    async fn settled_dedup(&self) -> Result<tokio::sync::MutexGuard<'_, Dedup>, BrokerError> {
+        let mut dedup = self.dedup.lock().await;
+        if dedup.is_stale(&self.ml) {
+            // A failed write may or may not have reached the log: settle the log (recover
+            // the failed ledger), then read back what it holds before deciding anything.
+            let failures = self.ml.failures();
+            self.ml.repair().await?;
+            dedup.state = rebuild_dedup(&self.ml, &self.tables).await?;
+            dedup.stale = false;
+            dedup.failures_seen = failures;
+        }
+        Ok(dedup)
+    }
+
+    /// Forgets the producers idle for longer than the dedup expiry (see [`DedupState`]).
+    fn forget_idle_producers(&self, state: &mut DedupState) {
+        let forgotten = state.forget_idle(Instant::now(), self.dedup_expiry);
+        if forgotten > 0 {
+            info!(topic = %self.name, forgotten, kept = state.producer_count(), "idle producers forgotten by dedup");
+        }
     }
 
     /// The named subscription, created at `initial` if new.
@@ -652,13 +680,14 @@ impl Topic {
     /// (then every entry of the log is reflected in the marks). Returns the snapshot position
     /// now stored, or None if none could be taken.
     async fn snapshot_dedup(&self) -> Result<Option<Position>, BrokerError> {
-        let dedup = self.dedup.lock().await;
+        let mut dedup = self.dedup.lock().await;
         let Some(last) = self.ml.last_confirmed() else {
             return Ok(None);
         };
         if dedup.is_stale(&self.ml) || !dedup.state.all_persisted() {
             return Ok(None);
         }
+        self.forget_idle_producers(&mut dedup.state);
         let record = DedupRecord {
             position: Some(last),
             producers: dedup.state.pushed_marks(),
@@ -783,7 +812,7 @@ async fn rebuild_dedup(ml: &ManagedLedger, tables: &Tables) -> Result<DedupState
         }
         None => DedupRecord::default(),
     };
-    let mut state = DedupState::from_snapshot(&snapshot);
+    let mut state = DedupState::from_snapshot(&snapshot, Instant::now());
     // A snapshot position no longer in the log was trimmed away: replay what remains.
     let mut next = match snapshot.position {
         Some(p) if ml.contains(p) => ml.next_position(p),

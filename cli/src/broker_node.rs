@@ -59,6 +59,10 @@ pub struct BrokerArgs {
     /// margin, are still in the cluster).
     #[arg(long, env = "STRATA_EAGER_BEGIN")]
     pub eager_begin: bool,
+    /// Seconds a producer may send nothing new before dedup forgets it (Pulsar's producer
+    /// inactivity timeout; a resend after that is stored again).
+    #[arg(long, env = "STRATA_DEDUP_PRODUCER_EXPIRY_SECS", default_value_t = strata_broker::DEFAULT_DEDUP_PRODUCER_EXPIRY.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    pub dedup_producer_expiry_secs: u64,
 }
 
 impl BrokerArgs {
@@ -110,6 +114,7 @@ pub async fn run(
         },
         default_replication: None,
         eager_begin: args.eager_begin,
+        dedup_producer_expiry: Duration::from_secs(args.dedup_producer_expiry_secs),
         ..BrokerConfig::default()
     };
     let service = BrokerService::new(meta.clone(), ledgers, config);

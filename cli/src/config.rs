@@ -23,6 +23,9 @@ pub struct StandaloneConfig {
     pub connection_receive_window: u32,
     /// Write each transaction's record at begin even when its client asks for a lazy begin.
     pub eager_begin: bool,
+    /// Seconds a producer may send nothing new before dedup forgets it (Pulsar's producer
+    /// inactivity timeout; a resend after that is stored again).
+    pub dedup_producer_expiry_secs: u64,
 }
 
 impl Default for StandaloneConfig {
@@ -39,6 +42,7 @@ impl Default for StandaloneConfig {
             stream_receive_window: 16 * 1024 * 1024,
             connection_receive_window: 64 * 1024 * 1024,
             eager_begin: false,
+            dedup_producer_expiry_secs: strata_broker::DEFAULT_DEDUP_PRODUCER_EXPIRY.as_secs(),
         }
     }
 }
@@ -104,6 +108,13 @@ impl StandaloneConfig {
                 "give both or neither",
             );
         }
+        if self.dedup_producer_expiry_secs == 0 {
+            return err(
+                "dedup_producer_expiry_secs",
+                "0".into(),
+                "must be at least 1 (a resend is only caught while its producer is remembered)",
+            );
+        }
         if self.data_dir.as_os_str().is_empty() {
             return err("data_dir", String::new(), "must not be empty");
         }
@@ -141,6 +152,14 @@ mod tests {
         assert_eq!(
             c.validate().expect_err("half TLS").field,
             "tls_cert/tls_key"
+        );
+        let c = StandaloneConfig {
+            dedup_producer_expiry_secs: 0,
+            ..Default::default()
+        };
+        assert_eq!(
+            c.validate().expect_err("no expiry").field,
+            "dedup_producer_expiry_secs"
         );
         assert!(
             toml::from_str::<StandaloneConfig>("lisen = \"x\"").is_err(),

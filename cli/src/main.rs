@@ -151,6 +151,9 @@ struct StandaloneArgs {
     /// Write each transaction's record at begin, even when its client asks for a lazy begin.
     #[arg(long, env = "STRATA_EAGER_BEGIN")]
     eager_begin: bool,
+    /// Seconds a producer may send nothing new before dedup forgets it (default 6 hours).
+    #[arg(long, env = "STRATA_DEDUP_PRODUCER_EXPIRY_SECS")]
+    dedup_producer_expiry_secs: Option<u64>,
 }
 
 impl StandaloneArgs {
@@ -181,6 +184,9 @@ impl StandaloneArgs {
             c.max_entries_per_ledger = v
         }
         c.eager_begin |= self.eager_begin;
+        if let Some(v) = self.dedup_producer_expiry_secs {
+            c.dedup_producer_expiry_secs = v
+        }
         c.validate()?;
         Ok(c)
     }

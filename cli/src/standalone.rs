@@ -65,6 +65,9 @@ impl Standalone {
             // One bookie: every ledger is E = Qw = Qa = 1.
             default_replication: Some(LedgerConfig::single()),
             eager_begin: config.eager_begin,
+            dedup_producer_expiry: std::time::Duration::from_secs(
+                config.dedup_producer_expiry_secs,
+            ),
             ..BrokerConfig::default()
         };
         let service = BrokerService::new(meta.clone(), ledgers, broker_config);

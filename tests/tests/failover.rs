@@ -98,7 +98,10 @@ async fn the_new_owner_recognises_batches_the_old_owner_stored() {
         "{snapshot:?}"
     );
     let taken = a.service.topic(&name, true).await.expect("taken over by a");
-    assert_eq!(taken.last_sequence_id("orders-1").await, 2500);
+    assert_eq!(
+        taken.last_sequence_id("orders-1").await.expect("read"),
+        2500
+    );
     match taken
         .publish(
             taken.producer_session(),
