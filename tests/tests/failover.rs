@@ -285,6 +285,11 @@ async fn a_producer_session_stores_nothing_after_one_of_its_appends_failed() {
         after.is_err(),
         "the session that saw batch 2 fail stored batch 3 after it"
     );
+    assert_eq!(
+        owned.last_sequence_id("p").await.expect("read back from the log"),
+        1,
+        "what the log holds, after settling the failed ledger"
+    );
     let resend = owned.producer_session();
     stored(owned.publish(resend, "p", 2, message("#1"), None).await)
         .await
