@@ -262,6 +262,10 @@ impl<'a, S: KvSource> ApplyBatch<'a, S> {
                 Compare::Value { key, value } => {
                     self.current(key)?.is_some_and(|kv| kv.value == *value)
                 }
+                Compare::LeaderTimeAtMost {
+                    deadline_ms,
+                    leader_ms,
+                } => *leader_ms != 0 && leader_ms <= deadline_ms,
             };
             if !holds {
                 succeeded = false;
@@ -587,6 +591,48 @@ mod tests {
             out.changes.get("/a").is_some_and(|kv| kv.is_some()),
             "value mismatch deleted nothing"
         );
+    }
+
+    /// A leader-time comparison holds only once stamped, and only while the stamp is at most
+    /// the deadline; stamping reaches every transaction of a batch and overwrites what was
+    /// there.
+    #[test]
+    fn leader_time_compare_holds_only_stamped_within_the_deadline() {
+        let source = MapSource(BTreeMap::new());
+        let at_most = |deadline_ms, leader_ms| {
+            txn(
+                vec![Compare::LeaderTimeAtMost {
+                    deadline_ms,
+                    leader_ms,
+                }],
+                vec![tput("/t", b"x")],
+                vec![],
+            )
+        };
+        let succeeded = |cmd: &Command| {
+            let mut batch = ApplyBatch::new(&source, at(1));
+            match batch.apply(cmd).expect("infallible") {
+                CommandResult::Txn(r) => r.succeeded,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert!(!succeeded(&at_most(1_000, 0)), "unstamped");
+        assert!(succeeded(&at_most(1_000, 1_000)), "at the deadline");
+        assert!(!succeeded(&at_most(1_000, 1_001)), "past it");
+
+        let mut batch = Command::Batch {
+            commands: vec![at_most(1_000, 5_000), put("/p", b"v", Expect::Any)],
+        };
+        batch.stamp_leader_time(900);
+        let Command::Batch { commands } = &batch else {
+            unreachable!()
+        };
+        assert_eq!(
+            commands[0],
+            at_most(1_000, 900),
+            "the proposer's time overwritten"
+        );
+        assert!(succeeded(&commands[0]));
     }
 
     fn ok<T>(r: Result<T, Infallible>) -> T {

@@ -95,6 +95,12 @@ fn take_batch(first: Proposal, queue: &mut mpsc::UnboundedReceiver<Proposal>) ->
 }
 
 async fn write(raft: &Raft<TypeConfig>, mut batch: Vec<Proposal>) {
+    // Read as close to the proposal as can be: a leader-time comparison is about when the
+    // write entered the log (see `Compare::LeaderTimeAtMost`).
+    let now = crate::tables::now_ms();
+    for proposal in &mut batch {
+        proposal.cmd.stamp_leader_time(now);
+    }
     if batch.len() == 1 {
         let Proposal { cmd, reply } = batch.remove(0);
         let _ = reply.send(raft.client_write(cmd).await.map(|r| r.data));

@@ -378,12 +378,8 @@ impl MetaStore {
             }
             Command::Delete { key, .. } => validate_key(key),
             Command::Txn(txn) => {
-                for compare in &txn.compares {
-                    match compare {
-                        Compare::Version { key, .. } | Compare::Value { key, .. } => {
-                            validate_key(key)?
-                        }
-                    }
+                for key in txn.compares.iter().filter_map(Compare::key) {
+                    validate_key(key)?;
                 }
                 for op in txn.success.iter().chain(&txn.failure) {
                     validate_key(op.key())?;

@@ -252,7 +252,7 @@ impl TxnCoordinator {
         };
         if !t.meta().txn(txn).await.map_err(TableError::from)?.succeeded {
             // The id is fresh from the counter: only a new epoch fails the write.
-            self.creation_failed(&start).await?;
+            self.creation_failed(id, &start).await?;
             return Err(CoordinatorError::Conflict(format!("{id} exists already")));
         }
         // The next steps (its registrations, its commit) start from this copy, without a read.
@@ -401,7 +401,7 @@ impl TxnCoordinator {
                     return Ok(());
                 }
                 // Created meanwhile by another write of it (read it next), or fenced.
-                self.creation_failed(start).await?;
+                self.creation_failed(id, start).await?;
                 continue;
             };
             row.record.check_open(id, owner)?;
@@ -531,9 +531,13 @@ impl TxnCoordinator {
 
     /// Why a guarded write failed when the record is as the guard read it: `ProducerFenced`
     /// if the guard was to create it and a new epoch came, else `Ok`.
-    pub async fn guard_failed(&self, start: Option<&TxnStart>) -> Result<(), CoordinatorError> {
+    pub async fn guard_failed(
+        &self,
+        id: TxnId,
+        start: Option<&TxnStart>,
+    ) -> Result<(), CoordinatorError> {
         match start {
-            Some(start) => self.creation_failed(start).await,
+            Some(start) => self.creation_failed(id, start).await,
             None => Ok(()),
         }
     }
@@ -575,7 +579,7 @@ impl TxnCoordinator {
             }
             drop(guard);
             if created {
-                self.guard_failed(start).await?;
+                self.guard_failed(id, start).await?;
             }
         }
     }
@@ -762,7 +766,7 @@ impl TxnCoordinator {
         else {
             return Ok(None);
         };
-        let mut compares = vec![creation.absent];
+        let mut compares = vec![creation.absent, creation.in_time];
         compares.extend(creation.producer.filter(|_| fence));
         let mut record = creation.record;
         rule(&mut record)?;
@@ -781,8 +785,12 @@ impl TxnCoordinator {
             debug!(txn = %id, state = %record.state, "transaction decided without writes");
             return Ok(Some((record, Decided::Now)));
         }
-        if fence {
-            self.creation_failed(unwritten.start).await?;
+        if fence && let Some(p) = &unwritten.start.producer {
+            self.producer_compare(p).await?;
+        }
+        if !self.in_time(unwritten.start).await? {
+            // Past the deadline on the leader's clock: as above, the outcome is not known.
+            return Err(CoordinatorError::NotFound(id));
         }
         Ok(None)
     }
@@ -826,7 +834,7 @@ impl TxnCoordinator {
                     turn.wrote(record.clone(), 0);
                     return Ok(record);
                 }
-                self.creation_failed(start).await?;
+                self.creation_failed(id, start).await?;
                 continue;
             };
             row.record.check_open(id, owner)?;

@@ -6,16 +6,21 @@
 //!
 //! A late write must never re-create a transaction that was decided and since forgotten. Two
 //! rules prevent it: no write creates a record after the transaction's deadline, and the
-//! sweeper keeps every decided record until [`LATE_WRITE_MARGIN`] past its deadline. This
-//! assumes the clocks of brokers and of the metastore leader differ by less than
-//! [`MAX_CLOCK_SKEW`], and that a creating write applies within [`MAX_CREATE_LATENCY`] of
-//! its deadline check.
+//! sweeper keeps every decided record until [`LATE_WRITE_MARGIN`] past its deadline. Both
+//! are read on the metastore leader's clock: a creating write carries a
+//! [`Compare::LeaderTimeAtMost`] of the deadline, which the leader stamps as it proposes
+//! the write, and the sweeper runs on the leader. However long a write takes to get there,
+//! it is judged at the moment it enters the log. This assumes only that the clocks of the
+//! metastore's nodes (one leader's, then the next's) differ by less than [`MAX_CLOCK_SKEW`].
+//! The broker checks the deadline too, on its own clock, to refuse a late write without
+//! writing.
 
 use std::time::Duration;
 
 use strata_proto::TxnId;
 
 use crate::Expect;
+use crate::tables::TableError;
 use crate::tables::{
     CheckMark, CheckSchedule, DeadlineMark, ProducerEpoch, TxnRecord, TxnRuleError, TxnState,
     now_ms,
@@ -23,22 +28,18 @@ use crate::tables::{
 use crate::txn_coordinator::{
     BeginOptions, CoordinatorError, DEFAULT_CHECK_INTERVAL, TxnCoordinator,
 };
-use crate::types::{Compare, TxnOp};
+use crate::types::{Compare, Txn, TxnOp};
 
-/// How far the clocks of brokers and the metastore leader may disagree (see the module
-/// documentation).
+/// How far the clocks of the metastore's nodes may disagree (see the module documentation);
+/// also how far in the future a broker's begin time may lie.
 pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(30);
 
-/// How long a creating write may take from its deadline check to being applied: the
-/// metastore client's retries and the broker's resends of a write whose answer was lost
-/// (each bounded by the 10 s request timeout) stay well within it.
-pub const MAX_CREATE_LATENCY: Duration = Duration::from_secs(60);
-
-/// How long past its deadline the sweeper keeps a decided record: a creating write checked
-/// before the deadline, on a clock up to [`MAX_CLOCK_SKEW`] behind the leader's, applies
-/// within this and finds the decision.
-pub const LATE_WRITE_MARGIN: Duration =
-    Duration::from_secs(MAX_CLOCK_SKEW.as_secs() + MAX_CREATE_LATENCY.as_secs());
+/// How long past its deadline the sweeper keeps a decided record: a creating write stamped
+/// before the deadline by a leader whose clock is up to [`MAX_CLOCK_SKEW`] behind the
+/// sweeping leader's entered the log before the record could be forgotten, so it found the
+/// decision. Twice the skew, so that a stall between a leader's stamp and its append (a
+/// descheduled process) is covered too.
+pub const LATE_WRITE_MARGIN: Duration = Duration::from_secs(2 * MAX_CLOCK_SKEW.as_secs());
 
 /// A transaction as begun: what its record is created from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,6 +81,8 @@ pub struct Creation {
     pub record: TxnRecord,
     /// That the record is absent.
     pub absent: Compare,
+    /// That the deadline has not passed on the metastore leader's clock.
+    pub in_time: Compare,
     /// That its producer's epoch is still current (a transactional producer's only).
     pub producer: Option<Compare>,
     pub marks: Vec<TxnOp>,
@@ -88,7 +91,8 @@ pub struct Creation {
 impl Creation {
     /// Every compare the creating write carries.
     pub fn compares(&self) -> Vec<Compare> {
-        std::iter::once(self.absent.clone())
+        [self.absent.clone(), self.in_time.clone()]
+            .into_iter()
             .chain(self.producer.clone())
             .collect()
     }
@@ -207,7 +211,8 @@ impl TxnCoordinator {
             }
             return Err(e);
         }
-        // Checked last, as close to the write as can be (see LATE_WRITE_MARGIN).
+        // On this broker's clock, to refuse without writing; the write's own compare is
+        // what decides (see the module documentation).
         let now = now_ms();
         if now > start.deadline_ms {
             return Err(TxnRuleError::NotOpen {
@@ -240,17 +245,50 @@ impl TxnCoordinator {
         Ok(Some(Creation {
             record,
             absent: t.txns.version_is(&id, Expect::Absent),
+            in_time: Compare::LeaderTimeAtMost {
+                deadline_ms: start.deadline_ms,
+                leader_ms: 0,
+            },
             producer,
             marks,
         }))
     }
 
-    /// Why a creation's write did not apply: `ProducerFenced` if a new epoch came, else
-    /// `None` (the record exists now: another write created it; read it and go on).
-    pub(crate) async fn creation_failed(&self, start: &TxnStart) -> Result<(), CoordinatorError> {
-        match &start.producer {
-            Some(p) => self.producer_compare(p).await.map(drop),
-            None => Ok(()),
+    /// Why a creation's write did not apply: `ProducerFenced` if a new epoch came, `NotOpen`
+    /// (timed out) if the deadline passed on the metastore leader's clock, else `Ok` (the
+    /// record exists now: another write created it; read it and go on).
+    pub(crate) async fn creation_failed(
+        &self,
+        id: TxnId,
+        start: &TxnStart,
+    ) -> Result<(), CoordinatorError> {
+        if let Some(p) = &start.producer {
+            self.producer_compare(p).await?;
         }
+        if self.in_time(start).await? {
+            Ok(())
+        } else {
+            Err(TxnRuleError::NotOpen {
+                id,
+                state: TxnState::TimedOut,
+            }
+            .into())
+        }
+    }
+
+    /// Whether the metastore leader's clock is still within `start`'s deadline: a write of
+    /// nothing but that comparison. Asked after a creation failed, which would otherwise be
+    /// retried until this broker's own clock passed the deadline.
+    pub(crate) async fn in_time(&self, start: &TxnStart) -> Result<bool, CoordinatorError> {
+        let probe = Txn {
+            compares: vec![Compare::LeaderTimeAtMost {
+                deadline_ms: start.deadline_ms,
+                leader_ms: 0,
+            }],
+            success: Vec::new(),
+            failure: Vec::new(),
+        };
+        let response = self.tables().meta().txn(probe).await;
+        Ok(response.map_err(TableError::from)?.succeeded)
     }
 }

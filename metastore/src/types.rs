@@ -120,6 +120,7 @@ impl Command {
                 let compares = txn.compares.iter().map(|c| match c {
                     Compare::Version { key, .. } => key.len(),
                     Compare::Value { key, value } => key.len() + value.len(),
+                    Compare::LeaderTimeAtMost { .. } => 0,
                 });
                 let ops = txn.success.iter().chain(&txn.failure).map(|op| match op {
                     TxnOp::Put { key, value, .. } => key.len() + value.len(),
@@ -129,6 +130,30 @@ impl Command {
             }
             Command::Batch { commands } => commands.iter().map(Command::payload_bytes).sum(),
             Command::LeaseGrant { .. } | Command::LeaseRevoke { .. } | Command::Compact { .. } => 0,
+        }
+    }
+
+    /// Stamps every [`Compare::LeaderTimeAtMost`] in this command with the leader's clock
+    /// (`now_ms`); done by the leader just before it proposes the command.
+    pub fn stamp_leader_time(&mut self, now_ms: u64) {
+        match self {
+            Command::Txn(txn) => {
+                for compare in &mut txn.compares {
+                    if let Compare::LeaderTimeAtMost { leader_ms, .. } = compare {
+                        *leader_ms = now_ms;
+                    }
+                }
+            }
+            Command::Batch { commands } => {
+                for command in commands {
+                    command.stamp_leader_time(now_ms);
+                }
+            }
+            Command::Put { .. }
+            | Command::Delete { .. }
+            | Command::LeaseGrant { .. }
+            | Command::LeaseRevoke { .. }
+            | Command::Compact { .. } => {}
         }
     }
 }
@@ -159,6 +184,25 @@ pub enum Compare {
         #[serde(with = "hex_bytes")]
         value: Bytes,
     },
+    /// The leader's clock, read as it proposes the write, is at most `deadline_ms` (ms since
+    /// the Unix epoch). The leader fills `leader_ms` in ([`Command::stamp_leader_time`]),
+    /// over whatever the proposer put there; unstamped (0) it never holds. Apply compares
+    /// the stamped value, so every replica decides alike.
+    LeaderTimeAtMost {
+        deadline_ms: u64,
+        #[serde(default)]
+        leader_ms: u64,
+    },
+}
+
+impl Compare {
+    /// The key this comparison reads, if any.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            Compare::Version { key, .. } | Compare::Value { key, .. } => Some(key),
+            Compare::LeaderTimeAtMost { .. } => None,
+        }
+    }
 }
 
 /// One operation of a transaction branch.

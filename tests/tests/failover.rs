@@ -286,7 +286,10 @@ async fn a_producer_session_stores_nothing_after_one_of_its_appends_failed() {
         "the session that saw batch 2 fail stored batch 3 after it"
     );
     assert_eq!(
-        owned.last_sequence_id("p").await.expect("read back from the log"),
+        owned
+            .last_sequence_id("p")
+            .await
+            .expect("read back from the log"),
         1,
         "what the log holds, after settling the failed ledger"
     );

@@ -292,7 +292,7 @@ impl Subscription {
             if guard_version == 0 {
                 // It was to create the record: a new epoch of its producer fails that too.
                 coordinator
-                    .guard_failed(write.start)
+                    .guard_failed(txn, write.start)
                     .await
                     .map_err(AckWriteError::not_written)?;
             }

@@ -2,7 +2,8 @@
 //! first write creates it (in that write), concurrent first writes create one record, no
 //! record is created after the deadline or for a fenced producer, limits count created
 //! records, a transaction that wrote nothing is decided by creating its record decided, and
-//! a decided record outlives its deadline.
+//! a decided record outlives its deadline. The deadline is judged on the metastore leader's
+//! clock as a creating write enters the log.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -16,6 +17,7 @@ use crate::txn_coordinator::{
 };
 use crate::txn_start::TxnStart;
 use crate::txn_sweep::DecidedSweeper;
+use crate::types::{Compare, Txn};
 
 fn options(timeout: Duration) -> BeginOptions {
     BeginOptions {
@@ -302,6 +304,74 @@ async fn an_unwritten_transaction_is_decided_by_creating_its_record() {
         ),
         "an operator has no start: nothing to abort"
     );
+    store.shutdown().await.expect("shutdown");
+}
+
+/// The deadline is also judged on the metastore leader's clock, as the creating write enters
+/// the log: a write checked in time on the broker but delayed past the deadline on its way
+/// creates nothing, and its failure is reported as a timeout (not retried for ever). The
+/// leader stamps the time itself: what a proposer puts in the comparison is overwritten.
+#[tokio::test]
+async fn a_creating_write_delayed_past_the_deadline_creates_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path()).await;
+    let c = TxnCoordinator::new(Tables::new(store.clone()), TxnLimits::default());
+    let t = Tables::new(store.clone());
+    let (id, start) = c
+        .issue("app", options(Duration::from_millis(300)))
+        .await
+        .expect("issue");
+    let creation = c
+        .creation(id, "app", &start, true)
+        .await
+        .expect("in time on the broker's clock")
+        .expect("no record yet");
+    let (record, compares, marks) = creation.split();
+    let write = Txn {
+        compares,
+        success: std::iter::once(t.txns.put_op(&id, &record).expect("op"))
+            .chain(marks)
+            .collect(),
+        failure: Vec::new(),
+    };
+    // The write is held up in transit until the deadline has passed.
+    let late_by = start.deadline_ms.saturating_sub(now_ms()) + 20;
+    tokio::time::sleep(Duration::from_millis(late_by)).await;
+    let response = store.txn(write).await.expect("write");
+    assert!(!response.succeeded, "refused on the leader's clock");
+    assert!(matches!(
+        c.get(id).await,
+        Err(CoordinatorError::NotFound(_))
+    ));
+    assert!(t.txn_deadlines.list(&()).await.expect("marks").is_empty());
+    let why = c.creation_failed(id, &start).await;
+    assert!(
+        matches!(
+            why,
+            Err(CoordinatorError::Rule(TxnRuleError::NotOpen {
+                state: TxnState::TimedOut,
+                ..
+            }))
+        ),
+        "{why:?}"
+    );
+
+    let now = now_ms();
+    let claims = |deadline_ms, leader_ms| Txn {
+        compares: vec![Compare::LeaderTimeAtMost {
+            deadline_ms,
+            leader_ms,
+        }],
+        success: Vec::new(),
+        failure: Vec::new(),
+    };
+    let passed = store.txn(claims(now - 1_000, 1)).await.expect("write");
+    assert!(!passed.succeeded, "a proposer's early time is overwritten");
+    let ahead = store
+        .txn(claims(now + 60_000, u64::MAX))
+        .await
+        .expect("write");
+    assert!(ahead.succeeded, "a proposer's late time is overwritten");
     store.shutdown().await.expect("shutdown");
 }
 
