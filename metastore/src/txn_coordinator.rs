@@ -242,7 +242,12 @@ impl TxnCoordinator {
             return Err(CoordinatorError::Conflict(format!("{id} exists already")));
         };
         let t = &self.tables;
-        let (record, compares, marks) = creation.split();
+        // Not the leader-time compare: the deadline is a whole timeout away, and a broker
+        // begun eagerly must work with metastore nodes that predate that compare.
+        let compares = std::iter::once(creation.absent)
+            .chain(creation.producer)
+            .collect();
+        let (record, marks) = (creation.record, creation.marks);
         let txn = Txn {
             compares,
             success: std::iter::once(t.txns.put_op(&id, &record)?)
@@ -788,7 +793,7 @@ impl TxnCoordinator {
         if fence && let Some(p) = &unwritten.start.producer {
             self.producer_compare(p).await?;
         }
-        if !self.in_time(unwritten.start).await? {
+        if !self.created_or_in_time(id, unwritten.start).await? {
             // Past the deadline on the leader's clock: as above, the outcome is not known.
             return Err(CoordinatorError::NotFound(id));
         }

@@ -34,12 +34,19 @@ use crate::types::{Compare, Txn, TxnOp};
 /// also how far in the future a broker's begin time may lie.
 pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(30);
 
-/// How long past its deadline the sweeper keeps a decided record: a creating write stamped
+/// How long a creating write checked only on a broker's clock may take to apply: what
+/// brokers from before the leader-time compare relied on (the metastore client's retries
+/// and the broker's resends, each bounded by the 10 s request timeout, stay within it).
+pub const MAX_CREATE_LATENCY: Duration = Duration::from_secs(60);
+
+/// How long past its deadline the sweeper keeps a decided record. A creating write stamped
 /// before the deadline by a leader whose clock is up to [`MAX_CLOCK_SKEW`] behind the
 /// sweeping leader's entered the log before the record could be forgotten, so it found the
-/// decision. Twice the skew, so that a stall between a leader's stamp and its append (a
-/// descheduled process) is covered too.
-pub const LATE_WRITE_MARGIN: Duration = Duration::from_secs(2 * MAX_CLOCK_SKEW.as_secs());
+/// decision; that needs only the skew (plus a stall between a leader's stamp and its
+/// append). The margin also covers [`MAX_CREATE_LATENCY`], so that brokers still without
+/// the compare stay safe during a rolling upgrade.
+pub const LATE_WRITE_MARGIN: Duration =
+    Duration::from_secs(MAX_CLOCK_SKEW.as_secs() + MAX_CREATE_LATENCY.as_secs());
 
 /// A transaction as begun: what its record is created from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -255,8 +262,9 @@ impl TxnCoordinator {
     }
 
     /// Why a creation's write did not apply: `ProducerFenced` if a new epoch came, `NotOpen`
-    /// (timed out) if the deadline passed on the metastore leader's clock, else `Ok` (the
-    /// record exists now: another write created it; read it and go on).
+    /// (timed out) if the record is still absent and the deadline passed on the metastore
+    /// leader's clock, else `Ok` (the record exists now: another write created it; read it
+    /// and go on).
     pub(crate) async fn creation_failed(
         &self,
         id: TxnId,
@@ -265,7 +273,7 @@ impl TxnCoordinator {
         if let Some(p) = &start.producer {
             self.producer_compare(p).await?;
         }
-        if self.in_time(start).await? {
+        if self.created_or_in_time(id, start).await? {
             Ok(())
         } else {
             Err(TxnRuleError::NotOpen {
@@ -276,19 +284,28 @@ impl TxnCoordinator {
         }
     }
 
-    /// Whether the metastore leader's clock is still within `start`'s deadline: a write of
-    /// nothing but that comparison. Asked after a creation failed, which would otherwise be
-    /// retried until this broker's own clock passed the deadline.
-    pub(crate) async fn in_time(&self, start: &TxnStart) -> Result<bool, CoordinatorError> {
+    /// Whether the record of `id` exists, or may still be created: the metastore leader's
+    /// clock is within `start`'s deadline. Asked after a creation failed, which would
+    /// otherwise be retried until this broker's own clock passed the deadline.
+    pub(crate) async fn created_or_in_time(
+        &self,
+        id: TxnId,
+        start: &TxnStart,
+    ) -> Result<bool, CoordinatorError> {
+        let t = self.tables();
+        // A write of nothing but comparisons: absent and in time, or one of them failed.
         let probe = Txn {
-            compares: vec![Compare::LeaderTimeAtMost {
-                deadline_ms: start.deadline_ms,
-                leader_ms: 0,
-            }],
+            compares: vec![
+                t.txns.version_is(&id, Expect::Absent),
+                Compare::LeaderTimeAtMost {
+                    deadline_ms: start.deadline_ms,
+                    leader_ms: 0,
+                },
+            ],
             success: Vec::new(),
             failure: Vec::new(),
         };
-        let response = self.tables().meta().txn(probe).await;
-        Ok(response.map_err(TableError::from)?.succeeded)
+        let response = t.meta().txn(probe).await.map_err(TableError::from)?;
+        Ok(response.succeeded || t.txns.get(&id).await?.is_some())
     }
 }

@@ -309,7 +309,8 @@ async fn an_unwritten_transaction_is_decided_by_creating_its_record() {
 
 /// The deadline is also judged on the metastore leader's clock, as the creating write enters
 /// the log: a write checked in time on the broker but delayed past the deadline on its way
-/// creates nothing, and its failure is reported as a timeout (not retried for ever). The
+/// creates nothing, and its failure is reported as a timeout (not retried for ever), unless
+/// another write created the record in time. The
 /// leader stamps the time itself: what a proposer puts in the comparison is overwritten.
 #[tokio::test]
 async fn a_creating_write_delayed_past_the_deadline_creates_nothing() {
@@ -326,6 +327,20 @@ async fn a_creating_write_delayed_past_the_deadline_creates_nothing() {
         .await
         .expect("in time on the broker's clock")
         .expect("no record yet");
+    // Another one, created in time by its first write.
+    let (created, created_start) = c
+        .issue("app", options(Duration::from_millis(300)))
+        .await
+        .expect("issue");
+    c.register_partition(
+        created,
+        "app",
+        &topic("in-time"),
+        Position::new(1, 0),
+        Some(&created_start),
+    )
+    .await
+    .expect("created in time");
     let (record, compares, marks) = creation.split();
     let write = Txn {
         compares,
@@ -343,7 +358,8 @@ async fn a_creating_write_delayed_past_the_deadline_creates_nothing() {
         c.get(id).await,
         Err(CoordinatorError::NotFound(_))
     ));
-    assert!(t.txn_deadlines.list(&()).await.expect("marks").is_empty());
+    let marks = t.txn_deadlines.list(&()).await.expect("marks");
+    assert!(marks.iter().all(|(key, _)| key.1 != id), "no deadline mark");
     let why = c.creation_failed(id, &start).await;
     assert!(
         matches!(
@@ -354,6 +370,10 @@ async fn a_creating_write_delayed_past_the_deadline_creates_nothing() {
             }))
         ),
         "{why:?}"
+    );
+    assert!(
+        c.creation_failed(created, &created_start).await.is_ok(),
+        "a record that exists is read next, whatever the time: not reported timed out"
     );
 
     let now = now_ms();
