@@ -149,9 +149,23 @@ impl DedupState {
         marks.remember(sequence_id, position);
     }
 
-    /// A batch read back from the log while rebuilding the state.
+    /// A batch read back from the log while rebuilding the state. The log's order decides:
+    /// a producer's later entry sets its marks even below what the snapshot or an earlier
+    /// entry said. Within one life of a producer its ids only grow in the log; lower means it
+    /// was forgotten and began again (from sequence id 1, say), and the old, higher mark
+    /// would take its new batches for duplicates.
     pub fn replayed(&mut self, producer: &str, sequence_id: u64, position: Position) {
-        self.persisted(producer, sequence_id, position);
+        let clock = self.clock;
+        let marks = self
+            .producers
+            .entry(producer.to_owned())
+            .or_insert_with(|| ProducerMarks::new(0, clock));
+        if sequence_id <= marks.persisted {
+            marks.recent.clear(); // positions of the earlier life
+        }
+        marks.persisted = sequence_id;
+        marks.pushed = sequence_id;
+        marks.remember(sequence_id, position);
     }
 
     /// Highest sequence id stored for `producer` (0: none).
@@ -371,5 +385,32 @@ mod tests {
             0
         );
         assert_eq!(d.forget_idle(rebuilt_at + idle, idle), 2);
+    }
+
+    /// A producer forgotten and begun again from sequence id 1 is rebuilt at its new ids,
+    /// even from a snapshot (written before it was forgotten, or landing late) that still
+    /// holds its old, higher mark: its next batch is new, not a duplicate of the old life.
+    #[test]
+    fn a_producer_begun_again_is_rebuilt_at_its_new_ids() {
+        let old_life = DedupRecord {
+            position: Some(pos(0)),
+            producers: BTreeMap::from([("p".to_owned(), 100)]),
+        };
+        let mut d = DedupState::from_snapshot(&old_life, Instant::now());
+        d.replayed("p", 101, pos(1));
+        d.replayed("p", 102, pos(2));
+        d.replayed("p", 1, pos(3));
+        d.replayed("p", 2, pos(4));
+        assert_eq!(d.last_persisted("p"), 2);
+        assert_eq!(
+            d.check("p", 2, Instant::now()),
+            Verdict::Duplicate(Some(pos(4)))
+        );
+        assert_eq!(
+            d.check("p", 1, Instant::now()),
+            Verdict::Duplicate(Some(pos(3))),
+            "the new life's position, not the old one's"
+        );
+        assert_eq!(d.check("p", 3, Instant::now()), Verdict::New);
     }
 }

@@ -234,15 +234,7 @@ impl ManagedLedger {
         let writer = self.current_writer()?;
         // Refused here, before any position is handed out: the writer would refuse it only
         // in the returned future, while taking later adds (which the session rule forbids).
-        let max = self.client.options().max_entry_bytes;
-        if data.len() > max {
-            return Err(strata_bookie::LedgerError::EntryTooLarge {
-                ledger: writer.id(),
-                len: data.len(),
-                max,
-            }
-            .into());
-        }
+        self.check_entry_size(data.len())?;
         let too_old = self
             .config
             .max_ledger_age
@@ -308,6 +300,16 @@ impl ManagedLedger {
                 .current
                 .as_ref()
                 .is_some_and(|w| failed > w.id().0)
+    }
+
+    /// Refuses an entry of `len` bytes if it is over the ledgers' entry limit.
+    pub fn check_entry_size(&self, len: usize) -> Result<(), BrokerError> {
+        let max = self.client.options().max_entry_bytes;
+        if len <= max {
+            return Ok(());
+        }
+        let ledger = self.current_writer()?.id();
+        Err(strata_bookie::LedgerError::EntryTooLarge { ledger, len, max }.into())
     }
 
     fn current_writer(&self) -> Result<Arc<LedgerWriter>, BrokerError> {

@@ -501,6 +501,11 @@ async fn producer_session(
     let (receipts_tx, mut receipts_rx) =
         mpsc::channel::<(u64, u32, u64, Result<Published, BrokerError>)>(4096);
     let receipt_writer = async {
+        // Once the session is ending (a receipt could not be written, or a batch was not
+        // stored), nothing more is taken in, but every batch already handed to the log is
+        // still followed to its end: the dedup marks it as durable (or the state as stale),
+        // or a resend on the next session would be answered "in flight" for ever.
+        let mut ending: Option<String> = None;
         while let Some((sequence_id, count, bytes, published)) = receipts_rx.recv().await {
             let receipt = match published {
                 Ok(Published::Stored(fut)) => match fut.await {
@@ -536,21 +541,28 @@ async fn producer_session(
                 }
                 Err(e) => failed_receipt(service, sequence_id, &e),
             };
+            if ending.is_some() {
+                continue;
+            }
             let failed = receipt.error.is_some();
-            writer
+            let sent = writer
                 .send(&ServerFrame {
                     frame: Some(server_frame::Frame::Receipt(receipt)),
                 })
-                .await
-                .map_err(|e| e.to_string())?;
-            if failed {
+                .await;
+            if let Err(e) = sent {
+                ending = Some(e.to_string());
+            } else if failed {
                 // Stop at the first batch not stored, so what this producer stored is an
                 // in-order prefix of what it sent; the client resends the rest on a new
                 // session (or fails it, if the error is not one to retry).
-                return Err("a batch could not be stored; producer session ended".to_owned());
+                ending = Some("a batch could not be stored; producer session ended".to_owned());
+            }
+            if ending.is_some() {
+                receipts_rx.close();
             }
         }
-        Ok::<(), String>(())
+        ending.map_or(Ok(()), Err)
     };
     // Owns the receipt sender: when reading ends, the receipt writer drains and ends too.
     let (topic, name, client_id) = (&topic, &name, &client_id);

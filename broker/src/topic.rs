@@ -195,6 +195,18 @@ impl Topic {
             }
             break dedup;
         };
+        let batch = StoredBatch {
+            format_version: STORED_BATCH_FORMAT,
+            producer_name: producer_name.to_owned(),
+            sequence_id,
+            publish_time_ms: now_ms(),
+            messages,
+            txn_id: txn.map_or(0, |w| w.id.0),
+        };
+        let entry = Bytes::from(batch.encode_to_vec());
+        // Refused before the dedup state records the batch: a refusal after it would leave
+        // the state stale, and its rebuild costs a replay of the log.
+        self.ml.check_entry_size(entry.len())?;
         match dedup
             .state
             .check(producer_name, sequence_id, Instant::now())
@@ -207,20 +219,9 @@ impl Topic {
                 )));
             }
         }
-        let batch = StoredBatch {
-            format_version: STORED_BATCH_FORMAT,
-            producer_name: producer_name.to_owned(),
-            sequence_id,
-            publish_time_ms: now_ms(),
-            messages,
-            txn_id: txn.map_or(0, |w| w.id.0),
-        };
         let appended = self
             .ml
-            .append_at(
-                Bytes::from(batch.encode_to_vec()),
-                Some(session.ledger_failures),
-            )
+            .append_at(entry, Some(session.ledger_failures))
             .await;
         let pending = match appended {
             Ok((at, pending)) => {
