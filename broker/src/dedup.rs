@@ -10,7 +10,10 @@
 //! A producer idle for longer than the topic's expiry, with nothing in flight, is forgotten
 //! (Pulsar's producer inactivity timeout, Kafka's `producer.id.expiration.ms`): generated
 //! producer names would otherwise pile up in memory and in every snapshot. A resend from a
-//! forgotten producer is stored again.
+//! forgotten producer is stored again. What remains of the forgotten is one number, the
+//! highest id any of them reached: a producer the topic does not know is told to continue
+//! above it, so one that comes back never reuses an id that an older snapshot (snapshot
+//! writes are not ordered) or a rebuild from before the forgetting still holds for it.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -78,6 +81,8 @@ impl ProducerMarks {
 #[derive(Debug)]
 pub struct DedupState {
     producers: HashMap<String, ProducerMarks>,
+    /// The highest id of any producer forgotten so far (see the module documentation).
+    forgotten_floor: u64,
     publishes_since_snapshot: u64,
     /// The latest time this state was told of: a producer first seen as durable (never
     /// through [`DedupState::check`]) counts as active then.
@@ -89,6 +94,7 @@ impl DedupState {
     pub fn new(now: Instant) -> Self {
         Self {
             producers: HashMap::new(),
+            forgotten_floor: 0,
             publishes_since_snapshot: 0,
             clock: now,
         }
@@ -105,6 +111,7 @@ impl DedupState {
             .collect();
         Self {
             producers,
+            forgotten_floor: record.forgotten_floor,
             publishes_since_snapshot: 0,
             clock: now,
         }
@@ -149,28 +156,22 @@ impl DedupState {
         marks.remember(sequence_id, position);
     }
 
-    /// A batch read back from the log while rebuilding the state. The log's order decides:
-    /// a producer's later entry sets its marks even below what the snapshot or an earlier
-    /// entry said. Within one life of a producer its ids only grow in the log; lower means it
-    /// was forgotten and began again (from sequence id 1, say), and the old, higher mark
-    /// would take its new batches for duplicates.
+    /// A batch read back from the log while rebuilding the state.
     pub fn replayed(&mut self, producer: &str, sequence_id: u64, position: Position) {
-        let clock = self.clock;
-        let marks = self
-            .producers
-            .entry(producer.to_owned())
-            .or_insert_with(|| ProducerMarks::new(0, clock));
-        if sequence_id <= marks.persisted {
-            marks.recent.clear(); // positions of the earlier life
-        }
-        marks.persisted = sequence_id;
-        marks.pushed = sequence_id;
-        marks.remember(sequence_id, position);
+        self.persisted(producer, sequence_id, position);
     }
 
-    /// Highest sequence id stored for `producer` (0: none).
+    /// Highest sequence id stored for `producer`; for a producer not known, the forgotten
+    /// producers' highest (0 if none), which it is to continue above.
     pub fn last_persisted(&self, producer: &str) -> u64 {
-        self.producers.get(producer).map_or(0, |m| m.persisted)
+        self.producers
+            .get(producer)
+            .map_or(self.forgotten_floor, |m| m.persisted)
+    }
+
+    /// The highest id of any producer forgotten so far, for snapshots.
+    pub fn forgotten_floor(&self) -> u64 {
+        self.forgotten_floor
     }
 
     /// Whether enough was published since the last snapshot to take another; resets the count.
@@ -187,9 +188,16 @@ impl DedupState {
     pub fn forget_idle(&mut self, now: Instant, idle: Duration) -> usize {
         self.clock = self.clock.max(now);
         let before = self.producers.len();
+        let mut floor = self.forgotten_floor;
         self.producers.retain(|_, m| {
-            m.pushed != m.persisted || now.saturating_duration_since(m.last_active) < idle
+            let keep =
+                m.pushed != m.persisted || now.saturating_duration_since(m.last_active) < idle;
+            if !keep {
+                floor = floor.max(m.persisted);
+            }
+            keep
         });
+        self.forgotten_floor = floor;
         before - self.producers.len()
     }
 
@@ -276,6 +284,7 @@ mod tests {
         let snapshot = DedupRecord {
             position: Some(pos(2)),
             producers: d.pushed_marks(),
+            forgotten_floor: 0,
         };
         let mut restored = DedupState::from_snapshot(&snapshot, Instant::now());
         restored.replayed("p", 4, pos(3));
@@ -355,7 +364,11 @@ mod tests {
             !d.pushed_marks().contains_key("gone"),
             "left out of snapshots"
         );
-        assert_eq!(d.last_persisted("gone"), 0);
+        assert_eq!(
+            d.last_persisted("gone"),
+            1,
+            "told the floor, as any unknown producer"
+        );
         assert_eq!(
             d.check("gone", 1, later),
             Verdict::New,
@@ -377,6 +390,7 @@ mod tests {
         let snapshot = DedupRecord {
             position: Some(pos(0)),
             producers: BTreeMap::from([("old".to_owned(), 5)]),
+            forgotten_floor: 0,
         };
         let mut d = DedupState::from_snapshot(&snapshot, rebuilt_at);
         d.replayed("tail", 1, pos(1));
@@ -387,30 +401,47 @@ mod tests {
         assert_eq!(d.forget_idle(rebuilt_at + idle, idle), 2);
     }
 
-    /// A producer forgotten and begun again from sequence id 1 is rebuilt at its new ids,
-    /// even from a snapshot (written before it was forgotten, or landing late) that still
-    /// holds its old, higher mark: its next batch is new, not a duplicate of the old life.
+    /// A forgotten producer leaves only the floor: one the topic does not know (the same
+    /// name back, or a new one) continues above it, in memory and after a rebuild; a
+    /// snapshot from before the forgetting, still holding the old mark, then cannot take the
+    /// new batches for duplicates.
     #[test]
-    fn a_producer_begun_again_is_rebuilt_at_its_new_ids() {
-        let old_life = DedupRecord {
-            position: Some(pos(0)),
-            producers: BTreeMap::from([("p".to_owned(), 100)]),
+    fn a_forgotten_producer_continues_above_the_floor() {
+        let idle = Duration::from_secs(60);
+        let t0 = Instant::now();
+        let mut d = DedupState::new(t0);
+        assert_eq!(d.last_persisted("p"), 0);
+        assert_eq!(d.check("p", 100, t0), Verdict::New);
+        d.persisted("p", 100, pos(0));
+        assert_eq!(d.check("q", 7, t0), Verdict::New);
+        d.persisted("q", 7, pos(1));
+        assert_eq!(d.forget_idle(t0 + idle, idle), 2);
+        assert_eq!(d.forgotten_floor(), 100, "the highest forgotten id");
+        assert_eq!(d.last_persisted("p"), 100);
+        assert_eq!(d.last_persisted("new"), 100);
+
+        // Back, it continues at 101; the topic is then rebuilt from a snapshot taken
+        // before the forgetting, plus the log after it.
+        let older = DedupRecord {
+            position: Some(pos(1)),
+            producers: BTreeMap::from([("p".to_owned(), 100), ("q".to_owned(), 7)]),
+            forgotten_floor: 0,
         };
-        let mut d = DedupState::from_snapshot(&old_life, Instant::now());
-        d.replayed("p", 101, pos(1));
-        d.replayed("p", 102, pos(2));
-        d.replayed("p", 1, pos(3));
-        d.replayed("p", 2, pos(4));
-        assert_eq!(d.last_persisted("p"), 2);
+        let mut rebuilt = DedupState::from_snapshot(&older, t0 + idle);
+        rebuilt.replayed("p", 101, pos(2));
+        assert_eq!(rebuilt.last_persisted("p"), 101);
+        assert_eq!(rebuilt.check("p", 102, t0 + idle), Verdict::New);
+
+        let newer = DedupRecord {
+            position: Some(pos(2)),
+            producers: d.pushed_marks(),
+            forgotten_floor: d.forgotten_floor(),
+        };
+        let restored = DedupState::from_snapshot(&newer, t0 + idle);
         assert_eq!(
-            d.check("p", 2, Instant::now()),
-            Verdict::Duplicate(Some(pos(4)))
+            restored.last_persisted("new"),
+            100,
+            "the floor survives a snapshot"
         );
-        assert_eq!(
-            d.check("p", 1, Instant::now()),
-            Verdict::Duplicate(Some(pos(3))),
-            "the new life's position, not the old one's"
-        );
-        assert_eq!(d.check("p", 3, Instant::now()), Verdict::New);
     }
 }

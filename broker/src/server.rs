@@ -15,7 +15,7 @@ use strata_proto::pb::client::{
     InitialPosition, ProducerOpen, ProducerReady, SendReceipt, ServerFrame, SubscriptionType,
     TopicList, TopicStatsReply, admin_request, admin_response, client_frame, server_frame,
 };
-use strata_proto::{ErrorCode, MessageId, NamespaceName, TopicName, WireError};
+use strata_proto::{ErrorCode, MessageId, NamespaceName, Position, TopicName, WireError};
 use strata_transport::handshake::server_handshake;
 use strata_transport::{
     FrameReader, FrameWriter, ServerTls, TransportError, TransportTuning, close_code,
@@ -26,13 +26,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::BrokerError;
+use crate::managed_ledger::PendingAppend;
 use crate::metrics::BrokerMetrics;
 use crate::service::BrokerService;
 use crate::subscription::{
     ConsumerOptions, DEFAULT_MAX_REDELIVERY_DELAY, DEFAULT_REDELIVERY_DELAY, Subscription,
 };
 use crate::subscription_admin;
-use crate::topic::Published;
+use crate::topic::{Published, Topic};
 
 /// Ack receipts a consumer session may have outstanding before it stops reading acks.
 const MAX_PENDING_ACK_RECEIPTS: usize = 1024;
@@ -508,27 +509,23 @@ async fn producer_session(
         let mut ending: Option<String> = None;
         while let Some((sequence_id, count, bytes, published)) = receipts_rx.recv().await {
             let receipt = match published {
-                Ok(Published::Stored(fut)) => match fut.await {
-                    Ok(pos) => {
-                        topic.persisted(&name, sequence_id, pos).await;
-                        topic.published_msgs.add(u64::from(count));
-                        topic.published_bytes.add(bytes);
-                        BrokerMetrics::add(&service.metrics.entries_in, 1);
-                        BrokerMetrics::add(&service.metrics.messages_in, u64::from(count));
-                        BrokerMetrics::add(&service.metrics.bytes_in, bytes);
-                        SendReceipt {
+                Ok(Published::Stored(fut)) => {
+                    let stored = StoredBatchInfo {
+                        sequence_id,
+                        count,
+                        bytes,
+                    };
+                    match settle_stored(service, &topic, &name, stored, fut).await {
+                        Ok(pos) => SendReceipt {
                             sequence_id,
                             message_id: Some(MessageId::at(pos, 0).into()),
                             count,
                             error: None,
                             duplicate: false,
-                        }
+                        },
+                        Err(e) => failed_receipt(service, sequence_id, &e),
                     }
-                    Err(e) => {
-                        topic.publish_failed().await;
-                        failed_receipt(service, sequence_id, &e)
-                    }
-                },
+                }
                 Ok(Published::Duplicate(pos)) => {
                     BrokerMetrics::add(&service.metrics.duplicates, 1);
                     SendReceipt {
@@ -608,12 +605,25 @@ async fn producer_session(
                         Err(e) => Err(e),
                     };
                     let refused = published.is_err();
-                    if receipts_tx
+                    let handed = receipts_tx
                         .send((batch.sequence_id, count, bytes, published))
-                        .await
-                        .is_err()
-                        || refused
+                        .await;
+                    if let Err(mpsc::error::SendError((sequence_id, count, bytes, published))) =
+                        handed
                     {
+                        // The session is ending: no receipt goes out, but a batch handed to
+                        // the log is still followed to its end (see the receipt writer).
+                        if let Ok(Published::Stored(fut)) = published {
+                            let stored = StoredBatchInfo {
+                                sequence_id,
+                                count,
+                                bytes,
+                            };
+                            let _ = settle_stored(service, topic, name, stored, fut).await;
+                        }
+                        return Ok(());
+                    }
+                    if refused {
                         // After a refused batch, none of the later ones may be stored (a
                         // resend of the refused one would be taken for a duplicate of them):
                         // the receipt writer ends the session at the refusal.
@@ -652,6 +662,39 @@ fn stream_error(e: TransportError) -> WireError {
         }
         TransportError::Frame(_) => WireError::new(ErrorCode::MalformedFrame, e.to_string()),
         _ => WireError::new(ErrorCode::Unknown, e.to_string()),
+    }
+}
+
+/// A batch handed to the log, as counted in the metrics.
+struct StoredBatchInfo {
+    sequence_id: u64,
+    count: u32,
+    bytes: u64,
+}
+
+/// Waits for a batch handed to the log to become durable, then records it in the dedup
+/// state and the metrics; a failure leaves the dedup state to be rebuilt from the log.
+async fn settle_stored(
+    service: &BrokerService,
+    topic: &Topic,
+    producer_name: &str,
+    batch: StoredBatchInfo,
+    stored: PendingAppend,
+) -> Result<Position, BrokerError> {
+    match stored.await {
+        Ok(pos) => {
+            topic.persisted(producer_name, batch.sequence_id, pos).await;
+            topic.published_msgs.add(u64::from(batch.count));
+            topic.published_bytes.add(batch.bytes);
+            BrokerMetrics::add(&service.metrics.entries_in, 1);
+            BrokerMetrics::add(&service.metrics.messages_in, u64::from(batch.count));
+            BrokerMetrics::add(&service.metrics.bytes_in, batch.bytes);
+            Ok(pos)
+        }
+        Err(e) => {
+            topic.publish_failed().await;
+            Err(e)
+        }
     }
 }
 

@@ -174,6 +174,19 @@ impl Topic {
         if self.ml.failures() != session.ledger_failures {
             return Err(crate::managed_ledger::session_ended(&self.name));
         }
+        let mut batch = StoredBatch {
+            format_version: STORED_BATCH_FORMAT,
+            producer_name: producer_name.to_owned(),
+            sequence_id,
+            publish_time_ms: now_ms(),
+            messages,
+            txn_id: txn.map_or(0, |w| w.id.0),
+        };
+        // An entry over the limit is refused before anything records the batch (its
+        // transaction's registration, the dedup state: a refusal after that would leave the
+        // state stale, and a rebuild replays the log). The publish time is set again under
+        // the lock, so times follow log order; its encoded size stays the same.
+        self.ml.check_entry_size(batch.encoded_len())?;
         let mut dedup = loop {
             let dedup = self.settled_dedup().await?;
             // Refusals come before the dedup state records the batch, and only for a new one:
@@ -195,18 +208,8 @@ impl Topic {
             }
             break dedup;
         };
-        let batch = StoredBatch {
-            format_version: STORED_BATCH_FORMAT,
-            producer_name: producer_name.to_owned(),
-            sequence_id,
-            publish_time_ms: now_ms(),
-            messages,
-            txn_id: txn.map_or(0, |w| w.id.0),
-        };
+        batch.publish_time_ms = now_ms();
         let entry = Bytes::from(batch.encode_to_vec());
-        // Refused before the dedup state records the batch: a refusal after it would leave
-        // the state stale, and its rebuild costs a replay of the log.
-        self.ml.check_entry_size(entry.len())?;
         match dedup
             .state
             .check(producer_name, sequence_id, Instant::now())
@@ -246,6 +249,7 @@ impl Topic {
         // Every batch pushed so far lies at or before this one in the log, so once it is
         // durable the pushed marks describe exactly the log up to its position.
         let marks = dedup.state.pushed_marks();
+        let forgotten_floor = dedup.state.forgotten_floor();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let (tables, topic, ml) = (self.tables.clone(), self.name.clone(), self.ml.clone());
         tokio::spawn(async move {
@@ -256,6 +260,7 @@ impl Topic {
                 let record = DedupRecord {
                     position: Some(*position),
                     producers: marks,
+                    forgotten_floor,
                 };
                 // Any writer's snapshot is consistent with the log (it is taken only after its
                 // position is durable), so an older one overwriting a newer costs replay only.
@@ -692,6 +697,7 @@ impl Topic {
         let record = DedupRecord {
             position: Some(last),
             producers: dedup.state.pushed_marks(),
+            forgotten_floor: dedup.state.forgotten_floor(),
         };
         self.tables
             .dedup

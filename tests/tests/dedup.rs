@@ -1,7 +1,7 @@
 //! Producer dedup over time (in process: a metastore, three bookies, a broker): producers
 //! that go quiet are forgotten after the broker's expiry, so short-lived producers (each with
 //! its own generated name) do not pile up in memory or in every dedup snapshot; one that
-//! begins again after it was forgotten is rebuilt at its new sequence ids; and batches in
+//! comes back after it was forgotten continues above every forgotten id; and batches in
 //! flight when a producer's connection is cut are settled, so their resends are answered.
 
 mod support;
@@ -92,11 +92,15 @@ async fn quiet_producers_are_forgotten_at_the_next_snapshot() {
         vec!["steady"],
         "only the producer still sending"
     );
+    assert_eq!(
+        snapshot.forgotten_floor, 3,
+        "the forgotten producers' highest id"
+    );
     for name in &quiet {
         assert_eq!(
             loaded.last_sequence_id(name).await.expect("read"),
-            0,
-            "{name} forgotten"
+            3,
+            "{name} forgotten: told the floor, as any producer the topic does not know"
         );
     }
     assert_eq!(
@@ -105,9 +109,9 @@ async fn quiet_producers_are_forgotten_at_the_next_snapshot() {
     );
     steady.close().await.expect("close");
 
-    // A forgotten producer begins again from sequence id 1. A snapshot from before it was
-    // forgotten, still holding its old mark 3, then lands late (snapshot writes are not
-    // ordered) and the topic is rebuilt from it: the log after it says 1, and 1 it is.
+    // A forgotten producer comes back and continues above the floor, at 4. A snapshot from
+    // before it was forgotten, still holding its old mark 3, then lands late (snapshot writes
+    // are not ordered) and the topic is rebuilt from it: 4 it stays, and 5 is new.
     let reborn = client
         .producer(topic)
         .name("quiet-0")
@@ -129,14 +133,14 @@ async fn quiet_producers_are_forgotten_at_the_next_snapshot() {
     let rebuilt = broker.service.topic(&name, false).await.expect("reloaded");
     assert_eq!(
         rebuilt.last_sequence_id("quiet-0").await.expect("read"),
-        1,
+        4,
         "rebuilt at its new life's id"
     );
     match rebuilt
         .publish(
             rebuilt.producer_session(),
             "quiet-0",
-            2,
+            5,
             vec![strata_proto::pb::client::Message {
                 payload: "next".as_bytes().to_vec().into(),
                 ..Default::default()
@@ -148,7 +152,7 @@ async fn quiet_producers_are_forgotten_at_the_next_snapshot() {
         Ok(Published::Stored(pending)) => {
             pending.await.expect("durable");
         }
-        Ok(Published::Duplicate(_)) => panic!("batch 2 of the new life taken for the old one's"),
+        Ok(Published::Duplicate(_)) => panic!("batch 5 of the new life taken for a duplicate"),
         Err(e) => panic!("publish: {e}"),
     }
     client.close().await;

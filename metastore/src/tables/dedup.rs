@@ -21,6 +21,11 @@ pub struct DedupRecord {
     pub position: Option<Position>,
     /// Producer name → highest sequence id stored up to `position`.
     pub producers: BTreeMap<String, u64>,
+    /// The highest sequence id of any producer forgotten (idle too long) so far: a producer
+    /// the topic does not know is told to continue above it, so a forgotten producer that
+    /// comes back never reuses an id an older snapshot may still hold for it.
+    #[serde(default)]
+    pub forgotten_floor: u64,
 }
 
 impl JsonRecord for DedupRecord {
