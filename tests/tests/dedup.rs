@@ -27,13 +27,7 @@ use support::{client_of, start_broker_with, stop_all};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quiet_producers_are_forgotten_at_the_next_snapshot() {
     let expiry = Duration::from_millis(300);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cluster = strata_bookie::local_cluster::LocalCluster::start(
-        &dir.path().join("cluster"),
-        strata_bookie::local_cluster::LocalClusterOptions::default(),
-    )
-    .await
-    .expect("cluster");
+    let (dir, cluster) = support::start_cluster().await;
     let config = BrokerConfig {
         dedup_producer_expiry: expiry,
         ..BrokerConfig::default()

@@ -52,13 +52,7 @@ async fn ledgers_of(tables: &Tables, topic: &str) -> Vec<LedgerId> {
 /// written stays, and a namespace whose retention keeps consumed data loses nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumed_ledgers_are_deleted_unless_retention_keeps_them() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cluster = strata_bookie::local_cluster::LocalCluster::start(
-        &dir.path().join("cluster"),
-        strata_bookie::local_cluster::LocalClusterOptions::default(),
-    )
-    .await
-    .expect("cluster");
+    let (dir, cluster) = support::start_cluster().await;
     let config = BrokerConfig {
         managed_ledger: ManagedLedgerConfig {
             max_entries_per_ledger: 10,

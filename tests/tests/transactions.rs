@@ -204,13 +204,7 @@ async fn the_coordinator_times_out_and_operators_abort() {
 /// refuses the begin itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn too_many_open_transactions_are_refused_at_their_first_write() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cluster = strata_bookie::local_cluster::LocalCluster::start(
-        &dir.path().join("cluster"),
-        strata_bookie::local_cluster::LocalClusterOptions::default(),
-    )
-    .await
-    .expect("cluster");
+    let (dir, cluster) = support::start_cluster().await;
     let limited = |eager_begin| strata_broker::BrokerConfig {
         txn_limits: strata_metastore::txn_coordinator::TxnLimits {
             max_open_per_client: 2,

@@ -85,11 +85,18 @@ pub async fn client_of(broker: &TestBroker) -> Client {
     .expect("connect")
 }
 
-pub async fn start() -> (tempfile::TempDir, LocalCluster, Vec<TestBroker>) {
+/// A metastore and three bookies in a new temporary directory, without brokers (start them
+/// with [`start_broker_with`] and a config of the test's own).
+pub async fn start_cluster() -> (tempfile::TempDir, LocalCluster) {
     let dir = tempfile::tempdir().expect("tempdir");
     let cluster = LocalCluster::start(&dir.path().join("cluster"), LocalClusterOptions::default())
         .await
         .expect("cluster");
+    (dir, cluster)
+}
+
+pub async fn start() -> (tempfile::TempDir, LocalCluster, Vec<TestBroker>) {
+    let (dir, cluster) = start_cluster().await;
     let a = start_broker(&cluster, dir.path(), "broker-a").await;
     let b = start_broker(&cluster, dir.path(), "broker-b").await;
     (dir, cluster, vec![a, b])
