@@ -500,22 +500,20 @@ async fn producer_session(
     let span = info_span!("producer", topic = %topic.name(), producer = %name);
     // Receipts are written by their own task, in order, as entries become durable.
     let (receipts_tx, mut receipts_rx) =
-        mpsc::channel::<(u64, u32, u64, Result<Published, BrokerError>)>(4096);
+        mpsc::channel::<(SentBatch, Result<Published, BrokerError>)>(4096);
     let receipt_writer = async {
         // Once the session is ending (a receipt could not be written, or a batch was not
         // stored), nothing more is taken in, but every batch already handed to the log is
         // still followed to its end: the dedup marks it as durable (or the state as stale),
         // or a resend on the next session would be answered "in flight" for ever.
         let mut ending: Option<String> = None;
-        while let Some((sequence_id, count, bytes, published)) = receipts_rx.recv().await {
+        while let Some((sent, published)) = receipts_rx.recv().await {
+            let SentBatch {
+                sequence_id, count, ..
+            } = sent;
             let receipt = match published {
                 Ok(Published::Stored(fut)) => {
-                    let stored = StoredBatchInfo {
-                        sequence_id,
-                        count,
-                        bytes,
-                    };
-                    match settle_stored(service, &topic, &name, stored, fut).await {
+                    match settle_stored(service, &topic, &name, sent, fut).await {
                         Ok(pos) => SendReceipt {
                             sequence_id,
                             message_id: Some(MessageId::at(pos, 0).into()),
@@ -605,21 +603,18 @@ async fn producer_session(
                         Err(e) => Err(e),
                     };
                     let refused = published.is_err();
-                    let handed = receipts_tx
-                        .send((batch.sequence_id, count, bytes, published))
-                        .await;
-                    if let Err(mpsc::error::SendError((sequence_id, count, bytes, published))) =
-                        handed
+                    let sent = SentBatch {
+                        sequence_id: batch.sequence_id,
+                        count,
+                        bytes,
+                    };
+                    if let Err(mpsc::error::SendError((sent, published))) =
+                        receipts_tx.send((sent, published)).await
                     {
                         // The session is ending: no receipt goes out, but a batch handed to
                         // the log is still followed to its end (see the receipt writer).
                         if let Ok(Published::Stored(fut)) = published {
-                            let stored = StoredBatchInfo {
-                                sequence_id,
-                                count,
-                                bytes,
-                            };
-                            let _ = settle_stored(service, topic, name, stored, fut).await;
+                            let _ = settle_stored(service, topic, name, sent, fut).await;
                         }
                         return Ok(());
                     }
@@ -665,8 +660,10 @@ fn stream_error(e: TransportError) -> WireError {
     }
 }
 
-/// A batch handed to the log, as counted in the metrics.
-struct StoredBatchInfo {
+/// A batch a producer sent: its sequence id, and its message and payload-byte counts for
+/// the metrics.
+#[derive(Debug, Clone, Copy)]
+struct SentBatch {
     sequence_id: u64,
     count: u32,
     bytes: u64,
@@ -678,7 +675,7 @@ async fn settle_stored(
     service: &BrokerService,
     topic: &Topic,
     producer_name: &str,
-    batch: StoredBatchInfo,
+    batch: SentBatch,
     stored: PendingAppend,
 ) -> Result<Position, BrokerError> {
     match stored.await {
