@@ -9,6 +9,7 @@ use strata_metastore::tables::{
     BrokerId, NamespaceBundle, NamespacePolicies, TableError, TableEvent, Tables, TenantName,
     TenantRecord, TopicRecord, TxnRecord, now_ms,
 };
+use strata_metastore::txn_coordinator::{CoordinatorError, TxnCoordinator};
 use strata_metastore::{Expect, Meta};
 use strata_proto::{NamespaceName, TopicName};
 use tokio::sync::{Mutex, OnceCell};
@@ -61,7 +62,7 @@ pub struct BrokerService {
     ownership: OnceLock<Arc<Ownership>>,
     pub metrics: BrokerMetrics,
     /// Transactions: their records and decisions live in the metastore.
-    pub txns: strata_metastore::txn_coordinator::TxnCoordinator,
+    pub txns: TxnCoordinator,
     /// Check-back sessions of producer groups connected here.
     pub checkers: crate::txn_checkers::TxnCheckers,
 }
@@ -77,10 +78,7 @@ impl BrokerService {
     pub fn new(meta: impl Into<Meta>, ledgers: LedgerClient, config: BrokerConfig) -> Arc<Self> {
         let tables = Tables::new(meta);
         let service = Arc::new(Self {
-            txns: strata_metastore::txn_coordinator::TxnCoordinator::new(
-                tables.clone(),
-                config.txn_limits,
-            ),
+            txns: TxnCoordinator::new(tables.clone(), config.txn_limits),
             tables,
             ledgers,
             config,
@@ -163,7 +161,7 @@ impl BrokerService {
     fn start_txn_watch(self: &Arc<Self>) {
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
-            let mut backoff = std::time::Duration::from_millis(100);
+            let mut backoff = Duration::from_millis(100);
             loop {
                 let Some(service) = weak.upgrade() else {
                     return;
@@ -175,11 +173,11 @@ impl BrokerService {
                         drop(service);
                         warn!(error = %e, "transaction watch failed; retrying");
                         tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
                         continue;
                     }
                 };
-                backoff = std::time::Duration::from_millis(100);
+                backoff = Duration::from_millis(100);
                 service.checkers.forget_asked();
                 service.reconcile_txns().await;
                 drop(service);
@@ -232,13 +230,35 @@ impl BrokerService {
     /// Applies the current record of every transaction open in a loaded topic.
     async fn reconcile_txns(&self) {
         for topic in self.loaded_topics().await {
-            for id in topic.open_txns().await {
-                match self.txns.get(id).await {
-                    Ok(row) => topic.txn_decided(id, &row.record).await,
-                    Err(e) => warn!(txn = %id, error = %e, "transaction state unknown"),
-                }
+            if let Err(e) = reconcile_topic_txns(&self.txns, &topic).await {
+                warn!(topic = %topic.name(), error = %e, "transaction state unknown");
             }
         }
+    }
+
+    /// A topic just loaded read its transactions' records before the watch could find it:
+    /// a decision made in between reached no topic. Now that the watch finds it, its open
+    /// transactions are read again (until that succeeds or the topic is unloaded), so none of
+    /// them holds its readers back for good.
+    async fn reconcile_loaded_topic(&self, topic: &Arc<Topic>) {
+        let Err(e) = reconcile_topic_txns(&self.txns, topic).await else {
+            return;
+        };
+        warn!(topic = %topic.name(), error = %e, "transactions of a loaded topic not checked; retrying");
+        let (txns, topic) = (self.txns.clone(), Arc::downgrade(topic));
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                let Some(topic) = topic.upgrade() else {
+                    return;
+                };
+                if reconcile_topic_txns(&txns, &topic).await.is_ok() {
+                    return;
+                }
+            }
+        });
     }
 
     /// The ledger client's counters (failovers, corrupt replicas, ensemble changes...).
@@ -655,6 +675,7 @@ impl BrokerService {
             .entry(name.clone())
             .or_default()
             .clone();
+        let mut loaded_here = false;
         let loaded = cell
             .get_or_try_init(|| async {
                 let policies = self.namespace_policies(name.namespace()).await?;
@@ -688,11 +709,17 @@ impl BrokerService {
                 )
                 .await?;
                 self.metrics.txns.track(&topic);
+                loaded_here = true;
                 Ok(topic)
             })
             .await;
         match loaded {
-            Ok(t) => Ok(t.clone()),
+            Ok(t) => {
+                if loaded_here {
+                    self.reconcile_loaded_topic(t).await;
+                }
+                Ok(t.clone())
+            }
             Err(e) => {
                 // The empty cell makes the next request try again. Drop it from the map only
                 // if nobody else holds it (map + us): a caller still initialising it must not
@@ -738,6 +765,24 @@ impl BrokerService {
             }
         }
     }
+}
+
+/// Applies the current record of every transaction open in `topic`.
+async fn reconcile_topic_txns(
+    txns: &TxnCoordinator,
+    topic: &Topic,
+) -> Result<(), CoordinatorError> {
+    let mut failed = Ok(());
+    for id in topic.open_txns().await {
+        match txns.get(id).await {
+            Ok(row) => topic.txn_decided(id, &row.record).await,
+            // Not created yet (a lazy begin's registration under way): its decision comes
+            // later, through the watch.
+            Err(CoordinatorError::NotFound(_)) => {}
+            Err(e) => failed = Err(e),
+        }
+    }
+    failed
 }
 
 /// Checks policy values a broker could not act on.

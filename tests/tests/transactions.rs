@@ -826,6 +826,63 @@ async fn pending_acks_of_many_messages_are_held_across_a_failover() {
     stop_all(brokers, cluster).await;
 }
 
+/// Transactions decided while their partition is being loaded are not missed: the load
+/// reads their records as open, and the decision reaches the broker before the loaded topic
+/// is visible to its watch of decisions. Commits run one after another through the load,
+/// so some land in that window; every committed message must still be delivered to a
+/// read-committed reader (a missed decision holds the partition's stable position for good).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decisions_made_while_a_partition_loads_are_not_missed() {
+    const TXNS: usize = 200;
+    let (_dir, cluster, brokers) = start().await;
+    let client = client_of_all(&brokers).await;
+    let topic = support::topic_owned_by(&client, &brokers[0].id, "load-race").await;
+    let name: strata_proto::TopicName = topic.parse().expect("topic name");
+    let producer = client.producer(&topic).create().await.expect("producer");
+    let mut txns = Vec::with_capacity(TXNS);
+    for i in 0..TXNS {
+        let txn = client.new_transaction().begin().await.expect("begin");
+        producer
+            .send_in(&txn, format!("m-{i:03}"))
+            .await
+            .expect("stored");
+        txns.push(txn);
+    }
+    producer.close().await.expect("close");
+    let owner = &brokers[0].service;
+    owner.unload_all().await;
+
+    // The load starts once a quarter of the transactions are committed; the rest are
+    // committed while it runs (and after).
+    let (quarter_tx, quarter_rx) = tokio::sync::oneshot::channel();
+    let committing = tokio::spawn(async move {
+        let mut quarter = Some(quarter_tx);
+        for (i, txn) in txns.into_iter().enumerate() {
+            txn.commit().await.expect("commit");
+            if i + 1 == TXNS / 4 {
+                let _ = quarter.take().map(|q| q.send(()));
+            }
+        }
+    });
+    quarter_rx.await.expect("a quarter committed");
+    owner.topic(&name, false).await.expect("loaded");
+    committing.await.expect("every transaction committed");
+
+    let mut reader = subscribe_earliest(&client, &topic, "after-load").await;
+    for i in 0..TXNS {
+        let m = tokio::time::timeout(Duration::from_secs(20), reader.receive())
+            .await
+            .unwrap_or_else(|_| {
+                panic!("only {i} of {TXNS} committed messages delivered: a decision was missed")
+            })
+            .expect("receive");
+        assert_eq!(&m.payload[..], format!("m-{i:03}").as_bytes(), "log order");
+    }
+    reader.close().await.expect("close");
+    client.close().await;
+    stop_all(brokers, cluster).await;
+}
+
 /// Decided transactions are forgotten once every participant has settled them: no record,
 /// partition mark, subscription mark, pending ack or decided mark is left, only the aborted
 /// one's skipped range. A partition loaded afresh (the namespace unloaded) still skips the
