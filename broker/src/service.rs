@@ -195,11 +195,16 @@ impl BrokerService {
                         continue;
                     }
                     for topic in service.loaded_participants(&value.record).await {
-                        topic.txn_decided(key, &value.record).await;
+                        topic.txn_decided(key, &value.record);
                     }
                 }
             }
         });
+    }
+
+    /// The topic if it is loaded here, without loading it.
+    pub async fn loaded_topic(&self, name: &TopicName) -> Option<Arc<Topic>> {
+        self.topics.lock().await.get(name)?.get().cloned()
     }
 
     async fn loaded_topics(&self) -> Vec<Arc<Topic>> {
@@ -227,38 +232,18 @@ impl BrokerService {
             .collect()
     }
 
-    /// Applies the current record of every transaction open in a loaded topic.
+    /// Applies the current record of every transaction open in a loaded topic; a topic
+    /// whose records cannot be read now is checked again in the background.
     async fn reconcile_txns(&self) {
         for topic in self.loaded_topics().await {
             if let Err(e) = reconcile_topic_txns(&self.txns, &topic).await {
-                warn!(topic = %topic.name(), error = %e, "transaction state unknown");
+                warn!(topic = %topic.name(), error = %e, "transactions of a topic not checked; retrying");
+                tokio::spawn(reconcile_until_done(
+                    self.txns.clone(),
+                    Arc::downgrade(&topic),
+                ));
             }
         }
-    }
-
-    /// A topic just loaded read its transactions' records before the watch could find it:
-    /// a decision made in between reached no topic. Now that the watch finds it, its open
-    /// transactions are read again (until that succeeds or the topic is unloaded), so none of
-    /// them holds its readers back for good.
-    async fn reconcile_loaded_topic(&self, topic: &Arc<Topic>) {
-        let Err(e) = reconcile_topic_txns(&self.txns, topic).await else {
-            return;
-        };
-        warn!(topic = %topic.name(), error = %e, "transactions of a loaded topic not checked; retrying");
-        let (txns, topic) = (self.txns.clone(), Arc::downgrade(topic));
-        tokio::spawn(async move {
-            let mut backoff = Duration::from_millis(100);
-            loop {
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-                let Some(topic) = topic.upgrade() else {
-                    return;
-                };
-                if reconcile_topic_txns(&txns, &topic).await.is_ok() {
-                    return;
-                }
-            }
-        });
     }
 
     /// The ledger client's counters (failovers, corrupt replicas, ensemble changes...).
@@ -715,8 +700,28 @@ impl BrokerService {
             .await;
         match loaded {
             Ok(t) => {
+                let still_mapped = self
+                    .topics
+                    .lock()
+                    .await
+                    .get(name)
+                    .is_some_and(|c| Arc::ptr_eq(c, &cell));
+                if !still_mapped {
+                    // Unloaded while it loaded (its bundle released): no watch or later
+                    // request would find this copy, so it is not served.
+                    if loaded_here && let Err(e) = t.managed_ledger().close().await {
+                        warn!(topic = %name, error = %e, "closing a topic unloaded while it loaded failed; the next owner recovers it");
+                    }
+                    return Err(BrokerError::Retry(format!(
+                        "topic {name} was unloaded while it loaded"
+                    )));
+                }
                 if loaded_here {
-                    self.reconcile_loaded_topic(t).await;
+                    // The load read its transactions' records before the watch could find
+                    // the topic: a decision made in between reached no topic. Now the watch
+                    // finds it, so they are read again (in a task of its own: the caller
+                    // may be dropped).
+                    tokio::spawn(reconcile_until_done(self.txns.clone(), Arc::downgrade(t)));
                 }
                 Ok(t.clone())
             }
@@ -767,15 +772,32 @@ impl BrokerService {
     }
 }
 
+/// Applies the current record of every transaction open in `topic`, retrying after a
+/// failure, until that succeeds or the topic is dropped.
+async fn reconcile_until_done(txns: TxnCoordinator, topic: std::sync::Weak<Topic>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let Some(topic) = topic.upgrade() else {
+            return;
+        };
+        if reconcile_topic_txns(&txns, &topic).await.is_ok() {
+            return;
+        }
+        drop(topic);
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
 /// Applies the current record of every transaction open in `topic`.
 async fn reconcile_topic_txns(
     txns: &TxnCoordinator,
-    topic: &Topic,
+    topic: &Arc<Topic>,
 ) -> Result<(), CoordinatorError> {
     let mut failed = Ok(());
     for id in topic.open_txns().await {
         match txns.get(id).await {
-            Ok(row) => topic.txn_decided(id, &row.record).await,
+            Ok(row) => topic.txn_decided(id, &row.record),
             // Not created yet (a lazy begin's registration under way): its decision comes
             // later, through the watch.
             Err(CoordinatorError::NotFound(_)) => {}

@@ -576,8 +576,9 @@ impl Topic {
 
     /// The coordinator decided `txn`: read-committed subscriptions may move on past its
     /// entries, its acks here are applied (commit) or released (abort), and it is settled
-    /// in the background.
-    pub async fn txn_decided(&self, txn: TxnId, record: &TxnRecord) {
+    /// in the background. Does not wait: the caller is the broker's one watch of decisions,
+    /// which must not stall behind a subscription's lock (held while one opens).
+    pub fn txn_decided(self: &Arc<Self>, txn: TxnId, record: &TxnRecord) {
         if record.state.is_open() {
             return;
         }
@@ -598,17 +599,22 @@ impl Topic {
         if wrote_here || released {
             self.settle_wake.notify_one();
         }
-        let subs: Vec<Arc<Subscription>> =
-            self.subscriptions.lock().await.values().cloned().collect();
+        // A subscription opening now holds the lock: it is told once open (one opened after
+        // that reads the decided record itself).
+        let topic = self.clone();
         let committed = record.state.is_committed();
-        for sub in subs {
-            if released {
-                sub.wake();
+        tokio::spawn(async move {
+            let subs: Vec<Arc<Subscription>> =
+                topic.subscriptions.lock().await.values().cloned().collect();
+            for sub in subs {
+                if released {
+                    sub.wake();
+                }
+                // Applying or releasing acks waits on metastore writes, one subscription
+                // need not wait for another.
+                tokio::spawn(async move { sub.txn_acks_decided(txn, committed).await });
             }
-            // Applying or releasing acks waits on metastore writes: not on the caller (the
-            // broker's one watch of decisions).
-            tokio::spawn(async move { sub.txn_acks_decided(txn, committed).await });
-        }
+        });
     }
 
     /// Settles every decided transaction: records what its readers must skip here (if

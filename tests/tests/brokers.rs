@@ -4,6 +4,8 @@
 
 mod support;
 
+use std::sync::Arc;
+
 use strata_broker::BrokerError;
 use strata_client::InitialPosition;
 use strata_proto::TopicName;
@@ -227,6 +229,45 @@ async fn splitting_a_bundle_keeps_both_halves_at_the_owner() {
         Some(strata_client::ErrorCode::InvalidPolicy),
         "{err}"
     );
+    client.close().await;
+    stop_all(brokers, cluster).await;
+}
+
+/// A topic unloaded while it loads is not handed out as if it were served: the caller gets
+/// the topic the broker maps, or an error to retry, never a copy that no later request or
+/// transaction decision reaches, with its ledger still open for writes. (`join!` polls the
+/// load first: it takes its place in the map and waits on the metastore, then the unload
+/// empties the map, so the load finishes after it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_unloaded_while_it_loads_is_not_handed_out() {
+    let (_dir, cluster, brokers) = start().await;
+    let client = client_of(&brokers[0]).await;
+    let service = &brokers[0].service;
+    let mut refused = 0;
+    for i in 0..5 {
+        let topic = topic_owned_by(&client, &brokers[0].id, &format!("unload-race-{i}")).await;
+        produce(&client, &topic, 1).await;
+        service.unload_all().await;
+        let name = TopicName::parse(&topic).expect("topic name");
+        let (loaded, ()) = tokio::join!(service.topic(&name, false), service.unload_all());
+        match loaded {
+            Ok(t) => {
+                let mapped = service.loaded_topic(&name).await;
+                assert!(
+                    mapped.is_some_and(|m| Arc::ptr_eq(&m, &t))
+                        || t.managed_ledger().next_position_hint().is_err(),
+                    "{topic}: handed out a copy the broker does not map, its ledger open"
+                );
+            }
+            Err(BrokerError::Retry(_)) => refused += 1,
+            Err(e) => panic!("{topic}: {e}"),
+        }
+        // Served again afterwards, by one copy.
+        let served = service.topic(&name, false).await.expect("loaded again");
+        let mapped = service.loaded_topic(&name).await.expect("mapped");
+        assert!(Arc::ptr_eq(&served, &mapped));
+    }
+    assert!(refused > 0, "the unload never came while a load ran");
     client.close().await;
     stop_all(brokers, cluster).await;
 }
