@@ -15,16 +15,90 @@ pub const MAX_BUNDLES: u32 = 1024;
 
 /// The policies a `CreateNamespace` asks for; unset fields keep the defaults.
 pub fn policies_from(c: &CreateNamespace) -> Result<NamespacePolicies, BrokerError> {
+    if !c.clear.is_empty() {
+        return Err(BrokerError::InvalidPolicy(
+            "a new namespace has no policies to clear".into(),
+        ));
+    }
     let mut policies = NamespacePolicies::default();
     apply_changes(&mut policies, c)?;
     Ok(policies)
 }
 
-/// Sets the fields of `c` that are set onto `policies` (an update keeps the rest).
+/// A policy an update may remove (`CreateNamespace.clear`), by its name there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Clearable {
+    Replication,
+    Retention,
+    BacklogQuota,
+    LedgerRollover,
+}
+
+impl Clearable {
+    const ALL: [(&'static str, Clearable); 4] = [
+        ("replication", Clearable::Replication),
+        ("retention", Clearable::Retention),
+        ("backlog_quota", Clearable::BacklogQuota),
+        ("ledger_rollover", Clearable::LedgerRollover),
+    ];
+
+    fn parse(name: &str) -> Result<Clearable, BrokerError> {
+        Self::ALL
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, c)| *c)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Self::ALL.iter().map(|(n, _)| *n).collect();
+                BrokerError::InvalidPolicy(format!(
+                    "cannot clear {name:?}: the policies that can be cleared are {}",
+                    names.join(", ")
+                ))
+            })
+    }
+
+    /// Whether `c` also sets this policy (a contradiction).
+    fn is_set_by(self, c: &CreateNamespace) -> bool {
+        match self {
+            Clearable::Replication => {
+                c.ensemble_size.is_some() || c.write_quorum.is_some() || c.ack_quorum.is_some()
+            }
+            Clearable::Retention => c.retention_minutes.is_some() || c.retention_size_mb.is_some(),
+            Clearable::BacklogQuota => {
+                c.backlog_quota_mb.is_some() || c.backlog_quota_policy.is_some()
+            }
+            Clearable::LedgerRollover => {
+                c.rollover_max_entries.is_some()
+                    || c.rollover_max_size_mb.is_some()
+                    || c.rollover_max_minutes.is_some()
+            }
+        }
+    }
+
+    fn clear(self, policies: &mut NamespacePolicies) {
+        match self {
+            Clearable::Replication => policies.replication = None,
+            Clearable::Retention => policies.retention = None,
+            Clearable::BacklogQuota => policies.backlog_quota = None,
+            Clearable::LedgerRollover => policies.ledger_rollover = None,
+        }
+    }
+}
+
+/// Removes the policies `c` names in `clear`, then sets the fields of `c` that are set onto
+/// `policies` (an update keeps the rest).
 pub fn apply_changes(
     policies: &mut NamespacePolicies,
     c: &CreateNamespace,
 ) -> Result<(), BrokerError> {
+    for name in &c.clear {
+        let clearable = Clearable::parse(name)?;
+        if clearable.is_set_by(c) {
+            return Err(BrokerError::InvalidPolicy(format!(
+                "{name} is both set and cleared"
+            )));
+        }
+        clearable.clear(policies);
+    }
     if let Some(auto) = c.auto_create_topics {
         policies.auto_create_topics = auto;
     }
@@ -132,4 +206,100 @@ pub fn policies_json(policies: &NamespacePolicies) -> String {
         .encode()
         .map(|b| String::from_utf8_lossy(&b).into_owned())
         .unwrap_or_else(|e| format!("{{\"error\": {e:?}}}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn update(c: CreateNamespace) -> CreateNamespace {
+        CreateNamespace {
+            namespace: "public/ns".into(),
+            ..c
+        }
+    }
+
+    fn all_set() -> NamespacePolicies {
+        policies_from(&update(CreateNamespace {
+            ensemble_size: Some(3),
+            write_quorum: Some(2),
+            ack_quorum: Some(2),
+            retention_minutes: Some(60),
+            retention_size_mb: Some(10),
+            backlog_quota_mb: Some(5),
+            rollover_max_entries: Some(100),
+            ..CreateNamespace::default()
+        }))
+        .expect("valid")
+    }
+
+    /// Each clearable policy goes back to unset (the broker's default) and the others stay.
+    #[test]
+    fn an_update_clears_the_policies_it_names_and_keeps_the_rest() {
+        for (name, _) in Clearable::ALL {
+            let mut p = all_set();
+            let before = p.clone();
+            apply_changes(
+                &mut p,
+                &update(CreateNamespace {
+                    clear: vec![name.to_owned()],
+                    ..CreateNamespace::default()
+                }),
+            )
+            .expect("cleared");
+            let mut expected = before;
+            match name {
+                "replication" => expected.replication = None,
+                "retention" => expected.retention = None,
+                "backlog_quota" => expected.backlog_quota = None,
+                _ => expected.ledger_rollover = None,
+            }
+            assert_eq!(p, expected, "clearing {name}");
+            assert_ne!(
+                p,
+                all_set(),
+                "{name} was set, so clearing it changes something"
+            );
+        }
+    }
+
+    /// Unknown names, a policy both set and cleared, and a clear on creation are refused
+    /// with `InvalidPolicy`.
+    #[test]
+    fn contradictory_or_unknown_clears_are_refused() {
+        let refused = |c: CreateNamespace| {
+            let mut p = all_set();
+            match apply_changes(&mut p, &update(c)) {
+                Err(BrokerError::InvalidPolicy(m)) => m,
+                other => panic!("expected InvalidPolicy, got {other:?}"),
+            }
+        };
+        let m = refused(CreateNamespace {
+            clear: vec!["bundles".into()],
+            ..CreateNamespace::default()
+        });
+        assert!(
+            m.contains("backlog_quota"),
+            "names what can be cleared: {m}"
+        );
+        let m = refused(CreateNamespace {
+            clear: vec!["retention".into()],
+            retention_minutes: Some(1),
+            retention_size_mb: Some(1),
+            ..CreateNamespace::default()
+        });
+        assert!(m.contains("both set and cleared"), "{m}");
+        refused(CreateNamespace {
+            clear: vec!["backlog_quota".into()],
+            backlog_quota_policy: Some("producer_exception".into()),
+            ..CreateNamespace::default()
+        });
+        assert!(matches!(
+            policies_from(&update(CreateNamespace {
+                clear: vec!["retention".into()],
+                ..CreateNamespace::default()
+            })),
+            Err(BrokerError::InvalidPolicy(_))
+        ));
+    }
 }

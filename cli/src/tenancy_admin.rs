@@ -71,6 +71,9 @@ pub enum NamespacesCommand {
         auto_create_topics: Option<bool>,
         #[command(flatten)]
         policies: PolicyArgs,
+        /// Remove a policy, back to the broker's default (repeatable).
+        #[arg(long, value_enum)]
+        clear: Vec<ClearPolicy>,
     },
     /// List the namespaces of a tenant.
     List { tenant: String },
@@ -120,6 +123,31 @@ pub struct PolicyArgs {
     rollover_max_minutes: Option<u64>,
 }
 
+/// A policy `set-policies --clear` removes.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ClearPolicy {
+    /// Ensemble and quorums: the broker's default replication.
+    Replication,
+    /// Consumed data is deleted at once.
+    Retention,
+    /// No backlog limit.
+    BacklogQuota,
+    /// The broker's ledger rollover limits.
+    LedgerRollover,
+}
+
+impl ClearPolicy {
+    /// Its name in the request.
+    fn name(self) -> &'static str {
+        match self {
+            ClearPolicy::Replication => "replication",
+            ClearPolicy::Retention => "retention",
+            ClearPolicy::BacklogQuota => "backlog_quota",
+            ClearPolicy::LedgerRollover => "ledger_rollover",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum QuotaPolicy {
     /// Refuse new messages until consumers catch up.
@@ -151,6 +179,19 @@ impl PolicyArgs {
             ..CreateNamespace::default()
         }
     }
+}
+
+/// The update `set-policies` sends.
+fn update_request(
+    namespace: String,
+    auto_create_topics: Option<bool>,
+    policies: PolicyArgs,
+    clear: &[ClearPolicy],
+) -> CreateNamespace {
+    let mut request = policies.request(namespace);
+    request.auto_create_topics = auto_create_topics;
+    request.clear = clear.iter().map(|c| c.name().to_owned()).collect();
+    request
 }
 
 pub async fn tenants(client: &Client, cmd: TenantsCommand) -> anyhow::Result<()> {
@@ -224,9 +265,9 @@ pub async fn namespaces(client: &Client, cmd: NamespacesCommand) -> anyhow::Resu
             namespace,
             auto_create_topics,
             policies,
+            clear,
         } => {
-            let mut request = policies.request(namespace);
-            request.auto_create_topics = auto_create_topics;
+            let request = update_request(namespace, auto_create_topics, policies, &clear);
             client.update_namespace(request).await?
         }
         NamespacesCommand::List { tenant } => {
@@ -257,4 +298,48 @@ pub async fn namespaces(client: &Client, cmd: NamespacesCommand) -> anyhow::Resu
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Args {
+        #[command(subcommand)]
+        command: NamespacesCommand,
+    }
+
+    fn update(args: &[&str]) -> Result<CreateNamespace, clap::Error> {
+        let argv = ["namespaces", "set-policies", "acme/orders"];
+        match Args::try_parse_from(argv.iter().chain(args))?.command {
+            NamespacesCommand::SetPolicies {
+                namespace,
+                auto_create_topics,
+                policies,
+                clear,
+            } => Ok(update_request(
+                namespace,
+                auto_create_topics,
+                policies,
+                &clear,
+            )),
+            _ => unreachable!("parsed set-policies"),
+        }
+    }
+
+    /// `--clear` names reach the request as the broker spells them; an unknown one is a
+    /// usage error before anything is sent.
+    #[test]
+    fn set_policies_clear_names_the_policies_to_remove() {
+        let request =
+            update(&["--clear", "backlog-quota", "--clear", "ledger-rollover"]).expect("parses");
+        assert_eq!(request.clear, ["backlog_quota", "ledger_rollover"]);
+        assert_eq!(request.namespace, "acme/orders");
+        let request = update(&["--clear", "replication", "--clear", "retention"]).expect("ok");
+        assert_eq!(request.clear, ["replication", "retention"]);
+        assert!(update(&[]).expect("parses").clear.is_empty());
+        assert!(update(&["--clear", "bundles"]).is_err());
+    }
 }

@@ -280,6 +280,36 @@ struct Cluster {
     broker_addrs: Vec<String>,
 }
 
+/// A failed cell shows the end of every node's log (the directory goes with the cluster).
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        let mut logs: Vec<PathBuf> = entries
+            .filter_map(|e| Some(e.ok()?.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "log"))
+            .collect();
+        logs.sort();
+        for log in logs {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(LOG_TAIL)..];
+            eprintln!(
+                "---- the end of {} ----\n{}",
+                log.display(),
+                tail.join("\n")
+            );
+        }
+    }
+}
+
+/// Lines of each node's log shown when a cell fails.
+const LOG_TAIL: usize = 40;
+
 impl Cluster {
     /// Starts every node (blocking).
     fn start() -> Cluster {

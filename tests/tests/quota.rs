@@ -38,6 +38,16 @@ async fn ledger_count(tables: &Tables, topic: &str) -> usize {
     row.map_or(0, |r| r.record.ledgers.len())
 }
 
+/// The subscription "slow", from the earliest message.
+async fn subscribe_slow(client: &Client, topic: &str) -> strata_client::Consumer {
+    client
+        .consumer(topic, "slow")
+        .initial_position(InitialPosition::Earliest)
+        .subscribe()
+        .await
+        .expect("subscribe")
+}
+
 /// Runs the periodic policy pass on every broker (only the owner has the topic loaded).
 async fn enforce(brokers: &[TestBroker]) {
     for b in brokers {
@@ -77,12 +87,7 @@ async fn backlog_quota_refuses_producers_until_consumers_catch_up() {
     let tables = Tables::new(cluster.meta.clone());
     namespace(&client, "public/limited", "producer_exception").await;
     let topic = "persistent://public/limited/t";
-    let mut slow = client
-        .consumer(topic, "slow")
-        .initial_position(InitialPosition::Earliest)
-        .subscribe()
-        .await
-        .expect("subscribe");
+    let mut slow = subscribe_slow(&client, topic).await;
     produce(&client, topic, 0, 20).await;
     assert!(
         ledger_count(&tables, topic).await >= 4,
@@ -108,6 +113,49 @@ async fn backlog_quota_refuses_producers_until_consumers_catch_up() {
     stop_all(brokers, cluster).await;
 }
 
+/// An update that clears the backlog quota lifts the refusal at the next policy pass, with
+/// the backlog as it was; the other policies stay, and clearing an unknown policy is a typed
+/// error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clearing_the_backlog_quota_lets_producers_in_again() {
+    let (_dir, cluster, brokers) = start().await;
+    let client = client_of_all(&brokers).await;
+    let ns = "public/cleared";
+    namespace(&client, ns, "producer_exception").await;
+    let topic = "persistent://public/cleared/t";
+    let slow = subscribe_slow(&client, topic).await;
+    produce(&client, topic, 0, 20).await;
+    enforce(&brokers).await;
+    let refused = client.producer(topic).create().await.err();
+    assert_eq!(
+        refused.and_then(|e| e.code()),
+        Some(ErrorCode::BacklogQuotaExceeded)
+    );
+
+    let clear = |names: &[&str]| CreateNamespace {
+        namespace: ns.into(),
+        clear: names.iter().map(|n| n.to_string()).collect(),
+        ..CreateNamespace::default()
+    };
+    let unknown = client.update_namespace(clear(&["bundles"])).await.err();
+    assert_eq!(
+        unknown.and_then(|e| e.code()),
+        Some(ErrorCode::InvalidPolicy)
+    );
+    client
+        .update_namespace(clear(&["backlog_quota"]))
+        .await
+        .expect("quota cleared");
+    let policies = client.namespace_policies(ns).await.expect("policies");
+    assert!(!policies.contains("backlog_quota"), "{policies}");
+    assert!(policies.contains("ledger_rollover"), "kept: {policies}");
+    enforce(&brokers).await;
+    produce(&client, topic, 20, 21).await;
+    slow.close().await.expect("close");
+    client.close().await;
+    stop_all(brokers, cluster).await;
+}
+
 /// Over a consumer_backlog_eviction quota, the slow subscription skips its oldest ledgers:
 /// it next receives the first message of the newest ledgers that fit in the quota, and
 /// producers are never refused.
@@ -118,12 +166,8 @@ async fn backlog_quota_evicts_the_slowest_subscription_oldest_ledgers() {
     namespace(&client, "public/evicting", "consumer_backlog_eviction").await;
     let topic = "persistent://public/evicting/t";
     // The subscription exists before the data, and consumes nothing.
-    client
-        .consumer(topic, "slow")
-        .initial_position(InitialPosition::Earliest)
-        .subscribe()
+    subscribe_slow(&client, topic)
         .await
-        .expect("subscribe")
         .close()
         .await
         .expect("close");
