@@ -71,7 +71,8 @@ pub enum NamespacesCommand {
         auto_create_topics: Option<bool>,
         #[command(flatten)]
         policies: PolicyArgs,
-        /// Remove a policy, back to the broker's default (repeatable).
+        /// Remove a policy, back to the broker's default (repeatable). As when set, a
+        /// replication or rollover change applies to topics loaded afterwards.
         #[arg(long, value_enum)]
         clear: Vec<ClearPolicy>,
     },
@@ -194,6 +195,26 @@ fn update_request(
     request
 }
 
+/// A broker older than `clear` ignores it and answers done: the policies are read back so
+/// that the operator is not told a policy was removed when it was not.
+async fn check_cleared(
+    client: &Client,
+    namespace: &str,
+    clear: &[ClearPolicy],
+) -> anyhow::Result<()> {
+    let json = client.namespace_policies(namespace).await?;
+    let stored: serde_json::Value = serde_json::from_str(&json)?;
+    for c in clear {
+        if stored.get(c.name()).is_some() {
+            anyhow::bail!(
+                "{namespace}: {} is still set after the update (a broker older than --clear ignores it)",
+                c.name()
+            );
+        }
+    }
+    Ok(())
+}
+
 pub async fn tenants(client: &Client, cmd: TenantsCommand) -> anyhow::Result<()> {
     match cmd {
         TenantsCommand::Create {
@@ -267,8 +288,11 @@ pub async fn namespaces(client: &Client, cmd: NamespacesCommand) -> anyhow::Resu
             policies,
             clear,
         } => {
-            let request = update_request(namespace, auto_create_topics, policies, &clear);
-            client.update_namespace(request).await?
+            let request = update_request(namespace.clone(), auto_create_topics, policies, &clear);
+            client.update_namespace(request).await?;
+            if !clear.is_empty() {
+                check_cleared(client, &namespace, &clear).await?;
+            }
         }
         NamespacesCommand::List { tenant } => {
             for ns in client.list_namespaces(&tenant).await? {

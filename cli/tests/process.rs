@@ -183,6 +183,60 @@ fn bad_topic_name_is_one_clear_line() {
     let _ = server.child.wait();
 }
 
+/// `namespaces set-policies --clear` removes a policy and keeps the others, as the stored
+/// policies show; an unknown policy name is a usage error.
+#[test]
+fn set_policies_clear_removes_a_policy() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut server = start(dir.path());
+    let set = [
+        "namespaces",
+        "set-policies",
+        "public/default",
+        "--retention-minutes",
+        "60",
+        "--retention-size-mb",
+        "10",
+        "--backlog-quota-mb",
+        "100",
+    ];
+    let (ok, _, err) = strata(&server, &set, None);
+    assert!(ok, "{err}");
+    let policies = |server: &Server| {
+        let (ok, out, err) = strata(server, &["namespaces", "policies", "public/default"], None);
+        assert!(ok, "{err}");
+        out
+    };
+    let before = policies(&server);
+    assert!(
+        before.contains("retention") && before.contains("backlog_quota"),
+        "{before}"
+    );
+    let clear = [
+        "namespaces",
+        "set-policies",
+        "public/default",
+        "--clear",
+        "retention",
+    ];
+    let (ok, _, err) = strata(&server, &clear, None);
+    assert!(ok, "{err}");
+    let after = policies(&server);
+    assert!(!after.contains("retention"), "cleared: {after}");
+    assert!(after.contains("backlog_quota"), "kept: {after}");
+    let bad = [
+        "namespaces",
+        "set-policies",
+        "public/default",
+        "--clear",
+        "bundles",
+    ];
+    let (ok, _, err) = strata(&server, &bad, None);
+    assert!(!ok && err.contains("invalid value"), "{err}");
+    server.child.kill().expect("SIGKILL");
+    let _ = server.child.wait();
+}
+
 /// `strata perf txn` runs both passes for every N, the plain one first with
 /// `--baseline-first`, each over all its messages, and its transactional passes commit one
 /// transaction per N input messages.

@@ -75,7 +75,48 @@ pub fn server_endpoint(
         .map_err(|e| TransportError::Tls(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config.transport_config(Arc::new(tuning.quinn_config()?));
-    Endpoint::server(config, addr).map_err(|source| TransportError::Bind { addr, source })
+    let bind = |source| TransportError::Bind { addr, source };
+    let socket = std::net::UdpSocket::bind(addr).map_err(bind)?;
+    let runtime =
+        quinn::default_runtime().ok_or_else(|| bind(std::io::Error::other("no tokio runtime")))?;
+    let local = socket.local_addr().map_err(bind)?;
+    Endpoint::new(reset_config(tls, local), Some(config), socket, runtime).map_err(bind)
+}
+
+/// The endpoint's keys for stateless resets, derived from its TLS private key: a server
+/// restarted with the same key (on the same address) recognises its former connections' ids
+/// and resets them at their next packet, so their clients reconnect at once instead of after
+/// the idle timeout. (quinn's defaults, random keys per process, make the new process drop
+/// those packets as garbage and its resets unrecognisable.) The HMAC is one-way: neither key
+/// reveals anything of the private key. The bound address and the host's name go into the
+/// keys too, so servers sharing a certificate (a standalone's servers; brokers of one
+/// deployment, each on `0.0.0.0:6650` of its own host or pod) cannot make resets for each
+/// other's connections (RFC 9000, 10.3.2).
+fn reset_config(tls: &ServerTls, local: SocketAddr) -> quinn::EndpointConfig {
+    use aws_lc_rs::hmac;
+    let secret = hmac::Key::new(hmac::HMAC_SHA256, tls.key.secret_der());
+    let host = host_name();
+    let derive =
+        |purpose: &str| hmac::sign(&secret, format!("{purpose} {local} on {host}").as_bytes());
+    let reset = derive("strata: QUIC stateless reset key, v1, for");
+    let mut config =
+        quinn::EndpointConfig::new(Arc::new(hmac::Key::new(hmac::HMAC_SHA256, reset.as_ref())));
+    // Connection ids carry a keyed hash, so packets with ids this key never made are dropped
+    // without a reset.
+    let mut cid_key = [0u8; 8];
+    cid_key.copy_from_slice(&derive("strata: QUIC connection id key, v1, for").as_ref()[..8]);
+    let cid_key = u64::from_le_bytes(cid_key);
+    config.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    });
+    config
+}
+
+/// This host's name (a pod's name in Kubernetes); empty where the system does not say.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default()
 }
 
 /// A client endpoint for servers of one address family, speaking `alpn`.
