@@ -126,7 +126,7 @@ fn generate_dev_material(
     if let Some(dir) = paths.ca_cert.parent() {
         std::fs::create_dir_all(dir).map_err(|source| io_err(dir, source))?;
     }
-    write_file(&paths.server_key, key.serialize_pem().as_bytes())?;
+    write_private(&paths.server_key, key.serialize_pem().as_bytes())?;
     write_file(&paths.server_cert, cert.pem().as_bytes())?;
     // Written last: its presence means the set is complete.
     write_file(&paths.ca_cert, ca.as_ref().pem().as_bytes())?;
@@ -135,6 +135,18 @@ fn generate_dev_material(
 
 fn write_file(path: &Path, data: &[u8]) -> Result<(), TransportError> {
     std::fs::write(path, data).map_err(|source| io_err(path, source))
+}
+
+/// Writes a private key readable by its owner only (mode 0600 on Unix): it also keys the
+/// endpoint's stateless resets.
+fn write_private(path: &Path, data: &[u8]) -> Result<(), TransportError> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path).map_err(|source| io_err(path, source))?;
+    file.write_all(data).map_err(|source| io_err(path, source))
 }
 
 fn io_err(path: &Path, source: std::io::Error) -> TransportError {
@@ -325,6 +337,19 @@ mod tests {
         let (second, _) = ServerTls::dev_in_dir(dir.path(), &[]).expect("reload");
         assert_eq!(first.cert_chain, second.cert_chain);
         assert_eq!(std::fs::read(&paths.ca_cert).expect("ca"), ca_before);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&paths.server_key)
+                .expect("key")
+                .permissions()
+                .mode();
+            assert_eq!(
+                mode & 0o077,
+                0,
+                "the private key is the owner's only: {mode:o}"
+            );
+        }
         assert!(ClientTrust::from_ca_file(&paths.ca_cert).is_ok());
     }
 }
